@@ -1,1 +1,15 @@
-//! See lib.rs for the layer overview.
+//! The host executor: applies protocol commands to this host's data plane.
+//!
+//! - [`engine`]: the synchronous core the daemon calls: parse and validate a
+//!   command, update the network's desired state, plan, apply, persist.
+//!   It owns per-network serialization and the host-wide lock.
+//! - `planner`: desired state → nftables ruleset, link/address plan, daemon
+//!   configs (pure, no I/O).
+//! - `applier`: installs a plan (one `nft -f` transaction, batched links).
+//! - `state`: desired state persisted with atomic file replace; reconcile on start.
+//! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
+
+pub mod daemon;
+pub mod engine;
+
+pub use engine::{Engine, EngineConfig, ExecError};

@@ -1,0 +1,1 @@
+//! HTTPS daemon: server, authentication, TLS, metrics, configuration.

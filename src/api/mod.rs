@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+pub mod http;
 
 /// Flat request parameters, as CloudStack receives them.
 pub type Params = BTreeMap<String, String>;

@@ -47,12 +47,23 @@ struct Server {
 
 impl Server {
     fn start(state: &Path) -> Server {
+        Server::spawn(state, Stdio::null(), &[])
+    }
+
+    /// Starts with `--log-level trace`, stderr (the log) into `log`.
+    fn start_logging(state: &Path, log: &Path) -> Server {
+        let file = std::fs::File::create(log).expect("log file");
+        Server::spawn(state, Stdio::from(file), &["--log-level", "trace"])
+    }
+
+    fn spawn(state: &Path, stderr: Stdio, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .arg("--state-dir")
             .arg(state)
+            .args(extra)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn netbridge serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -493,4 +504,64 @@ fn serve_refuses_a_keys_file_readable_by_others_or_missing() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn request_log_names_the_command_but_never_secrets_or_signatures() {
+    let state = state_dir();
+    let key = create_key(state.path());
+    let log = state.path().join("serve.log");
+    let server = Server::start_logging(state.path(), &log);
+
+    let good = signed(
+        &key.secretkey,
+        pairs(&[
+            ("command", "noSuchCommand"),
+            ("apiKey", &key.apikey),
+            ("details[0].key", "password"),
+            ("details[0].value", "log-me-not"),
+        ]),
+    );
+    let signature = good.last().map(|(_, s)| s.clone()).unwrap_or_default();
+    let r = request(
+        server.addr,
+        "GET",
+        &format!("/client/api?{}", encode(&good)),
+        None,
+        b"",
+    );
+    r.assert_error(432, "noSuchCommand");
+    let bad = signed(
+        "wrong",
+        pairs(&[("command", "listExtensions"), ("apiKey", &key.apikey)]),
+    );
+    let bad_signature = bad.last().map(|(_, s)| s.clone()).unwrap_or_default();
+    let r = request(
+        server.addr,
+        "GET",
+        &format!("/client/api?{}", encode(&bad)),
+        None,
+        b"",
+    );
+    r.assert_error(401, AUTH_ERROR_TEXT);
+    drop(server);
+
+    let text = std::fs::read_to_string(&log).expect("read log");
+    assert!(
+        text.contains("command=noSuchCommand key=tests -> 432"),
+        "{text}"
+    );
+    assert!(
+        text.contains("command=listExtensions key=- -> 401"),
+        "{text}"
+    );
+    assert!(text.contains("signature mismatch"), "{text}");
+    for secret in [
+        key.secretkey.as_str(),
+        signature.as_str(),
+        bad_signature.as_str(),
+        "log-me-not",
+    ] {
+        assert!(!text.contains(secret), "log leaks {secret:?}: {text}");
+    }
 }

@@ -12,7 +12,6 @@
 //! lower-cased, the field after it is kept), values with ASCII control
 //! characters are refused.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -900,11 +899,6 @@ async fn prepare_and_call(state: &ServerState, pairs: &[(String, String)]) -> An
     }
 }
 
-/// Parameters as a sorted map, for callers that want one (CLI printing).
-pub fn pairs_to_map(pairs: &[(String, String)]) -> BTreeMap<String, String> {
-    pairs.iter().cloned().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,11 +919,18 @@ mod tests {
             ("signature", "ignored"),
         ]);
         // Java's URLEncoder keeps `*`, encodes `~`, `/` and UTF-8 bytes, and
-        // the space becomes %20 (never `+`); upper-case names sort first.
+        // the space becomes %20 (never `+`).
         assert_eq!(
             string_to_sign(&p),
             "apikey=abc&command=listextensions&name=a%20b*c%7ed%2f%c3%a9&response=json"
         );
+    }
+
+    #[test]
+    fn names_sort_case_sensitively_before_lowercasing() {
+        // Java sorts the names as received: `Zeta` (Z = 0x5a) before `alpha`.
+        let p = pairs(&[("alpha", "1"), ("Zeta", "2")]);
+        assert_eq!(string_to_sign(&p), "zeta=2&alpha=1");
     }
 
     #[test]

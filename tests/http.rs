@@ -21,10 +21,14 @@ struct Key {
 }
 
 fn create_key(state: &Path) -> Key {
+    create_named_key(state, "tests")
+}
+
+fn create_named_key(state: &Path, name: &str) -> Key {
     let out = Command::new(BIN)
         .arg("--state-dir")
         .arg(state)
-        .args(["keys", "create", "--name", "tests"])
+        .args(["keys", "create", "--name", name])
         .output()
         .expect("run netbridge keys create");
     assert!(
@@ -564,4 +568,42 @@ fn request_log_names_the_command_but_never_secrets_or_signatures() {
     ] {
         assert!(!text.contains(secret), "log leaks {secret:?}: {text}");
     }
+}
+
+#[test]
+fn sighup_reloads_the_keys_file() {
+    let state = state_dir();
+    let first = create_key(state.path());
+    let server = Server::start(state.path());
+    let second = create_named_key(state.path(), "second");
+    let call = |key: &Key| {
+        let p = signed(
+            &key.secretkey,
+            pairs(&[("command", "noSuchCommand"), ("apiKey", &key.apikey)]),
+        );
+        request(
+            server.addr,
+            "GET",
+            &format!("/client/api?{}", encode(&p)),
+            None,
+            b"",
+        )
+    };
+    call(&second).assert_error(401, AUTH_ERROR_TEXT);
+
+    let pid = i32::try_from(server.child.id()).expect("pid fits");
+    // SAFETY: plain kill(2) on the server process this test started.
+    let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(sent, 0, "SIGHUP sent");
+    // The reload is asynchronous: poll until the new key is accepted.
+    let mut last = call(&second);
+    for _ in 0..400 {
+        if last.status != 401 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        last = call(&second);
+    }
+    last.assert_error(432, "noSuchCommand");
+    call(&first).assert_error(432, "noSuchCommand");
 }

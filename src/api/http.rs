@@ -709,9 +709,41 @@ impl Default for ServeOptions {
     }
 }
 
+/// The keys a running server accepts; replaceable (e.g. on SIGHUP) without
+/// a restart, so `netbridge keys create` takes effect on a live server.
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    inner: Arc<std::sync::RwLock<Arc<KeyStore>>>,
+}
+
+impl KeyRing {
+    pub fn new(store: KeyStore) -> KeyRing {
+        KeyRing {
+            inner: Arc::new(std::sync::RwLock::new(Arc::new(store))),
+        }
+    }
+
+    /// Swaps in a new set of keys for every later request.
+    pub fn replace(&self, store: KeyStore) {
+        let store = Arc::new(store);
+        match self.inner.write() {
+            Ok(mut guard) => *guard = store,
+            // A poisoned lock only means a panic elsewhere; the value is whole.
+            Err(poisoned) => *poisoned.into_inner() = store,
+        }
+    }
+
+    fn current(&self) -> Arc<KeyStore> {
+        match self.inner.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
 struct ServerState {
     api: Arc<Api>,
-    keys: KeyStore,
+    keys: KeyRing,
     options: ServeOptions,
 }
 
@@ -750,7 +782,7 @@ impl IntoResponse for Answer {
 }
 
 /// The router: `/client/api` and `/`, GET and POST.
-pub fn router(api: Arc<Api>, keys: KeyStore, options: ServeOptions) -> Router {
+pub fn router(api: Arc<Api>, keys: KeyRing, options: ServeOptions) -> Router {
     let state = Arc::new(ServerState { api, keys, options });
     Router::new()
         .route("/client/api", get(handle).post(handle))
@@ -763,7 +795,7 @@ pub fn router(api: Arc<Api>, keys: KeyStore, options: ServeOptions) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Arc<Api>,
-    keys: KeyStore,
+    keys: KeyRing,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
@@ -853,7 +885,7 @@ async fn process(
         *command_for_log = sanitize_for_message(c);
     }
 
-    match verify(&state.keys, &pairs, now_ms()) {
+    match verify(&state.keys.current(), &pairs, now_ms()) {
         Ok(name) => *key_for_log = name,
         Err(reason) => {
             log::info!("refused request: {reason}");

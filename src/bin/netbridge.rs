@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use netbridge::api::http::{self, Duplicates, KeyStore, ServeOptions};
+use netbridge::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOptions};
 use netbridge::api::{Api, ApiConfig, ApiError};
 
 /// Exit status of a command the API refused.
@@ -249,6 +249,9 @@ fn run_serve(global: &GlobalOpts, args: &ServeArgs) -> Result<(), Failure> {
                 source,
             })?;
         let bound = listener.local_addr()?;
+        // Installed before the address is announced, so an early SIGHUP
+        // reloads instead of killing the server.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         // Tests and scripts read this line to learn a port picked with :0.
         println!("listening on http://{bound}/client/api");
         use std::io::Write as _;
@@ -257,10 +260,25 @@ fn run_serve(global: &GlobalOpts, args: &ServeArgs) -> Result<(), Failure> {
         let options = ServeOptions {
             max_body_bytes: args.max_body_bytes,
         };
-        http::serve(listener, api, keys, options, shutdown_signal()).await?;
+        let ring = KeyRing::new(keys);
+        tokio::spawn(reload_keys_on_hangup(hup, ring.clone(), keys_path.clone()));
+        http::serve(listener, api, ring, options, shutdown_signal()).await?;
         log::info!("stopped");
         Ok::<(), Failure>(())
     })
+}
+
+/// SIGHUP re-reads the keys file; a bad file keeps the keys in force.
+async fn reload_keys_on_hangup(mut hup: tokio::signal::unix::Signal, ring: KeyRing, path: PathBuf) {
+    while hup.recv().await.is_some() {
+        match KeyStore::load(&path) {
+            Ok(store) => {
+                log::info!("reloaded {} key(s) from {}", store.len(), path.display());
+                ring.replace(store);
+            }
+            Err(e) => log::error!("keys not reloaded, previous keys stay in force: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -848,8 +848,15 @@ async fn process(
     let limit = state.options.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => {
-            return Answer::code(413, format!("Request body larger than {limit} bytes"));
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Answer::code(413, format!("Request body larger than {limit} bytes"));
+            }
+            return Answer::code(400, "Cannot read the request body");
         }
     };
     let mut pairs = match parse_form(uri.query().unwrap_or("").as_bytes()) {
@@ -1082,6 +1089,20 @@ mod tests {
             assert_eq!(parse_expires(bad), None, "{bad}");
         }
         assert!(parse_expires("2024-02-29T00:00:00Z").is_some());
+    }
+
+    #[test]
+    fn expires_parser_survives_truncation_and_multibyte_input() {
+        let valid = "2026-11-27T21:30:00.123456+01:00";
+        for end in 0..=valid.len() {
+            let prefix = &valid[..end];
+            let _ = parse_expires(prefix);
+            for at in 0..=prefix.len() {
+                let mut odd = prefix.to_string();
+                odd.insert(at, 'é');
+                assert_eq!(parse_expires(&odd), None, "{odd}");
+            }
+        }
     }
 
     #[test]

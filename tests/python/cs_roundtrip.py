@@ -92,6 +92,11 @@ def main():
     check(updated.get("id") == ext_id, "updateRegisteredExtension answers the extension", updated)
     check("not-to-be-shown" not in repr(updated), "hidden detail not returned")
 
+    # Version-2 signing (no signatureVersion/expires), as older clients do.
+    legacy = CloudStack(endpoint=endpoint, key=key, secret=secret, expiration=-1)
+    listed = legacy.listExtensions(id=ext_id)
+    check(listed.get("count") == 1, "unexpiring (v2) signature accepted", listed)
+
     listed = get.listExtensions(id=ext_id)
     exts = listed.get("extension", [])
     check(len(exts) == 1 and exts[0].get("id") == ext_id, "listExtensions id= finds it", listed)

@@ -301,3 +301,83 @@ fn database_and_key_file_options_are_honoured() {
     assert!(db.exists(), "database created at --database");
     assert!(!state.join("netbridge.db").exists());
 }
+
+#[test]
+fn generated_offerings_print_as_cmk_lines_and_validate_through_the_cli() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path();
+    let created = netbridge(
+        state,
+        &[
+            "api",
+            "createExtension",
+            "name=cli-offers",
+            "type=NetworkOrchestrator",
+            "details[0].key=network.services",
+            "details[0].value=Dhcp,Dns,UserData,SourceNat",
+            "details[1].key=network.service.capabilities",
+            r#"details[1].value={"SourceNat":{"SupportedSourceNatTypes":"peraccount"}}"#,
+        ],
+    )
+    .ok();
+    let id = extension(&created, "createextensionresponse")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    let run = netbridge(
+        state,
+        &[
+            "api",
+            "--cmk",
+            "generateNetworkOfferings",
+            &format!("extensionid={id}"),
+            "offeringtype=isolated",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    let line = lines[0];
+    assert!(line.starts_with("cmk createNetworkOffering "), "{line}");
+    for part in [
+        " guestiptype=Isolated",
+        " 'serviceProviderList[0].provider=cli-offers'",
+        " 'serviceCapabilityList[0].capabilityvalue=peraccount'",
+        " supportedservices=Dhcp,Dns,UserData,SourceNat",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in {line}");
+    }
+
+    // CloudStack's camel-case map parameters reach the dispatcher unharmed.
+    netbridge(
+        state,
+        &[
+            "api",
+            "validateNetworkOffering",
+            &format!("extensionid={id}"),
+            "supportedservices=Dhcp,SourceNat",
+            "serviceProviderList[0].service=Dhcp",
+            "serviceProviderList[0].provider=cli-offers",
+            "serviceProviderList[1].service=SourceNat",
+            "serviceProviderList[1].provider=cli-offers",
+            "serviceCapabilityList[0].service=SourceNat",
+            "serviceCapabilityList[0].capabilitytype=SupportedSourceNatTypes",
+            "serviceCapabilityList[0].capabilityvalue=peraccount",
+        ],
+    )
+    .ok();
+    netbridge(
+        state,
+        &[
+            "api",
+            "validateNetworkOffering",
+            &format!("extensionid={id}"),
+            "supportedservices=Dhcp,SourceNat",
+            "serviceCapabilityList[0].service=SourceNat",
+            "serviceCapabilityList[0].capabilitytype=SupportedSourceNatTypes",
+            "serviceCapabilityList[0].capabilityvalue=perzone",
+        ],
+    )
+    .api_error(431, "perzone");
+}

@@ -52,6 +52,10 @@ struct GlobalOpts {
 enum Cmd {
     /// Run one API command: netbridge api createExtension name=x type=NetworkOrchestrator
     Api {
+        /// Print the offerings of the response (generateNetworkOfferings) as cmk
+        /// command lines instead of JSON
+        #[arg(long)]
+        cmk: bool,
         /// API command name, e.g. listExtensions
         command: String,
         /// Parameters as key=value; map parameters as details[0].key=k details[0].value=v
@@ -199,7 +203,7 @@ fn report_api_error(command: &str, error: &ApiError) -> ExitCode {
     ExitCode::from(EXIT_API_ERROR)
 }
 
-fn run_api(global: &GlobalOpts, command: &str, raw: &[String]) -> ExitCode {
+fn run_api(global: &GlobalOpts, command: &str, raw: &[String], cmk: bool) -> ExitCode {
     let pairs = match parse_kv_args(raw) {
         Ok(p) => p,
         Err(text) => {
@@ -216,11 +220,63 @@ fn run_api(global: &GlobalOpts, command: &str, raw: &[String]) -> ExitCode {
         Err(e) => return report_api_error(command, &e),
     };
     match api.call(command, &params) {
+        Ok(value) if cmk => match offerings_as_cmk(&value) {
+            Some(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            None => {
+                print_json(&value);
+                eprintln!("note: --cmk: the response holds no offerings, printed as JSON");
+                ExitCode::SUCCESS
+            }
+        },
         Ok(value) => {
             print_json(&value);
             ExitCode::SUCCESS
         }
         Err(e) => report_api_error(command, &e),
+    }
+}
+
+/// `cmk <command> k=v …` lines for every `offering` (with `command` and
+/// `params`) of a response; `None` when there is none.
+fn offerings_as_cmk(response: &serde_json::Value) -> Option<Vec<String>> {
+    let body = response.as_object()?.values().next()?;
+    let offerings = body.get("offering")?.as_array()?;
+    let lines: Vec<String> = offerings
+        .iter()
+        .filter_map(|o| {
+            let command = o.get("command")?.as_str()?;
+            let params = o.get("params")?.as_object()?;
+            let mut line = format!("cmk {}", shell_word(command));
+            for (key, value) in params {
+                let value = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                line.push(' ');
+                line.push_str(&shell_word(&format!("{key}={value}")));
+            }
+            Some(line)
+        })
+        .collect();
+    (!lines.is_empty()).then_some(lines)
+}
+
+/// Quotes a word for a POSIX shell when it holds anything but plain characters
+/// (the lines are meant to be pasted by an operator; we never run a shell).
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._,:/=@+-%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -332,7 +388,11 @@ fn main() -> ExitCode {
     };
     init_logging(cli.global.log_level.unwrap_or(default_level));
     let outcome = match &cli.command {
-        Cmd::Api { command, params } => return run_api(&cli.global, command, params),
+        Cmd::Api {
+            command,
+            params,
+            cmk,
+        } => return run_api(&cli.global, command, params, *cmk),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
     };
@@ -372,6 +432,31 @@ mod tests {
             parse_kv_args(&["=v".to_string()]),
             Err("invalid argument '=v': expected key=value".to_string())
         );
+    }
+
+    #[test]
+    fn offerings_print_as_cmk_lines() {
+        let response = serde_json::json!({"generatenetworkofferingsresponse": {
+            "count": 1,
+            "offering": [{
+                "command": "createNetworkOffering",
+                "params": {
+                    "name": "ext isolated",
+                    "guestiptype": "Isolated",
+                    "serviceProviderList[0].service": "Dhcp",
+                    "displaytext": "it's"
+                }
+            }]
+        }});
+        assert_eq!(
+            offerings_as_cmk(&response),
+            Some(vec![
+                "cmk createNetworkOffering 'displaytext=it'\\''s' guestiptype=Isolated \
+                 'name=ext isolated' 'serviceProviderList[0].service=Dhcp'"
+                    .to_string()
+            ])
+        );
+        assert_eq!(offerings_as_cmk(&serde_json::json!({"x": {}})), None);
     }
 
     #[test]

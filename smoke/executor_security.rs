@@ -1,0 +1,487 @@
+//! Security smoke tests of the executor daemon (root; skipped otherwise):
+//! request authentication, TLS pinning, key rotation without restart, and
+//! injection attempts. Every refusal must leave the host unchanged.
+
+mod common;
+
+use common::*;
+use netbridge::protocol::signing;
+use serde_json::{json, Value};
+
+const NETWORK_ID: u32 = 42;
+
+fn implement_payload() -> Value {
+    merged(
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+        json!({"extension_ip": "10.1.1.1"}),
+    )
+}
+
+fn assign_payload() -> Value {
+    merged(
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+        json!({
+            "public_ip": "203.0.113.10",
+            "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY,
+            "public_cidr": "203.0.113.0/24",
+            "source_nat": "true",
+        }),
+    )
+}
+
+fn port_forward_payload() -> Value {
+    merged(
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+        json!({
+            "public_ip": "203.0.113.10",
+            "public_port": "2222",
+            "private_ip": "10.1.1.10",
+            "private_port": "22",
+            "protocol": "tcp",
+        }),
+    )
+}
+
+fn net_details() -> Value {
+    json!({"host": "h1", "namespace": format!("cs-net-{NETWORK_ID}")})
+}
+
+/// What a refused request must not change: the executor's view of its
+/// networks, the namespaces on the host, and the router's ruleset.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    networks: Value,
+    namespaces: Vec<String>,
+    ruleset: String,
+}
+
+fn snapshot(host: &Host) -> Snapshot {
+    let client = host.client();
+    let networks = client
+        .get("/v1/networks")
+        .map(|r| r.json())
+        .unwrap_or(Value::Null);
+    let namespaces = host.namespaces();
+    let ns = format!("cs-net-{NETWORK_ID}");
+    let ruleset = if namespaces.contains(&ns) {
+        host.exec(&["ip", "netns", "exec", &ns, "nft", "list", "ruleset"])
+            .unwrap_or_else(|e| e)
+    } else {
+        String::new()
+    };
+    Snapshot {
+        networks,
+        namespaces,
+        ruleset,
+    }
+}
+
+fn metrics_text(host: &Host) -> String {
+    host.client()
+        .get("/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default()
+}
+
+fn raw(method: &str, path: &str, headers: Vec<(String, String)>, body: &[u8]) -> RawRequest {
+    RawRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        headers,
+        body: body.to_vec(),
+    }
+}
+
+fn assert_unauthorized(resp: Result<Response, String>, expected: &str) {
+    let resp = resp.unwrap_or_else(|e| panic!("transport failure: {e}"));
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    let body = resp.json();
+    assert_eq!(body["status"], "error", "{}", resp.body);
+    let msg = resp.message();
+    assert!(
+        msg.contains(expected),
+        "message {msg:?} should contain {expected:?}"
+    );
+}
+
+#[test]
+fn unsigned_forged_stale_and_replayed_requests_are_refused_and_change_nothing() {
+    if skip_unless_root(
+        "unsigned_forged_stale_and_replayed_requests_are_refused_and_change_nothing",
+    ) {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let client = host.client();
+    let before = snapshot(host);
+    let path = "/v1/commands/implement-network";
+    let body = serde_json::to_vec(&envelope(host, net_details(), implement_payload())).unwrap();
+    let now = now_secs();
+
+    // Unsigned.
+    assert_unauthorized(
+        client.send(raw("POST", path, vec![], &body)),
+        "request is not signed",
+    );
+    // Signed with another key.
+    let forged = signature_headers(b"not-the-shared-key-0000000000", "POST", path, now, &body);
+    assert_unauthorized(
+        client.send(raw("POST", path, forged, &body)),
+        "signature does not match",
+    );
+    // Valid signature of a different body.
+    let other = signature_headers(&host.key, "POST", path, now, b"{}");
+    assert_unauthorized(
+        client.send(raw("POST", path, other, &body)),
+        "signature does not match",
+    );
+    // Valid signature for another path.
+    let moved = signature_headers(
+        &host.key,
+        "POST",
+        "/v1/commands/destroy-network",
+        now,
+        &body,
+    );
+    assert_unauthorized(
+        client.send(raw("POST", path, moved, &body)),
+        "signature does not match",
+    );
+    // Stale and future timestamps (correctly signed).
+    let stale = signature_headers(&host.key, "POST", path, now - 120, &body);
+    assert_unauthorized(
+        client.send(raw("POST", path, stale, &body)),
+        "outside the accepted window",
+    );
+    let future = signature_headers(&host.key, "POST", path, now + 120, &body);
+    assert_unauthorized(
+        client.send(raw("POST", path, future, &body)),
+        "outside the accepted window",
+    );
+    // Malformed nonce.
+    let s = signing::sign_with_nonce(&host.key, "POST", path, now, "bad nonce;$(id)", &body);
+    assert_unauthorized(
+        client.send(raw("POST", path, headers_of(&s), &body)),
+        "malformed signature header",
+    );
+    // Unsigned reads are refused too.
+    assert_unauthorized(
+        client.send(raw("GET", "/v1/networks", vec![], b"")),
+        "request is not signed",
+    );
+    assert_unauthorized(
+        client.send(raw("GET", "/metrics", vec![], b"")),
+        "request is not signed",
+    );
+
+    assert_eq!(snapshot(host), before, "a refused request changed the host");
+
+    // Replay: the first copy is authenticated (whatever the engine says),
+    // the second identical copy is refused and changes nothing more.
+    let ok = signature_headers(&host.key, "POST", path, now_secs(), &body);
+    let first = client.send(raw("POST", path, ok.clone(), &body)).unwrap();
+    assert_ne!(first.status, 401, "{}", first.body);
+    let after_first = snapshot(host);
+    assert_unauthorized(
+        client.send(raw("POST", path, ok, &body)),
+        "nonce was already used",
+    );
+    assert_eq!(
+        snapshot(host),
+        after_first,
+        "a replayed request changed the host"
+    );
+
+    let metrics = metrics_text(host);
+    for reason in [
+        "unsigned",
+        "bad_signature",
+        "stale",
+        "malformed",
+        "replayed",
+    ] {
+        let line = format!("netbridge_executor_auth_failures_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "metrics lack {line}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("netbridge_executor_auth_failures_total{reason=\"unsigned\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netbridge_executor_auth_failures_total{reason=\"stale\"} 2\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn tls_pins_the_certificate_and_refuses_plain_http() {
+    if skip_unless_root("tls_pins_the_certificate_and_refuses_plain_http") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let tls = host.tls.clone().unwrap();
+    let client = host.client();
+
+    // The pinned client works and sees this host and this build.
+    let health = client.get("/v1/health").unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    let h = health.json();
+    assert_eq!(h["host"], "h1");
+    assert_eq!(h["version"], netbridge::build_id());
+    assert!(h["uptime_secs"].is_u64(), "{h}");
+    assert_eq!(h["networks"], 0);
+
+    // `fingerprint --cert` agrees with what gen-cert printed; colon form pins too.
+    let fp = run(&[
+        env!("CARGO_BIN_EXE_netbridge-executor"),
+        "fingerprint",
+        "--cert",
+        &tls.cert.display().to_string(),
+    ])
+    .unwrap();
+    assert_eq!(fp.trim(), tls.fingerprint);
+    let colons: Vec<String> = tls
+        .fingerprint
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_uppercase())
+        .collect();
+    assert_eq!(
+        client
+            .with_pin(Some(&colons.join(":")))
+            .get("/v1/health")
+            .unwrap()
+            .status,
+        200
+    );
+
+    // A different pinned fingerprint: the handshake fails, no answer.
+    let wrong = format!("{:064x}", 0xdead_beef_u64);
+    let err = client.with_pin(Some(&wrong)).get("/v1/health").unwrap_err();
+    assert!(
+        err.contains("fingerprint mismatch") || err.contains("certificate"),
+        "{err}"
+    );
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let err = client.with_pin(None).get("/v1/health").unwrap_err();
+    assert!(!err.is_empty());
+
+    // A signed request with a tampered signature over TLS is still refused.
+    assert_unauthorized(
+        client
+            .with_key(b"some-other-key-0123456789")
+            .get("/v1/health"),
+        "signature does not match",
+    );
+}
+
+#[test]
+fn key_rotation_by_replacing_the_file_needs_no_restart() {
+    if skip_unless_root("key_rotation_by_replacing_the_file_needs_no_restart") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let pid = host.executor_pid();
+    let old = host.client();
+    assert_eq!(old.get("/v1/health").unwrap().status, 200);
+
+    host.rotate_key(b"rotated-key-fedcba9876543210-2").unwrap();
+    let new = host.client();
+    assert_unauthorized(old.get("/v1/health"), "signature does not match");
+    assert_eq!(new.get("/v1/health").unwrap().status, 200);
+    assert_eq!(
+        host.executor_pid(),
+        pid,
+        "rotation must not restart the executor"
+    );
+
+    // A replacement key file readable by others is not used: fail closed.
+    let loose = host.dir.path().join("loose.hmac");
+    std::fs::write(&loose, b"loose-key-0123456789abcdef").unwrap();
+    std::fs::rename(&loose, &host.key_file).unwrap();
+    let r = host
+        .client()
+        .with_key(b"loose-key-0123456789abcdef")
+        .get("/v1/health")
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.message().contains("executor key is unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(
+        host.log().contains("too open"),
+        "log should explain the refused key file"
+    );
+
+    // And an executor does not start with such a file.
+    host.kill9();
+    let err = host.start_executor().unwrap_err();
+    assert!(err.contains("too open"), "{err}");
+}
+
+#[test]
+fn insecure_http_is_loopback_only_and_still_signed() {
+    if skip_unless_root("insecure_http_is_loopback_only_and_still_signed") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.options.tls = false;
+    host.options.listen = Some(format!("0.0.0.0:{EXECUTOR_PORT}"));
+    host.start_executor().unwrap();
+    let client = host.client();
+    assert_eq!(client.get("/v1/health").unwrap().status, 200);
+    assert_unauthorized(
+        client.send(raw("GET", "/v1/health", vec![], b"")),
+        "request is not signed",
+    );
+    // Give the host namespace a non-loopback address: the port is not open there.
+    host.netns
+        .ip(&["addr", "add", "192.0.2.50/24", "dev", "eth1"])
+        .unwrap();
+    let err = tcp_probe(
+        &host.ns_path(),
+        format!("192.0.2.50:{EXECUTOR_PORT}").parse().unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err, ProbeError::Refused);
+    assert!(host.log().contains("127.0.0.1"), "{}", host.log());
+}
+
+/// Values that must never reach a program's argument vector.
+fn hostile_values() -> Vec<String> {
+    vec![
+        "42; reboot".to_string(),
+        "$(id)".to_string(),
+        "`id`".to_string(),
+        "10.1.1.1\nip link del eth1".to_string(),
+        "10.1.1.1 && true".to_string(),
+        "x".repeat(8192),
+    ]
+}
+
+#[test]
+fn injection_attempts_are_refused_and_change_nothing() {
+    if skip_unless_root("injection_attempts_are_refused_and_change_nothing") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let client = host.client();
+
+    // Command names are checked by the daemon itself.
+    for (path_part, shown) in [
+        ("implement-network;reboot", "implement-network;reboot"),
+        ("%24%28id%29", "$(id)"),
+        ("assign-ip%0Areboot", "assign-ip\\nreboot"),
+    ] {
+        let r = client.command_raw(path_part, b"{}").unwrap();
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.message(), format!("unknown command '{shown}'"));
+    }
+    // Oversized bodies are refused before anything else.
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let r = client.command_raw("implement-network", &huge).unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.message(), "request body too large (limit 4194304 bytes)");
+
+    // With a real engine, implement the network first so that the later
+    // commands are refused for their bad field, not for a missing network.
+    let ok = client.command(
+        "implement-network",
+        &envelope(host, net_details(), implement_payload()),
+    );
+    let engine_present = !ok.message().starts_with("unsupported");
+    if engine_present {
+        assert_eq!(ok.status, 200, "{}", ok.body);
+    }
+    let before = snapshot(host);
+
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "implement-network",
+            implement_payload(),
+            vec!["network_id", "vlan", "gateway", "cidr", "extension_ip"],
+        ),
+        (
+            "assign-ip",
+            assign_payload(),
+            vec![
+                "public_ip",
+                "public_vlan",
+                "public_gateway",
+                "public_cidr",
+                "source_nat",
+            ],
+        ),
+        (
+            "add-port-forward",
+            port_forward_payload(),
+            vec![
+                "public_ip",
+                "public_port",
+                "private_ip",
+                "private_port",
+                "protocol",
+            ],
+        ),
+    ];
+    let mut refused = 0;
+    for (command, base, fields) in &cases {
+        for field in fields {
+            for value in hostile_values() {
+                let mut payload = base.clone();
+                payload[*field] = Value::String(value.clone());
+                let r = client.command(command, &envelope(host, net_details(), payload));
+                assert_eq!(
+                    r.status,
+                    400,
+                    "{command} {field}={:?}: {}",
+                    &value[..value.len().min(40)],
+                    r.body
+                );
+                assert_eq!(r.json()["status"], "error");
+                if engine_present {
+                    assert!(
+                        r.message().contains(&format!("'{field}'")),
+                        "{command}: message should name {field}: {}",
+                        r.message()
+                    );
+                }
+                refused += 1;
+            }
+        }
+    }
+    // Devices from the registration details are values too.
+    for value in hostile_values() {
+        let mut env = envelope(host, net_details(), implement_payload());
+        env["physical-network-extension-details"]["guest.network.device"] = Value::String(value);
+        let r = client.command("implement-network", &env);
+        assert_eq!(r.status, 400, "{}", r.body);
+        if engine_present {
+            assert!(
+                r.message().contains("guest.network.device"),
+                "{}",
+                r.message()
+            );
+        }
+    }
+    assert!(refused >= 90);
+    assert_eq!(snapshot(host), before, "a refused command changed the host");
+    // Nothing shell-like ever ran: the executor's log never shows the payloads executed.
+    assert!(
+        !host.log().contains("uid="),
+        "output of an injected command appeared"
+    );
+}

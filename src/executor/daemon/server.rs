@@ -1,0 +1,277 @@
+//! HTTP routes: signed commands, health, networks and metrics.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::auth::{Authenticator, SignedParts};
+use super::metrics::Metrics;
+use crate::executor::{Engine, ExecError};
+use crate::protocol::{sanitize_for_message, signing, Command};
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub host: String,
+    pub body_limit: usize,
+}
+
+/// `{"status":"error","message":…}` with the given HTTP status.
+pub fn error_response(status: u16, message: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(json!({"status": "error", "message": message.into()})),
+    )
+        .into_response()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/commands/{command}", post(command))
+        .route("/v1/health", get(health))
+        .route("/v1/networks", get(networks))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    // A non-ASCII value is present but unusable: it then fails as malformed.
+    headers.get(name).map(|v| v.to_str().unwrap_or(""))
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Reads the body (bounded) and checks the signature before any handler runs.
+async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<super::tls::PeerAddr>>()
+        .map(|c| c.0 .0.to_string())
+        .unwrap_or_else(|| "?".to_string());
+    let (parts, body) = req.into_parts();
+    let too_large = || format!("request body too large (limit {} bytes)", st.body_limit);
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.body_limit as u64) {
+        st.metrics.rejected("body_too_large");
+        return error_response(413, too_large());
+    }
+    let bytes = match axum::body::to_bytes(body, st.body_limit).await {
+        Ok(b) => b,
+        Err(e) if is_length_limit(&e) => {
+            st.metrics.rejected("body_too_large");
+            return error_response(413, too_large());
+        }
+        Err(e) => {
+            st.metrics.rejected("body_unreadable");
+            return error_response(400, format!("could not read request body: {e}"));
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| parts.uri.path());
+    let signed = SignedParts {
+        method: parts.method.as_str(),
+        path,
+        timestamp: header(&parts.headers, signing::HEADER_TIMESTAMP),
+        nonce: header(&parts.headers, signing::HEADER_NONCE),
+        signature: header(&parts.headers, signing::HEADER_SIGNATURE),
+        body: &bytes,
+    };
+    if let Err(e) = st.auth.check(&signed, now_secs()) {
+        st.metrics.auth_failure(e.reason());
+        log::warn!(
+            "refused {} {} from {peer}: {e}",
+            parts.method,
+            sanitize_for_message(path)
+        );
+        return error_response(e.http_status(), format!("authentication failed: {e}"));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn command(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command: Command = match name.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            st.metrics.rejected("unknown_command");
+            return error_response(400, format!("{e}"));
+        }
+    };
+    let engine = st.engine.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || engine.execute(command, &body)).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Ok(output)) => {
+            st.metrics.command(command.as_str(), true, elapsed);
+            log::info!("{command}: success in {} ms", elapsed.as_millis());
+            (StatusCode::OK, Json(success_body(command, output))).into_response()
+        }
+        Ok(Err(e)) => {
+            st.metrics.command(command.as_str(), false, elapsed);
+            if matches!(e, ExecError::Apply(_) | ExecError::State(_)) {
+                st.metrics.apply_error(command.as_str());
+                log::error!("{command}: {e}");
+            } else {
+                log::info!("{command}: refused: {e}");
+            }
+            error_response(e.http_status(), e.to_string())
+        }
+        Err(join) => {
+            st.metrics.command(command.as_str(), false, elapsed);
+            st.metrics.apply_error(command.as_str());
+            log::error!("{command}: engine task failed: {join}");
+            error_response(500, format!("internal error while running {command}"))
+        }
+    }
+}
+
+/// `{"status":"success","message":…}` plus the engine's output fields. The
+/// engine may supply its own `message`; `status` is always ours.
+pub fn success_body(command: Command, output: Value) -> Value {
+    let mut body = Map::new();
+    body.insert("status".into(), json!("success"));
+    body.insert("message".into(), json!(format!("{command} succeeded")));
+    match output {
+        Value::Object(fields) => {
+            for (k, v) in fields {
+                if k != "status" {
+                    body.insert(k, v);
+                }
+            }
+        }
+        Value::Null => {}
+        other => {
+            body.insert("output".into(), other);
+        }
+    }
+    Value::Object(body)
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.engine.clone();
+    let count = tokio::task::spawn_blocking(move || engine.network_count())
+        .await
+        .unwrap_or(0);
+    Json(json!({
+        "host": st.host,
+        "version": crate::build_id(),
+        "uptime_secs": st.started.elapsed().as_secs(),
+        "networks": count,
+    }))
+    .into_response()
+}
+
+async fn networks(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.networks()).await {
+        Ok(list) => Json(json!({"networks": list})).into_response(),
+        Err(_) => error_response(500, "internal error while listing networks"),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.engine.clone();
+    let count = tokio::task::spawn_blocking(move || engine.network_count())
+        .await
+        .unwrap_or(0);
+    let text = st
+        .metrics
+        .render(count, st.started.elapsed().as_secs(), &crate::build_id());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    error_response(
+        404,
+        format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            sanitize_for_message(req.uri().path())
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error_response(
+        405,
+        format!(
+            "method {} not allowed on {}",
+            req.method(),
+            sanitize_for_message(req.uri().path())
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_body_merges_output_but_keeps_status() {
+        let body = success_body(
+            Command::EnsureNetworkDevice,
+            json!({"host": "h1", "namespace": "cs-net-42", "status": "bogus"}),
+        );
+        assert_eq!(body["status"], "success");
+        assert_eq!(body["host"], "h1");
+        assert_eq!(body["namespace"], "cs-net-42");
+        let body = success_body(Command::AssignIp, Value::Null);
+        assert_eq!(
+            body,
+            json!({"status": "success", "message": "assign-ip succeeded"})
+        );
+    }
+}

@@ -279,6 +279,44 @@ fn tls_pins_the_certificate_and_refuses_plain_http() {
             .get("/v1/health"),
         "signature does not match",
     );
+
+    // SIGTERM: a clean exit.
+    let status = host.stop().expect("executor did not stop after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(host.log().contains("SIGTERM"), "{}", host.log());
+}
+
+#[test]
+fn private_mounts_give_each_host_its_own_run_netns() {
+    if skip_unless_root("private_mounts_give_each_host_its_own_run_netns") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default().hosts(2));
+    let name = format!("cs-net-{NETWORK_ID}");
+    for host in tb.hosts.iter_mut() {
+        host.options.private_mounts = true;
+        host.start_executor().unwrap();
+        assert!(host.namespaces().is_empty(), "{:?}", host.namespaces());
+        // The same namespace name on both hosts, as two KVM hosts would have.
+        host.exec(&["ip", "netns", "add", &name]).unwrap();
+        assert_eq!(host.namespaces(), vec![name.clone()]);
+    }
+    let root_list = run(&["ip", "netns", "list"]).unwrap();
+    assert!(
+        !root_list
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+        "{name} leaked into the root mount namespace"
+    );
+    // The executor really lives in its host's network namespace: its /sys
+    // shows that namespace's devices.
+    let devices: Vec<String> = std::fs::read_dir(tb.hosts[0].inside("/sys/class/net"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    assert!(devices.contains(&"breth1-100".to_string()), "{devices:?}");
+    assert!(!devices.contains(&"eth0".to_string()), "{devices:?}");
 }
 
 #[test]

@@ -520,6 +520,10 @@ pub struct ExecutorOptions {
     pub log_level: String,
     /// Listen address (default 0.0.0.0:8443 with TLS, 127.0.0.1:8443 without).
     pub listen: Option<String>,
+    /// Use `--private-mounts` (a fresh mount namespace per executor start,
+    /// so router namespaces die with the process) instead of joining the
+    /// host's held mount namespace (`--mount-ns`, the default).
+    pub private_mounts: bool,
     /// Extra flags appended verbatim.
     pub extra_args: Vec<String>,
 }
@@ -532,6 +536,7 @@ impl Default for ExecutorOptions {
             public_device: "eth1".to_string(),
             log_level: "debug".to_string(),
             listen: None,
+            private_mounts: false,
             extra_args: Vec::new(),
         }
     }
@@ -604,15 +609,33 @@ impl Host {
             .unwrap_or_else(|| panic!("host {} has no mount namespace", self.name))
     }
 
+    /// PID of a process whose mount namespace is the executor's.
+    fn mount_pid(&self) -> u32 {
+        match (self.options.private_mounts, self.executor_pid()) {
+            (true, Some(pid)) => pid,
+            _ => self.holder().pid(),
+        }
+    }
+
+    /// A path as the executor sees it (its mount namespace).
+    pub fn inside(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.mount_pid()))
+    }
+
+    /// The executor's mount namespace (`/proc/PID/ns/mnt`).
+    pub fn mount_ns(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/mnt", self.mount_pid()))
+    }
+
     /// Path of a namespace the executor created (`cs-net-42`), usable with
     /// `in_netns`, probes and `run_in`.
     pub fn router_ns(&self, name: &str) -> PathBuf {
-        self.holder().inside(&format!("/run/netns/{name}"))
+        self.inside(&format!("/run/netns/{name}"))
     }
 
     /// Names in this host's private `/run/netns`.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.holder().inside("/run/netns"))
+        let mut names: Vec<String> = std::fs::read_dir(self.inside("/run/netns"))
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
@@ -629,7 +652,7 @@ impl Host {
     pub fn exec(&self, argv: &[&str]) -> Result<String, String> {
         run_in(
             &self.ns_path(),
-            Some(&self.holder().ns_path()),
+            Some(&self.mount_ns()),
             argv,
             COMMAND_TIMEOUT,
         )
@@ -663,11 +686,16 @@ impl Host {
 
     fn args(&mut self) -> Result<Vec<String>, String> {
         let o = self.options.clone();
-        let mut args = vec![
-            "--netns".to_string(),
-            self.netns.name.clone(),
-            "--mount-ns".to_string(),
-            self.holder().ns_path().display().to_string(),
+        let mut args = vec!["--netns".to_string(), self.netns.name.clone()];
+        if o.private_mounts {
+            args.push("--private-mounts".to_string());
+        } else {
+            args.extend([
+                "--mount-ns".to_string(),
+                self.holder().ns_path().display().to_string(),
+            ]);
+        }
+        args.extend([
             "--state-dir".to_string(),
             self.state_dir().display().to_string(),
             "--key-file".to_string(),
@@ -681,7 +709,7 @@ impl Host {
             "--log-level".to_string(),
             o.log_level.clone(),
             "--listen".to_string(),
-        ];
+        ]);
         if o.tls {
             let tls = self.ensure_tls()?;
             args.push(
@@ -846,7 +874,18 @@ impl Drop for Host {
                 eprintln!("{line}");
             }
         }
+        // With --private-mounts, what the executor started lives in the
+        // executor's own mount namespace: stop those processes too.
+        let own = if self.options.private_mounts {
+            self.executor_pid()
+                .and_then(|pid| ns_inode(&PathBuf::from(format!("/proc/{pid}/ns/mnt"))))
+        } else {
+            None
+        };
         self.kill9();
+        if let Some(inode) = own {
+            kill_mount_ns_members(inode);
+        }
         drop(self.holder.take());
     }
 }

@@ -313,6 +313,14 @@ mod tests {
     }
 
     #[test]
+    fn packaged_example_config_is_valid() {
+        let file = FileConfig::parse(include_str!("../../../packaging/executor.toml")).unwrap();
+        let c = Config::resolve(&RunArgs::default(), file).unwrap();
+        assert_eq!(c.key_file, PathBuf::from("/etc/netbridge/executor.hmac"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let err = Config::resolve(&RunArgs::default(), FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("'tls_cert'"), "{err}");

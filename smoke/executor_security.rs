@@ -523,3 +523,92 @@ fn injection_attempts_are_refused_and_change_nothing() {
         "output of an injected command appeared"
     );
 }
+
+/// The harness itself: packets flow on the guest segment across two hosts,
+/// and the probes tell an answer, a refusal and a silent drop apart.
+#[test]
+fn harness_probes_tell_answers_refusals_and_drops_apart() {
+    if skip_unless_root("harness_probes_tell_answers_refusals_and_drops_apart") {
+        return;
+    }
+    let tb = Testbed::new(
+        "nbd",
+        TopologyOptions::default()
+            .hosts(2)
+            .vm("vm1", "10.1.1.10/24", None)
+            .vm_on(1, "vm2", "10.1.1.20/24", None),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let vm2 = tb.vm("vm2");
+    let _tcp = tcp_server(&vm2.path(), "10.1.1.20:80".parse().unwrap(), "vm2");
+    let _udp = udp_server(&vm2.path(), "10.1.1.20:53".parse().unwrap(), "vm2");
+    let _http = http_server(&vm2.path(), "10.1.1.20:8080".parse().unwrap(), "vm2");
+    let _up = tcp_server(
+        &tb.upstream.path(),
+        format!("{UPSTREAM_ADDR}:7000").parse().unwrap(),
+        "up",
+    );
+
+    let answer = tcp_probe(&vm1, "10.1.1.20:80".parse().unwrap()).unwrap();
+    assert_eq!(name_of(&answer), "vm2");
+    assert_eq!(peer_of(&answer), "10.1.1.10");
+    assert_eq!(
+        udp_probe(&vm1, "10.1.1.20:53".parse().unwrap()).unwrap(),
+        "vm2 10.1.1.10"
+    );
+    let (status, body) = http_get(&vm1, "10.1.1.20:8080".parse().unwrap(), "/").unwrap();
+    assert_eq!((status, body.trim()), (200, "vm2 10.1.1.10"));
+    assert!(ping(&vm1, "10.1.1.20", 3));
+    assert_eq!(
+        tcp_probe(&vm1, "10.1.1.20:81".parse().unwrap()),
+        Err(ProbeError::Refused)
+    );
+
+    // A silent drop times out.
+    for argv in [
+        vec!["nft", "add", "table", "inet", "probe"],
+        vec![
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "probe",
+            "in",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ],
+        vec![
+            "nft", "add", "rule", "inet", "probe", "in", "tcp", "dport", "80", "drop",
+        ],
+        vec![
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "probe",
+            "in",
+            "icmp",
+            "type",
+            "echo-request",
+            "drop",
+        ],
+    ] {
+        vm2.ns.exec(&argv).unwrap();
+    }
+    assert_eq!(
+        tcp_probe(&vm1, "10.1.1.20:80".parse().unwrap()),
+        Err(ProbeError::Timeout)
+    );
+    assert!(!ping(&vm1, "10.1.1.20", 1));
+
+    // The upstream server reports the peer too; the VMs have no route there.
+    let up = tcp_probe(
+        &tb.upstream.path(),
+        format!("{UPSTREAM_ADDR}:7000").parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(up, format!("up {UPSTREAM_ADDR}"));
+    assert!(matches!(
+        tcp_probe(&vm1, format!("{UPSTREAM_ADDR}:7000").parse().unwrap()),
+        Err(ProbeError::Unreachable(_)) | Err(ProbeError::Other(_))
+    ));
+}

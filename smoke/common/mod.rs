@@ -489,6 +489,17 @@ impl TopologyOptions {
         self
     }
 
+    /// Adds a VM on host `host` (0-based).
+    pub fn vm_on(mut self, host: usize, name: &str, addr: &str, gateway: Option<&str>) -> Self {
+        self.vms.push(VmSpec {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            gateway: gateway.map(str::to_string),
+            host,
+        });
+        self
+    }
+
     pub fn hosts(mut self, n: usize) -> Self {
         self.hosts = n;
         self

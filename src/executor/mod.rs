@@ -11,5 +11,7 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod planner;
+pub mod state;
 
 pub use engine::{Engine, EngineConfig, ExecError};

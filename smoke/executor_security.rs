@@ -441,6 +441,7 @@ fn injection_attempts_are_refused_and_change_nothing() {
         &envelope(host, net_details(), implement_payload()),
     );
     let engine_present = !ok.message().starts_with("unsupported");
+    println!("engine present: {engine_present} ({})", ok.body);
     if engine_present {
         assert_eq!(ok.status, 200, "{}", ok.body);
     }
@@ -611,4 +612,50 @@ fn harness_probes_tell_answers_refusals_and_drops_apart() {
         tcp_probe(&vm1, format!("{UPSTREAM_ADDR}:7000").parse().unwrap()),
         Err(ProbeError::Unreachable(_)) | Err(ProbeError::Other(_))
     ));
+}
+
+/// The harness's restart helpers as the restart-safety tests use them:
+/// `restart()` (kill -9) keeps the host's namespaces, `reboot()` loses them
+/// and the executor's reconcile brings them back from the state directory.
+#[test]
+fn harness_restart_keeps_and_reboot_loses_router_namespaces() {
+    if skip_unless_root("harness_restart_keeps_and_reboot_loses_router_namespaces") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let r = host.client().command(
+        "implement-network",
+        &envelope(host, net_details(), implement_payload()),
+    );
+    if r.message().starts_with("unsupported") {
+        println!(
+            "SKIP harness_restart_keeps_and_reboot_loses_router_namespaces: engine not merged"
+        );
+        return;
+    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ns = format!("cs-net-{NETWORK_ID}");
+    assert_eq!(host.namespaces(), vec![ns.clone()]);
+    let networks = host.client().networks();
+
+    let pid = host.executor_pid();
+    host.restart().unwrap();
+    assert_ne!(host.executor_pid(), pid);
+    assert_eq!(host.namespaces(), vec![ns.clone()]);
+    assert_eq!(host.client().networks(), networks);
+    let health = host.client().get("/v1/health").unwrap().json();
+    assert_eq!(health["networks"], 1, "{health}");
+
+    host.reboot().unwrap();
+    assert_eq!(
+        host.namespaces(),
+        vec![ns.clone()],
+        "reconcile should re-create {ns}"
+    );
+    assert!(host.router_ns(&ns).exists());
+    // The re-created router answers on its guest address from inside.
+    let addrs = host.exec(&["ip", "-n", &ns, "-o", "addr", "show"]).unwrap();
+    assert!(addrs.contains("10.1.1.1/24"), "{addrs}");
 }

@@ -659,3 +659,28 @@ fn harness_restart_keeps_and_reboot_loses_router_namespaces() {
     let addrs = host.exec(&["ip", "-n", &ns, "-o", "addr", "show"]).unwrap();
     assert!(addrs.contains("10.1.1.1/24"), "{addrs}");
 }
+
+/// The replay cache lives in memory: a request captured before a restart
+/// must still be refused afterwards.
+#[test]
+fn replay_after_an_executor_restart_is_refused() {
+    if skip_unless_root("replay_after_an_executor_restart_is_refused") {
+        return;
+    }
+    let mut tb = Testbed::new("nbd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let client = host.client();
+    let captured = raw(
+        "GET",
+        "/v1/networks",
+        signature_headers(&host.key, "GET", "/v1/networks", now_secs(), b""),
+        b"",
+    );
+    assert_eq!(client.send(captured.clone()).unwrap().status, 200);
+    // Make sure the restart happens in a later second than the signature.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    host.restart().unwrap();
+    assert_unauthorized(client.send(captured), "signed before the executor started");
+    assert_eq!(client.get("/v1/networks").unwrap().status, 200);
+}

@@ -25,6 +25,10 @@ pub enum AuthError {
     KeyUnavailable,
     #[error("too many requests in the replay window")]
     CacheFull,
+    /// The nonce cache does not survive a restart, so requests signed before
+    /// this process started could be replays: the client must re-sign.
+    #[error("request was signed before the executor started; sign it again")]
+    BeforeStart,
 }
 
 impl AuthError {
@@ -38,12 +42,13 @@ impl AuthError {
             AuthError::Signature(SignatureError::Replayed) => "replayed",
             AuthError::KeyUnavailable => "key_unavailable",
             AuthError::CacheFull => "replay_cache_full",
+            AuthError::BeforeStart => "before_start",
         }
     }
 
     pub fn http_status(&self) -> u16 {
         match self {
-            AuthError::Signature(_) => 401,
+            AuthError::Signature(_) | AuthError::BeforeStart => 401,
             AuthError::KeyUnavailable | AuthError::CacheFull => 503,
         }
     }
@@ -242,6 +247,8 @@ impl NonceCache {
 pub struct Authenticator {
     keys: KeyStore,
     nonces: NonceCache,
+    /// Unix seconds of the process start; older signatures are refused.
+    not_before: u64,
 }
 
 /// Header values of a request, as received.
@@ -255,10 +262,14 @@ pub struct SignedParts<'a> {
 }
 
 impl Authenticator {
-    pub fn new(keys: KeyStore) -> Authenticator {
+    /// `started` is the process start (unix seconds): signatures made
+    /// before it are refused, closing the replay window a restart would
+    /// otherwise open (the nonce cache lives in memory).
+    pub fn new(keys: KeyStore, started: u64) -> Authenticator {
         Authenticator {
             keys,
             nonces: NonceCache::new(NONCE_CACHE_CAPACITY),
+            not_before: started,
         }
     }
 
@@ -289,6 +300,9 @@ impl Authenticator {
             parts.signature,
             parts.body,
         )?;
+        if sig.timestamp < self.not_before {
+            return Err(AuthError::BeforeStart);
+        }
         // Only authentic requests reach the cache, so it cannot be flooded
         // by strangers.
         self.nonces.check_and_insert(&sig.nonce, sig.timestamp, now)
@@ -343,7 +357,7 @@ mod tests {
     fn signed_request_passes_once_and_replay_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_key(dir.path(), "k", "0123456789abcdef0123\n", 0o600);
-        let auth = Authenticator::new(KeyStore::open(&path).unwrap());
+        let auth = Authenticator::new(KeyStore::open(&path).unwrap(), 1000);
         let s = signing::sign(
             b"0123456789abcdef0123",
             "POST",
@@ -372,7 +386,7 @@ mod tests {
     fn replaced_key_file_takes_effect_without_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_key(dir.path(), "k", "old-key-0123456789", 0o600);
-        let auth = Authenticator::new(KeyStore::open(&path).unwrap());
+        let auth = Authenticator::new(KeyStore::open(&path).unwrap(), 0);
         let tmp = write_key(dir.path(), "k.new", "new-key-0123456789", 0o600);
         std::fs::rename(&tmp, &path).unwrap();
         let old = signing::sign(
@@ -407,6 +421,24 @@ mod tests {
         assert_eq!(
             auth.check(&parts(&s, "50", b""), 50),
             Err(AuthError::KeyUnavailable)
+        );
+    }
+
+    #[test]
+    fn signatures_older_than_the_process_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_key(dir.path(), "k", "0123456789abcdef0123", 0o600);
+        let auth = Authenticator::new(KeyStore::open(&path).unwrap(), 1000);
+        let s = signing::sign(
+            b"0123456789abcdef0123",
+            "POST",
+            "/v1/commands/assign-ip",
+            999,
+            b"",
+        );
+        assert_eq!(
+            auth.check(&parts(&s, "999", b""), 1001),
+            Err(AuthError::BeforeStart)
         );
     }
 

@@ -86,6 +86,10 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         args.mount_ns.as_deref(),
     )?;
 
+    let started_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let keys = auth::KeyStore::open(&config.key_file)?;
     let tls = match &config.transport {
         Transport::Tls { cert, key } => {
@@ -111,7 +115,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     })?;
     let state = Arc::new(server::AppState {
         engine: Arc::new(engine),
-        auth: auth::Authenticator::new(keys),
+        auth: auth::Authenticator::new(keys, started_secs),
         metrics: metrics::Metrics::default(),
         started: Instant::now(),
         host: config.host_name.clone().unwrap_or_else(hostname),

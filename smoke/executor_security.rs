@@ -341,6 +341,17 @@ fn key_rotation_by_replacing_the_file_needs_no_restart() {
         "rotation must not restart the executor"
     );
 
+    // SIGHUP re-reads the key and keeps serving.
+    let pid_num = pid.unwrap() as libc::pid_t;
+    // SAFETY: signal to our own child by PID.
+    unsafe { libc::kill(pid_num, libc::SIGHUP) };
+    let after_hup = eventually(std::time::Duration::from_secs(5), || {
+        host.log().contains("SIGHUP").then_some(())
+    });
+    assert!(after_hup.is_some(), "{}", host.log());
+    assert_eq!(new.get("/v1/health").unwrap().status, 200);
+    assert_eq!(host.executor_pid(), pid);
+
     // A replacement key file readable by others is not used: fail closed.
     let loose = host.dir.path().join("loose.hmac");
     std::fs::write(&loose, b"loose-key-0123456789abcdef").unwrap();
@@ -423,10 +434,15 @@ fn injection_attempts_are_refused_and_change_nothing() {
         ("implement-network;reboot", "implement-network;reboot"),
         ("%24%28id%29", "$(id)"),
         ("assign-ip%0Areboot", "assign-ip\\nreboot"),
+        ("%FF%FE", "?"),
     ] {
         let r = client.command_raw(path_part, b"{}").unwrap();
         assert_eq!(r.status, 400, "{}", r.body);
-        assert_eq!(r.message(), format!("unknown command '{shown}'"));
+        if shown == "?" {
+            assert_eq!(r.message(), "command name is not valid UTF-8");
+        } else {
+            assert_eq!(r.message(), format!("unknown command '{shown}'"));
+        }
     }
     // Oversized bodies are refused before anything else.
     let huge = vec![b' '; 5 * 1024 * 1024];

@@ -132,9 +132,13 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
 
 async fn command(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Bytes,
 ) -> Response {
+    let Ok(Path(name)) = name else {
+        st.metrics.rejected("unknown_command");
+        return error_response(400, "command name is not valid UTF-8");
+    };
     let command: Command = match name.parse() {
         Ok(c) => c,
         Err(e) => {

@@ -6,6 +6,8 @@ mod common;
 
 use common::*;
 use netbridge::protocol::signing;
+use std::net::SocketAddr;
+
 use serde_json::{json, Value};
 
 const NETWORK_ID: u32 = 42;
@@ -699,4 +701,95 @@ fn replay_after_an_executor_restart_is_refused() {
     host.restart().unwrap();
     assert_unauthorized(client.send(captured), "signed before the executor started");
     assert_eq!(client.get("/v1/networks").unwrap().status, 200);
+}
+
+/// Harness, daemon and engine together over signed HTTPS, the way the
+/// bridge drives an executor: source NAT and a firewalled port forward seen
+/// with real packets, then destroy leaves nothing, and the metrics count it.
+#[test]
+fn http_api_end_to_end_source_nat_port_forward_and_destroy() {
+    if skip_unless_root("http_api_end_to_end_source_nat_port_forward_and_destroy") {
+        return;
+    }
+    let mut tb = Testbed::new(
+        "nbd",
+        TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let upstream = tb.upstream.path();
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let client = host.client();
+    let send = |command: &str, payload: Value| {
+        let r = client.command(command, &envelope(host, net_details(), payload));
+        (r.status, r.body)
+    };
+    let (status, body) = send("implement-network", implement_payload());
+    if body.contains("unsupported") {
+        println!("SKIP http_api_end_to_end_source_nat_port_forward_and_destroy: engine not merged");
+        return;
+    }
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send("assign-ip", assign_payload());
+    assert_eq!(status, 200, "{body}");
+
+    let _up = tcp_server(
+        &upstream,
+        format!("{UPSTREAM_ADDR}:7000").parse().unwrap(),
+        "up",
+    );
+    let seen = tcp_probe(&vm1, format!("{UPSTREAM_ADDR}:7000").parse().unwrap()).unwrap();
+    assert_eq!(peer_of(&seen), "203.0.113.10", "{seen}");
+
+    let _ssh = tcp_server(&vm1, "10.1.1.10:22".parse().unwrap(), "vm1");
+    let (status, body) = send("add-port-forward", port_forward_payload());
+    assert_eq!(status, 200, "{body}");
+    let public: SocketAddr = "203.0.113.10:2222".parse().unwrap();
+    // Closed until a firewall rule allows it.
+    assert!(tcp_probe(&upstream, public).is_err());
+    let rules = json!({"default_egress_allow": true, "cidr": "10.1.1.0/24", "rules": [
+        {"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "2222", "portEnd": "2222",
+         "publicIp": "203.0.113.10", "sourceCidrs": ["203.0.113.0/24"]}
+    ]});
+    let fw = merged(
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+        json!({"fw_rules": rules}),
+    );
+    let (status, body) = send("apply-fw-rules", fw);
+    assert_eq!(status, 200, "{body}");
+    let answer = tcp_probe(&upstream, public).unwrap();
+    assert_eq!(answer, format!("vm1 {PUBLIC_GATEWAY}"));
+
+    let (status, body) = send("delete-port-forward", port_forward_payload());
+    assert_eq!(status, 200, "{body}");
+    assert!(tcp_probe(&upstream, public).is_err());
+
+    let (status, body) = send(
+        "destroy-network",
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(host.namespaces().is_empty(), "{:?}", host.namespaces());
+    assert_eq!(client.networks(), json!({"networks": []}));
+
+    let metrics = metrics_text(host);
+    for command in [
+        "implement-network",
+        "assign-ip",
+        "add-port-forward",
+        "apply-fw-rules",
+        "delete-port-forward",
+        "destroy-network",
+    ] {
+        let line = format!(
+            "netbridge_executor_commands_total{{command=\"{command}\",result=\"success\"}}"
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(
+            "netbridge_executor_command_duration_seconds_count{command=\"apply-fw-rules\"} 1\n"
+        ),
+        "{metrics}"
+    );
 }

@@ -315,7 +315,10 @@ impl Applier {
             .iter()
             .map(|l| (l.inner_name.as_str(), l))
             .collect();
+        // Order matters in one batch: drop the old default route first, then
+        // addresses, then the new route, and stale legs last.
         let mut batch = vec!["link set lo up".to_string()];
+        let mut stale = Vec::new();
         let mut announce = Vec::new();
         for link in &inner {
             if link.ifname == "lo" {
@@ -323,7 +326,7 @@ impl Applier {
             }
             let Some(leg) = wanted.get(link.ifname.as_str()) else {
                 if link.link_type.as_deref() == Some("ether") {
-                    batch.push(format!("link del {}", link.ifname));
+                    stale.push(format!("link del {}", link.ifname));
                 }
                 continue;
             };
@@ -360,9 +363,10 @@ impl Applier {
             (Some((gw, dev)), _) => {
                 batch.push(format!("route replace default via {gw} dev {dev} onlink"))
             }
-            (None, Some(_)) => batch.push("route del default".to_string()),
+            (None, Some(_)) => batch.insert(0, "route del default".to_string()),
             (None, None) => {}
         }
+        batch.extend(stale);
         self.ip_batch(Some(ns), &batch)?;
 
         self.set_forwarding(ns, plan.ipv4_forwarding)?;
@@ -479,9 +483,8 @@ impl Applier {
     pub fn teardown(&self, namespace: &str, legs: &[Leg]) -> Result<(), ApplyError> {
         {
             let _host = self.host_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if self.namespace_exists(namespace) {
-                self.ip(&["netns", "del", namespace])?;
-            }
+            // Host ends first: deleting a veth is synchronous, while the
+            // kernel frees the links of a deleted namespace later.
             let host = self.links(None)?;
             let batch: Vec<String> = legs
                 .iter()
@@ -489,6 +492,9 @@ impl Applier {
                 .map(|l| format!("link del {}", l.host_name))
                 .collect();
             self.ip_batch(None, &batch)?;
+            if self.namespace_exists(namespace) {
+                self.ip(&["netns", "del", namespace])?;
+            }
         }
         let bridges: Vec<String> = legs.iter().map(|l| l.bridge.clone()).collect();
         self.remove_unused_bridges(&bridges)

@@ -520,6 +520,66 @@ fn injection_attempts_are_refused_and_change_nothing() {
             }
         }
     }
+    // Static NAT addresses.
+    let static_nat = merged(
+        network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+        json!({"public_ip": "203.0.113.10", "private_ip": "10.1.1.10"}),
+    );
+    for field in ["public_ip", "private_ip"] {
+        for value in hostile_values() {
+            let mut payload = static_nat.clone();
+            payload[field] = Value::String(value);
+            let r = client.command("add-static-nat", &envelope(host, net_details(), payload));
+            assert_eq!(r.status, 400, "add-static-nat {field}: {}", r.body);
+            if engine_present {
+                assert!(
+                    r.message().contains(&format!("'{field}'")),
+                    "{}",
+                    r.message()
+                );
+            }
+        }
+    }
+    // Every string inside a firewall rule document.
+    let rule = json!({"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "22",
+        "portEnd": "22", "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]});
+    for key in [
+        "protocol",
+        "portStart",
+        "portEnd",
+        "publicIp",
+        "sourceCidrs",
+        "cidr",
+    ] {
+        for value in hostile_values() {
+            let mut r0 = rule.clone();
+            let mut doc = json!({"default_egress_allow": true, "cidr": "10.1.1.0/24"});
+            match key {
+                "cidr" => doc["cidr"] = Value::String(value),
+                "sourceCidrs" => r0["sourceCidrs"] = json!([value]),
+                _ => r0[key] = Value::String(value),
+            }
+            doc["rules"] = json!([r0]);
+            let payload = merged(
+                network_payload(NETWORK_ID, 100, "10.1.1.1", "10.1.1.0/24"),
+                json!({"fw_rules": doc}),
+            );
+            let r = client.command("apply-fw-rules", &envelope(host, net_details(), payload));
+            assert_eq!(r.status, 400, "apply-fw-rules {key}: {}", r.body);
+            if engine_present {
+                let expected = if key == "cidr" {
+                    "'fw_rules.cidr'".to_string()
+                } else {
+                    format!("fw_rules.rules[0].{key}")
+                };
+                assert!(
+                    r.message().contains(&expected),
+                    "{expected}: {}",
+                    r.message()
+                );
+            }
+        }
+    }
     // Devices from the registration details are values too.
     for value in hostile_values() {
         let mut env = envelope(host, net_details(), implement_payload());

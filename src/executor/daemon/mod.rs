@@ -113,7 +113,9 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         guest_device: config.guest_device.clone(),
         public_device: config.public_device.clone(),
     })?;
+    let count = engine.network_count();
     let state = Arc::new(server::AppState {
+        network_count: std::sync::atomic::AtomicUsize::new(count),
         engine: Arc::new(engine),
         auth: auth::Authenticator::new(keys, started_secs),
         metrics: metrics::Metrics::default(),

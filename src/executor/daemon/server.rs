@@ -25,6 +25,26 @@ pub struct AppState {
     pub started: Instant,
     pub host: String,
     pub body_limit: usize,
+    /// Last known network count: health must answer promptly even while a
+    /// long command holds a network's lock.
+    pub network_count: std::sync::atomic::AtomicUsize,
+}
+
+/// How long health and metrics wait for a fresh network count.
+const COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The engine's network count, or the last known one when the engine is busy.
+async fn network_count(st: &Arc<AppState>) -> usize {
+    use std::sync::atomic::Ordering;
+    let engine = st.engine.clone();
+    let task = tokio::task::spawn_blocking(move || engine.network_count());
+    match tokio::time::timeout(COUNT_WAIT, task).await {
+        Ok(Ok(n)) => {
+            st.network_count.store(n, Ordering::Relaxed);
+            n
+        }
+        _ => st.network_count.load(Ordering::Relaxed),
+    }
 }
 
 /// `{"status":"error","message":…}` with the given HTTP status.
@@ -198,10 +218,7 @@ pub fn success_body(command: Command, output: Value) -> Value {
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
-    let engine = st.engine.clone();
-    let count = tokio::task::spawn_blocking(move || engine.network_count())
-        .await
-        .unwrap_or(0);
+    let count = network_count(&st).await;
     Json(json!({
         "host": st.host,
         "version": crate::build_id(),
@@ -220,10 +237,7 @@ async fn networks(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let engine = st.engine.clone();
-    let count = tokio::task::spawn_blocking(move || engine.network_count())
-        .await
-        .unwrap_or(0);
+    let count = network_count(&st).await;
     let text = st
         .metrics
         .render(count, st.started.elapsed().as_secs(), &crate::build_id());

@@ -447,10 +447,10 @@ fn injection_attempts_are_refused_and_change_nothing() {
         }
     }
     // Oversized bodies are refused before anything else.
-    let huge = vec![b' '; 5 * 1024 * 1024];
+    let huge = vec![b' '; 17 * 1024 * 1024];
     let r = client.command_raw("implement-network", &huge).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
-    assert_eq!(r.message(), "request body too large (limit 4194304 bytes)");
+    assert_eq!(r.message(), "request body too large (limit 16777216 bytes)");
 
     // With a real engine, implement the network first so that the later
     // commands are refused for their bad field, not for a missing network.

@@ -16,8 +16,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/netbridge";
 pub const DEFAULT_DEVICE: &str = "eth1";
 /// Default HMAC key file.
 pub const DEFAULT_KEY_FILE: &str = "/etc/netbridge/executor.hmac";
-/// Default largest accepted request body (rule documents with 10,000 rules fit).
-pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Default largest accepted request body: the protocol's own limit, so that
+/// rule documents with 10,000 rules fit, also in their Base64 form.
+pub const DEFAULT_BODY_LIMIT: usize = crate::protocol::envelope::MAX_BODY_BYTES;
 
 /// Run-time flags of `netbridge-executor` (also used by the binary's clap parser).
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -56,7 +57,7 @@ pub struct RunArgs {
     /// Host identity reported by /v1/health (default: the hostname).
     #[arg(long, value_name = "NAME")]
     pub host_name: Option<String>,
-    /// Largest accepted request body in bytes (default 4 MiB).
+    /// Largest accepted request body in bytes (default 16 MiB).
     #[arg(long, value_name = "BYTES")]
     pub body_limit: Option<usize>,
     /// Tests: join the network namespace /run/netns/NAME before starting.

@@ -295,6 +295,22 @@ fn private_mounts_give_each_host_its_own_run_netns() {
     }
     let mut tb = Testbed::new("nbd", TopologyOptions::default().hosts(2));
     let name = format!("cs-net-{NETWORK_ID}");
+    // Joining a host namespace without a private /run/netns is refused: the
+    // executor would reconcile (and remove) other hosts' namespaces.
+    let key = tb.hosts[0].key_file.display().to_string();
+    let err = run(&[
+        env!("CARGO_BIN_EXE_netbridge-executor"),
+        "--netns",
+        &tb.hosts[0].netns.name,
+        "--insecure-http",
+        "--key-file",
+        &key,
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("--netns needs --private-mounts or --mount-ns"),
+        "{err}"
+    );
     for host in tb.hosts.iter_mut() {
         host.options.private_mounts = true;
         host.start_executor().unwrap();

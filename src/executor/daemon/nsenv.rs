@@ -76,6 +76,15 @@ pub fn enter(
     private: bool,
     mount_ns: Option<&Path>,
 ) -> Result<(), DaemonError> {
+    // An executor reconciles every `cs-net-*` in its /run/netns: joining a
+    // test host's network namespace while sharing the machine's /run/netns
+    // would let it tear down other hosts' namespaces (testbed rule 4).
+    if netns.is_some() && !private && mount_ns.is_none() {
+        return Err(DaemonError::Namespace(
+            "--netns needs --private-mounts or --mount-ns (a private /run/netns per emulated host)"
+                .to_string(),
+        ));
+    }
     // Open the network namespace first: a private /run/netns hides it.
     let net = match netns {
         Some(name) => {

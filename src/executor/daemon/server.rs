@@ -276,6 +276,134 @@ async fn method_not_allowed(req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::applier::ApplierConfig;
+    use crate::executor::daemon::auth::KeyStore;
+    use crate::executor::EngineConfig;
+    use std::os::unix::fs::PermissionsExt;
+    use tower::ServiceExt;
+
+    const KEY: &[u8] = b"unit-test-key-0123456789abcdef";
+
+    /// A daemon whose engine sees an empty, private netns directory, so
+    /// nothing on the machine is touched.
+    fn app(dir: &std::path::Path) -> (Router, Arc<AppState>) {
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, KEY).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let netns_dir = dir.join("netns");
+        std::fs::create_dir_all(&netns_dir).unwrap();
+        let engine = Engine::open_with(
+            EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            ApplierConfig {
+                netns_dir,
+                ..ApplierConfig::default()
+            },
+        )
+        .unwrap();
+        let state = Arc::new(AppState {
+            engine: Arc::new(engine),
+            auth: Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            host: "unit".into(),
+            body_limit: 4096,
+            network_count: std::sync::atomic::AtomicUsize::new(0),
+        });
+        (router(state.clone()), state)
+    }
+
+    fn signed(method: &str, path: &str, body: &[u8]) -> Request {
+        let s = signing::sign(KEY, method, path, now_secs(), body);
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(signing::HEADER_TIMESTAMP, s.timestamp.to_string())
+            .header(signing::HEADER_NONCE, s.nonce)
+            .header(signing::HEADER_SIGNATURE, s.signature)
+            .body(Body::from(body.to_vec()))
+            .unwrap()
+    }
+
+    async fn answer(router: &Router, req: Request) -> (u16, Value) {
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    #[tokio::test]
+    async fn unsigned_requests_get_401_json_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let req = Request::builder()
+            .uri("/v1/health")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = answer(&router, req).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            json!({"status": "error", "message": "authentication failed: request is not signed (missing header 'x-netbridge-timestamp')"})
+        );
+        assert_eq!(state.metrics.auth_failures_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn signed_health_networks_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, _) = app(dir.path());
+        let (status, body) = answer(&router, signed("GET", "/v1/health", b"")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["host"], "unit");
+        assert_eq!(body["version"], crate::build_id());
+        assert_eq!(body["networks"], 0);
+        assert!(body["uptime_secs"].is_u64());
+        let (status, body) = answer(&router, signed("GET", "/v1/networks", b"")).await;
+        assert_eq!((status, body), (200, json!({"networks": []})));
+        let (status, body) = answer(&router, signed("GET", "/metrics", b"")).await;
+        assert_eq!(status, 200);
+        assert!(body
+            .as_str()
+            .unwrap()
+            .contains("netbridge_executor_networks 0\n"));
+    }
+
+    #[tokio::test]
+    async fn unknown_command_oversized_body_and_unknown_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let (status, body) = answer(&router, signed("POST", "/v1/commands/rm%20-rf", b"{}")).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["message"], "unknown command 'rm -rf'");
+        let big = vec![b' '; 5000];
+        let (status, body) = answer(&router, signed("POST", "/v1/commands/assign-ip", &big)).await;
+        assert_eq!(status, 413);
+        assert_eq!(body["message"], "request body too large (limit 4096 bytes)");
+        let (status, body) = answer(&router, signed("GET", "/v2/x", b"")).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["message"], "no such endpoint: GET /v2/x");
+        // Bad input reaches the engine, which names the field; the metrics
+        // count the command as an error.
+        let (status, body) =
+            answer(&router, signed("POST", "/v1/commands/assign-ip", b"[1]")).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["status"], "error");
+        let text = state.metrics.render(0, 0, "v");
+        assert!(
+            text.contains(
+                "netbridge_executor_commands_total{command=\"assign-ip\",result=\"error\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn success_body_merges_output_but_keeps_status() {

@@ -869,3 +869,60 @@ fn http_api_end_to_end_source_nat_port_forward_and_destroy() {
         "{metrics}"
     );
 }
+
+/// The harness's DHCP probe against a plain dnsmasq: offer, router and DNS
+/// options are decoded; nothing is leased to the probe's interface.
+#[test]
+fn harness_dhcp_probe_reads_an_offer() {
+    if skip_unless_root("harness_dhcp_probe_reads_an_offer") {
+        return;
+    }
+    let tb = Testbed::new(
+        "nbd",
+        TopologyOptions::default()
+            .vm("srv", "10.1.1.1/24", None)
+            .vm_dhcp("vm1", "02:00:00:00:00:99"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let leases = dir.path().join("leases").display().to_string();
+    let pid_file = dir.path().join("pid").display().to_string();
+    let vm1 = tb.vm("vm1");
+    let host_opt = format!("--dhcp-host={},10.1.1.10,vm-one", vm1.mac());
+    let leases_opt = format!("--dhcp-leasefile={leases}");
+    let pid_opt = format!("--pid-file={pid_file}");
+    let _dnsmasq = NsProcess::spawn(
+        &tb.vm("srv").path(),
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.1.1.0,static,255.255.255.0,1h",
+            &host_opt,
+            "--dhcp-option=3,10.1.1.1",
+            "--dhcp-option=6,10.1.1.1,192.0.2.53",
+            "--domain=smoke.test",
+            &leases_opt,
+            &pid_opt,
+            "--user=root",
+        ],
+    )
+    .unwrap();
+    let offer = eventually(std::time::Duration::from_secs(10), || {
+        vm1.dhcp_discover().ok()
+    })
+    .expect("no DHCP offer");
+    assert_eq!(offer.address.to_string(), "10.1.1.10");
+    assert_eq!(
+        offer.routers,
+        vec!["10.1.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(offer.dns.len(), 2, "{offer:?}");
+    assert_eq!(offer.domain.as_deref(), Some("smoke.test"));
+    assert_eq!(
+        offer.server.map(|a| a.to_string()).as_deref(),
+        Some("10.1.1.1")
+    );
+}

@@ -449,6 +449,9 @@ pub struct VmSpec {
     pub gateway: Option<String>,
     /// index of the host whose guest bridge it is plugged into
     pub host: usize,
+    /// MAC of `eth0`; default `02:00:00:00:<host>:<index+1>` (what a
+    /// `prepare-nic`/`add-dhcp-entry` payload sends as `mac`).
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +488,19 @@ impl TopologyOptions {
             addr: addr.to_string(),
             gateway: gateway.map(str::to_string),
             host: 0,
+            mac: None,
+        });
+        self
+    }
+
+    /// Adds a VM on host 0 without a static address (for DHCP tests).
+    pub fn vm_dhcp(mut self, name: &str, mac: &str) -> Self {
+        self.vms.push(VmSpec {
+            name: name.to_string(),
+            addr: String::new(),
+            gateway: None,
+            host: 0,
+            mac: Some(mac.to_string()),
         });
         self
     }
@@ -496,6 +512,7 @@ impl TopologyOptions {
             addr: addr.to_string(),
             gateway: gateway.map(str::to_string),
             host,
+            mac: None,
         });
         self
     }
@@ -519,6 +536,16 @@ impl Vm {
     /// The VM's address without prefix.
     pub fn ip(&self) -> &str {
         self.spec.addr.split('/').next().unwrap_or("")
+    }
+
+    /// MAC of `eth0` (`aa:bb:…`).
+    pub fn mac(&self) -> &str {
+        self.spec.mac.as_deref().unwrap_or("")
+    }
+
+    /// Sends a DHCPDISCOVER from `eth0` and returns the offer.
+    pub fn dhcp_discover(&self) -> Result<DhcpOffer, ProbeError> {
+        dhcp_discover(&self.path(), "eth0", self.mac())
     }
 }
 
@@ -996,15 +1023,21 @@ impl Testbed {
             let hn = host.netns.name.clone();
             let hside = format!("{p}v{j}");
             veth(&hn, &hside, &ns.name, "eth0")?;
+            let mut spec = spec.clone();
+            let mac = spec
+                .mac
+                .clone()
+                .unwrap_or_else(|| format!("02:00:00:00:{:02x}:{:02x}", spec.host, j + 1));
+            ns.ip(&["link", "set", "eth0", "address", &mac])?;
+            spec.mac = Some(mac);
             attach(&hn, &hside, &options.guest_bridge)?;
-            ns.ip(&["addr", "add", &spec.addr, "dev", "eth0"])?;
+            if !spec.addr.is_empty() {
+                ns.ip(&["addr", "add", &spec.addr, "dev", "eth0"])?;
+            }
             if let Some(gw) = &spec.gateway {
                 ns.ip(&["route", "add", "default", "via", gw])?;
             }
-            vms.push(Vm {
-                spec: spec.clone(),
-                ns,
-            });
+            vms.push(Vm { spec, ns });
         }
         Ok(Testbed {
             prefix: p,
@@ -1700,4 +1733,195 @@ pub fn ping(ns: &Path, addr: &str, tries: u32) -> bool {
         )
         .is_ok()
     })
+}
+
+// ---------------------------------------------------------------------------
+// DHCP probe
+
+/// What a DHCP server offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpOffer {
+    /// Address offered to the client (`yiaddr`).
+    pub address: std::net::Ipv4Addr,
+    /// Option 54, the server identifier.
+    pub server: Option<std::net::Ipv4Addr>,
+    /// Option 1.
+    pub netmask: Option<std::net::Ipv4Addr>,
+    /// Option 3 (absent for non-default NICs).
+    pub routers: Vec<std::net::Ipv4Addr>,
+    /// Option 6.
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Option 15.
+    pub domain: Option<String>,
+    /// Option 12.
+    pub hostname: Option<String>,
+    /// Every option as received (code → bytes).
+    pub options: std::collections::BTreeMap<u8, Vec<u8>>,
+}
+
+fn parse_mac(mac: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = mac
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    parts.try_into().ok()
+}
+
+fn ipv4_list(bytes: &[u8]) -> Vec<std::net::Ipv4Addr> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .collect()
+}
+
+/// Builds a DHCPDISCOVER (broadcast flag set, asking for the usual options).
+fn dhcp_discover_packet(xid: u32, mac: [u8; 6]) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[10] = 0x80; // answer by broadcast: the client has no address yet
+    p[28..34].copy_from_slice(&mac);
+    p.extend_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, 1]); // DHCPDISCOVER
+    p.extend_from_slice(&[55, 7, 1, 3, 6, 12, 15, 28, 51]);
+    p.push(255);
+    p
+}
+
+/// Parses a DHCPOFFER answering `xid`; None for anything else.
+fn parse_offer(data: &[u8], xid: u32) -> Option<DhcpOffer> {
+    if data.len() < 240
+        || data[0] != 2
+        || data[4..8] != xid.to_be_bytes()
+        || data[236..240] != [99, 130, 83, 99]
+    {
+        return None;
+    }
+    let mut options = std::collections::BTreeMap::new();
+    let mut i = 240;
+    while i < data.len() {
+        let code = data[i];
+        if code == 255 {
+            break;
+        }
+        if code == 0 {
+            i += 1;
+            continue;
+        }
+        let len = *data.get(i + 1)? as usize;
+        let value = data.get(i + 2..i + 2 + len)?.to_vec();
+        options.insert(code, value);
+        i += 2 + len;
+    }
+    if options.get(&53).map(Vec::as_slice) != Some(&[2]) {
+        return None; // not an OFFER
+    }
+    let text = |code: u8| {
+        options.get(&code).map(|v| {
+            String::from_utf8_lossy(v)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+    };
+    Some(DhcpOffer {
+        address: std::net::Ipv4Addr::new(data[16], data[17], data[18], data[19]),
+        server: options.get(&54).and_then(|v| ipv4_list(v).first().copied()),
+        netmask: options.get(&1).and_then(|v| ipv4_list(v).first().copied()),
+        routers: options.get(&3).map(|v| ipv4_list(v)).unwrap_or_default(),
+        dns: options.get(&6).map(|v| ipv4_list(v)).unwrap_or_default(),
+        domain: text(15),
+        hostname: text(12),
+        options,
+    })
+}
+
+/// Sends one DHCPDISCOVER out of `iface` in namespace `ns` (up to 3 tries,
+/// 1 s each) and returns the first matching offer. Leaves no lease and no
+/// address behind (it never sends a REQUEST).
+pub fn dhcp_discover(ns: &Path, iface: &str, mac: &str) -> Result<DhcpOffer, ProbeError> {
+    let mac = parse_mac(mac).ok_or_else(|| ProbeError::Other(format!("bad mac '{mac}'")))?;
+    let iface = iface.to_string();
+    in_netns(ns, move || -> Result<DhcpOffer, ProbeError> {
+        let sock = UdpSocket::bind("0.0.0.0:68").map_err(|e| classify(&e))?;
+        sock.set_broadcast(true).map_err(|e| classify(&e))?;
+        let name = std::ffi::CString::new(iface).map_err(|e| ProbeError::Other(e.to_string()))?;
+        let bytes = name.as_bytes_with_nul();
+        // SAFETY: valid socket and buffer for SO_BINDTODEVICE.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                bytes.as_ptr().cast(),
+                bytes.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(ProbeError::Other(format!(
+                "SO_BINDTODEVICE: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .map_err(|e| classify(&e))?;
+        let xid = std::process::id() ^ now_secs() as u32;
+        let packet = dhcp_discover_packet(xid, mac);
+        for _ in 0..3 {
+            sock.send_to(&packet, "255.255.255.255:67")
+                .map_err(|e| classify(&e))?;
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                let mut buf = [0u8; 1500];
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    if let Some(offer) = parse_offer(&buf[..n], xid) {
+                        return Ok(offer);
+                    }
+                }
+            }
+        }
+        Err(ProbeError::Timeout)
+    })
+    .map_err(ProbeError::Other)?
+}
+
+/// A program started in a namespace (a test DHCP/DNS server, …), killed by
+/// PID on drop.
+pub struct NsProcess {
+    child: Child,
+}
+
+impl NsProcess {
+    /// Starts `argv` with the network namespace `ns`; dies with the thread
+    /// that started it.
+    pub fn spawn(ns: &Path, argv: &[&str]) -> Result<NsProcess, String> {
+        let net = File::open(ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+        let fd = net.as_raw_fd();
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        // SAFETY: only setns between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || setns_fd(fd, libc::CLONE_NEWNET));
+        }
+        let child = cmd.spawn().map_err(|e| format!("{}: {e}", argv[0]))?;
+        drop(net);
+        Ok(NsProcess { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1707,19 +1707,52 @@ pub fn udp_probe(ns: &Path, addr: SocketAddr) -> Result<String, ProbeError> {
 
 /// `GET path` over plain HTTP; returns (status, body).
 pub fn http_get(ns: &Path, addr: SocketAddr, path: &str) -> Result<(u16, String), ProbeError> {
-    let path = path.to_string();
+    http_request(ns, addr, "GET", path, &[])
+}
+
+/// One HTTP/1.0 request with extra headers (e.g. `DomU_Request:
+/// send_my_password` for the password server); returns (status, body).
+pub fn http_request(
+    ns: &Path,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), ProbeError> {
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     in_netns(ns, move || -> Result<(u16, String), ProbeError> {
         let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| classify(&e))?;
         s.set_read_timeout(Some(PROBE_TIMEOUT))
             .map_err(|e| classify(&e))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .map_err(|e| classify(&e))?;
+        s.write_all(head.as_bytes()).map_err(|e| classify(&e))?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).map_err(|e| classify(&e))?;
         let r = parse_response(&buf).map_err(ProbeError::Other)?;
         Ok((r.status, r.body))
     })
     .map_err(ProbeError::Other)?
+}
+
+/// DNS lookup with `dig +short` from `ns` against `server`; the answer
+/// lines (addresses or names). Err when dig fails or times out.
+pub fn dig(ns: &Path, server: &str, name: &str, rtype: &str) -> Result<Vec<String>, String> {
+    let at = format!("@{server}");
+    let out = run_in(
+        ns,
+        None,
+        &["dig", "+short", "+time=1", "+tries=2", &at, name, rtype],
+        Duration::from_secs(10),
+    )?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// One ICMP echo (`ping -c 1 -W 1`, up to `tries` attempts) from `ns`.

@@ -3,23 +3,53 @@
 //! client and small packet probes. Everything runs inside namespaces created
 //! here; nothing touches the root namespace's links or addresses.
 //!
-//! Typical use:
+//! Typical use (see `smoke/executor_security.rs` for working examples, e.g.
+//! `http_api_end_to_end_source_nat_port_forward_and_destroy`):
 //! ```ignore
 //! mod common;
 //! use common::*;
 //! #[test]
 //! fn source_nat() {
 //!     if skip_unless_root("source_nat") { return; }
-//!     let mut tb = Testbed::new("nbe", TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")));
-//!     tb.hosts[0].start_executor().unwrap();
-//!     let client = tb.hosts[0].client();
-//!     let resp = client.command("implement-network", &envelope(&tb.hosts[0], json!({...})));
-//!     assert_eq!(resp.status, 200, "{}", resp.body);
-//!     let _srv = tcp_server(&tb.upstream.path(), "198.51.100.1:7000".parse().unwrap(), "up");
-//!     let seen = tcp_probe(&tb.vm("vm1").path(), "198.51.100.1:7000".parse().unwrap()).unwrap();
+//!     let mut tb = Testbed::new("nbx", TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")));
+//!     let vm1 = tb.vm("vm1").path();
+//!     let up = tb.upstream.path();
+//!     let host = tb.host(0);
+//!     host.start_executor().unwrap();                 // TLS, pinned, signed
+//!     let details = json!({"host": "h1", "namespace": "cs-net-42"});
+//!     let payload = merged(network_payload(42, 100, "10.1.1.1", "10.1.1.0/24"), json!({"extension_ip": "10.1.1.1"}));
+//!     let r = host.client().command("implement-network", &envelope(host, details, payload));
+//!     assert_eq!(r.status, 200, "{}", r.body);
+//!     let _srv = tcp_server(&up, "198.51.100.1:7000".parse().unwrap(), "up");
+//!     let seen = tcp_probe(&vm1, "198.51.100.1:7000".parse().unwrap()).unwrap();
 //!     assert_eq!(peer_of(&seen), "203.0.113.10");
 //! }
 //! ```
+//!
+//! Pieces:
+//! - Topology: upstream ns (`203.0.113.1/24` gateway and `198.51.100.1/24`
+//!   server on `up0`) on the public bridge `breth1-200` of host 1; host
+//!   namespaces with guest bridge `breth1-100`, device `eth1`; VM namespaces
+//!   with `eth0` on the guest bridge (static address or DHCP-only, MAC
+//!   `02:00:00:00:<host>:<n>`). Several hosts share both segments.
+//! - `Host`: `start_executor`, `kill9`, `restart` (router namespaces survive),
+//!   `reboot` (they vanish; state dir stays), `stop` (SIGTERM), `rotate_key`,
+//!   `client()`, `exec(argv)` (host netns + executor mount ns, so
+//!   `ip netns exec cs-net-42 nft list ruleset` works), `namespaces()`,
+//!   `router_ns("cs-net-42")` (a path usable by every probe), `log()`.
+//!   Each host's executor runs in the host netns and a held private mount
+//!   namespace (`--mount-ns`), or `--private-mounts` via
+//!   `host.options.private_mounts`; `host.options.tls = false` for
+//!   `--insecure-http`.
+//! - `Client`: `command`, `get`, `networks`, `send(RawRequest)` for
+//!   tampering, `with_key`, `with_pin`.
+//! - Probes (all bounded): `tcp_probe`, `udp_probe`, `http_get`,
+//!   `http_request`, `ping`, `dig`, `dhcp_discover`; servers that report
+//!   the peer (`tcp_server`, `udp_server`, `http_server`, answers
+//!   `"<name> <peer-ip>"`, see `peer_of`); `NsProcess` for a program in a
+//!   namespace; `run_in`/`in_netns` for anything else; `eventually` for
+//!   bounded waits.
+//!
 //! Create the `Testbed` in the test's own thread: helper processes die with
 //! the thread that started them (PR_SET_PDEATHSIG), so nothing outlives a
 //! crashed run.

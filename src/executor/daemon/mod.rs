@@ -12,7 +12,7 @@ pub mod nsenv;
 pub mod server;
 pub mod tls;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,9 +212,4 @@ fn spawn_sighup(state: Arc<server::AppState>) {
         }
         Err(e) => log::warn!("no SIGHUP handler: {e}"),
     }
-}
-
-/// Path helper for callers that print where things went.
-pub fn display(path: &Path) -> String {
-    path.display().to_string()
 }

@@ -74,7 +74,7 @@ pub struct Reply {
 struct PoolKey {
     addr: String,
     port: u16,
-    pin: Option<[u8; 32]>,
+    pin: Option<Vec<[u8; 32]>>,
 }
 
 struct Idle {
@@ -84,7 +84,7 @@ struct Idle {
 
 struct Inner {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    tls: Mutex<HashMap<[u8; 32], Arc<ClientConfig>>>,
+    tls: Mutex<HashMap<Vec<[u8; 32]>, Arc<ClientConfig>>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -110,7 +110,7 @@ impl std::fmt::Debug for Client {
 /// still checks that the peer holds its key (handshake signatures).
 #[derive(Debug)]
 struct PinnedVerifier {
-    fingerprint: [u8; 32],
+    fingerprints: Vec<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -124,7 +124,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if digest == self.fingerprint {
+        if self.fingerprints.contains(&digest) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -193,13 +193,13 @@ impl Client {
         }
     }
 
-    fn tls_config(&self, fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, TransportError> {
+    fn tls_config(&self, fingerprints: &[[u8; 32]]) -> Result<Arc<ClientConfig>, TransportError> {
         let mut configs = self.inner.tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(&fingerprint) {
+        if let Some(c) = configs.get(fingerprints) {
             return Ok(c.clone());
         }
         let verifier = PinnedVerifier {
-            fingerprint,
+            fingerprints: fingerprints.to_vec(),
             algorithms: self.inner.provider.signature_verification_algorithms,
         };
         let config = ClientConfig::builder_with_provider(self.inner.provider.clone())
@@ -209,7 +209,7 @@ impl Client {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         let config = Arc::new(config);
-        configs.insert(fingerprint, config.clone());
+        configs.insert(fingerprints.to_vec(), config.clone());
         Ok(config)
     }
 
@@ -278,7 +278,7 @@ impl Client {
         let handshake_err = |e: hyper::Error| TransportError::Connect(format!("{target}: {e}"));
         match transport {
             Transport::Pinned(fp) => {
-                let config = self.tls_config(*fp)?;
+                let config = self.tls_config(fp)?;
                 let name = match host.addr.parse::<IpAddr>() {
                     Ok(ip) => ServerName::IpAddress(ip.into()),
                     Err(_) => ServerName::try_from(host.addr.clone())
@@ -333,7 +333,7 @@ impl Client {
             addr: host.addr.clone(),
             port: host.port,
             pin: match transport {
-                Transport::Pinned(fp) => Some(*fp),
+                Transport::Pinned(fp) => Some(fp.clone()),
                 Transport::InsecureLoopback => None,
             },
         };

@@ -7,7 +7,8 @@
 //! - `executor.port`: default port (8443).
 //! - `executor.key`: shared HMAC key (hidden; never logged or echoed).
 //! - `executor.fingerprint`: hex SHA-256 of the executor's DER leaf
-//!   certificate, colons allowed. Pinned; no CA validation.
+//!   certificate, colons allowed. Pinned; no CA validation. A comma list is
+//!   accepted (per-host certificates, or old and new during a rotation).
 //! - `executor.insecure`: `true` allows plain HTTP without a fingerprint, and
 //!   only when every host is a loopback address (tests).
 
@@ -112,8 +113,9 @@ fn is_dns_name(s: &str) -> bool {
 /// How connections to executors are secured.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// HTTPS, accepting only the certificate whose DER SHA-256 is this.
-    Pinned([u8; 32]),
+    /// HTTPS, accepting only certificates whose DER SHA-256 is listed
+    /// (one per executor certificate, or one shared by all).
+    Pinned(Vec<[u8; 32]>),
     /// Plain HTTP to loopback, for tests (`executor.insecure=true`).
     InsecureLoopback,
 }
@@ -121,7 +123,10 @@ pub enum Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Transport::Pinned(fp) => write!(f, "Pinned({})", hex::encode(fp)),
+            Transport::Pinned(fps) => {
+                let list: Vec<String> = fps.iter().map(hex::encode).collect();
+                write!(f, "Pinned({})", list.join(","))
+            }
             Transport::InsecureLoopback => f.write_str("InsecureLoopback"),
         }
     }
@@ -208,7 +213,18 @@ impl ExecutorConfig {
             }
         };
         let transport = match get(KEY_FINGERPRINT) {
-            Some(fp) => Transport::Pinned(parse_fingerprint(fp)?),
+            Some(list) => {
+                let mut fps = Vec::new();
+                for fp in list.split(',').filter(|f| !f.trim().is_empty()) {
+                    fps.push(parse_fingerprint(fp)?);
+                }
+                if fps.is_empty() {
+                    return Err(DispatchError::Configuration(format!(
+                        "invalid value for '{KEY_FINGERPRINT}': no fingerprint listed"
+                    )));
+                }
+                Transport::Pinned(fps)
+            }
             None if insecure => {
                 if let Some(h) = hosts.iter().find(|h| !h.is_loopback()) {
                     return Err(DispatchError::Configuration(format!(
@@ -291,7 +307,7 @@ mod tests {
             ]
         );
         match cfg.transport {
-            Transport::Pinned(fp) => assert_eq!(fp[0], 0xab),
+            Transport::Pinned(fp) => assert_eq!(fp[0][0], 0xab),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(format!("{:?}", cfg.key), "SecretKey(<redacted>)");

@@ -22,6 +22,7 @@ fn dispatcher() -> Dispatcher {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
+            pending_drop_interval: Duration::ZERO,
         })
 }
 
@@ -273,9 +274,11 @@ fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
         out,
         format!(r#"{{"host":"{}","namespace":"cs-net-42"}}"#, names[0])
     );
+    // A clean slate first (a stale copy may exist there), then the state in order.
     assert_eq!(
         c.fakes[0].received_commands(),
         vec![
+            "destroy-network",
             "implement-network",
             "assign-ip",
             "apply-fw-rules",
@@ -284,13 +287,13 @@ fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
     );
     let replayed = c.fakes[0].received();
     // The latest firewall, the new device details, the current registration details.
-    assert_eq!(replayed[2].1["payload"]["fw_rules"]["v"], json!(2));
+    assert_eq!(replayed[3].1["payload"]["fw_rules"]["v"], json!(2));
     assert_eq!(
-        replayed[0].1["network-extension-details"]["host"],
+        replayed[1].1["network-extension-details"]["host"],
         json!(names[0])
     );
     assert_eq!(
-        replayed[0].1["physical-network-extension-details"]["executor.key"],
+        replayed[1].1["physical-network-extension-details"]["executor.key"],
         json!(KEY)
     );
     // The old host was told to drop the network.
@@ -320,6 +323,7 @@ fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
     assert_eq!(
         c.fakes[1].received_commands(),
         vec![
+            "destroy-network",
             "implement-network",
             "assign-ip",
             "apply-fw-rules",
@@ -327,6 +331,24 @@ fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
             "add-port-forward"
         ]
     );
+    // The dead host is remembered, and told to drop the network once it is back.
+    let state = d.journal().load("cs-net-42").unwrap();
+    assert_eq!(state.pending_drops.len(), 1);
+    assert_eq!(state.pending_drops[0].host, names[0]);
+    let revived = FakeExecutor::start_at(&c.cert, KEY, c.fakes[0].addr);
+    let current = format!(r#"{{"host":"{}","namespace":"cs-net-42"}}"#, names[1]);
+    let out = ensure(&d, &det, &current, json!({"network_id": "42"})).unwrap();
+    assert_eq!(
+        out,
+        format!(r#"{{"host":"{}","namespace":"cs-net-42"}}"#, names[1])
+    );
+    assert_eq!(revived.received_commands(), vec!["destroy-network"]);
+    assert!(d
+        .journal()
+        .load("cs-net-42")
+        .unwrap()
+        .pending_drops
+        .is_empty());
 }
 
 #[test]
@@ -355,7 +377,7 @@ fn a_command_naming_a_host_that_is_no_longer_listed_is_placed_and_replayed() {
     .unwrap();
     assert_eq!(
         c.fakes[0].received_commands(),
-        vec!["implement-network", "apply-fw-rules"]
+        vec!["destroy-network", "implement-network", "apply-fw-rules"]
     );
     assert_eq!(
         c.fakes[1].received_commands(),

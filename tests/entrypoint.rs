@@ -306,7 +306,12 @@ fn failover_replays_state_recorded_by_earlier_processes() {
     );
     assert_eq!(
         fakes[0].received_commands(),
-        vec!["implement-network", "assign-ip", "apply-lb-rules"]
+        vec![
+            "destroy-network",
+            "implement-network",
+            "assign-ip",
+            "apply-lb-rules"
+        ]
     );
     assert_eq!(
         fakes[1].received_commands().last().map(String::as_str),

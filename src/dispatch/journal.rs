@@ -67,6 +67,22 @@ pub struct JournalState {
     pub host: Option<String>,
     #[serde(default)]
     pub entries: Vec<JournalEntry>,
+    /// Former hosts that could not be told to drop this network yet (they
+    /// were unreachable when it moved away).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_drops: Vec<PendingDrop>,
+}
+
+/// A former host that still has to drop a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingDrop {
+    pub host: String,
+    /// VPC tiers to destroy there (empty for a standalone network).
+    #[serde(default)]
+    pub network_ids: Vec<String>,
+    /// Unix seconds of the last attempt (attempts are rate-limited).
+    #[serde(default)]
+    pub last_attempt: u64,
 }
 
 enum Effect {
@@ -519,7 +535,7 @@ impl CommandJournal for FileJournal {
         let mut state = self.read(key)?;
         change(&mut state);
         redact_secrets(&mut state);
-        if state.entries.is_empty() && state.host.is_none() {
+        if state.entries.is_empty() && state.host.is_none() && state.pending_drops.is_empty() {
             match fs::remove_file(self.path(key)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

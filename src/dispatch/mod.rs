@@ -119,6 +119,10 @@ pub struct Settings {
     /// First retry delay, doubled up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Least interval between two attempts (made during
+    /// `ensure-network-device`) to drop a network on a former host that was
+    /// unreachable when the network moved away.
+    pub pending_drop_interval: Duration,
 }
 
 impl Default for Settings {
@@ -129,6 +133,7 @@ impl Default for Settings {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
+            pending_drop_interval: Duration::from_secs(60),
         }
     }
 }
@@ -450,6 +455,9 @@ impl Dispatcher {
         let current = env.current_host();
         let target = self.place(call, env, config, current.as_deref()).await?;
         self.follow(call, env, config, &state, &target).await?;
+        if !state.pending_drops.is_empty() {
+            self.retry_pending_drops(call, env, config, &target).await?;
+        }
         Ok(env.scope.device_details(&target.name))
     }
 
@@ -568,8 +576,10 @@ impl Dispatcher {
         probe(&self.client, host, &config.transport, &config.key, bound).await
     }
 
-    /// When the journal's state lives elsewhere than `target`, replays it to
-    /// `target` in order, records the move, and asks the old host to drop it.
+    /// When the journal's state lives elsewhere than `target`: clears any
+    /// stale copy on `target`, replays the journal there in order, records the
+    /// move, and asks the old host to drop the network (remembered for later
+    /// when the old host cannot be reached).
     async fn follow(
         &self,
         call: &Call,
@@ -584,16 +594,45 @@ impl Dispatcher {
             Some(h) => Some(h.to_string()),
             None => None,
         };
-        if !state.entries.is_empty() {
-            log::info!(
-                "moving {key} from {} to {}: replaying {} commands",
-                old.as_deref().unwrap_or("unknown"),
-                target.name,
-                state.entries.len()
-            );
-        }
+        let tiers = state.network_ids();
         let device = serde_json::from_str::<Value>(&env.scope.device_details(&target.name))
             .unwrap_or(Value::Null);
+        let total = state.entries.len();
+        let fail = |step: String, e: DispatchError| {
+            let msg = format!("moving {key} to {} failed while {step}: {e}", target.name);
+            match e {
+                DispatchError::Configuration(_) => DispatchError::Configuration(msg),
+                DispatchError::Unreachable(_) => DispatchError::Unreachable(msg),
+                DispatchError::Remote(_) => DispatchError::Remote(msg),
+                DispatchError::Timeout(_) => DispatchError::Timeout(msg),
+            }
+        };
+        if total > 0 {
+            log::info!(
+                "moving {key} from {} to {}: replaying {total} commands",
+                old.as_deref().unwrap_or("unknown"),
+                target.name
+            );
+            // The target may still hold a stale copy from an earlier stay.
+            for (command, payload) in teardown_commands(&env.scope, &tiers) {
+                call.note(format!("clearing stale {key} on executor {}", target.name));
+                let envelope = json!({
+                    PHYSICAL_DETAILS: env.details_value(),
+                    NETWORK_DETAILS: device.clone(),
+                    "payload": payload,
+                });
+                match self
+                    .send_value(call, config, target, command, &envelope)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(DispatchError::Remote(m)) => {
+                        log::warn!("clearing {key} on {} before replay: {m}", target.name)
+                    }
+                    Err(e) => return Err(fail(format!("clearing it there ({command})"), e)),
+                }
+            }
+        }
         for (n, entry) in state.entries.iter().enumerate() {
             let command: Command =
                 entry
@@ -607,88 +646,121 @@ impl Dispatcher {
                 obj.insert(PHYSICAL_DETAILS.to_string(), env.details_value());
                 obj.insert(NETWORK_DETAILS.to_string(), device.clone());
             }
-            let body = Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default());
             call.note(format!(
-                "replaying {key} to executor {} (step {} of {}: {command})",
+                "replaying {key} to executor {} (step {} of {total}: {command})",
                 target.name,
-                n + 1,
-                state.entries.len()
+                n + 1
             ));
-            let replay_call = Call {
-                command,
-                timeout: call.timeout,
-                deadline: call.deadline,
-                stage: Mutex::new(String::new()),
-            };
-            let reply = self
-                .send(
-                    &replay_call,
-                    config,
-                    target,
-                    &format!("/v1/commands/{command}"),
-                    body,
-                )
-                .await;
-            let result = reply.and_then(|r| interpret(command, target, &r));
-            if let Err(e) = result {
-                let msg = format!(
-                    "moving {key} to {} failed while replaying step {} of {} ({command}): {e}",
-                    target.name,
-                    n + 1,
-                    state.entries.len()
-                );
-                return Err(match e {
-                    DispatchError::Configuration(_) => DispatchError::Configuration(msg),
-                    DispatchError::Unreachable(_) => DispatchError::Unreachable(msg),
-                    DispatchError::Remote(_) => DispatchError::Remote(msg),
-                    DispatchError::Timeout(_) => DispatchError::Timeout(msg),
-                });
+            if let Err(e) = self
+                .send_value(call, config, target, command, &envelope)
+                .await
+            {
+                return Err(fail(
+                    format!("replaying step {} of {total} ({command})", n + 1),
+                    e,
+                ));
             }
         }
-        self.journal.set_host(&key, &target.name)?;
+        let target_name = target.name.clone();
+        self.journal.update(&key, &mut |s| {
+            s.host = Some(target_name.clone());
+            // The network lives there again: never drop it there.
+            s.pending_drops.retain(|p| p.host != target_name);
+        })?;
         if let Some(old) = old {
-            self.drop_old(call, env, config, state, &old).await;
+            if !self.drop_on(call, env, config, &old, &tiers).await {
+                let pending = journal::PendingDrop {
+                    host: old.clone(),
+                    network_ids: tiers.clone(),
+                    last_attempt: unix_now(),
+                };
+                self.journal.update(&key, &mut |s| {
+                    s.pending_drops.retain(|p| p.host != pending.host);
+                    s.pending_drops.push(pending.clone());
+                })?;
+            }
         }
         Ok(())
     }
 
-    /// Best effort: the old host may be dead.
-    async fn drop_old(
+    /// Retries drops that failed earlier, at most once per
+    /// `Settings::pending_drop_interval` per host, so that a former host that comes
+    /// back does not keep serving a network that moved away.
+    async fn retry_pending_drops(
         &self,
         call: &Call,
         env: &Envelope,
         config: &ExecutorConfig,
-        state: &JournalState,
+        target: &HostEntry,
+    ) -> Result<(), DispatchError> {
+        let key = env.scope.namespace();
+        let state = self.journal.load(&key)?;
+        let now = unix_now();
+        for p in state.pending_drops {
+            if p.host == target.name
+                || now.saturating_sub(p.last_attempt)
+                    < self.settings.pending_drop_interval.as_secs()
+            {
+                continue;
+            }
+            let reached = self
+                .drop_on(call, env, config, &p.host, &p.network_ids)
+                .await;
+            self.journal.update(&key, &mut |s| {
+                if reached {
+                    s.pending_drops.retain(|q| q.host != p.host);
+                } else if let Some(q) = s.pending_drops.iter_mut().find(|q| q.host == p.host) {
+                    q.last_attempt = now;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends a JSON envelope with the usual retry policy and interprets it.
+    async fn send_value(
+        &self,
+        call: &Call,
+        config: &ExecutorConfig,
+        host: &HostEntry,
+        command: Command,
+        envelope: &Value,
+    ) -> Result<String, DispatchError> {
+        let body = Bytes::from(serde_json::to_vec(envelope).unwrap_or_default());
+        let sub = Call {
+            command,
+            timeout: call.timeout,
+            deadline: call.deadline,
+            stage: Mutex::new(String::new()),
+        };
+        let reply = self
+            .send(&sub, config, host, &format!("/v1/commands/{command}"), body)
+            .await?;
+        interpret(command, host, &reply)
+    }
+
+    /// Tells `old` to drop the network, bounded by `drop_timeout`, no
+    /// retries. True when the executor answered (whatever it said).
+    async fn drop_on(
+        &self,
+        call: &Call,
+        env: &Envelope,
+        config: &ExecutorConfig,
         old: &str,
-    ) {
+        tiers: &[String],
+    ) -> bool {
         let Some(host) = config
             .host(old)
             .cloned()
             .or_else(|| HostEntry::parse(old, config.default_port).ok())
         else {
-            return;
+            return true;
         };
         let ns = env.scope.namespace();
-        let mut commands: Vec<(Command, Value)> = Vec::new();
-        match &env.scope.vpc_id {
-            Some(vpc) => {
-                for net in state.network_ids() {
-                    commands.push((
-                        Command::DestroyNetwork,
-                        json!({"network_id": net, "vpc_id": vpc}),
-                    ));
-                }
-                commands.push((Command::ShutdownVpc, json!({"vpc_id": vpc})));
-            }
-            None => commands.push((
-                Command::DestroyNetwork,
-                json!({"network_id": env.scope.network_id.clone().unwrap_or_default()}),
-            )),
-        }
         let bound = self.settings.drop_timeout.min(call.remaining());
         let deadline = Instant::now() + bound;
         call.note(format!("asking former executor {} to drop {ns}", host.name));
-        for (command, payload) in commands {
+        for (command, payload) in teardown_commands(&env.scope, tiers) {
             let envelope = json!({
                 PHYSICAL_DETAILS: env.details_value(),
                 NETWORK_DETAILS: {"host": host.name, "namespace": ns},
@@ -714,20 +786,21 @@ impl Dispatcher {
                 },
                 Ok(Err(e)) => {
                     log::warn!(
-                        "former executor {} unreachable, {ns} not dropped there: {e}",
+                        "former executor {} unreachable, {ns} not dropped there yet: {e}",
                         host.name
                     );
-                    return;
+                    return false;
                 }
                 Err(_) => {
                     log::warn!(
-                        "former executor {} did not answer, {ns} not dropped there",
+                        "former executor {} did not answer, {ns} not dropped there yet",
                         host.name
                     );
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// One command to one host, retried on transport failures only when the
@@ -793,6 +866,36 @@ impl Dispatcher {
             attempt += 1;
             backoff = (backoff * 2).min(self.settings.max_backoff);
         }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Commands that remove a network (or a VPC with its `tiers`) from a host.
+fn teardown_commands(scope: &Scope, tiers: &[String]) -> Vec<(Command, Value)> {
+    match &scope.vpc_id {
+        Some(vpc) => {
+            let mut out: Vec<(Command, Value)> = tiers
+                .iter()
+                .map(|net| {
+                    (
+                        Command::DestroyNetwork,
+                        json!({"network_id": net, "vpc_id": vpc}),
+                    )
+                })
+                .collect();
+            out.push((Command::ShutdownVpc, json!({"vpc_id": vpc})));
+            out
+        }
+        None => vec![(
+            Command::DestroyNetwork,
+            json!({"network_id": scope.network_id.clone().unwrap_or_default()}),
+        )],
     }
 }
 

@@ -188,6 +188,15 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
 
 impl FakeExecutor {
     pub fn start(cert: &TestCert, key: &str) -> FakeExecutor {
+        FakeExecutor::start_on(cert, key, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Restarts an executor on the address of a stopped one.
+    pub fn start_at(cert: &TestCert, key: &str, addr: SocketAddr) -> FakeExecutor {
+        FakeExecutor::start_on(cert, key, addr)
+    }
+
+    fn start_on(cert: &TestCert, key: &str, bind: SocketAddr) -> FakeExecutor {
         let state = Arc::new(FakeState {
             key: Mutex::new(key.as_bytes().to_vec()),
             mode: Mutex::new(Mode::Ok),
@@ -209,7 +218,7 @@ impl FakeExecutor {
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std_listener = std::net::TcpListener::bind(bind).unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();

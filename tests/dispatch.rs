@@ -672,3 +672,106 @@ fn custom_action_output_is_returned_and_ok_when_empty() {
     // custom-action is not state.
     assert!(d.journal().load("cs-net-42").unwrap().entries.is_empty());
 }
+
+#[test]
+fn insecure_plain_http_only_for_loopback_tests() {
+    let cert = TestCert::generate();
+    let fake = FakeExecutor::start_plain(&cert, KEY);
+    let d = dispatcher();
+    let det = json!({"hosts": fake.name(), "executor.key": KEY, "executor.insecure": "true"});
+    let out = send(
+        &d,
+        &det,
+        &fake.name(),
+        "add-dns-entry",
+        json!({"network_id": "42", "ip": "10.1.1.5"}),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        r#"{"message":"add-dns-entry done","status":"success"}"#
+    );
+    let det = json!({"hosts": "192.0.2.10", "executor.key": KEY, "executor.insecure": "true"});
+    let err = send(
+        &d,
+        &det,
+        "192.0.2.10",
+        "add-dns-entry",
+        json!({"network_id": "42", "ip": "10.1.1.5"}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "'executor.insecure=true' is only allowed with loopback hosts; '192.0.2.10' is not loopback"
+    );
+}
+
+#[test]
+fn one_dispatcher_serves_many_threads_over_the_pool() {
+    let c = Cluster::new(1);
+    let d = Arc::new(dispatcher());
+    let h = c.names()[0].clone();
+    let det = c.details();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (d, h, det) = (d.clone(), h.clone(), det.clone());
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let env = envelope(
+                        &det,
+                        json!({"host": h, "namespace": format!("cs-net-{t}")}),
+                        json!({"network_id": t.to_string(), "ip": format!("10.1.{t}.{i}")}),
+                    );
+                    d.execute("add-dns-entry", &env, T).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(c.fakes[0].received().len(), 200);
+    for t in 0..8 {
+        assert_eq!(
+            d.journal()
+                .load(&format!("cs-net-{t}"))
+                .unwrap()
+                .entries
+                .len(),
+            25
+        );
+    }
+}
+
+#[test]
+fn async_callers_use_their_own_runtime() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Dispatcher>();
+    let c = Cluster::new(1);
+    let h = c.names()[0].clone();
+    let env = envelope(
+        &c.details(),
+        device(&h, "cs-net-42"),
+        json!({"network_id": "42", "ip": "10.1.1.5"}),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = Dispatcher::for_async(Arc::new(MemoryJournal::new()));
+        let out = d
+            .execute_async("add-dns-entry", &env, None, T)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"message":"add-dns-entry done","status":"success"}"#
+        );
+        let err = d.execute("add-dns-entry", &env, T).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this Dispatcher was made for async callers; use execute_async"
+        );
+    });
+}

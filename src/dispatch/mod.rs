@@ -297,7 +297,8 @@ impl Call {
 pub struct Dispatcher {
     client: Client,
     journal: Arc<dyn CommandJournal>,
-    runtime: tokio::runtime::Runtime,
+    /// None for [`Dispatcher::for_async`] (the caller's runtime is used).
+    runtime: Option<tokio::runtime::Runtime>,
     settings: Settings,
 }
 
@@ -319,7 +320,7 @@ impl Dispatcher {
             .enable_all()
             .build()
             .map_err(|e| DispatchError::Configuration(format!("cannot start runtime: {e}")))?;
-        Ok(Dispatcher::with_runtime(journal, runtime))
+        Ok(Dispatcher::with_runtime(journal, Some(runtime)))
     }
 
     /// For one-shot processes (the entry point): no worker threads.
@@ -330,12 +331,19 @@ impl Dispatcher {
             .enable_all()
             .build()
             .map_err(|e| DispatchError::Configuration(format!("cannot start runtime: {e}")))?;
-        Ok(Dispatcher::with_runtime(journal, runtime))
+        Ok(Dispatcher::with_runtime(journal, Some(runtime)))
+    }
+
+    /// For callers that already run tokio: only
+    /// [`Dispatcher::execute_async`] is available (no runtime of its own, so
+    /// it may also be dropped inside async code).
+    pub fn for_async(journal: Arc<dyn CommandJournal>) -> Dispatcher {
+        Dispatcher::with_runtime(journal, None)
     }
 
     fn with_runtime(
         journal: Arc<dyn CommandJournal>,
-        runtime: tokio::runtime::Runtime,
+        runtime: Option<tokio::runtime::Runtime>,
     ) -> Dispatcher {
         Dispatcher {
             client: Client::new(),
@@ -380,13 +388,17 @@ impl Dispatcher {
         details: Option<&BTreeMap<String, String>>,
         timeout: Duration,
     ) -> Result<String, DispatchError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers; use execute_async".into(),
+            ));
+        };
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(DispatchError::Configuration(
                 "Dispatcher::execute called from async code; use execute_async".into(),
             ));
         }
-        self.runtime
-            .block_on(self.execute_async(command, envelope, details, timeout))
+        runtime.block_on(self.execute_async(command, envelope, details, timeout))
     }
 
     /// The async form; runs on the caller's runtime.

@@ -188,15 +188,20 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
 
 impl FakeExecutor {
     pub fn start(cert: &TestCert, key: &str) -> FakeExecutor {
-        FakeExecutor::start_on(cert, key, "127.0.0.1:0".parse().unwrap())
+        FakeExecutor::start_on(cert, key, "127.0.0.1:0".parse().unwrap(), false)
+    }
+
+    /// Plain HTTP (for `executor.insecure=true`).
+    pub fn start_plain(cert: &TestCert, key: &str) -> FakeExecutor {
+        FakeExecutor::start_on(cert, key, "127.0.0.1:0".parse().unwrap(), true)
     }
 
     /// Restarts an executor on the address of a stopped one.
     pub fn start_at(cert: &TestCert, key: &str, addr: SocketAddr) -> FakeExecutor {
-        FakeExecutor::start_on(cert, key, addr)
+        FakeExecutor::start_on(cert, key, addr, false)
     }
 
-    fn start_on(cert: &TestCert, key: &str, bind: SocketAddr) -> FakeExecutor {
+    fn start_on(cert: &TestCert, key: &str, bind: SocketAddr, plain: bool) -> FakeExecutor {
         let state = Arc::new(FakeState {
             key: Mutex::new(key.as_bytes().to_vec()),
             mode: Mutex::new(Mode::Ok),
@@ -240,6 +245,15 @@ impl FakeExecutor {
                     let Ok((tcp, _)) = accepted else { continue };
                     let (acceptor, router, st) = (acceptor.clone(), router.clone(), st.clone());
                     tokio::spawn(async move {
+                        if plain {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(
+                                    TokioIo::new(tcp),
+                                    TowerToHyperService::new(router),
+                                )
+                                .await;
+                            return;
+                        }
                         let Ok(mut tls) = acceptor.accept(tcp).await else {
                             return;
                         };

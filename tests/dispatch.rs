@@ -775,3 +775,85 @@ fn async_callers_use_their_own_runtime() {
         );
     });
 }
+
+#[test]
+fn a_vpc_moves_with_all_its_tiers() {
+    let c = Cluster::new(2);
+    let d = dispatcher();
+    let names = c.names();
+    let det = c.details();
+    // cksum("7") = 4228067591, % 2 = 1
+    let out = ensure(&d, &det, "{}", json!({"vpc_id": "7"})).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            r#"{{"host":"{}","namespace":"cs-vpc-7","vpc_id":"7"}}"#,
+            names[1]
+        )
+    );
+    let dev = json!({"host": names[1], "namespace": "cs-vpc-7", "vpc_id": "7"});
+    for (command, payload) in [
+        (
+            "implement-vpc",
+            json!({"vpc_id": "7", "vpc_cidr": "10.7.0.0/16"}),
+        ),
+        (
+            "implement-network",
+            json!({"vpc_id": "7", "network_id": "71"}),
+        ),
+        (
+            "implement-network",
+            json!({"vpc_id": "7", "network_id": "72"}),
+        ),
+        (
+            "apply-network-acl",
+            json!({"vpc_id": "7", "network_id": "71", "acl_rules": []}),
+        ),
+    ] {
+        d.execute(command, &envelope(&det, dev.clone(), payload), T)
+            .unwrap();
+    }
+    c.fakes[1].set_healthy(false);
+    let mut payload = json!({"vpc_id": "7", "network_id": "72"});
+    payload["current_details"] = json!(dev.to_string());
+    let out = d
+        .execute(
+            "ensure-network-device",
+            &envelope(&det, dev.clone(), payload),
+            T,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        format!(
+            r#"{{"host":"{}","namespace":"cs-vpc-7","vpc_id":"7"}}"#,
+            names[0]
+        )
+    );
+    assert_eq!(
+        c.fakes[0].received_commands(),
+        vec![
+            "destroy-network",
+            "destroy-network",
+            "shutdown-vpc",
+            "implement-vpc",
+            "implement-network",
+            "implement-network",
+            "apply-network-acl"
+        ]
+    );
+    let old: Vec<(String, Value)> = c.fakes[1].received().into_iter().skip(4).collect();
+    assert_eq!(
+        old,
+        vec![
+            ("destroy-network".to_string(), old[0].1.clone()),
+            ("destroy-network".to_string(), old[1].1.clone()),
+            ("shutdown-vpc".to_string(), old[2].1.clone()),
+        ]
+    );
+    assert_eq!(
+        old[0].1["payload"],
+        json!({"network_id": "71", "vpc_id": "7"})
+    );
+    assert_eq!(old[2].1["payload"], json!({"vpc_id": "7"}));
+}

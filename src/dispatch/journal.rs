@@ -361,7 +361,7 @@ impl CommandJournal for MemoryJournal {
 
 /// A journal stored as one JSON file per network in a directory (for the
 /// entry point, which runs as a process per command). Files are mode 0600,
-/// replaced atomically, and updated under an exclusive `flock` per key so
+/// replaced atomically (write then rename, not fsynced), and updated under an exclusive `flock` per key so
 /// concurrent processes do not lose records. VM passwords are not stored
 /// (secrets only live in the encrypted registry), so a replay does not
 /// restore a password that the VM has not fetched yet.
@@ -445,7 +445,9 @@ impl FileJournal {
             .open(&tmp)
             .map_err(io)?;
         f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // No fsync: it would cost milliseconds per command in the entry
+        // point. Write-then-rename never exposes a torn file; a power loss
+        // may lose the latest records (ext4 flushes replaced files on rename).
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);

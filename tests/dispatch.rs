@@ -857,3 +857,43 @@ fn a_vpc_moves_with_all_its_tiers() {
     );
     assert_eq!(old[2].1["payload"], json!({"vpc_id": "7"}));
 }
+
+#[test]
+fn a_host_named_by_cloudstack_is_trusted_without_replay() {
+    // Another management server (or a lost journal) moved the network: the
+    // local journal is the stale party, so nothing is replayed or destroyed.
+    let c = Cluster::new(2);
+    let d = dispatcher();
+    let names = c.names();
+    let det = c.details();
+    send(
+        &d,
+        &det,
+        &names[1],
+        "implement-network",
+        json!({"network_id": "42"}),
+    )
+    .unwrap();
+    send(
+        &d,
+        &det,
+        &names[0],
+        "add-dns-entry",
+        json!({"network_id": "42", "ip": "10.1.1.5"}),
+    )
+    .unwrap();
+    assert_eq!(c.fakes[0].received_commands(), vec!["add-dns-entry"]);
+    assert_eq!(c.fakes[1].received_commands(), vec!["implement-network"]);
+    assert_eq!(
+        d.journal().load("cs-net-42").unwrap().host.as_deref(),
+        Some(names[0].as_str())
+    );
+    // Likewise a sticky ensure only aligns the journal.
+    let current = format!(r#"{{"host":"{}"}}"#, names[1]);
+    ensure(&d, &det, &current, json!({"network_id": "42"})).unwrap();
+    assert_eq!(c.fakes[1].received_commands(), vec!["implement-network"]);
+    assert_eq!(
+        d.journal().load("cs-net-42").unwrap().host.as_deref(),
+        Some(names[1].as_str())
+    );
+}

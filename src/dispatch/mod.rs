@@ -13,6 +13,17 @@
 //! apart. Exit codes of the script form: 1, 2, 3 and 2 (a timeout means the
 //! executor did not answer in time, so it counts as unreachable).
 //!
+//! Moves: only a placement decision moves a network (the host CloudStack
+//! names is unhealthy or no longer listed). Then the target is cleared of any
+//! stale copy (`destroy-network`, or each tier and `shutdown-vpc`), the
+//! journal is replayed there in order, and the former host is told to drop
+//! the network; a former host that cannot be reached is remembered and
+//! retried during later `ensure-network-device` calls (rate-limited). When
+//! CloudStack names a listed host that differs from the journal's, CloudStack
+//! is trusted and the journal is aligned without replay (e.g. another
+//! management server moved it). With several management servers the journal
+//! must be shared (registry-backed, or one shared state directory).
+//!
 //! Certificate pin mismatch: on the command path it is a Configuration error
 //! (retrying cannot help; either `executor.fingerprint` is wrong or someone is
 //! in the middle). During placement a mismatching host is merely unhealthy; if
@@ -466,7 +477,12 @@ impl Dispatcher {
         let state = self.journal.load(&key)?;
         let current = env.current_host();
         let target = self.place(call, env, config, current.as_deref()).await?;
-        self.follow(call, env, config, &state, &target).await?;
+        if current.as_deref() == Some(target.name.as_str()) {
+            self.adopt(&key, &state, &target)?;
+        } else {
+            self.relocate(call, env, config, &state, current.as_deref(), &target)
+                .await?;
+        }
         if !state.pending_drops.is_empty() {
             self.retry_pending_drops(call, env, config, &target).await?;
         }
@@ -482,15 +498,26 @@ impl Dispatcher {
     ) -> Result<String, DispatchError> {
         let key = env.scope.namespace();
         let state = self.journal.load(&key)?;
-        let target = match env
-            .network_details_host()
-            .and_then(|h| config.host(&h).cloned())
-        {
-            Some(h) => h,
+        let named = env.network_details_host();
+        let target = match named.as_deref().and_then(|h| config.host(h)) {
+            // CloudStack's record of where the network lives is trusted.
+            Some(h) => {
+                self.adopt(&key, &state, h)?;
+                h.clone()
+            }
             // No (or no longer configured) host: place as ensure would.
-            None => self.place(call, env, config, state.host.as_deref()).await?,
+            None => {
+                let target = self.place(call, env, config, state.host.as_deref()).await?;
+                let from = named.or_else(|| state.host.clone());
+                if from.as_deref() == Some(target.name.as_str()) {
+                    self.adopt(&key, &state, &target)?;
+                } else {
+                    self.relocate(call, env, config, &state, from.as_deref(), &target)
+                        .await?;
+                }
+                target
+            }
         };
-        self.follow(call, env, config, &state, &target).await?;
         let path = format!("/v1/commands/{}", call.command);
         call.note(format!("waiting for executor {}", target.name));
         let reply = self.send(call, config, &target, &path, body).await?;
@@ -588,24 +615,40 @@ impl Dispatcher {
         probe(&self.client, host, &config.transport, &config.key, bound).await
     }
 
-    /// When the journal's state lives elsewhere than `target`: clears any
-    /// stale copy on `target`, replays the journal there in order, records the
-    /// move, and asks the old host to drop the network (remembered for later
-    /// when the old host cannot be reached).
-    async fn follow(
+    /// The network stays where CloudStack says it is: only align the
+    /// journal (no replay; a journal that disagrees is the stale one).
+    fn adopt(
+        &self,
+        key: &str,
+        state: &JournalState,
+        target: &HostEntry,
+    ) -> Result<(), DispatchError> {
+        let listed_pending = state.pending_drops.iter().any(|p| p.host == target.name);
+        if state.host.as_deref() != Some(target.name.as_str()) || listed_pending {
+            let name = target.name.clone();
+            self.journal.update(key, &mut |s| {
+                s.host = Some(name.clone());
+                s.pending_drops.retain(|p| p.host != name);
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Placement moved the network from `from` to `target`: clears any stale
+    /// copy on `target`, replays the journal there in order, records the
+    /// move, and asks `from` to drop the network (remembered for later when
+    /// it cannot be reached).
+    async fn relocate(
         &self,
         call: &Call,
         env: &Envelope,
         config: &ExecutorConfig,
         state: &JournalState,
+        from: Option<&str>,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
         let key = env.scope.namespace();
-        let old = match state.host.as_deref() {
-            Some(h) if h == target.name => return Ok(()),
-            Some(h) => Some(h.to_string()),
-            None => None,
-        };
+        let old = from.filter(|h| *h != target.name).map(str::to_string);
         let tiers = state.network_ids();
         let device = serde_json::from_str::<Value>(&env.scope.device_details(&target.name))
             .unwrap_or(Value::Null);

@@ -318,3 +318,50 @@ fn failover_replays_state_recorded_by_earlier_processes() {
         Some("destroy-network")
     );
 }
+
+#[test]
+fn the_state_directory_can_come_from_the_registration() {
+    let e = Env::new();
+    let cert = TestCert::generate();
+    let fake = FakeExecutor::start(&cert, KEY);
+    let h = fake.name();
+    let mut det = details(std::slice::from_ref(&h), KEY, &cert.fingerprint());
+    let dir = e.dir.path().join("from-detail");
+    det["bridge.state.dir"] = json!(dir.to_str().unwrap());
+    let p = e.payload(&envelope(
+        &det,
+        device(&h, "cs-net-42"),
+        json!({"network_id": "42"}),
+    ));
+    let out = Command::new(BIN)
+        .args(["implement-network", path(&p), "60"])
+        .env_remove("NETBRIDGE_STATE_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cs-net-42.json")).unwrap()).unwrap();
+    assert_eq!(state["host"], json!(h));
+    assert_eq!(state["entries"][0]["command"], json!("implement-network"));
+    // A relative directory is refused (exit 1), nothing is sent.
+    det["bridge.state.dir"] = json!("relative/dir");
+    let p = e.payload(&envelope(
+        &det,
+        device(&h, "cs-net-42"),
+        json!({"network_id": "42"}),
+    ));
+    let out = Command::new(BIN)
+        .args(["implement-network", path(&p), "60"])
+        .env_remove("NETBRIDGE_STATE_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("state directory 'relative/dir' must be an absolute path"));
+    assert_eq!(fake.received_commands(), vec!["implement-network"]);
+}

@@ -880,6 +880,18 @@ fn unregister_refused_while_a_network_uses_the_provider() {
     assert_eq!(b.provider, "busy");
     assert_eq!(b.physical_network_id, PN1);
     assert_eq!(reg.count_bindings("busy", PN1).unwrap(), 2);
+    let pr = reg.registration_for_provider("BUSY", PN1).unwrap().unwrap();
+    assert_eq!(pr.extension.id, id);
+    assert_eq!(pr.provider.unwrap().state.as_str(), "Enabled");
+    assert!(pr.details.visible.is_empty());
+    assert!(reg
+        .registration_for_provider("busy", PN2)
+        .unwrap()
+        .is_none());
+    assert!(reg
+        .registration_for_provider("nobody", PN1)
+        .unwrap()
+        .is_none());
     assert!(reg.unbind(&BindingTarget::Network(NET1.into())).unwrap());
     assert!(reg.unbind(&BindingTarget::Vpc("vpc-1".into())).unwrap());
     assert!(!reg.unbind(&BindingTarget::Vpc("vpc-1".into())).unwrap());
@@ -1435,11 +1447,33 @@ fn wrong_key_file_cannot_read_secrets() {
         database: dir.path().join("netbridge.db"),
         key_file: dir.path().join("other.key"),
     };
+    // A missing key file is not silently replaced while secrets exist.
+    let e = Api::open(cfg.clone()).err().unwrap();
+    assert_eq!(e.code, 530);
+    assert!(
+        e.text
+            .contains("is missing but the database holds 1 encrypted detail(s)"),
+        "{e:?}"
+    );
+    assert!(!cfg.key_file.exists());
+    // Another valid key opens, but cannot decrypt.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&cfg.key_file)
+            .unwrap();
+        f.write_all(&[7u8; 32]).unwrap();
+    }
     let api = Api::open(cfg).unwrap();
     let e = api
         .registry()
         .registration_details_full(&id, ResourceType::PhysicalNetwork, PN1)
         .unwrap_err();
+    assert!(e.to_string().contains("failed authentication"), "{e}");
     assert!(!e.to_string().contains(SECRET));
     // Listing still works: hidden values are never decrypted for responses.
     let p: Params = [("id".to_string(), id.clone())].into_iter().collect();

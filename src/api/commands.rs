@@ -214,7 +214,7 @@ fn validate_path(path: &str) -> Result<String, ApiError> {
 fn canonical_extension_details(
     details: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    details
+    let out: Vec<(String, String)> = details
         .into_iter()
         .map(|(k, v)| {
             let lower = k.to_ascii_lowercase();
@@ -241,7 +241,16 @@ fn canonical_extension_details(
             let k = if lower.starts_with("network.") { lower } else { k };
             Ok((k, v))
         })
-        .collect()
+        .collect::<Result<_, ApiError>>()?;
+    for (i, (k, _)) in out.iter().enumerate() {
+        if out[..i].iter().any(|(other, _)| other == k) {
+            return Err(ApiError::param(format!(
+                "Duplicate detail key '{}' in parameter details",
+                q(k)
+            )));
+        }
+    }
+    Ok(out)
 }
 
 fn bool_detail(key: &str, value: &str) -> Result<String, ApiError> {

@@ -228,6 +228,18 @@ impl FullDetails {
     }
 }
 
+/// See [`Registry::registration_for_provider`]. Holds decrypted secrets:
+/// internal use only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRegistration {
+    /// With visible details and registrations.
+    pub extension: Extension,
+    /// The provider row (state, services), if it exists.
+    pub provider: Option<Provider>,
+    /// The registration's details, hidden ones decrypted.
+    pub details: FullDetails,
+}
+
 /// How a details map changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetailsUpdate {
@@ -437,7 +449,6 @@ struct ExtRow {
 impl Registry {
     /// Opens (creating and migrating) the database and the key file.
     pub fn open(database: &Path, key_file: &Path) -> Result<Registry> {
-        let cipher = secrets::Cipher::load_or_create(key_file)?;
         if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 RegistryError::Io(format!(
@@ -462,6 +473,23 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
+        if !key_file.exists() {
+            // A fresh key could never decrypt what is stored: refuse instead of
+            // silently orphaning the secrets.
+            let sealed: i64 = conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM extension_details WHERE secret IS NOT NULL)
+                      + (SELECT COUNT(*) FROM registration_details WHERE secret IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )?;
+            if sealed > 0 {
+                return Err(RegistryError::KeyFile(format!(
+                    "key file {} is missing but the database holds {sealed} encrypted detail(s); restore the key file",
+                    key_file.display()
+                )));
+            }
+        }
+        let cipher = secrets::Cipher::load_or_create(key_file)?;
         Ok(Registry {
             conn: Mutex::new(conn),
             cipher,
@@ -654,6 +682,20 @@ impl Registry {
     ) -> Result<(usize, Vec<Extension>)> {
         self.read(|conn| {
             let mut rowids: Vec<i64> = Vec::new();
+            if let (Some(id), None, None, None) =
+                (&filter.id, &filter.name, &filter.keyword, filter.ext_type)
+            {
+                // Hot path (`listExtensions id=…`): one load, no filtering.
+                let found = match ext_rowid(conn, "uuid", id)? {
+                    Some(rowid) => vec![load_extension(conn, rowid, include)?],
+                    None => Vec::new(),
+                };
+                let count = found.len();
+                let skip = page
+                    .map(|(p, s)| p.saturating_sub(1).saturating_mul(s))
+                    .unwrap_or(0);
+                return Ok((count, found.into_iter().skip(skip).collect()));
+            }
             if let Some(id) = &filter.id {
                 rowids.extend(ext_rowid(conn, "uuid", id)?);
             } else {
@@ -903,6 +945,46 @@ impl Registry {
                     ))
                 })?;
             self.full_details(conn, Owner::Registration, reg_rowid, &reg_uuid)
+        })
+    }
+
+    /// What dispatch needs to reach the executors behind provider
+    /// `provider_name` (= extension name, case-insensitive) on a physical
+    /// network: the extension, its provider row and the registration's
+    /// details with hidden ones decrypted. `None` when not registered there.
+    pub fn registration_for_provider(
+        &self,
+        provider_name: &str,
+        physical_network_id: &str,
+    ) -> Result<Option<ProviderRegistration>> {
+        self.read(|conn| {
+            let Some(rowid) = ext_rowid(conn, "name", provider_name)? else {
+                return Ok(None);
+            };
+            let Some((reg_rowid, reg_uuid)) = registration_rowid(
+                conn,
+                rowid,
+                ResourceType::PhysicalNetwork,
+                physical_network_id,
+            )?
+            else {
+                return Ok(None);
+            };
+            let extension = load_extension(conn, rowid, Include::ALL)?;
+            let provider = conn
+                .prepare_cached(
+                    "SELECT p.uuid, p.name, p.physical_network_id, p.state, p.services, e.uuid, p.created
+                     FROM providers p LEFT JOIN extensions e ON e.id = p.extension_id
+                     WHERE p.name = ?1 AND p.physical_network_id = ?2",
+                )?
+                .query_row(params![extension.name, physical_network_id], provider_from_row)
+                .optional()?;
+            let details = self.full_details(conn, Owner::Registration, reg_rowid, &reg_uuid)?;
+            Ok(Some(ProviderRegistration {
+                extension,
+                provider,
+                details,
+            }))
         })
     }
 
@@ -1373,22 +1455,34 @@ fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Ext
         ext.details = visible_details(conn, Owner::Extension, rowid)?;
     }
     if include.resources {
+        // One pass: registrations with their visible details (LEFT JOIN keeps
+        // registrations without details).
         let mut stmt = conn.prepare_cached(
-            "SELECT id, resource_type, resource_id, created FROM registrations
-             WHERE extension_id = ?1 ORDER BY id",
+            "SELECT r.id, r.resource_type, r.resource_id, r.created, d.key, d.value
+             FROM registrations r
+             LEFT JOIN registration_details d ON d.owner = r.id AND d.display = 1
+             WHERE r.extension_id = ?1 ORDER BY r.id",
         )?;
-        let regs: Vec<(i64, String, String, String)> = stmt
-            .query_map([rowid], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (reg_rowid, rt, rid, created) in regs {
-            ext.resources.push(Resource {
-                id: rid,
-                resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
-                created,
-                details: visible_details(conn, Owner::Registration, reg_rowid)?,
-            });
+        let mut rows = stmt.query([rowid])?;
+        let mut last: Option<i64> = None;
+        while let Some(row) = rows.next()? {
+            let reg_rowid: i64 = row.get(0)?;
+            if last != Some(reg_rowid) {
+                last = Some(reg_rowid);
+                let rt: String = row.get(1)?;
+                ext.resources.push(Resource {
+                    id: row.get(2)?,
+                    resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
+                    created: row.get(3)?,
+                    details: BTreeMap::new(),
+                });
+            }
+            if let (Some(key), Some(resource)) =
+                (row.get::<_, Option<String>>(4)?, ext.resources.last_mut())
+            {
+                let value: Option<String> = row.get(5)?;
+                resource.details.insert(key, value.unwrap_or_default());
+            }
         }
     }
     Ok(ext)

@@ -1385,6 +1385,8 @@ fn secrets_are_not_in_the_database_files() {
         &[
             ("details[0].api.secret", SECRET),
             ("details[1].visible", "plain-marker-42"),
+            ("details[2].Admin.Password", SECRET),
+            ("details[3].sshkey", SECRET),
         ],
     )["id"]
         .as_str()
@@ -1410,6 +1412,10 @@ fn secrets_are_not_in_the_database_files() {
     );
     let listed = fx.ok("listExtensions", &[]).to_string();
     assert!(!listed.contains(SECRET));
+    assert!(!listed.contains("api.secret") && !listed.contains("Admin.Password"));
+    let full = fx.api.registry().extension_details_full(&id).unwrap();
+    assert_eq!(full.hidden.len(), 3);
+    assert_eq!(full.get("Admin.Password"), Some(SECRET));
     assert!(listed.contains("plain-marker-42"));
     let db = fx.dir.path().join("netbridge.db");
     let mut raw = std::fs::read(&db).unwrap();

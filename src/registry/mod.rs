@@ -387,6 +387,51 @@ const MIGRATIONS: &[&str] = &[
 pub struct Registry {
     conn: Mutex<Connection>,
     cipher: secrets::Cipher,
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints the WAL from a background thread, so that the fsync of a
+/// checkpoint does not land inside an API call's commit (p99 latency).
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(database: &Path) -> Option<Checkpointer> {
+        let conn = Connection::open(database)
+            .and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c))
+            .map_err(|e| log::warn!("no background checkpointer: {e}"))
+            .ok()?;
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("netbridge-wal".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Duration::from_millis(500))
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        log::debug!("WAL checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| log::warn!("no background checkpointer: {e}"))
+            .ok()?;
+        Some(Checkpointer {
+            stop: Some(stop),
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// `2026-11-27T21:09:09+0000`, CloudStack's date format.
@@ -490,9 +535,15 @@ impl Registry {
             }
         }
         let cipher = secrets::Cipher::load_or_create(key_file)?;
+        let checkpointer = Checkpointer::start(database);
+        if checkpointer.is_some() {
+            // Still bounded if the background thread falls behind.
+            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        }
         Ok(Registry {
             conn: Mutex::new(conn),
             cipher,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -1569,6 +1620,42 @@ fn load_offering(conn: &Connection, rowid: i64, ext_uuid: &str) -> Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_is_versioned_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let key = dir.path().join("k");
+        drop(Registry::open(&db, &key).unwrap());
+        let conn = Connection::open(&db).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // Reopening an up-to-date database is a no-op.
+        drop(Registry::open(&db, &key).unwrap());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Registry::open(&db, &key).err().unwrap().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn foreign_keys_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("r.db"), &dir.path().join("k")).unwrap();
+        let conn = r.lock();
+        let err = conn.execute(
+            "INSERT INTO registrations (uuid, extension_id, resource_type, resource_id, created)
+             VALUES ('x', 12345, 'Cluster', 'y', 'z')",
+            [],
+        );
+        assert!(err.is_err());
+    }
 
     #[test]
     fn timestamps_are_cloudstack_format() {

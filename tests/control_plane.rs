@@ -956,6 +956,9 @@ fn update_registered_extension_exact_semantics() {
     assert_eq!(f.get("executor.key"), Some(SECRET));
     assert_eq!(f.get("password"), Some("pw-2"));
     assert_eq!(f.get("guest.network.device"), None);
+    let merged = f.merged();
+    assert_eq!(merged.len(), 3);
+    assert_eq!(merged["executor.key"], SECRET);
     assert!(format!("{f:?}").contains("<redacted>") && !format!("{f:?}").contains(SECRET));
     // The response is the extension with its details.
     assert_eq!(e["name"], "ure");
@@ -1534,4 +1537,71 @@ fn concurrent_calls_are_consistent() {
         assert_eq!(f.get("executor.key"), Some(SECRET));
         assert!(f.get("hosts").unwrap().starts_with("10.0."));
     }
+}
+
+#[test]
+fn more_bad_input() {
+    let fx = Fx::new();
+    fx.err(
+        "createExtension",
+        &[("name", "   "), ("type", "Orchestrator")],
+        "Unable to execute API command createextension due to missing parameter name",
+    );
+    let mut many: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("details[{i}].k{i}"), "v".to_string()))
+        .collect();
+    many.push(("name".into(), "many".into()));
+    many.push(("type".into(), "Orchestrator".into()));
+    let e = fx
+        .api
+        .call("createExtension", &many.into_iter().collect())
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.text.as_str()),
+        (431, "Too many entries in parameter details (at most 256)")
+    );
+    let long_key = "k".repeat(256);
+    let name = format!("details[0].{long_key}");
+    fx.err_starts(
+        "createExtension",
+        &[("name", "lk"), ("type", "Orchestrator"), (&name, "v")],
+        "Invalid detail key 'kkkk",
+    );
+    fx.err(
+        "listExtensions",
+        &[("page", "abc")],
+        "Invalid value 'abc' for parameter page: expected an integer from 1 to 1000000",
+    );
+    fx.err_starts(
+        "deleteExtension",
+        &[("id", "42")],
+        "Invalid parameter id value=42 due to incorrect long value format",
+    );
+    fx.err(
+        "deleteExtension",
+        &[],
+        "Unable to execute API command deleteextension due to missing parameter id",
+    );
+    // Unicode names are fine; the default path keeps only safe characters.
+    let e = fx.create("Ωmega Net", "NetworkOrchestrator", &[]);
+    assert_eq!(e["name"], "Ωmega Net");
+    assert_eq!(e["path"], "_mega_net/_mega_net.sh");
+    // Empty detail values are values.
+    let e = fx.create(
+        "empty",
+        "Orchestrator",
+        &[("details[0].key", "k"), ("details[0].value", "")],
+    );
+    assert_eq!(e["details"], serde_json::json!({"k": ""}));
+    // Duplicate keys after canonicalisation of network.* keys.
+    fx.err(
+        "createExtension",
+        &[
+            ("name", "dupk"),
+            ("type", "NetworkOrchestrator"),
+            ("details[0].network.services", "Dhcp"),
+            ("details[1].Network.Services", "Dns"),
+        ],
+        "Duplicate detail key 'network.services' in parameter details",
+    );
 }

@@ -226,6 +226,17 @@ impl FullDetails {
             .map(String::as_str)
             .or_else(|| self.hidden.get(key).map(Secret::expose))
     }
+
+    /// One plain map of every detail, hidden ones exposed, e.g. for
+    /// `Dispatcher::execute_with_details`. Internal use only: never log it or
+    /// put it in a response.
+    pub fn merged(&self) -> BTreeMap<String, String> {
+        let mut out = self.visible.clone();
+        for (k, v) in &self.hidden {
+            out.insert(k.clone(), v.expose().to_string());
+        }
+        out
+    }
 }
 
 /// See [`Registry::registration_for_provider`]. Holds decrypted secrets:

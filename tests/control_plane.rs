@@ -1605,3 +1605,41 @@ fn more_bad_input() {
         "Duplicate detail key 'network.services' in parameter details",
     );
 }
+
+#[test]
+fn api_is_shareable_and_refuses_a_loose_key_file() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Api>();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ApiConfig::in_dir(dir.path().join("state"));
+    drop(Api::open(cfg.clone()).unwrap());
+    std::fs::set_permissions(&cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Api::open(cfg).err().unwrap();
+    assert_eq!(e.code, 530);
+    assert!(
+        e.text
+            .contains("is accessible by group or others (mode 644); refusing to use it"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn two_handles_on_one_database_see_each_other() {
+    // e.g. the CLI next to a running server.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
+    let b = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
+    let p: Params = [("name", "shared"), ("type", "Orchestrator")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    a.call("createExtension", &p).unwrap();
+    let q: Params = [("name".to_string(), "shared".to_string())]
+        .into_iter()
+        .collect();
+    let r = b.call("listExtensions", &q).unwrap();
+    assert_eq!(r["listextensionsresponse"]["count"], 1);
+    let e = b.call("createExtension", &p).unwrap_err();
+    assert_eq!(e.text, "Extension by name already exists");
+}

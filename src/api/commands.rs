@@ -546,6 +546,20 @@ fn update_provider(registry: &Registry, req: &Req<'_>) -> Res {
                         "Unable to find network service provider with id {id}"
                     ))
                 })?;
+            let declared = registry
+                .get_extension(
+                    &current.extension_id,
+                    Include {
+                        details: true,
+                        resources: false,
+                    },
+                )?
+                .and_then(|e| {
+                    e.details
+                        .get(offerings::SERVICES_KEY)
+                        .and_then(|v| offerings::parse_services(v).ok())
+                })
+                .unwrap_or_default();
             let mut services = Vec::new();
             for item in list.split(',') {
                 let s = Service::parse(item).ok_or_else(|| {
@@ -555,21 +569,6 @@ fn update_provider(registry: &Registry, req: &Req<'_>) -> Res {
                         Service::accepted_list()
                     ))
                 })?;
-                let declared = registry
-                    .get_extension(
-                        &current.extension_id,
-                        Include {
-                            details: true,
-                            resources: false,
-                        },
-                    )?
-                    .map(|e| {
-                        e.details
-                            .get(offerings::SERVICES_KEY)
-                            .and_then(|v| offerings::parse_services(v).ok())
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
                 if !declared.contains(&s) {
                     return Err(ApiError::param(format!(
                         "Service {s} in parameter servicelist is not declared by extension '{}'",

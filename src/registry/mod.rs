@@ -1375,25 +1375,28 @@ impl Registry {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let target = MIGRATIONS.len() as i64;
-    if version > target {
-        return Err(RegistryError::Io(format!(
-            "database schema version {version} is newer than this build supports ({target})"
-        )));
-    }
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(version).unwrap_or(0))
-    {
+    loop {
+        // The version is read inside the write transaction so that two
+        // processes opening a new database do not both run a migration.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > target {
+            return Err(RegistryError::Io(format!(
+                "database schema version {version} is newer than this build supports ({target})"
+            )));
+        }
+        let Some(sql) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
-        log::info!("registry schema migrated to version {}", i + 1);
+        log::info!("registry schema migrated to version {}", version + 1);
     }
-    Ok(())
 }
 
 fn not_found_extension(uuid: &str) -> RegistryError {

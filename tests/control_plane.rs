@@ -1120,8 +1120,13 @@ fn generate_offerings_for_reference_extension() {
     assert_eq!(tier["params"]["useVpc"], "on");
     assert_eq!(tier["params"]["forvpc"], "true");
 
+    assert_eq!(
+        iso["enable"],
+        serde_json::json!({"command": "updateNetworkOffering", "params": {"state": "Enabled"}})
+    );
     let vpc = by("vpc");
     assert_eq!(vpc["command"], "createVPCOffering");
+    assert_eq!(vpc["enable"]["command"], "updateVPCOffering");
     assert!(vpc["params"].get("guestiptype").is_none());
     assert!(!vpc["params"]["supportedservices"]
         .as_str()

@@ -131,6 +131,13 @@ fn offering_json(o: &StoredOffering) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    // CloudStack creates offerings Disabled; this is the follow-up call, with
+    // `id` to be set to the created offering's id.
+    let enable = if o.command == "createVPCOffering" {
+        "updateVPCOffering"
+    } else {
+        "updateNetworkOffering"
+    };
     json!({
         "id": o.id,
         "name": o.name,
@@ -138,6 +145,7 @@ fn offering_json(o: &StoredOffering) -> Value {
         "extensionid": o.extension_id,
         "command": o.command,
         "params": params,
+        "enable": {"command": enable, "params": {"state": "Enabled"}},
         "services": o.services,
         "created": o.created,
     })

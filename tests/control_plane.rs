@@ -865,8 +865,11 @@ fn unregister_refused_while_a_network_uses_the_provider() {
         r#"{"bridge":"br1"}"#,
     )
     .unwrap();
-    reg.bind(&BindingTarget::Vpc("vpc-1".into()), &id, PN1, "{}")
+    reg.bind_provider(&BindingTarget::Vpc("vpc-1".into()), "BUSY", PN1, "{}")
         .unwrap();
+    assert!(reg
+        .bind_provider(&BindingTarget::Vpc("vpc-2".into()), "ghost", PN1, "{}")
+        .is_err());
     fx.err(
         "unregisterExtension",
         &[("extensionid", &id), ("resourceid", PN1), ("resourcetype", "PhysicalNetwork")],

@@ -345,8 +345,7 @@ fn registration_target(req: &Req<'_>) -> Result<Target, ApiError> {
     })
 }
 
-fn extension_declaration(registry: &Registry, ext: &Extension) -> Result<Declaration, ApiError> {
-    let _ = registry;
+fn extension_declaration(ext: &Extension) -> Result<Declaration, ApiError> {
     Ok(Declaration::from_details(
         ext.details.get(offerings::SERVICES_KEY).map(String::as_str),
         ext.details
@@ -619,7 +618,7 @@ fn generate_offerings(registry: &Registry, req: &Req<'_>) -> Res {
             ext.ext_type.as_str()
         )));
     }
-    let declaration = extension_declaration(registry, &ext)?;
+    let declaration = extension_declaration(&ext)?;
     let mut generated = Vec::new();
     for kind in &kinds {
         match offerings::generate(&ext.name, &declaration, *kind, &prefix) {
@@ -646,7 +645,7 @@ fn generate_offerings(registry: &Registry, req: &Req<'_>) -> Res {
 
 fn validate_offering(registry: &Registry, req: &Req<'_>) -> Res {
     let ext = lookup_extension(registry, req)?;
-    let declaration = extension_declaration(registry, &ext)?;
+    let declaration = extension_declaration(&ext)?;
     let supported = req.required("supportedservices")?;
     let mut request = OfferingRequest {
         supported_services: supported.split(',').map(|s| s.trim().to_string()).collect(),

@@ -1,4 +1,23 @@
 //! The API commands: parameter validation, registry calls, CloudStack JSON.
+//!
+//! | command | parameters (\* required) | response object |
+//! |---|---|---|
+//! | `createExtension` | `name`\*, `type`\* (`Orchestrator`/`NetworkOrchestrator`), `description`, `path`, `state`, `details` | `extension` |
+//! | `updateExtension` | `id`\*, `description`, `state`, `details`, `cleanupdetails` | `extension` |
+//! | `deleteExtension` | `id`\* | `success` |
+//! | `listExtensions` | `id`, `name`, `keyword`, `type`, `details` (`all`/`resource`/`external`/`min`), `page`, `pagesize` | `count`, `extension[]` |
+//! | `registerExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\* (`Cluster`/`PhysicalNetwork`), `details` | `extension` |
+//! | `unregisterExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\* | `extension` |
+//! | `updateRegisteredExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\*, `details`, `cleanupdetails` | `extension` |
+//! | `listNetworkServiceProviders` | `id`, `name`, `physicalnetworkid`, `state` | `count`, `networkserviceprovider[]` |
+//! | `updateNetworkServiceProvider` | `id`\*, `state` (`Enabled`/`Disabled`), `servicelist` | `networkserviceprovider` |
+//! | `generateNetworkOfferings` | `extensionid`\*, `offeringtype`\* (`isolated`/`shared`/`vpctier`/`vpc`/`all`), `name` (prefix) | `count`, `offering[]` (`command`, `params`, `enable`) |
+//! | `validateNetworkOffering` | `extensionid`\*, `supportedservices`\*, `serviceProviderList[i].service/provider`, `serviceCapabilityList[i].service/capabilitytype/capabilityvalue` | `success`, `services` |
+//!
+//! Maps (`details`, …) come as `details[0].key=k&details[0].value=v` or
+//! `details[0].k=v`. Parameter and command names are case-insensitive. Every
+//! parameter problem is code 431 naming the parameter; unknown commands 432;
+//! internal failures 530. Empty lists are `{}` as in CloudStack.
 
 use serde_json::{json, Map, Value};
 

@@ -11,6 +11,8 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod planner;
+pub mod state;
 pub mod vpc;
 
 pub use engine::{Engine, EngineConfig, ExecError};

@@ -66,7 +66,7 @@ pub enum AclProtocol {
 /// One validated ACL rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AclRule {
-    pub number: u32,
+    pub number: u64,
     pub action: AclAction,
     pub traffic_type: TrafficType,
     pub protocol: AclProtocol,
@@ -149,7 +149,7 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
         .ok_or_else(|| VpcError::invalid(format!("acl_rules[{index}]"), "expected an object"))?;
     let number_s = scalar_str(obj.get("number"))
         .ok_or_else(|| VpcError::Missing(format!("acl_rules[{index}].number")))?;
-    let number: u32 = number_s.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+    let number: u64 = number_s.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
         VpcError::invalid(
             format!("acl_rules[{index}].number"),
             "expected a positive integer",
@@ -302,6 +302,54 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpAddr>().ok().map(IpNet::from)
 }
 
+/// Converts the engine's parsed `acl_rules`
+/// ([`crate::protocol::rules::AclRule::parse_list`], IPv4 only, no protocol
+/// numbers) into renderer rules, keeping their order. [`parse_acl_rules`] is
+/// the superset parser (IPv6 CIDRs, protocol numbers, duplicate numbers
+/// refused); either feeds [`TierAcl::Applied`].
+pub fn from_protocol(rules: &[crate::protocol::rules::AclRule]) -> Vec<AclRule> {
+    use crate::protocol::rules::{AclAction as PA, Direction};
+    use crate::protocol::validate::Protocol;
+    let mut out: Vec<AclRule> = rules
+        .iter()
+        .map(|r| AclRule {
+            number: r.number,
+            action: match r.action {
+                PA::Allow => AclAction::Allow,
+                PA::Deny => AclAction::Deny,
+            },
+            traffic_type: match r.direction {
+                Direction::Ingress => TrafficType::Ingress,
+                Direction::Egress => TrafficType::Egress,
+            },
+            protocol: match r.protocol {
+                Protocol::Tcp => AclProtocol::Tcp,
+                Protocol::Udp => AclProtocol::Udp,
+                Protocol::Icmp => AclProtocol::Icmp,
+                Protocol::All => AclProtocol::All,
+            },
+            ports: r.ports.map(|p| (p.start, p.end)),
+            icmp_type: r.icmp_type,
+            icmp_code: r.icmp_code,
+            cidrs: {
+                let mut v: Vec<IpNet> = Vec::new();
+                for c in &r.cidrs {
+                    let c = c.network();
+                    if let Ok(n) = ipnet::Ipv4Net::new(c.addr, c.prefix) {
+                        let n = IpNet::V4(n);
+                        if !v.contains(&n) {
+                            v.push(n);
+                        }
+                    }
+                }
+                v
+            },
+        })
+        .collect();
+    out.sort_by_key(|r| r.number);
+    out
+}
+
 /// Chain holding the tier's ingress rules.
 pub fn ingress_chain(network_id: &str) -> String {
     format!("acl_in_{network_id}")
@@ -334,13 +382,13 @@ pub fn render_tier_acl_chains(network_id: &str, acl: &TierAcl) -> Result<String,
         (ingress_chain(network_id), ingress),
         (egress_chain(network_id), egress),
     ] {
-        out.push_str(&format!("\tchain {name} {{\n"));
+        out.push_str(&format!("  chain {name} {{\n"));
         for line in lines {
-            out.push_str("\t\t");
+            out.push_str("    ");
             out.push_str(&line);
             out.push('\n');
         }
-        out.push_str("\t}\n");
+        out.push_str("  }\n");
     }
     Ok(out)
 }
@@ -653,12 +701,24 @@ mod tests {
     }
 
     #[test]
+    fn engine_parsed_rules_render_like_ours() {
+        let doc = json!([
+            {"number": "20", "action": "deny", "trafficType": "ingress", "protocol": "tcp",
+             "portStart": "22", "portEnd": "22", "sourceCidrs": ["10.0.0.0/8"]},
+            {"number": "10", "action": "allow", "trafficType": "egress", "protocol": "icmp",
+             "icmpType": "-1", "icmpCode": "-1", "sourceCidrs": ["192.0.2.1"]},
+        ]);
+        let theirs = crate::protocol::rules::AclRule::parse_list("acl_rules", &doc).unwrap();
+        assert_eq!(from_protocol(&theirs), parse_acl_rules(&doc).unwrap());
+    }
+
+    #[test]
     fn tier_without_acl_denies_ingress_and_allows_egress() {
         let text = render_tier_acl_chains("12", &TierAcl::NotApplied).unwrap();
         assert_eq!(
             text,
-            "\tchain acl_in_12 {\n\t\tdrop comment \"no acl: ingress denied\"\n\t}\n\
-             \tchain acl_out_12 {\n\t\treturn comment \"no acl: egress allowed\"\n\t}\n"
+            "  chain acl_in_12 {\n    drop comment \"no acl: ingress denied\"\n  }\n\
+             \x20 chain acl_out_12 {\n    return comment \"no acl: egress allowed\"\n  }\n"
         );
         assert!(render_tier_acl_chains("1;2", &TierAcl::NotApplied).is_err());
     }

@@ -497,11 +497,23 @@ impl ActionRunner {
     }
 
     fn ip_json(&self, args: &[String]) -> Result<Vec<Value>, VpcError> {
-        let out = self.ip_ok(args)?;
-        if out.iter().all(|b| b.is_ascii_whitespace()) {
+        let res = self.ip(args)?;
+        if !res.success {
+            let err = String::from_utf8_lossy(&res.stderr);
+            // A table never used in one family does not exist there yet:
+            // that is an empty list, not a failure.
+            if err.contains("FIB table does not exist") {
+                return Ok(Vec::new());
+            }
+            return Err(VpcError::Exec(format!(
+                "ip failed: {}",
+                sanitize_for_message(err.trim())
+            )));
+        }
+        if res.stdout.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(Vec::new());
         }
-        match serde_json::from_slice::<Value>(&out) {
+        match serde_json::from_slice::<Value>(&res.stdout) {
             Ok(Value::Array(a)) => Ok(a),
             _ => Err(VpcError::Exec("ip returned unreadable JSON".into())),
         }

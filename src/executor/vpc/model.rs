@@ -506,18 +506,18 @@ impl VpcState {
         let mut s = format!("table inet {table} {{\n");
         s.push_str(&self.render_acl_chains()?);
         s.push_str(
-            "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n",
+            "  chain forward {\n    type filter hook forward priority filter; policy drop;\n",
         );
-        s.push_str("\t\tct state established,related accept\n\t\tct state invalid drop\n");
+        s.push_str("    ct state established,related accept\n    ct state invalid drop\n");
         for r in self.render_forward_rules() {
-            s.push_str(&format!("\t\t{r}\n"));
+            s.push_str(&format!("    {r}\n"));
         }
-        s.push_str("\t}\n");
-        s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+        s.push_str("  }\n");
+        s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
         for r in self.render_snat_rules() {
-            s.push_str(&format!("\t\t{r}\n"));
+            s.push_str(&format!("    {r}\n"));
         }
-        s.push_str("\t}\n}\n");
+        s.push_str("  }\n}\n");
         Ok(s)
     }
 }

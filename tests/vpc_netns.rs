@@ -22,7 +22,7 @@ use netbridge::executor::vpc::actions::{parse_custom_action, ActionRunner, Parse
 use netbridge::executor::vpc::ipv6::{
     render_ipv6_forward_rules, render_radvd_conf, Ipv6Network, RaIntervals,
 };
-use netbridge::executor::vpc::model::{parse_public_ip, VpcState};
+use netbridge::executor::vpc::model::{parse_public_ip, VpcRulesetParts, VpcState};
 use netbridge::executor::vpc::pbr::PbrTables;
 use serde_json::{json, Value};
 
@@ -275,8 +275,15 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     ]))
     .unwrap();
     vpc.set_acl("11", TierAcl::Applied(acl)).unwrap();
-    let table = vpc.render_table("nbvtest").unwrap();
-    nft_load(&r, &table);
+    // Port forwards from the outside into each tier (as the engine renders them).
+    let parts = VpcRulesetParts {
+        dnat: vec![
+            "ip daddr 203.0.113.10 tcp dport 2222 dnat ip to 10.1.1.10:22".into(),
+            "ip daddr 203.0.113.10 tcp dport 8000 dnat ip to 10.1.2.10:80".into(),
+        ],
+        ..VpcRulesetParts::default()
+    };
+    nft_load(&r, &vpc.render_ruleset(&parts).unwrap());
 
     let _sa = Servers::start(&a, "vm1", &[22, 80]);
     let _sb = Servers::start(&b, "vm2", &[80]);
@@ -299,6 +306,14 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
         tcp_from(&a, "203.0.113.1:80").as_deref(),
         Some("up 203.0.113.10")
     );
+    // Port forward into tier 1, port 22 from outside: rule 20 only denies
+    // 10.1.2.0/24, so rule 30 allows it (CIDRs match exactly).
+    assert_eq!(
+        tcp_from(&o, "203.0.113.10:2222").as_deref(),
+        Some("vm1 203.0.113.1")
+    );
+    // Port forward into tier 2: its default ACL denies ingress.
+    assert_eq!(tcp_from(&o, "203.0.113.10:8000"), None);
     // Tier 1's egress deny never touches tier 2.
     assert_eq!(
         tcp_from(&b, "203.0.113.1:8080").as_deref(),
@@ -312,13 +327,7 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     ]))
     .unwrap();
     vpc.set_acl("11", TierAcl::Applied(allow_all)).unwrap();
-    nft_load(
-        &r,
-        &format!(
-            "delete table inet nbvtest\n{}",
-            vpc.render_table("nbvtest").unwrap()
-        ),
-    );
+    nft_load(&r, &vpc.render_ruleset(&parts).unwrap());
     assert_eq!(
         tcp_from(&b, "10.1.1.10:22").as_deref(),
         Some("vm1 10.1.2.10")

@@ -499,27 +499,78 @@ impl VpcState {
         Ok(s)
     }
 
-    /// A complete stand-alone `inet` table with the VPC's filter and NAT
-    /// parts (reference layout, used by the tests; the engine merges the
-    /// same pieces into its own table).
-    pub fn render_table(&self, table: &str) -> Result<String, VpcError> {
-        let mut s = format!("table inet {table} {{\n");
-        s.push_str(&self.render_acl_chains()?);
-        s.push_str(
-            "  chain forward {\n    type filter hook forward priority filter; policy drop;\n",
+    /// The namespace's complete `nft -f` script in the engine's layout
+    /// (table [`crate::executor::planner::TABLE`], same chain names and
+    /// hooks): created if missing, deleted and re-created whole in one
+    /// transaction. `parts` carries what the engine renders per tier (port
+    /// forwarding / static NAT DNAT, static NAT SNAT, extra input rules).
+    pub fn render_ruleset(&self, parts: &VpcRulesetParts) -> Result<String, VpcError> {
+        let table = crate::executor::planner::TABLE;
+        let mut s = format!("table {table} {{}}\ndelete table {table}\ntable {table} {{\n");
+        let chain = |s: &mut String, head: &str, rules: &[String]| {
+            s.push_str(&format!("  chain {head}"));
+            for r in rules {
+                s.push_str(&format!("    {r}\n"));
+            }
+            s.push_str("  }\n");
+        };
+        chain(
+            &mut s,
+            "prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+            &parts.dnat,
         );
-        s.push_str("    ct state established,related accept\n    ct state invalid drop\n");
-        for r in self.render_forward_rules() {
-            s.push_str(&format!("    {r}\n"));
+        let mut post = parts.snat.clone();
+        post.extend(self.render_snat_rules());
+        chain(
+            &mut s,
+            "postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+            &post,
+        );
+        let mut input = vec![
+            "iif \"lo\" accept".to_string(),
+            "ct state established,related accept".to_string(),
+            "ct state invalid drop".to_string(),
+        ];
+        if !self.tiers.is_empty() {
+            let legs: Vec<String> = self
+                .tiers
+                .values()
+                .map(|t| format!("\"{}\"", t.leg))
+                .collect();
+            input.push(format!("iifname {{ {} }} accept", legs.join(", ")));
         }
-        s.push_str("  }\n");
-        s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
-        for r in self.render_snat_rules() {
-            s.push_str(&format!("    {r}\n"));
-        }
-        s.push_str("  }\n}\n");
+        input.push("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept".to_string());
+        input.extend(parts.input.iter().cloned());
+        chain(
+            &mut s,
+            "input {\n    type filter hook input priority filter; policy drop;\n",
+            &input,
+        );
+        let mut forward = vec![
+            "ct state established,related accept".to_string(),
+            "ct state invalid drop".to_string(),
+        ];
+        forward.extend(self.render_forward_rules());
+        chain(
+            &mut s,
+            "forward {\n    type filter hook forward priority filter; policy drop;\n",
+            &forward,
+        );
+        s.push_str(&self.render_acl_chains()?);
+        s.push_str("}\n");
         Ok(s)
     }
+}
+
+/// Per-tier rules the engine renders into the VPC namespace's ruleset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VpcRulesetParts {
+    /// `prerouting` (nat): port-forwarding and static-NAT DNAT of all tiers.
+    pub dnat: Vec<String>,
+    /// `postrouting` (nat), before the VPC source NAT: static-NAT SNAT.
+    pub snat: Vec<String>,
+    /// `input`, after the fixed rules (e.g. public service ports).
+    pub input: Vec<String>,
 }
 
 #[cfg(test)]
@@ -711,6 +762,27 @@ mod tests {
         .unwrap();
         assert_eq!(v.tiers["11"].acl, TierAcl::Applied(vec![]));
         assert!(v.set_acl("99", TierAcl::NotApplied).is_err());
+    }
+
+    #[test]
+    fn ruleset_puts_static_nat_before_vpc_snat_and_acls_in_forward() {
+        let v = vpc();
+        let parts = VpcRulesetParts {
+            dnat: vec!["ip daddr 203.0.113.20 dnat ip to 10.1.1.5".into()],
+            snat: vec!["oifname \"pub-100\" ip saddr 10.1.1.5 snat ip to 203.0.113.20".into()],
+            input: vec![],
+        };
+        let r = v.render_ruleset(&parts).unwrap();
+        assert!(r.starts_with("table inet nb {}\ndelete table inet nb\ntable inet nb {\n"));
+        let static_snat = r.find("snat ip to 203.0.113.20").unwrap();
+        let vpc_snat = r.find("snat ip to 203.0.113.10").unwrap();
+        assert!(static_snat < vpc_snat);
+        assert!(r.contains("    iifname { \"vt11\", \"vt12\" } accept\n"));
+        assert!(r.contains("    ct state invalid drop\n    iifname \"vt11\" jump acl_out_11\n"));
+        assert!(
+            r.contains("  chain acl_in_12 {\n    drop comment \"no acl: ingress denied\"\n  }\n")
+        );
+        assert!(r.ends_with("  }\n}\n"));
     }
 
     #[test]

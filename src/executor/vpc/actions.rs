@@ -746,6 +746,127 @@ impl ActionRunner {
     }
 }
 
+/// Persists each namespace's [`PbrTables`] as
+/// `<state_dir>/pbr/<namespace>.json` (atomic replace), so tables survive
+/// restarts and follow the network's state, never `/etc/iproute2`.
+#[derive(Debug, Clone)]
+pub struct PbrStore {
+    dir: PathBuf,
+}
+
+impl PbrStore {
+    pub fn open(state_dir: &Path) -> Result<PbrStore, VpcError> {
+        let dir = state_dir.join("pbr");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| VpcError::Exec(format!("creating {}: {e}", dir.display())))?;
+        Ok(PbrStore { dir })
+    }
+
+    fn path(&self, ns: &str) -> Result<PathBuf, VpcError> {
+        valid_namespace(ns)?;
+        Ok(self.dir.join(format!("{ns}.json")))
+    }
+
+    /// The namespace's tables (empty when none were ever created).
+    pub fn load(&self, ns: &str) -> Result<PbrTables, VpcError> {
+        let path = self.path(ns)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| VpcError::Exec(format!("{} is corrupt: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PbrTables::default()),
+            Err(e) => Err(VpcError::Exec(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    pub fn save(&self, ns: &str, tables: &PbrTables) -> Result<(), VpcError> {
+        let path = self.path(ns)?;
+        let tmp = self.dir.join(format!(".{ns}.json.tmp"));
+        let data = serde_json::to_vec_pretty(tables)
+            .map_err(|e| VpcError::Exec(format!("encoding pbr tables: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| VpcError::Exec(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Forgets the namespace's tables (destroy-network / shutdown-vpc).
+    pub fn remove(&self, ns: &str) -> Result<(), VpcError> {
+        match std::fs::remove_file(self.path(ns)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VpcError::Exec(format!("removing pbr tables of {ns}: {e}"))),
+        }
+    }
+}
+
+/// What [`execute_custom_action`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionOutcome {
+    /// The full answer (`{"status":"success","printmessage":"true","message":…}`).
+    Answer(Value),
+    /// `reboot-device` or `dump-config`: the engine answers from its state.
+    Engine(BuiltinAction),
+}
+
+/// The whole `custom-action` command except the two engine-state actions:
+/// parse the flat envelope, validate, run the built-in or the hook, persist
+/// the namespace's tables. The caller holds the namespace's lock.
+pub fn execute_custom_action(
+    body: &[u8],
+    runner: &ActionRunner,
+    store: &PbrStore,
+) -> Result<(CustomAction, ActionOutcome), VpcError> {
+    let action = parse_custom_action(body)?;
+    let ns = action.namespace();
+    let outcome = match action.parse_action()? {
+        ParsedAction::Builtin(b @ (BuiltinAction::RebootDevice | BuiltinAction::DumpConfig)) => {
+            ActionOutcome::Engine(b)
+        }
+        ParsedAction::Builtin(b) => {
+            let mut tables = store.load(&ns)?;
+            let answer = runner.run_builtin(&ns, &mut tables, &b)?;
+            if b.changes_tables() {
+                store.save(&ns, &tables)?;
+            }
+            ActionOutcome::Answer(answer)
+        }
+        ParsedAction::Hook(_) => {
+            let out = runner.run_hook(&action)?;
+            ActionOutcome::Answer(hook_answer(&action.action, &out)?)
+        }
+    };
+    Ok((action, outcome))
+}
+
+/// A hook that prints a protocol object is passed through (a `status` other
+/// than `success` is a failure); any other output becomes the message.
+fn hook_answer(name: &str, out: &str) -> Result<Value, VpcError> {
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(out.trim()) {
+        if let Some(status) = o.get("status").and_then(|s| s.as_str()) {
+            if !status.eq_ignore_ascii_case("success") {
+                let msg = o
+                    .get("message")
+                    .map(|m| {
+                        m.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| m.to_string())
+                    })
+                    .unwrap_or_default();
+                return Err(VpcError::Exec(format!(
+                    "hook '{name}' reported {}: {}",
+                    sanitize_for_message(status),
+                    sanitize_for_message(&msg)
+                )));
+            }
+            return Ok(Value::Object(o));
+        }
+    }
+    Ok(success_message(json!(out)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,6 +1075,48 @@ mod tests {
         assert_eq!(
             no_hooks.run_hook(&act("echo-input")).unwrap_err(),
             VpcError::UnknownAction("echo-input".into())
+        );
+    }
+
+    #[test]
+    fn pbr_tables_persist_per_namespace_and_engine_actions_are_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PbrStore::open(dir.path()).unwrap();
+        assert_eq!(store.load("cs-net-42").unwrap(), PbrTables::default());
+        let runner = ActionRunner::default();
+        let body = json!({"network_id": "42", "action": "pbr-create-table",
+            "action-params": {"table-id": "100", "table-name": "isp2"}});
+        let (_, out) = execute_custom_action(body.to_string().as_bytes(), &runner, &store).unwrap();
+        assert_eq!(
+            out,
+            ActionOutcome::Answer(json!({"status": "success", "printmessage": "true",
+                "message": "table 'isp2' (100) created"}))
+        );
+        assert_eq!(store.load("cs-net-42").unwrap().tables["isp2"], 100);
+        assert_eq!(store.load("cs-net-43").unwrap(), PbrTables::default());
+        let body = json!({"vpc_id": "7", "action": "dump-config"});
+        let (a, out) = execute_custom_action(body.to_string().as_bytes(), &runner, &store).unwrap();
+        assert_eq!(out, ActionOutcome::Engine(BuiltinAction::DumpConfig));
+        assert_eq!(a.namespace(), "cs-vpc-7");
+        store.remove("cs-net-42").unwrap();
+        store.remove("cs-net-42").unwrap();
+        assert_eq!(store.load("cs-net-42").unwrap(), PbrTables::default());
+        assert!(store.load("../etc").is_err());
+    }
+
+    #[test]
+    fn hook_output_becomes_the_answer() {
+        assert_eq!(
+            hook_answer("h", "hello\n").unwrap(),
+            json!({"status": "success", "printmessage": "true", "message": "hello\n"})
+        );
+        let own = json!({"status": "Success", "message": {"a": 1}});
+        assert_eq!(hook_answer("h", &own.to_string()).unwrap(), own);
+        assert_eq!(
+            hook_answer("h", r#"{"status":"error","message":"disk full"}"#)
+                .unwrap_err()
+                .to_string(),
+            "hook 'h' reported error: disk full"
         );
     }
 }

@@ -190,6 +190,46 @@ pub fn parse_vpc_cidr(payload: &Map<String, Value>) -> Result<Ipv4Net, VpcError>
     Ok(net)
 }
 
+/// `implement-vpc` / `update-vpc-source-nat-ip` payload: the VPC id, its
+/// CIDR (`vpc_cidr`, older `cidr`; optional for the update) and the
+/// source-NAT address when `public_ip` is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcPayload {
+    pub vpc_id: String,
+    pub cidr: Option<Ipv4Net>,
+    pub source_nat: Option<PublicIp>,
+}
+
+pub fn parse_vpc_payload(
+    payload: &Map<String, Value>,
+    link_for_vlan: impl Fn(&str) -> String,
+) -> Result<VpcPayload, VpcError> {
+    let vpc_id =
+        scalar_str(payload.get("vpc_id")).ok_or_else(|| VpcError::Missing("vpc_id".into()))?;
+    if vpc_id.len() > 64
+        || !vpc_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(VpcError::invalid("vpc_id", "expected an id"));
+    }
+    let cidr = if payload.contains_key("vpc_cidr") || payload.contains_key("cidr") {
+        Some(parse_vpc_cidr(payload)?)
+    } else {
+        None
+    };
+    let source_nat = if scalar_str(payload.get("public_ip")).is_some() {
+        Some(parse_public_ip(payload, link_for_vlan)?)
+    } else {
+        None
+    };
+    Ok(VpcPayload {
+        vpc_id,
+        cidr,
+        source_nat,
+    })
+}
+
 impl VpcState {
     pub fn new(vpc_id: &str, cidr: Ipv4Net) -> Result<VpcState, VpcError> {
         if vpc_id.is_empty()
@@ -783,6 +823,45 @@ mod tests {
             r.contains("  chain acl_in_12 {\n    drop comment \"no acl: ingress denied\"\n  }\n")
         );
         assert!(r.ends_with("  }\n}\n"));
+    }
+
+    #[test]
+    fn vpc_payloads_are_parsed() {
+        let p = json!({"vpc_id": "5", "vpc_cidr": "10.1.0.0/16", "public_ip": "203.0.113.10",
+            "public_cidr": "203.0.113.0/24", "public_gateway": "203.0.113.1", "public_vlan": "vlan://100",
+            "source_nat": "true"});
+        let v = parse_vpc_payload(p.as_object().unwrap(), |v| format!("p{v}")).unwrap();
+        assert_eq!(v.vpc_id, "5");
+        assert_eq!(v.cidr, Some("10.1.0.0/16".parse().unwrap()));
+        assert_eq!(v.source_nat.unwrap().link, "p100");
+        let bare = parse_vpc_payload(
+            json!({"vpc_id": "5", "cidr": "10.1.0.0/16"})
+                .as_object()
+                .unwrap(),
+            |_| "p".into(),
+        )
+        .unwrap();
+        assert_eq!(bare.source_nat, None);
+        assert_eq!(
+            parse_vpc_payload(
+                json!({"vpc_id": "5", "vpc_cidr": "10.1.0.1/16"})
+                    .as_object()
+                    .unwrap(),
+                |_| "p".into()
+            )
+            .unwrap_err()
+            .to_string(),
+            "invalid value for 'vpc_cidr': host bits are set"
+        );
+        assert_eq!(
+            parse_vpc_payload(
+                json!({"vpc_cidr": "10.1.0.0/16"}).as_object().unwrap(),
+                |_| "p".into()
+            )
+            .unwrap_err()
+            .to_string(),
+            "missing required field 'vpc_id'"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! `acl_out_<network_id>`. A matching *allow* rule `return`s to the calling
 //! forward chain (which then applies the other side's ACL and accepts), a
 //! *deny* rule drops. The chains are only jumped to for the tier's own guest
-//! leg (see [`super::model::render_vpc_forward_rules`]), so one tier's ACL never
+//! leg (see [`super::model::VpcState::render_forward_rules`]), so one tier's ACL never
 //! touches another tier's traffic. One nft rule per CIDR keeps first-match
 //! order exact and avoids interval-set overlap errors.
 

@@ -12,9 +12,53 @@
 //!   hooks runner.
 //! - [`ipv6`]: radvd configuration and the IPv6 firewall rules of a network.
 //!
-//! nft text is written for an `inet` table owned by the engine: chain
-//! definitions go inside `table inet <name> { … }`, rule lines into the
-//! engine's base chains.
+//! nft text is written for the engine's table ([`crate::executor::planner::TABLE`],
+//! `inet nb`): chain definitions go inside the table, rule lines into the
+//! engine's base chains, same indentation.
+//!
+//! # Wiring into the engine
+//!
+//! - **One state per VPC namespace.** All tiers of a VPC share `cs-vpc-<id>`
+//!   and therefore one nft table: the engine keeps one [`model::VpcState`]
+//!   per VPC namespace (serde-ready) next to its per-tier network states,
+//!   and plans the namespace with [`model::VpcState::render_ruleset`],
+//!   passing each tier's DNAT/static-NAT lines in [`model::VpcRulesetParts`].
+//!   Planning one tier's `NetworkState` alone would replace the table and
+//!   drop the other tiers' rules.
+//! - `implement-vpc`: [`model::parse_vpc_payload`] (the closure maps a VLAN to
+//!   the public leg name, e.g. `planner::public_inner_name`), then
+//!   [`model::VpcState::new`] + [`model::VpcState::implement`].
+//! - `implement-network` with `vpc_id`: [`model::VpcState::add_tier`] with
+//!   the tier's guest leg (`planner::guest_inner_name(network_id)`), gateway
+//!   and CIDR; a re-sent tier keeps its ACL.
+//! - `shutdown-network`/`destroy-network` of a tier:
+//!   [`model::VpcState::remove_tier`] says exactly which leg, chains,
+//!   addresses and public links to remove (only those nothing else uses).
+//! - `assign-ip`/static NAT/port forwarding/LB on a tier:
+//!   [`model::VpcState::acquire`] with `Owner::Tier(id)`; their removal
+//!   [`model::VpcState::release`]; `release-ip`
+//!   [`model::VpcState::release_address`]. Links and the default route come
+//!   from [`model::VpcState::links`] / [`model::VpcState::default_route`].
+//! - `update-vpc-source-nat-ip`: [`model::VpcState::update_source_nat`]; only
+//!   the SNAT line changes in the re-rendered ruleset.
+//! - `apply-network-acl`: `protocol::rules::AclRule::parse_list` +
+//!   [`acl::from_protocol`] (or [`acl::parse_acl_rules`], which also takes
+//!   IPv6 CIDRs and protocol numbers), then [`model::VpcState::set_acl`] with
+//!   [`acl::TierAcl::Applied`].
+//! - `custom-action`: [`actions::execute_custom_action`] with an
+//!   [`actions::ActionRunner`] (`hooks_dir` from the executor config, 60 s
+//!   timeout) and an [`actions::PbrStore`] under the state directory, inside
+//!   the namespace's lock; it hands `reboot-device` (re-apply the desired
+//!   state) and `dump-config` (return it, secrets redacted) back as
+//!   [`actions::ActionOutcome::Engine`]. `destroy-network`/`shutdown-vpc`
+//!   call [`actions::PbrStore::remove`].
+//! - IPv6 (`network_ip6_gateway`/`network_ip6_cidr`):
+//!   [`ipv6::Ipv6Network::from_payload`]; address
+//!   [`ipv6::Ipv6Network::gateway_with_prefix`] on the guest leg,
+//!   [`ipv6::ipv6_sysctls`], radvd with [`ipv6::render_radvd_conf`] (one
+//!   process per network, `radvd -n -C <conf> -p <pid>` in the namespace,
+//!   tracked by PID), and [`ipv6::render_ipv6_forward_rules`] placed before
+//!   `oifname <guest> jump fw_ingress` in `forward`.
 
 pub mod acl;
 pub mod actions;

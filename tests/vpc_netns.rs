@@ -22,7 +22,7 @@ use netbridge::executor::vpc::actions::{parse_custom_action, ActionRunner, Parse
 use netbridge::executor::vpc::ipv6::{
     render_ipv6_forward_rules, render_radvd_conf, Ipv6Network, RaIntervals,
 };
-use netbridge::executor::vpc::model::{parse_public_ip, VpcRulesetParts, VpcState};
+use netbridge::executor::vpc::model::{parse_public_ip, vpc_sysctls, VpcRulesetParts, VpcState};
 use netbridge::executor::vpc::pbr::PbrTables;
 use serde_json::{json, Value};
 
@@ -627,4 +627,184 @@ fn radvd_gives_a_vm_a_slaac_address_and_inbound_v6_is_refused() {
     let seen = tcp_from(&v, "[2001:db8:ff::2]:80");
     assert_eq!(seen.as_deref(), Some(format!("up {addr}").as_str()));
     assert_eq!(tcp_from(&o, &format!("[{addr}]:80")), None);
+}
+
+fn public_ip(ip: &str) -> netbridge::executor::vpc::model::PublicIp {
+    parse_public_ip(
+        json!({"public_ip": ip, "public_cidr": "203.0.113.0/24",
+               "public_gateway": "203.0.113.1", "public_vlan": "untagged"})
+        .as_object()
+        .unwrap(),
+        |_| "p0".to_string(),
+    )
+    .unwrap()
+}
+
+/// Test-side applier: makes `p0`'s addresses match the model (adding and
+/// removing only the differences) and loads the namespace ruleset.
+fn apply(r: &Netns, vpc: &VpcState, parts: &VpcRulesetParts) {
+    let want: Vec<String> = vpc
+        .links()
+        .get("p0")
+        .map(|ips| ips.iter().map(|p| p.ip.to_string()).collect())
+        .unwrap_or_default();
+    let have = addrs_on(r, "p0");
+    for a in want.iter().filter(|a| !have.contains(a)) {
+        r.ip(&["addr", "add", &format!("{a}/24"), "dev", "p0"]);
+    }
+    for a in have.iter().filter(|a| !want.contains(a)) {
+        r.ip(&["addr", "del", &format!("{a}/24"), "dev", "p0"]);
+    }
+    nft_load(r, &vpc.render_ruleset(parts).unwrap());
+}
+
+fn addrs_on(ns: &Netns, dev: &str) -> Vec<String> {
+    let out = ns.ip(&["-j", "-4", "addr", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v.get(0)
+        .and_then(|i| i.get("addr_info"))
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.get("local").and_then(|l| l.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
+    use netbridge::executor::vpc::model::Owner;
+    require_root!("snat_move_and_tier_removal_keep_other_paths_with_real_packets");
+    let r = Netns::new("sr");
+    let a = Netns::new("sa");
+    let b = Netns::new("sb");
+    let o = Netns::new("so");
+    veth(&r, "vt11", &a, "eth0");
+    veth(&r, "vt12", &b, "eth0");
+    veth(&r, "p0", &o, "eth0");
+    for (k, v) in vpc_sysctls() {
+        r.sysctl(&format!("{k}={v}"));
+    }
+    r.ip(&["addr", "add", "10.1.1.1/24", "dev", "vt11"]);
+    r.ip(&["addr", "add", "10.1.2.1/24", "dev", "vt12"]);
+    a.ip(&["addr", "add", "10.1.1.10/24", "dev", "eth0"]);
+    a.ip(&["route", "add", "default", "via", "10.1.1.1"]);
+    b.ip(&["addr", "add", "10.1.2.10/24", "dev", "eth0"]);
+    b.ip(&["route", "add", "default", "via", "10.1.2.1"]);
+    o.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+
+    let mut vpc = VpcState::new("9", "10.1.0.0/16".parse().unwrap()).unwrap();
+    vpc.implement(Some(public_ip("203.0.113.10"))).unwrap();
+    vpc.add_tier(
+        "11",
+        "vt11",
+        "10.1.1.1".parse().unwrap(),
+        "10.1.1.0/24".parse().unwrap(),
+    )
+    .unwrap();
+    vpc.add_tier(
+        "12",
+        "vt12",
+        "10.1.2.1".parse().unwrap(),
+        "10.1.2.0/24".parse().unwrap(),
+    )
+    .unwrap();
+    let open = parse_acl_rules(&json!([
+        {"number": "1", "action": "allow", "trafficType": "ingress", "protocol": "tcp", "portStart": "80"},
+        {"number": "2", "action": "allow", "trafficType": "egress", "protocol": "all"}
+    ]))
+    .unwrap();
+    vpc.set_acl("11", TierAcl::Applied(open.clone())).unwrap();
+    vpc.set_acl("12", TierAcl::Applied(open)).unwrap();
+    // Tier 1: static NAT 203.0.113.20 <-> 10.1.1.10.
+    // Tier 2: port forward 203.0.113.30:8000 -> 10.1.2.10:80.
+    vpc.acquire(Owner::Tier("11".into()), public_ip("203.0.113.20"))
+        .unwrap();
+    vpc.acquire(Owner::Tier("12".into()), public_ip("203.0.113.30"))
+        .unwrap();
+    let tier1_dnat = "ip daddr 203.0.113.20 dnat ip to 10.1.1.10".to_string();
+    let tier1_snat = "oifname \"p0\" ip saddr 10.1.1.10 snat ip to 203.0.113.20".to_string();
+    let tier2_dnat = "ip daddr 203.0.113.30 tcp dport 8000 dnat ip to 10.1.2.10:80".to_string();
+    let mut parts = VpcRulesetParts {
+        dnat: vec![tier1_dnat, tier2_dnat.clone()],
+        snat: vec![tier1_snat],
+        input: vec![],
+    };
+    apply(&r, &vpc, &parts);
+    let _sa = Servers::start(&a, "vm1", &[80]);
+    let _sb = Servers::start(&b, "vm2", &[80]);
+    let _so = Servers::start(&o, "up", &[80]);
+
+    assert_eq!(
+        tcp_from(&a, "203.0.113.1:80").as_deref(),
+        Some("up 203.0.113.20")
+    );
+    assert_eq!(
+        tcp_from(&b, "203.0.113.1:80").as_deref(),
+        Some("up 203.0.113.10")
+    );
+    assert_eq!(
+        tcp_from(&o, "203.0.113.20:80").as_deref(),
+        Some("vm1 203.0.113.1")
+    );
+    assert_eq!(
+        tcp_from(&o, "203.0.113.30:8000").as_deref(),
+        Some("vm2 203.0.113.1")
+    );
+
+    // update-vpc-source-nat-ip: only the SNAT moves.
+    let mv = vpc.update_source_nat(public_ip("203.0.113.40")).unwrap();
+    assert_eq!(mv.released.addresses.len(), 1);
+    apply(&r, &vpc, &parts);
+    assert!(!addrs_on(&r, "p0").contains(&"203.0.113.10".to_string()));
+    assert_eq!(
+        tcp_from(&b, "203.0.113.1:80").as_deref(),
+        Some("up 203.0.113.40")
+    );
+    assert_eq!(
+        tcp_from(&a, "203.0.113.1:80").as_deref(),
+        Some("up 203.0.113.20")
+    );
+    assert_eq!(
+        tcp_from(&o, "203.0.113.20:80").as_deref(),
+        Some("vm1 203.0.113.1")
+    );
+    assert_eq!(
+        tcp_from(&o, "203.0.113.30:8000").as_deref(),
+        Some("vm2 203.0.113.1")
+    );
+
+    // Delete tier 1: only its static-NAT address, chains and leg go.
+    let removal = vpc.remove_tier("11").unwrap();
+    let gone: Vec<String> = removal
+        .released
+        .addresses
+        .iter()
+        .map(|p| p.ip.to_string())
+        .collect();
+    assert_eq!(gone, ["203.0.113.20"]);
+    assert!(removal.released.links.is_empty(), "p0 is still used");
+    parts = VpcRulesetParts {
+        dnat: vec![tier2_dnat],
+        snat: vec![],
+        input: vec![],
+    };
+    r.ip(&["link", "del", &removal.tier.leg]);
+    apply(&r, &vpc, &parts);
+    let mut left = addrs_on(&r, "p0");
+    left.sort();
+    assert_eq!(left, ["203.0.113.30", "203.0.113.40"]);
+    assert_eq!(
+        tcp_from(&b, "203.0.113.1:80").as_deref(),
+        Some("up 203.0.113.40")
+    );
+    assert_eq!(
+        tcp_from(&o, "203.0.113.30:8000").as_deref(),
+        Some("vm2 203.0.113.1")
+    );
+    assert_eq!(tcp_from(&o, "203.0.113.20:80"), None);
+    let rules = r.exec(&["nft", "list", "ruleset"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.contains("acl_in_11") && rules.contains("acl_in_12"));
 }

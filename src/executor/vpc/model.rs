@@ -602,6 +602,22 @@ impl VpcState {
     }
 }
 
+/// Namespace sysctls a VPC router needs: IPv4 forwarding, and promotion of
+/// secondary addresses: without it, removing the first address of a public
+/// link (e.g. the old source-NAT IP) silently removes every other address
+/// of the same subnet on that link (static NAT, port forwarding, the new
+/// source-NAT IP). Set before any address is added (`all` and `default`).
+pub fn vpc_sysctls() -> Vec<(String, String)> {
+    vec![
+        ("net.ipv4.ip_forward".into(), "1".into()),
+        ("net.ipv4.conf.all.promote_secondaries".into(), "1".into()),
+        (
+            "net.ipv4.conf.default.promote_secondaries".into(),
+            "1".into(),
+        ),
+    ]
+}
+
 /// Per-tier rules the engine renders into the VPC namespace's ruleset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VpcRulesetParts {

@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netbridge::executor::vpc::acl::{parse_acl_rules, TierAcl};
-use netbridge::executor::vpc::actions::{parse_custom_action, ActionRunner, ParsedAction};
+use netbridge::executor::vpc::actions::{
+    parse_custom_action, ActionRunner, BuiltinAction, ParsedAction,
+};
 use netbridge::executor::vpc::ipv6::{
     render_ipv6_forward_rules, render_radvd_conf, Ipv6Network, RaIntervals,
 };
@@ -321,6 +323,22 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     );
 
     // Replacing tier 1's ACL with the default_allow list opens tier 1 only.
+    // list-firewall-rules shows the namespace's rules.
+    let runner = ActionRunner::default();
+    let listed = runner
+        .run_builtin(
+            &r.0,
+            &mut PbrTables::default(),
+            &BuiltinAction::ListFirewallRules,
+        )
+        .unwrap();
+    assert_eq!(listed["status"], "success");
+    let text = listed["message"].as_str().unwrap();
+    assert!(
+        text.contains("chain acl_in_11") && text.contains("comment \"acl 20 deny\""),
+        "{text}"
+    );
+
     let allow_all = parse_acl_rules(&json!([
         {"number": "1", "action": "allow", "trafficType": "ingress", "protocol": "all", "sourceCidrs": ["0.0.0.0/0"]},
         {"number": "2", "action": "allow", "trafficType": "egress", "protocol": "all", "sourceCidrs": ["0.0.0.0/0"]}

@@ -746,6 +746,44 @@ impl ActionRunner {
     }
 }
 
+/// Whether a detail/field name holds a secret (`password`, `sshkey`,
+/// `executor.key`, anything ending in `.key`, `.secret`, `.password`).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    matches!(
+        k.as_str(),
+        "password" | "sshkey" | "executor.key" | "vm_password"
+    ) || k.ends_with(".key")
+        || k.ends_with(".secret")
+        || k.ends_with(".password")
+}
+
+/// A copy of `v` with every secret value replaced by `"<redacted>"`, for
+/// `dump-config` answers and logs. `vm_data` entries of the `password` dir
+/// are redacted too.
+pub fn redact_secrets(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let password_entry = o.get("dir").and_then(|d| d.as_str()) == Some("password");
+            Value::Object(
+                o.iter()
+                    .map(|(k, val)| {
+                        let secret = is_secret_key(k) || (password_entry && k == "content");
+                        let val = if secret && !val.is_null() {
+                            json!("<redacted>")
+                        } else {
+                            redact_secrets(val)
+                        };
+                        (k.clone(), val)
+                    })
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(redact_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Persists each namespace's [`PbrTables`] as
 /// `<state_dir>/pbr/<namespace>.json` (atomic replace), so tables survive
 /// restarts and follow the network's state, never `/etc/iproute2`.
@@ -1118,5 +1156,22 @@ mod tests {
                 .to_string(),
             "hook 'h' reported error: disk full"
         );
+    }
+
+    #[test]
+    fn dump_config_redacts_secrets() {
+        let v = json!({"physical-network-extension-details": {"hosts": "h1", "executor.key": "k",
+                "password": "p", "api.secret": "s", "x.password": "y"},
+            "vm_data": [{"dir": "password", "file": "vm_password", "content": "pw"},
+                        {"dir": "userdata", "file": "user-data", "content": "hello"}],
+            "sshkey": "ssh-rsa AAA"});
+        let r = redact_secrets(&v);
+        let text = r.to_string();
+        for secret in ["\"k\"", "\"p\"", "\"s\"", "\"y\"", "\"pw\"", "ssh-rsa"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(r["physical-network-extension-details"]["hosts"], "h1");
+        assert_eq!(r["vm_data"][1]["content"], "hello");
+        assert_eq!(r["sshkey"], "<redacted>");
     }
 }

@@ -325,16 +325,48 @@ pub struct ChildOutput {
     pub timed_out: bool,
 }
 
-fn read_capped<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+/// Output of one child pipe, filled by a reader thread.
+struct PipeReader {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// Reads a child's pipe on a thread (at most [`MAX_OUTPUT`] kept, the rest
+/// drained so the child never blocks on a full pipe).
+fn read_capped<R: Read + Send + 'static>(r: Option<R>) -> PipeReader {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, done) = std::sync::mpsc::channel();
+    let shared = buf.clone();
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
         if let Some(mut r) = r {
-            let _ = (&mut r).take(MAX_OUTPUT as u64).read_to_end(&mut buf);
-            // Drain the rest so the child never blocks on a full pipe.
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            let mut chunk = [0u8; 8192];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut b = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = MAX_OUTPUT.saturating_sub(b.len());
+                        b.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+            }
         }
-        buf
-    })
+        let _ = tx.send(());
+    });
+    PipeReader { buf, done }
+}
+
+/// How long output is awaited after the child ended: a background process
+/// it started may hold the pipe open forever.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+fn collect(p: &PipeReader, program: &str, until: Instant) -> Vec<u8> {
+    let wait = until.saturating_duration_since(Instant::now());
+    if p.done.recv_timeout(wait).is_err() {
+        log::warn!("{program}: a leftover process holds its output open; using what arrived");
+    }
+    let b = p.buf.lock().unwrap_or_else(|e| e.into_inner());
+    b.clone()
 }
 
 /// Runs `program args…` (never through a shell) in its own process group,
@@ -387,8 +419,9 @@ pub fn run_with_timeout(
     if let Some(w) = writer {
         let _ = w.join();
     }
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let until = Instant::now() + PIPE_GRACE;
+    let stdout = collect(&out, &program, until);
+    let stderr = collect(&err, &program, until);
     Ok(ChildOutput {
         success: !timed_out && status.is_some_and(|s| s.success()),
         code: status.and_then(|s| s.code()),
@@ -1173,5 +1206,27 @@ mod tests {
         assert_eq!(r["physical-network-extension-details"]["hosts"], "h1");
         assert_eq!(r["vm_data"][1]["content"], "hello");
         assert_eq!(r["sshkey"], "<redacted>");
+    }
+
+    #[test]
+    fn timeouts_kill_and_leftover_processes_do_not_hang_the_runner() {
+        let mut cmd = Command::new("tail");
+        cmd.args(["-f", "/dev/null"]);
+        let out = run_with_timeout(cmd, None, Duration::from_millis(300)).unwrap();
+        assert!(out.timed_out && !out.success);
+        // `setsid -f` leaves a grandchild (outside our process group) holding
+        // stdout for 4 s after the direct child exited: output is collected
+        // after the grace period instead of waiting for it.
+        let mut cmd = Command::new("setsid");
+        cmd.args(["-f", "sleep", "4"]);
+        let start = Instant::now();
+        let out = run_with_timeout(cmd, None, Duration::from_secs(10)).unwrap();
+        assert!(out.success && !out.timed_out);
+        assert!(start.elapsed() < Duration::from_millis(3500));
+        let mut cmd = Command::new("printf");
+        cmd.arg("%s").arg("a;b $(x)");
+        let out = run_with_timeout(cmd, Some(b"ignored".to_vec()), Duration::from_secs(5)).unwrap();
+        assert!(out.success);
+        assert_eq!(out.stdout, b"a;b $(x)");
     }
 }

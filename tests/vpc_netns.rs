@@ -826,3 +826,94 @@ fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(!rules.contains("acl_in_11") && rules.contains("acl_in_12"));
 }
+
+#[test]
+fn every_rendered_form_is_accepted_by_nft_and_radvd() {
+    require_root!("every_rendered_form_is_accepted_by_nft_and_radvd");
+    let r = Netns::new("c");
+    let mut vpc = VpcState::new("3", "10.3.0.0/16".parse().unwrap()).unwrap();
+    vpc.implement(Some(public_ip("203.0.113.50"))).unwrap();
+    vpc.add_tier(
+        "31",
+        "vt31",
+        "10.3.1.1".parse().unwrap(),
+        "10.3.1.0/24".parse().unwrap(),
+    )
+    .unwrap();
+    vpc.add_tier(
+        "32",
+        "vt32",
+        "10.3.2.1".parse().unwrap(),
+        "10.3.2.0/24".parse().unwrap(),
+    )
+    .unwrap();
+    let rules = parse_acl_rules(&json!([
+        {"number": 1, "action": "allow", "trafficType": "ingress", "protocol": "icmp", "icmpType": 8, "icmpCode": 0,
+         "sourceCidrs": ["0.0.0.0/0", "::/0", "2001:db8::/32", "10.0.0.1"]},
+        {"number": 2, "action": "deny", "trafficType": "ingress", "protocol": "icmp", "icmpType": -1, "icmpCode": 3},
+        {"number": 3, "action": "allow", "trafficType": "ingress", "protocol": "tcp", "portStart": 1000, "portEnd": 2000},
+        {"number": 4, "action": "allow", "trafficType": "ingress", "protocol": "udp", "portStart": 53},
+        {"number": 5, "action": "deny", "trafficType": "ingress", "protocol": "41", "sourceCidrs": ["2001:db8::1"]},
+        {"number": 6, "action": "allow", "trafficType": "egress", "protocol": "all", "sourceCidrs": ["192.0.2.0/24"]},
+        {"number": 7, "action": "deny", "trafficType": "egress", "protocol": "icmp", "sourceCidrs": ["2001:db8:1::/48"]},
+        {"number": 8, "action": "allow", "trafficType": "egress", "protocol": "tcp", "portStart": 443, "sourceCidrs": ["::/0"]}
+    ]))
+    .unwrap();
+    vpc.set_acl("31", TierAcl::Applied(rules)).unwrap();
+    let parts = VpcRulesetParts {
+        dnat: vec!["ip daddr 203.0.113.60 dnat ip to 10.3.1.5".into()],
+        snat: vec!["oifname \"p0\" ip saddr 10.3.1.5 snat ip to 203.0.113.60".into()],
+        input: vec!["iifname \"p0\" tcp dport 80 accept".into()],
+    };
+    let mut text = vpc.render_ruleset(&parts).unwrap();
+    let net = Ipv6Network::from_payload(
+        json!({"network_ip6_gateway": "2001:db8:31::1", "network_ip6_cidr": "2001:db8:31::/64"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    text.push_str("table inet nbv6check {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
+    for rule in render_ipv6_forward_rules("vt31", &net) {
+        text.push_str(&format!("    {rule}\n"));
+    }
+    text.push_str(
+        "  }\n  chain input {\n    type filter hook input priority filter; policy drop;\n",
+    );
+    for rule in netbridge::executor::vpc::ipv6::render_ipv6_input_rules("vt31") {
+        text.push_str(&format!("    {rule}\n"));
+    }
+    text.push_str("  }\n}\n");
+    nft_load(&r, &text);
+    let listed = String::from_utf8_lossy(
+        &r.exec(&["nft", "list", "chain", "inet", "nb", "acl_in_31"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        listed.contains("icmpv6 type echo-request") || listed.contains("icmpv6 type 8"),
+        "{listed}"
+    );
+    assert!(listed.contains("tcp dport 1000-2000"), "{listed}");
+
+    if !run(&["which", "radvd"]).stdout.is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = render_radvd_conf(
+            "vt31",
+            &net,
+            &[net.gateway],
+            Some("example.org"),
+            RaIntervals::default(),
+        )
+        .unwrap();
+        let path = dir.path().join("radvd.conf");
+        std::fs::write(&path, conf).unwrap();
+        let out = r.exec(&["radvd", "-c", "-C", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "radvd -c: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -226,7 +226,10 @@ impl CustomAction {
             "pbr-list-rules" => BuiltinAction::PbrListRules {
                 table: opt_table(self)?,
             },
-            other => return Ok(ParsedAction::Hook(other.to_string())),
+            other => {
+                check_hook_params(&self.params)?;
+                return Ok(ParsedAction::Hook(other.to_string()));
+            }
         };
         Ok(ParsedAction::Builtin(b))
     }
@@ -250,6 +253,38 @@ impl CustomAction {
         o.insert("params".into(), json!(self.params));
         Value::Object(o)
     }
+}
+
+/// Longest hook parameter value.
+pub const MAX_HOOK_PARAM_LEN: usize = 4096;
+
+/// Hooks get their parameters as JSON data, never through a shell; still,
+/// as defence in depth for hooks written in shell, keys must be
+/// `[A-Za-z0-9._-]{1,64}` and values may not hold control characters or the
+/// characters a shell acts on (`;` `|` `&` `$` `` ` `` `<` `>` `\`).
+pub fn check_hook_params(params: &BTreeMap<String, String>) -> Result<(), VpcError> {
+    for (k, v) in params {
+        let field = format!("action-params.{}", sanitize_for_message(k));
+        if !valid_action_name(k) {
+            return Err(VpcError::invalid(field, "not a valid parameter name"));
+        }
+        if v.len() > MAX_HOOK_PARAM_LEN {
+            return Err(VpcError::invalid(
+                field,
+                format!("longer than {MAX_HOOK_PARAM_LEN} characters"),
+            ));
+        }
+        if let Some(c) = v
+            .chars()
+            .find(|c| c.is_control() || matches!(c, ';' | '|' | '&' | '$' | '`' | '<' | '>' | '\\'))
+        {
+            return Err(VpcError::invalid(
+                field,
+                format!("forbidden character '{}'", c.escape_default()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A classified action.
@@ -737,6 +772,7 @@ impl ActionRunner {
 
     /// Runs an operator hook; returns its stdout (`"OK"` when empty).
     pub fn run_hook(&self, action: &CustomAction) -> Result<String, VpcError> {
+        check_hook_params(&action.params)?;
         let path = self.hook_path(&action.action)?;
         let ns = action.namespace();
         let mut cmd = Command::new(&path);
@@ -1041,6 +1077,40 @@ mod tests {
             h.parse_action().unwrap(),
             ParsedAction::Hook("my-hook.v2".into())
         );
+        for (params, want) in [
+            (
+                json!({"x": "a; reboot"}),
+                "invalid value for 'action-params.x': forbidden character ';'",
+            ),
+            (
+                json!({"x": "$(reboot)"}),
+                "invalid value for 'action-params.x': forbidden character '$'",
+            ),
+            (
+                json!({"x": "`id`"}),
+                "invalid value for 'action-params.x': forbidden character '`'",
+            ),
+            (
+                json!({"x": "a\nb"}),
+                "invalid value for 'action-params.x': forbidden character '\\n'",
+            ),
+            (
+                json!({"x": "a | b"}),
+                "invalid value for 'action-params.x': forbidden character '|'",
+            ),
+            (
+                json!({"../x": "a"}),
+                "invalid value for 'action-params.../x': not a valid parameter name",
+            ),
+            (
+                json!({"x": "a".repeat(5000)}),
+                "invalid value for 'action-params.x': longer than 4096 characters",
+            ),
+        ] {
+            let h =
+                envelope(json!({"network_id": "1", "action": "my-hook", "action-params": params}));
+            assert_eq!(h.parse_action().unwrap_err().to_string(), want);
+        }
         let bad = envelope(json!({"network_id": "1", "action": "pbr-add-route",
             "action-params": {"table": "isp2", "route": "blackhole 10.9.0.0/16;reboot"}}));
         assert_eq!(
@@ -1113,7 +1183,7 @@ mod tests {
         };
         let act = |name: &str| {
             envelope(json!({"network_id": "42", "action": name,
-                "action-params": {"k": "v; $(reboot)"},
+                "action-params": {"k": "v w (x) 'y' \"z\""},
                 "physical-network-extension-details": {"password": "pw"}}))
         };
         let out = runner.run_hook(&act("echo-input")).unwrap();
@@ -1121,7 +1191,7 @@ mod tests {
         assert_eq!(
             got,
             json!({"action": "echo-input", "namespace": "cs-net-42", "network_id": "42",
-                   "params": {"k": "v; $(reboot)"}})
+                   "params": {"k": "v w (x) 'y' \"z\""}})
         );
         // argv[1] was the namespace: tee wrote a file of that name.
         let copy = std::fs::read_to_string(dir.path().join("cs-net-42")).unwrap();

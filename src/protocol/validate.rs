@@ -234,15 +234,18 @@ impl fmt::Display for PortRange {
     }
 }
 
+const RANGE_WHAT: &str = "a port (1-65535) or range a-b";
+
 /// `22` or `8080-8090` (start ≤ end).
 pub fn port_range(field: &str, value: &str) -> Result<PortRange, ProtocolError> {
     basic(field, value)?;
     match value.split_once('-') {
-        None => Ok(PortRange::single(port(field, value)?)),
+        None => Ok(PortRange::single(
+            port(field, value).map_err(|_| bad_value(field, value, RANGE_WHAT))?,
+        )),
         Some((a, b)) => {
-            let start =
-                port(field, a).map_err(|_| bad_value(field, value, "a port or range a-b"))?;
-            let end = port(field, b).map_err(|_| bad_value(field, value, "a port or range a-b"))?;
+            let start = port(field, a).map_err(|_| bad_value(field, value, RANGE_WHAT))?;
+            let end = port(field, b).map_err(|_| bad_value(field, value, RANGE_WHAT))?;
             if start > end {
                 return Err(invalid(
                     field,

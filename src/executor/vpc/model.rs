@@ -602,6 +602,112 @@ impl VpcState {
     }
 }
 
+/// Host end of a VPC public veth: `nbx<vpc_id>-<vlan>` (`u` untagged),
+/// hashed like the engine's names when longer than 15 characters. Distinct
+/// from the engine's `nbp<network_id>-…` so VPC 5 and network 5 never clash.
+pub fn vpc_public_host_name(vpc_id: &str, vlan: crate::protocol::validate::Vlan) -> String {
+    let tag = vlan.0.map_or_else(|| "u".to_string(), |v| v.to_string());
+    crate::executor::planner::link_name("nbx", &format!("{vpc_id}-{tag}"))
+}
+
+impl VpcState {
+    /// The whole namespace as the engine's [`crate::executor::planner::Plan`],
+    /// ready for its applier: one guest leg per tier (bridge, names and
+    /// address from the tier's `NetworkState`), one public leg per VLAN in
+    /// use, the default route, forwarding, and [`VpcState::render_ruleset`].
+    /// `tiers` are the tiers' network states (extra ones are ignored).
+    pub fn plan(
+        &self,
+        tiers: &[&crate::executor::state::NetworkState],
+        public_device: &str,
+        parts: &VpcRulesetParts,
+    ) -> Result<crate::executor::planner::Plan, VpcError> {
+        use crate::executor::planner::{self, Leg, LegRole, LinkPlan};
+        use crate::protocol::validate::{self, Ipv4Cidr};
+        let mut legs = Vec::new();
+        for tier in self.tiers.values() {
+            let st = tiers
+                .iter()
+                .find(|s| s.network_id.to_string() == tier.network_id)
+                .ok_or_else(|| {
+                    VpcError::invalid(
+                        "network_id",
+                        format!("no network state for tier {}", tier.network_id),
+                    )
+                })?;
+            let inner = planner::guest_inner_name(st.network_id);
+            if inner != tier.leg {
+                return Err(VpcError::invalid(
+                    "leg",
+                    format!(
+                        "tier {} leg {} is not the engine's {inner}",
+                        tier.network_id, tier.leg
+                    ),
+                ));
+            }
+            legs.push(Leg {
+                role: LegRole::Guest,
+                host_name: planner::guest_host_name(st.network_id),
+                inner_name: inner,
+                bridge: planner::bridge_name(&st.guest_device, st.vlan)
+                    .map_err(|e| VpcError::invalid("guest.network.device", e.to_string()))?,
+                device: st.guest_device.clone(),
+                vlan: st.vlan,
+                addrs: vec![Ipv4Cidr {
+                    addr: st.extension_ip.unwrap_or(tier.gateway),
+                    prefix: tier.cidr.prefix_len(),
+                }],
+            });
+        }
+        let mut announce = Vec::new();
+        for (link, ips) in self.links() {
+            let Some(first) = ips.first() else { continue };
+            let vlan = validate::vlan("public_vlan", &first.vlan)?;
+            let mut addrs: Vec<Ipv4Cidr> = ips
+                .iter()
+                .map(|p| Ipv4Cidr {
+                    addr: p.ip,
+                    prefix: p.prefix_len,
+                })
+                .collect();
+            addrs.sort();
+            announce.extend(addrs.iter().map(|a| (link.clone(), a.addr)));
+            legs.push(Leg {
+                role: LegRole::Public,
+                host_name: vpc_public_host_name(&self.vpc_id, vlan),
+                inner_name: link.clone(),
+                bridge: planner::bridge_name(public_device, vlan)
+                    .map_err(|e| VpcError::invalid("public.network.device", e.to_string()))?,
+                device: public_device.to_string(),
+                vlan,
+                addrs,
+            });
+        }
+        Ok(planner::Plan {
+            links: LinkPlan {
+                namespace: self.namespace(),
+                legs,
+                default_route: self.default_route(),
+                ipv4_forwarding: true,
+                announce,
+            },
+            ruleset: self.render_ruleset(parts)?,
+        })
+    }
+}
+
+impl From<crate::protocol::ProtocolError> for VpcError {
+    fn from(e: crate::protocol::ProtocolError) -> Self {
+        match e {
+            crate::protocol::ProtocolError::InvalidField { field, reason } => {
+                VpcError::Invalid { field, reason }
+            }
+            crate::protocol::ProtocolError::MissingField(f) => VpcError::Missing(f),
+            other => VpcError::invalid("payload", other.to_string()),
+        }
+    }
+}
+
 /// Namespace sysctls a VPC router needs: IPv4 forwarding, and promotion of
 /// secondary addresses: without it, removing the first address of a public
 /// link (e.g. the old source-NAT IP) silently removes every other address
@@ -877,6 +983,128 @@ mod tests {
             .unwrap_err()
             .to_string(),
             "missing required field 'vpc_id'"
+        );
+    }
+
+    fn tier_state(
+        id: &str,
+        vlan: &str,
+        cidr: &str,
+        gw: &str,
+    ) -> crate::executor::state::NetworkState {
+        use crate::executor::state::{tests::request, NetworkState};
+        use crate::protocol::Command;
+        let req = request(
+            Command::ImplementNetwork,
+            json!({"network_id": id, "vpc_id": "5", "vlan": vlan, "cidr": cidr, "gateway": gw,
+                   "extension_ip": gw, "guest_type": "isolated"}),
+        );
+        let mut s = NetworkState::new(&req, "eth1");
+        s.transition(&req, "eth2").unwrap();
+        s
+    }
+
+    #[test]
+    fn plan_has_one_guest_leg_per_tier_and_shared_public_legs() {
+        use crate::executor::planner::{guest_inner_name, public_inner_name, LegRole};
+        use crate::protocol::validate::Vlan;
+        let mut v = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        let link =
+            |vlan: &str| public_inner_name(crate::protocol::validate::vlan("v", vlan).unwrap());
+        let p = |ip: &str, vlan: &str| {
+            let payload = json!({"public_ip": ip, "public_cidr": format!("{ip}/24"),
+                "public_gateway": "203.0.113.1", "public_vlan": vlan});
+            parse_public_ip(payload.as_object().unwrap(), link).unwrap()
+        };
+        v.implement(Some(p("203.0.113.10", "vlan://300"))).unwrap();
+        v.acquire(Owner::Tier("11".into()), p("203.0.113.20", "300"))
+            .unwrap();
+        v.acquire(Owner::Tier("12".into()), p("198.51.100.7", "untagged"))
+            .unwrap();
+        v.add_tier(
+            "11",
+            &guest_inner_name(11),
+            "10.1.1.1".parse().unwrap(),
+            "10.1.1.0/24".parse().unwrap(),
+        )
+        .unwrap();
+        v.add_tier(
+            "12",
+            &guest_inner_name(12),
+            "10.1.2.1".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+        )
+        .unwrap();
+        let t11 = tier_state("11", "vlan://101", "10.1.1.0/24", "10.1.1.1");
+        let t12 = tier_state("12", "vlan://102", "10.1.2.0/24", "10.1.2.1");
+        let plan = v
+            .plan(&[&t11, &t12], "eth2", &VpcRulesetParts::default())
+            .unwrap();
+        assert_eq!(plan.links.namespace, "cs-vpc-5");
+        let legs: Vec<(LegRole, &str, &str, &str, String)> = plan
+            .links
+            .legs
+            .iter()
+            .map(|l| {
+                let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
+                (
+                    l.role,
+                    l.host_name.as_str(),
+                    l.inner_name.as_str(),
+                    l.bridge.as_str(),
+                    addrs.join(","),
+                )
+            })
+            .collect();
+        assert_eq!(
+            legs,
+            vec![
+                (
+                    LegRole::Guest,
+                    "nbg11",
+                    "g11",
+                    "breth1-101",
+                    "10.1.1.1/24".to_string()
+                ),
+                (
+                    LegRole::Guest,
+                    "nbg12",
+                    "g12",
+                    "breth1-102",
+                    "10.1.2.1/24".to_string()
+                ),
+                (
+                    LegRole::Public,
+                    "nbx5-300",
+                    "p300",
+                    "breth2-300",
+                    "203.0.113.10/24,203.0.113.20/24".to_string()
+                ),
+                (
+                    LegRole::Public,
+                    "nbx5-u",
+                    "pu",
+                    "breth2",
+                    "198.51.100.7/24".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.links.default_route,
+            Some(("203.0.113.1".parse().unwrap(), "p300".into()))
+        );
+        assert!(plan.links.ipv4_forwarding);
+        assert!(plan.ruleset.contains("snat ip to 203.0.113.10"));
+        assert_eq!(
+            vpc_public_host_name("123456789012", Vlan(Some(4094))).len(),
+            15
+        );
+        // A tier without its network state cannot be planned.
+        assert_eq!(
+            v.plan(&[&t11], "eth2", &VpcRulesetParts::default())
+                .unwrap_err()
+                .to_string(),
+            "invalid value for 'network_id': no network state for tier 12"
         );
     }
 

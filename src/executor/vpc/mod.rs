@@ -21,10 +21,18 @@
 //! - **One state per VPC namespace.** All tiers of a VPC share `cs-vpc-<id>`
 //!   and therefore one nft table: the engine keeps one [`model::VpcState`]
 //!   per VPC namespace (serde-ready) next to its per-tier network states,
-//!   and plans the namespace with [`model::VpcState::render_ruleset`],
-//!   passing each tier's DNAT/static-NAT lines in [`model::VpcRulesetParts`].
-//!   Planning one tier's `NetworkState` alone would replace the table and
-//!   drop the other tiers' rules.
+//!   and plans the namespace with [`model::VpcState::plan`] (the engine's
+//!   `planner::Plan`: one guest leg per tier from the tiers' `NetworkState`s,
+//!   shared public legs `nbx<vpc_id>-<vlan>`, default route, and
+//!   [`model::VpcState::render_ruleset`]), passing each tier's
+//!   DNAT/static-NAT lines in [`model::VpcRulesetParts`]; the engine's
+//!   applier installs it unchanged (see `smoke/vpc.rs`). Planning one
+//!   tier's `NetworkState` alone would replace the table and drop the other
+//!   tiers' rules.
+//! - Set [`model::vpc_sysctls`] in the namespace before addresses are added:
+//!   without `promote_secondaries`, removing a link's first address (the old
+//!   source-NAT IP, or any released IP) silently removes every other address
+//!   of that subnet on the link. The same holds for isolated networks.
 //! - `implement-vpc`: [`model::parse_vpc_payload`] (the closure maps a VLAN to
 //!   the public leg name, e.g. `planner::public_inner_name`), then
 //!   [`model::VpcState::new`] + [`model::VpcState::implement`].

@@ -17,6 +17,11 @@
 //!   as ordinary rules when applied.
 //! - Replies (`ct state established,related`) are accepted by the engine's
 //!   forward chain before any ACL chain is consulted.
+//! - Address families: a CIDR matches only its own family (`0.0.0.0/0` is
+//!   all of IPv4, `::/0` all of IPv6); a rule without CIDRs matches both.
+//!   So IPv6 into a tier stays denied unless a rule names an IPv6 CIDR or no
+//!   CIDR at all. For ICMP with an IPv6 CIDR the type/code numbers are
+//!   ICMPv6's, used as given.
 //!
 //! Rendering: each tier gets two chains, `acl_in_<network_id>` and
 //! `acl_out_<network_id>`. A matching *allow* rule `return`s to the calling

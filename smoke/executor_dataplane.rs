@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use netbridge::executor::applier::in_netns;
+use netbridge::executor::applier::{in_netns, ApplierConfig};
 use netbridge::executor::{Engine, EngineConfig};
 use netbridge::protocol::Command as Cmd;
 use serde_json::{json, Value};
@@ -187,6 +187,22 @@ fn open_engine(state_dir: &Path) -> Engine {
         guest_device: "nbeg".into(),
         public_device: "nbep".into(),
     })
+    .unwrap()
+}
+
+/// The engine loading rulesets with `nft -f -` processes instead of libnftables.
+fn open_engine_nft_exec(state_dir: &Path) -> Engine {
+    Engine::open_with(
+        EngineConfig {
+            state_dir: state_dir.to_path_buf(),
+            guest_device: "nbeg".into(),
+            public_device: "nbep".into(),
+        },
+        ApplierConfig {
+            use_libnftables: false,
+            ..ApplierConfig::default()
+        },
+    )
     .unwrap()
 }
 
@@ -578,7 +594,7 @@ fn restart_safety() {
     topology();
     let dir = tempfile::tempdir().unwrap();
     {
-        let engine = open_engine(dir.path());
+        let engine = open_engine_nft_exec(dir.path());
         implement(&engine);
         exec(&engine, Cmd::AddPortForward, pf("2222", "10.1.1.5", "22"));
         fw(
@@ -658,10 +674,15 @@ fn restart_safety() {
     }
     assert!(probe("nbe-up", "203.0.113.10", 2222).is_err());
     let engine = open_engine(dir.path());
-    assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
-        Ok("vm1:22 203.0.113.1".into())
-    );
+    let back = probe("nbe-up", "203.0.113.10", 2222);
+    if back.is_err() {
+        println!("host: {}", host_links());
+        println!("ns: {}", output("ip", &["-n", "cs-net-42", "-o", "addr"]));
+        println!("route: {}", output("ip", &["-n", "cs-net-42", "route"]));
+        println!("up neigh: {}", output("ip", &["-n", "nbe-up", "neigh"]));
+        println!("{}", ruleset(&engine));
+    }
+    assert_eq!(back, Ok("vm1:22 203.0.113.1".into()));
     assert_eq!(
         probe("nbe-vm1", "203.0.113.1", 7000),
         Ok("up:7000 203.0.113.10".into())

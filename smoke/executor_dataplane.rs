@@ -702,3 +702,68 @@ fn restart_safety() {
     );
     exec(&engine, Cmd::DestroyNetwork, json!({}));
 }
+
+#[test]
+fn parallel_networks_then_nothing_left() {
+    if isolate("parallel_networks_then_nothing_left") {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path());
+    // Three threads, two networks each, sharing the guest and public bridges.
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                for k in 0..2u64 {
+                    let id = 100 + t * 2 + k;
+                    exec(engine, Cmd::ImplementNetwork, json!({"network_id": id.to_string(), "vlan": "100",
+                        "cidr": format!("10.9.{id}.0/24"), "gateway": format!("10.9.{id}.1")}));
+                    exec(engine, Cmd::AssignIp, json!({"network_id": id.to_string(),
+                        "public_ip": format!("198.51.100.{id}"), "public_vlan": "200",
+                        "public_gateway": "198.51.100.1", "public_cidr": "198.51.100.0/24", "source_nat": "true"}));
+                }
+            });
+        }
+    });
+    assert_eq!(engine.network_count(), 6);
+    let links = host_links();
+    for id in 100..106u64 {
+        assert!(ns_path(&format!("cs-net-{id}")).exists());
+        assert!(
+            links.contains(&format!("nbg{id}")) && links.contains(&format!("nbp{id}-200")),
+            "{links}"
+        );
+        let rules = engine.installed_ruleset(id).unwrap().unwrap();
+        assert!(
+            rules.contains(&format!("snat ip to 198.51.100.{id}")),
+            "{rules}"
+        );
+    }
+    std::thread::scope(|s| {
+        for id in 100..106u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                exec(
+                    engine,
+                    Cmd::DestroyNetwork,
+                    json!({"network_id": id.to_string()}),
+                )
+            });
+        }
+    });
+    let links = host_links();
+    assert!(
+        !links.contains("nbg") && !links.contains("nbp") && !links.contains("brnbe"),
+        "{links}"
+    );
+    assert_eq!(std::fs::read_dir("/run/netns").unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("networks"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(engine.networks(), json!([]));
+}

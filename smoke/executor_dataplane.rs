@@ -700,6 +700,41 @@ fn restart_safety() {
         probe("nbe-up", "203.0.113.10", 2222),
         Ok("vm1:22 203.0.113.1".into())
     );
+
+    // A command whose ruleset cannot be installed fails with 500 and leaves
+    // the previous desired state and ruleset in force.
+    let state_file = dir.path().join("networks/cs-net-42.json");
+    let saved = std::fs::read(&state_file).unwrap();
+    let before = ruleset(&engine);
+    let broken = Engine::open_with(
+        EngineConfig {
+            state_dir: dir.path().to_path_buf(),
+            guest_device: "nbeg".into(),
+            public_device: "nbep".into(),
+        },
+        ApplierConfig {
+            use_libnftables: false,
+            nft_program: "/bin/false".into(),
+            ..ApplierConfig::default()
+        },
+    )
+    .unwrap();
+    let err = broken
+        .execute(Cmd::AddPortForward, &envelope(pf("3333", "10.1.1.5", "22")))
+        .unwrap_err();
+    assert_eq!(err.http_status(), 500, "{err}");
+    assert!(
+        err.to_string().starts_with("apply failed: /bin/false -f -"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), saved);
+    assert_eq!(ruleset(&engine), before);
+    assert_eq!(
+        probe("nbe-up", "203.0.113.10", 2222),
+        Ok("vm1:22 203.0.113.1".into())
+    );
+    drop(broken);
+
     exec(&engine, Cmd::DestroyNetwork, json!({}));
 }
 

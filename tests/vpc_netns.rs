@@ -445,6 +445,23 @@ fn pbr_actions_against_a_real_namespace() {
     assert_eq!(rules["message"][0]["src"], "10.1.1.0");
     assert_eq!(rules["message"][0]["table"], "isp2");
 
+    // The namespace is rebuilt (restart, reboot, failover): the recorded
+    // routes and rules come back.
+    must(&["ip", "netns", "del", &ns.0]);
+    must(&["ip", "netns", "add", &ns.0]);
+    assert!(!ns.ip(&["rule", "show"]).contains("lookup 100"));
+    runner.replay_pbr(&ns.0, &t).unwrap();
+    runner.replay_pbr(&ns.0, &t).unwrap();
+    assert!(ns
+        .ip(&["route", "show", "table", "100"])
+        .contains("blackhole 10.99.0.0/16"));
+    assert_eq!(
+        ns.ip(&["rule", "show"])
+            .matches("100:\tfrom 10.1.1.0/24 lookup 100")
+            .count(),
+        1
+    );
+
     // Injection never reaches ip.
     let bad = json!({"network_id": "42", "action": "pbr-add-route",
         "action-params": {"table": "isp2", "route": "blackhole 10.98.0.0/16; ip link del lo"}});

@@ -335,12 +335,17 @@ pub enum BuiltinAction {
 }
 
 impl BuiltinAction {
-    /// Whether the action may change the namespace's [`PbrTables`] (the
-    /// engine persists them afterwards).
+    /// Whether the action may change the namespace's [`PbrTables`] (tables,
+    /// recorded routes and rules; persisted afterwards).
     pub fn changes_tables(&self) -> bool {
         matches!(
             self,
-            BuiltinAction::PbrCreateTable { .. } | BuiltinAction::PbrDeleteTable { .. }
+            BuiltinAction::PbrCreateTable { .. }
+                | BuiltinAction::PbrDeleteTable { .. }
+                | BuiltinAction::PbrAddRoute { .. }
+                | BuiltinAction::PbrDeleteRoute { .. }
+                | BuiltinAction::PbrAddRule { .. }
+                | BuiltinAction::PbrDeleteRule { .. }
         )
     }
 }
@@ -671,6 +676,38 @@ impl ActionRunner {
                 let argv = pbr_argv(ns, tables, action)?
                     .ok_or_else(|| VpcError::Exec("no command".into()))?;
                 self.ip_ok(&argv)?;
+                // Keep the desired routes/rules so a rebuilt namespace gets them back.
+                match action {
+                    BuiltinAction::PbrAddRoute { table, route } => {
+                        let (id, _) = resolve_table(
+                            tables,
+                            table.as_deref(),
+                            route.table.as_deref(),
+                            "route",
+                        )?;
+                        tables.record_route(id, &route.source);
+                    }
+                    BuiltinAction::PbrDeleteRoute { table, route } => {
+                        let (id, _) = resolve_table(
+                            tables,
+                            table.as_deref(),
+                            route.table.as_deref(),
+                            "route",
+                        )?;
+                        tables.forget_route(id, &route.source);
+                    }
+                    BuiltinAction::PbrAddRule { table, rule } => {
+                        let (id, _) =
+                            resolve_table(tables, table.as_deref(), rule.table.as_deref(), "rule")?;
+                        tables.record_rule(id, &rule.source);
+                    }
+                    BuiltinAction::PbrDeleteRule { table, rule } => {
+                        let (id, _) =
+                            resolve_table(tables, table.as_deref(), rule.table.as_deref(), "rule")?;
+                        tables.forget_rule(id, &rule.source);
+                    }
+                    _ => {}
+                }
                 let what = match action {
                     BuiltinAction::PbrAddRoute { .. } => "route added",
                     BuiltinAction::PbrDeleteRoute { .. } => "route deleted",
@@ -726,6 +763,24 @@ impl ActionRunner {
             }
         };
         Ok(success_message(message))
+    }
+
+    /// Re-adds every recorded route and rule of `tables` in namespace `ns`
+    /// (after the engine rebuilt it). Rules already present are skipped.
+    pub fn replay_pbr(&self, ns: &str, tables: &PbrTables) -> Result<(), VpcError> {
+        valid_namespace(ns)?;
+        for args in tables.replay_args() {
+            let mut argv = vec!["-n".to_string(), ns.to_string()];
+            argv.extend(args);
+            let out = self.ip(&argv)?;
+            if !out.success && !String::from_utf8_lossy(&out.stderr).contains("File exists") {
+                return Err(VpcError::Exec(format!(
+                    "replaying pbr in {ns}: {}",
+                    sanitize_for_message(String::from_utf8_lossy(&out.stderr).trim())
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn selected_tables(

@@ -59,7 +59,10 @@
 //!   the namespace's lock; it hands `reboot-device` (re-apply the desired
 //!   state) and `dump-config` (return it, secrets redacted) back as
 //!   [`actions::ActionOutcome::Engine`]. `destroy-network`/`shutdown-vpc`
-//!   call [`actions::PbrStore::remove`].
+//!   call [`actions::PbrStore::remove`]; after (re)building a namespace
+//!   (reconcile, restart, failover) the engine calls
+//!   [`actions::ActionRunner::replay_pbr`] with the stored tables so pbr
+//!   routes and rules come back.
 //! - IPv6 (`network_ip6_gateway`/`network_ip6_cidr`):
 //!   [`ipv6::Ipv6Network::from_payload`]; address
 //!   [`ipv6::Ipv6Network::gateway_with_prefix`] on the guest leg,

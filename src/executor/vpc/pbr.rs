@@ -49,10 +49,33 @@ fn table_id_in_range(id: u32) -> bool {
     (1..=252).contains(&id) || (256..=0x7fff_ffff).contains(&id)
 }
 
-/// The namespace's private routing tables (name → id).
+/// The namespace's private routing tables (name → id), and the routes and
+/// rules added through `pbr-*`, kept so they can be replayed when the
+/// namespace is rebuilt (restart, host reboot, failover).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PbrTables {
     pub tables: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub routes: Vec<StoredSpec>,
+    #[serde(default)]
+    pub rules: Vec<StoredSpec>,
+}
+
+/// A route or rule spec as accepted (normalized spacing) and its table id.
+/// Re-parsed and re-validated before every replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSpec {
+    pub table: u32,
+    pub spec: String,
+}
+
+/// `value` with single spaces between tokens.
+pub fn normalize_spec(value: &str) -> String {
+    value
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl PbrTables {
@@ -128,7 +151,79 @@ impl PbrTables {
 
     /// Forgets a table; returns its id.
     pub fn remove(&mut self, name: &str) -> Option<u32> {
-        self.tables.remove(name)
+        let id = self.tables.remove(name)?;
+        self.routes.retain(|r| r.table != id);
+        self.rules.retain(|r| r.table != id);
+        Some(id)
+    }
+
+    /// Records an added route (same canonical form = same route).
+    pub fn record_route(&mut self, table: u32, spec: &str) {
+        let canon = route_key(table, spec);
+        if canon.is_some()
+            && !self
+                .routes
+                .iter()
+                .any(|r| route_key(r.table, &r.spec) == canon)
+        {
+            self.routes.push(StoredSpec {
+                table,
+                spec: normalize_spec(spec),
+            });
+        }
+    }
+
+    /// Forgets a deleted route.
+    pub fn forget_route(&mut self, table: u32, spec: &str) {
+        let canon = route_key(table, spec);
+        self.routes.retain(|r| route_key(r.table, &r.spec) != canon);
+    }
+
+    /// Records an added rule.
+    pub fn record_rule(&mut self, table: u32, spec: &str) {
+        let canon = rule_key(table, spec);
+        if canon.is_some()
+            && !self
+                .rules
+                .iter()
+                .any(|r| rule_key(r.table, &r.spec) == canon)
+        {
+            self.rules.push(StoredSpec {
+                table,
+                spec: normalize_spec(spec),
+            });
+        }
+    }
+
+    /// Forgets a deleted rule.
+    pub fn forget_rule(&mut self, table: u32, spec: &str) {
+        let canon = rule_key(table, spec);
+        self.rules.retain(|r| rule_key(r.table, &r.spec) != canon);
+    }
+
+    /// The `ip` argument vectors (after `ip -n <ns>`) that re-add every
+    /// recorded route and rule; entries that no longer parse are skipped.
+    pub fn replay_args(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            if let Ok(spec) = RouteSpec::parse("route", &r.spec) {
+                let mut a = vec![
+                    spec.family_flag().to_string(),
+                    "route".into(),
+                    "replace".into(),
+                ];
+                a.extend(spec.to_args(r.table));
+                out.push(a);
+            }
+        }
+        for r in &self.rules {
+            if let Ok(spec) = RuleSpec::parse("rule", &r.spec) {
+                let mut a = vec![spec.family_flag().to_string(), "rule".into(), "add".into()];
+                a.extend(spec.to_args(r.table));
+                out.push(a);
+            }
+        }
+        out
     }
 
     /// Name of a registered id.
@@ -138,6 +233,16 @@ impl PbrTables {
             .find(|(_, i)| **i == id)
             .map(|(n, _)| n.as_str())
     }
+}
+
+fn route_key(table: u32, spec: &str) -> Option<Vec<String>> {
+    RouteSpec::parse("route", spec)
+        .ok()
+        .map(|r| r.to_args(table))
+}
+
+fn rule_key(table: u32, spec: &str) -> Option<Vec<String>> {
+    RuleSpec::parse("rule", spec).ok().map(|r| r.to_args(table))
 }
 
 /// Route types other than unicast.
@@ -191,6 +296,8 @@ pub struct RouteSpec {
     pub onlink: bool,
     /// Tables given inside the spec must agree with the `table` parameter.
     pub table: Option<String>,
+    /// The spec as given, spacing normalized (kept for replay).
+    pub source: String,
 }
 
 fn parse_prefix(param: &str, tok: &str) -> Result<IpNet, VpcError> {
@@ -283,6 +390,7 @@ impl RouteSpec {
             mtu: None,
             onlink: false,
             table: None,
+            source: normalize_spec(value),
         };
         while let Some(key) = it.next() {
             let dup = |set: bool| {
@@ -440,6 +548,8 @@ pub struct RuleSpec {
     /// Table named inside the spec (`table`/`lookup`); must agree with the
     /// `table` parameter.
     pub table: Option<String>,
+    /// The spec as given, spacing normalized (kept for replay).
+    pub source: String,
 }
 
 fn parse_num_u32(param: &str, key: &str, tok: &str) -> Result<u32, VpcError> {
@@ -473,7 +583,10 @@ impl RuleSpec {
     pub fn parse(param: &str, value: &str) -> Result<RuleSpec, VpcError> {
         let toks = tokens(param, value)?;
         let mut it = toks.into_iter();
-        let mut r = RuleSpec::default();
+        let mut r = RuleSpec {
+            source: normalize_spec(value),
+            ..RuleSpec::default()
+        };
         while let Some(key) = it.next() {
             let dup = |set: bool| {
                 if set {
@@ -987,5 +1100,53 @@ mod tests {
         );
         assert_eq!(t.remove("other"), Some(7));
         assert_eq!(t.name_of(100), Some("isp2"));
+    }
+
+    #[test]
+    fn routes_and_rules_are_recorded_for_replay_and_forgotten() {
+        let mut t = tables();
+        t.record_route(100, "blackhole   10.8.0.0/16");
+        t.record_route(100, "blackhole 10.8.0.0/16 table isp2");
+        t.record_rule(100, "from 10.1.0.0/24 priority 5");
+        assert_eq!(
+            t.routes,
+            vec![StoredSpec {
+                table: 100,
+                spec: "blackhole 10.8.0.0/16".into()
+            }]
+        );
+        assert_eq!(
+            t.replay_args(),
+            vec![
+                vec![
+                    "-4",
+                    "route",
+                    "replace",
+                    "blackhole",
+                    "10.8.0.0/16",
+                    "table",
+                    "100"
+                ],
+                vec![
+                    "-4",
+                    "rule",
+                    "add",
+                    "from",
+                    "10.1.0.0/24",
+                    "priority",
+                    "5",
+                    "table",
+                    "100"
+                ],
+            ]
+        );
+        t.forget_route(100, "blackhole 10.8.0.0/16");
+        assert!(t.routes.is_empty());
+        t.record_route(100, "unreachable 10.9.0.0/16");
+        assert_eq!(t.remove("isp2"), Some(100));
+        assert!(t.routes.is_empty() && t.rules.is_empty());
+        // Older state files without routes/rules still load.
+        let old: PbrTables = serde_json::from_str(r#"{"tables":{"a":7}}"#).unwrap();
+        assert_eq!(old.tables["a"], 7);
     }
 }

@@ -170,6 +170,10 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Small request/response exchanges stall ~40 ms on Nagle + delayed ACK.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    log::debug!("TCP_NODELAY on {peer}: {e}");
+                }
                 let acceptor = acceptor.clone();
                 let conn_tx = tx.clone();
                 tokio::spawn(async move {

@@ -152,6 +152,15 @@ public final class NetBridge implements AutoCloseable {
         return NativeBridge.version();
     }
 
+    /**
+     * The trivial native call: returns {@code value} after a full JNI round trip through the
+     * same error and panic handling as every call. For health checks and the round-trip
+     * benchmark.
+     */
+    public static long ping(long value) {
+        return NativeBridge.echo(value);
+    }
+
     /** Sets the native log level (process-wide) and the Java logger it reports to. */
     public static void setLogLevel(Level level) {
         NativeBridge.ensureLoaded();

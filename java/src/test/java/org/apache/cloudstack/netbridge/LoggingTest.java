@@ -121,6 +121,7 @@ class LoggingTest {
                 .logLevel("info")
                 .build();
         try (NetBridge b = NetBridge.open(config)) {
+            assertEquals(config, b.config());
             assertEquals(Level.INFO, logger.getLevel());
             assertTrue(messages().stream().anyMatch(m -> m.startsWith("netbridge ") && m.contains(" opened ")),
                     messages().toString());
@@ -132,6 +133,7 @@ class LoggingTest {
                 .logLevel("off")
                 .build();
         try (NetBridge b = NetBridge.open(quiet)) {
+            assertEquals(quiet, b.config());
             assertEquals(Level.OFF, logger.getLevel());
         }
         assertEquals(List.of(), messages());

@@ -100,13 +100,22 @@ fn panic_text(payload: Box<dyn std::any::Any + Send + 'static>) -> String {
     "non-string panic payload".to_string()
 }
 
-/// Raises `NetBridgeException(code, text)` in the calling Java thread.
+/// Raises `NetBridgeException(code, text)` in the calling Java thread,
+/// falling back to a `RuntimeException` if that cannot be built (e.g. no
+/// memory), so a failed call never returns to Java without an exception.
 pub(crate) fn throw(env: &mut Env<'_>, code: u16, text: &str) -> ::jni::errors::Result<()> {
+    let thrown = throw_netbridge(env, code, text);
+    if thrown.is_ok() || env.exception_check() {
+        return thrown;
+    }
+    let msg = ::jni::strings::JNIString::from(format!("{text} (code {code})"));
+    swallow_thrown(env.throw_new(jni_str!("java/lang/RuntimeException"), msg))
+}
+
+fn throw_netbridge(env: &mut Env<'_>, code: u16, text: &str) -> ::jni::errors::Result<()> {
     let Some(classes) = super::classes() else {
-        // init() has not run (cannot happen through NativeBridge's static
-        // initializer); fall back to a plain RuntimeException.
-        let msg = ::jni::strings::JNIString::from(format!("{text} (code {code})"));
-        return swallow_thrown(env.throw_new(jni_str!("java/lang/RuntimeException"), msg));
+        // init() has not run: cannot happen through NativeBridge's static initializer.
+        return Err(JniCrateError::NullPtr("NetBridgeException class"));
     };
     let jtext = JString::from_str(env, text)?;
     let obj = env.new_object(

@@ -76,7 +76,7 @@ public final class NetBridge implements AutoCloseable {
         ReentrantReadWriteLock.ReadLock read = lock.readLock();
         read.lock();
         try {
-            return NativeBridge.api(liveHandle(), command, keys, values);
+            return answered(NativeBridge.api(liveHandle(), command, keys, values));
         } finally {
             read.unlock();
         }
@@ -114,7 +114,7 @@ public final class NetBridge implements AutoCloseable {
         ReentrantReadWriteLock.ReadLock read = lock.readLock();
         read.lock();
         try {
-            return NativeBridge.execute(liveHandle(), command, envelopeJson, timeout.toMillis());
+            return answered(NativeBridge.execute(liveHandle(), command, envelopeJson, timeout.toMillis()));
         } finally {
             read.unlock();
         }
@@ -187,6 +187,14 @@ public final class NetBridge implements AutoCloseable {
             params.put(name + "[" + i + "].value", e.getValue());
             i++;
         }
+    }
+
+    /** Natives always answer or throw; a null is a broken invariant, not an empty answer. */
+    private static String answered(String result) {
+        if (result == null) {
+            throw new NetBridgeException(NetBridgeException.INTERNAL_ERROR, "native call returned no result");
+        }
+        return result;
     }
 
     private long liveHandle() {

@@ -142,6 +142,25 @@ class ApiFlowTest {
         assertTrue(nsps.contains("\"others\""), nsps);
         assertTrue(Json.map(Json.parse(nsps)).containsKey("listnetworkserviceprovidersresponse"), nsps);
 
+        String nspId = Json.str(Api.body(nsps), "networkserviceprovider", 0, "id");
+        String disabled = b.api("updateNetworkServiceProvider", params("id", nspId, "state", "Disabled"));
+        assertEquals("Disabled", Json.str(Api.body(disabled), "networkserviceprovider", "state"));
+
+        Map<String, String> offering = params("extensionid", id, "supportedservices", "Dhcp,Dns,SourceNat",
+                "serviceProviderList[0].service", "Dhcp", "serviceProviderList[0].provider", "others",
+                "serviceProviderList[1].service", "Dns", "serviceProviderList[1].provider", "others",
+                "serviceProviderList[2].service", "SourceNat", "serviceProviderList[2].provider", "others",
+                "serviceCapabilityList[0].service", "SourceNat",
+                "serviceCapabilityList[0].capabilitytype", "SupportedSourceNatTypes",
+                "serviceCapabilityList[0].capabilityvalue", "peraccount");
+        String valid = b.api("validateNetworkOffering", offering);
+        assertEquals(Boolean.TRUE, Json.at(Api.body(valid), "success"), valid);
+        offering.put("serviceCapabilityList[0].capabilityvalue", "perzone");
+        NetBridgeException perzone = assertThrows(NetBridgeException.class,
+                () -> b.api("validateNetworkOffering", offering));
+        assertEquals(431, perzone.getCode());
+        assertTrue(perzone.getText().contains("perzone"), perzone.getText());
+
         String gen = b.api("generateNetworkOfferings", params("extensionid", id, "offeringtype", "isolated"));
         assertTrue(Json.map(Json.parse(gen)).containsKey("generatenetworkofferingsresponse"), gen);
         assertTrue(gen.contains("createNetworkOffering"), gen);

@@ -48,6 +48,7 @@ public final class ApiBenchmark {
         System.out.println("netbridge control-plane benchmark through JNI");
         System.out.println("  native   " + NetBridge.nativeVersion());
         System.out.println("  machine  " + Runtime.getRuntime().availableProcessors() + " cpus, " + cpuModel());
+        System.out.println("  load     " + loadAverage() + " (1/5/15 min; the machine is shared)");
         System.out.println("  java     " + System.getProperty("java.vm.name") + " " + System.getProperty("java.version"));
 
         Path dir = Files.createTempDirectory("netbridge-bench-");
@@ -129,6 +130,24 @@ public final class ApiBenchmark {
                 }
             }
             report("listExtensions id=…", list);
+
+            // The JNI layer alone: same parameter shape, rejected by the dispatcher at once
+            // (unknown command), so what remains is conversion, the native call and the exception.
+            long[] overhead = new long[iterations];
+            for (int i = -warmup; i < iterations; i++) {
+                Map<String, String> p = Map.of("id", ids[rnd.nextInt(extensions)]);
+                long s = System.nanoTime();
+                try {
+                    b.api("benchNoSuchCommand", p);
+                } catch (org.apache.cloudstack.netbridge.NetBridgeException expected) {
+                    // the answer we want
+                }
+                long d = System.nanoTime() - s;
+                if (i >= 0) {
+                    overhead[i] = d;
+                }
+            }
+            report("JNI api() + error, no work", overhead);
         }
     }
 
@@ -188,6 +207,15 @@ public final class ApiBenchmark {
         }
         int start = json.indexOf('"', json.indexOf(':', k) + 1) + 1;
         return json.substring(start, json.indexOf('"', start));
+    }
+
+    private static String loadAverage() {
+        try {
+            String[] f = Files.readString(Path.of("/proc/loadavg")).trim().split("\\s+");
+            return f[0] + " " + f[1] + " " + f[2];
+        } catch (IOException | RuntimeException e) {
+            return "unknown";
+        }
     }
 
     private static String cpuModel() {

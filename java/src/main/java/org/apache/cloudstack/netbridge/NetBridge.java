@@ -134,6 +134,10 @@ public final class NetBridge implements AutoCloseable {
     /** Releases the native handle; waits for running calls; harmless when repeated. */
     @Override
     public void close() {
+        if (lock.getReadHoldCount() > 0) {
+            // The read lock cannot be upgraded: closing from inside a call would deadlock.
+            throw new IllegalStateException("NetBridge.close() called from inside a call on the same thread");
+        }
         ReentrantReadWriteLock.WriteLock write = lock.writeLock();
         write.lock();
         try {

@@ -880,6 +880,18 @@ fn unregister_refused_while_a_network_uses_the_provider() {
     assert_eq!(b.provider, "busy");
     assert_eq!(b.physical_network_id, PN1);
     assert_eq!(reg.count_bindings("busy", PN1).unwrap(), 2);
+    let pr = reg.registration_for_provider("BUSY", PN1).unwrap().unwrap();
+    assert_eq!(pr.extension.id, id);
+    assert_eq!(pr.provider.unwrap().state.as_str(), "Enabled");
+    assert!(pr.details.visible.is_empty());
+    assert!(reg
+        .registration_for_provider("busy", PN2)
+        .unwrap()
+        .is_none());
+    assert!(reg
+        .registration_for_provider("nobody", PN1)
+        .unwrap()
+        .is_none());
     assert!(reg.unbind(&BindingTarget::Network(NET1.into())).unwrap());
     assert!(reg.unbind(&BindingTarget::Vpc("vpc-1".into())).unwrap());
     assert!(!reg.unbind(&BindingTarget::Vpc("vpc-1".into())).unwrap());
@@ -944,6 +956,9 @@ fn update_registered_extension_exact_semantics() {
     assert_eq!(f.get("executor.key"), Some(SECRET));
     assert_eq!(f.get("password"), Some("pw-2"));
     assert_eq!(f.get("guest.network.device"), None);
+    let merged = f.merged();
+    assert_eq!(merged.len(), 3);
+    assert_eq!(merged["executor.key"], SECRET);
     assert!(format!("{f:?}").contains("<redacted>") && !format!("{f:?}").contains(SECRET));
     // The response is the extension with its details.
     assert_eq!(e["name"], "ure");
@@ -1373,6 +1388,8 @@ fn secrets_are_not_in_the_database_files() {
         &[
             ("details[0].api.secret", SECRET),
             ("details[1].visible", "plain-marker-42"),
+            ("details[2].Admin.Password", SECRET),
+            ("details[3].sshkey", SECRET),
         ],
     )["id"]
         .as_str()
@@ -1398,6 +1415,10 @@ fn secrets_are_not_in_the_database_files() {
     );
     let listed = fx.ok("listExtensions", &[]).to_string();
     assert!(!listed.contains(SECRET));
+    assert!(!listed.contains("api.secret") && !listed.contains("Admin.Password"));
+    let full = fx.api.registry().extension_details_full(&id).unwrap();
+    assert_eq!(full.hidden.len(), 3);
+    assert_eq!(full.get("Admin.Password"), Some(SECRET));
     assert!(listed.contains("plain-marker-42"));
     let db = fx.dir.path().join("netbridge.db");
     let mut raw = std::fs::read(&db).unwrap();
@@ -1435,11 +1456,33 @@ fn wrong_key_file_cannot_read_secrets() {
         database: dir.path().join("netbridge.db"),
         key_file: dir.path().join("other.key"),
     };
+    // A missing key file is not silently replaced while secrets exist.
+    let e = Api::open(cfg.clone()).err().unwrap();
+    assert_eq!(e.code, 530);
+    assert!(
+        e.text
+            .contains("is missing but the database holds 1 encrypted detail(s)"),
+        "{e:?}"
+    );
+    assert!(!cfg.key_file.exists());
+    // Another valid key opens, but cannot decrypt.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&cfg.key_file)
+            .unwrap();
+        f.write_all(&[7u8; 32]).unwrap();
+    }
     let api = Api::open(cfg).unwrap();
     let e = api
         .registry()
         .registration_details_full(&id, ResourceType::PhysicalNetwork, PN1)
         .unwrap_err();
+    assert!(e.to_string().contains("failed authentication"), "{e}");
     assert!(!e.to_string().contains(SECRET));
     // Listing still works: hidden values are never decrypted for responses.
     let p: Params = [("id".to_string(), id.clone())].into_iter().collect();
@@ -1494,4 +1537,109 @@ fn concurrent_calls_are_consistent() {
         assert_eq!(f.get("executor.key"), Some(SECRET));
         assert!(f.get("hosts").unwrap().starts_with("10.0."));
     }
+}
+
+#[test]
+fn more_bad_input() {
+    let fx = Fx::new();
+    fx.err(
+        "createExtension",
+        &[("name", "   "), ("type", "Orchestrator")],
+        "Unable to execute API command createextension due to missing parameter name",
+    );
+    let mut many: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("details[{i}].k{i}"), "v".to_string()))
+        .collect();
+    many.push(("name".into(), "many".into()));
+    many.push(("type".into(), "Orchestrator".into()));
+    let e = fx
+        .api
+        .call("createExtension", &many.into_iter().collect())
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.text.as_str()),
+        (431, "Too many entries in parameter details (at most 256)")
+    );
+    let long_key = "k".repeat(256);
+    let name = format!("details[0].{long_key}");
+    fx.err_starts(
+        "createExtension",
+        &[("name", "lk"), ("type", "Orchestrator"), (&name, "v")],
+        "Invalid detail key 'kkkk",
+    );
+    fx.err(
+        "listExtensions",
+        &[("page", "abc")],
+        "Invalid value 'abc' for parameter page: expected an integer from 1 to 1000000",
+    );
+    fx.err_starts(
+        "deleteExtension",
+        &[("id", "42")],
+        "Invalid parameter id value=42 due to incorrect long value format",
+    );
+    fx.err(
+        "deleteExtension",
+        &[],
+        "Unable to execute API command deleteextension due to missing parameter id",
+    );
+    // Unicode names are fine; the default path keeps only safe characters.
+    let e = fx.create("Ωmega Net", "NetworkOrchestrator", &[]);
+    assert_eq!(e["name"], "Ωmega Net");
+    assert_eq!(e["path"], "_mega_net/_mega_net.sh");
+    // Empty detail values are values.
+    let e = fx.create(
+        "empty",
+        "Orchestrator",
+        &[("details[0].key", "k"), ("details[0].value", "")],
+    );
+    assert_eq!(e["details"], serde_json::json!({"k": ""}));
+    // Duplicate keys after canonicalisation of network.* keys.
+    fx.err(
+        "createExtension",
+        &[
+            ("name", "dupk"),
+            ("type", "NetworkOrchestrator"),
+            ("details[0].network.services", "Dhcp"),
+            ("details[1].Network.Services", "Dns"),
+        ],
+        "Duplicate detail key 'network.services' in parameter details",
+    );
+}
+
+#[test]
+fn api_is_shareable_and_refuses_a_loose_key_file() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Api>();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ApiConfig::in_dir(dir.path().join("state"));
+    drop(Api::open(cfg.clone()).unwrap());
+    std::fs::set_permissions(&cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Api::open(cfg).err().unwrap();
+    assert_eq!(e.code, 530);
+    assert!(
+        e.text
+            .contains("is accessible by group or others (mode 644); refusing to use it"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn two_handles_on_one_database_see_each_other() {
+    // e.g. the CLI next to a running server.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
+    let b = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
+    let p: Params = [("name", "shared"), ("type", "Orchestrator")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    a.call("createExtension", &p).unwrap();
+    let q: Params = [("name".to_string(), "shared".to_string())]
+        .into_iter()
+        .collect();
+    let r = b.call("listExtensions", &q).unwrap();
+    assert_eq!(r["listextensionsresponse"]["count"], 1);
+    let e = b.call("createExtension", &p).unwrap_err();
+    assert_eq!(e.text, "Extension by name already exists");
 }

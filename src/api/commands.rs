@@ -214,7 +214,7 @@ fn validate_path(path: &str) -> Result<String, ApiError> {
 fn canonical_extension_details(
     details: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    details
+    let out: Vec<(String, String)> = details
         .into_iter()
         .map(|(k, v)| {
             let lower = k.to_ascii_lowercase();
@@ -241,7 +241,16 @@ fn canonical_extension_details(
             let k = if lower.starts_with("network.") { lower } else { k };
             Ok((k, v))
         })
-        .collect()
+        .collect::<Result<_, ApiError>>()?;
+    for (i, (k, _)) in out.iter().enumerate() {
+        if out[..i].iter().any(|(other, _)| other == k) {
+            return Err(ApiError::param(format!(
+                "Duplicate detail key '{}' in parameter details",
+                q(k)
+            )));
+        }
+    }
+    Ok(out)
 }
 
 fn bool_detail(key: &str, value: &str) -> Result<String, ApiError> {
@@ -537,6 +546,20 @@ fn update_provider(registry: &Registry, req: &Req<'_>) -> Res {
                         "Unable to find network service provider with id {id}"
                     ))
                 })?;
+            let declared = registry
+                .get_extension(
+                    &current.extension_id,
+                    Include {
+                        details: true,
+                        resources: false,
+                    },
+                )?
+                .and_then(|e| {
+                    e.details
+                        .get(offerings::SERVICES_KEY)
+                        .and_then(|v| offerings::parse_services(v).ok())
+                })
+                .unwrap_or_default();
             let mut services = Vec::new();
             for item in list.split(',') {
                 let s = Service::parse(item).ok_or_else(|| {
@@ -546,21 +569,6 @@ fn update_provider(registry: &Registry, req: &Req<'_>) -> Res {
                         Service::accepted_list()
                     ))
                 })?;
-                let declared = registry
-                    .get_extension(
-                        &current.extension_id,
-                        Include {
-                            details: true,
-                            resources: false,
-                        },
-                    )?
-                    .map(|e| {
-                        e.details
-                            .get(offerings::SERVICES_KEY)
-                            .and_then(|v| offerings::parse_services(v).ok())
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
                 if !declared.contains(&s) {
                     return Err(ApiError::param(format!(
                         "Service {s} in parameter servicelist is not declared by extension '{}'",

@@ -459,8 +459,10 @@ pub fn services_for(kind: OfferingKind, declared: &[Service]) -> Vec<Service> {
         .iter()
         .copied()
         .filter(|s| match kind {
-            OfferingKind::Isolated => *s != Service::NetworkACL,
             OfferingKind::Shared => matches!(s, Service::Dhcp | Service::Dns | Service::UserData),
+            // CloudStack only offers security groups on shared networks.
+            _ if *s == Service::SecurityGroup => false,
+            OfferingKind::Isolated => *s != Service::NetworkACL,
             OfferingKind::VpcTier | OfferingKind::Vpc => *s != Service::Firewall,
         })
         .collect();
@@ -862,6 +864,9 @@ mod tests {
         let d = Declaration::from_details(Some("Gateway,StaticNat"), None).unwrap();
         let o = generate("x", &d, OfferingKind::Vpc, "x").unwrap();
         assert_eq!(o.services, vec![Service::StaticNat, Service::Gateway]);
+        let d = Declaration::from_details(Some("Dhcp,SecurityGroup"), None).unwrap();
+        let o = generate("x", &d, OfferingKind::Isolated, "x").unwrap();
+        assert_eq!(o.services, vec![Service::Dhcp]);
         let d = Declaration::from_details(Some("NetworkACL"), None).unwrap();
         let e = generate("x", &d, OfferingKind::Shared, "x").unwrap_err();
         assert_eq!(

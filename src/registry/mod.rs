@@ -226,6 +226,29 @@ impl FullDetails {
             .map(String::as_str)
             .or_else(|| self.hidden.get(key).map(Secret::expose))
     }
+
+    /// One plain map of every detail, hidden ones exposed, e.g. for
+    /// `Dispatcher::execute_with_details`. Internal use only: never log it or
+    /// put it in a response.
+    pub fn merged(&self) -> BTreeMap<String, String> {
+        let mut out = self.visible.clone();
+        for (k, v) in &self.hidden {
+            out.insert(k.clone(), v.expose().to_string());
+        }
+        out
+    }
+}
+
+/// See [`Registry::registration_for_provider`]. Holds decrypted secrets:
+/// internal use only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRegistration {
+    /// With visible details and registrations.
+    pub extension: Extension,
+    /// The provider row (state, services), if it exists.
+    pub provider: Option<Provider>,
+    /// The registration's details, hidden ones decrypted.
+    pub details: FullDetails,
 }
 
 /// How a details map changes.
@@ -375,6 +398,51 @@ const MIGRATIONS: &[&str] = &[
 pub struct Registry {
     conn: Mutex<Connection>,
     cipher: secrets::Cipher,
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints the WAL from a background thread, so that the fsync of a
+/// checkpoint does not land inside an API call's commit (p99 latency).
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(database: &Path) -> Option<Checkpointer> {
+        let conn = Connection::open(database)
+            .and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c))
+            .map_err(|e| log::warn!("no background checkpointer: {e}"))
+            .ok()?;
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("netbridge-wal".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Duration::from_millis(500))
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        log::debug!("WAL checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| log::warn!("no background checkpointer: {e}"))
+            .ok()?;
+        Some(Checkpointer {
+            stop: Some(stop),
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// `2026-11-27T21:09:09+0000`, CloudStack's date format.
@@ -437,7 +505,6 @@ struct ExtRow {
 impl Registry {
     /// Opens (creating and migrating) the database and the key file.
     pub fn open(database: &Path, key_file: &Path) -> Result<Registry> {
-        let cipher = secrets::Cipher::load_or_create(key_file)?;
         if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 RegistryError::Io(format!(
@@ -462,9 +529,32 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
+        if !key_file.exists() {
+            // A fresh key could never decrypt what is stored: refuse instead of
+            // silently orphaning the secrets.
+            let sealed: i64 = conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM extension_details WHERE secret IS NOT NULL)
+                      + (SELECT COUNT(*) FROM registration_details WHERE secret IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )?;
+            if sealed > 0 {
+                return Err(RegistryError::KeyFile(format!(
+                    "key file {} is missing but the database holds {sealed} encrypted detail(s); restore the key file",
+                    key_file.display()
+                )));
+            }
+        }
+        let cipher = secrets::Cipher::load_or_create(key_file)?;
+        let checkpointer = Checkpointer::start(database);
+        if checkpointer.is_some() {
+            // Still bounded if the background thread falls behind.
+            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        }
         Ok(Registry {
             conn: Mutex::new(conn),
             cipher,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -654,6 +744,20 @@ impl Registry {
     ) -> Result<(usize, Vec<Extension>)> {
         self.read(|conn| {
             let mut rowids: Vec<i64> = Vec::new();
+            if let (Some(id), None, None, None) =
+                (&filter.id, &filter.name, &filter.keyword, filter.ext_type)
+            {
+                // Hot path (`listExtensions id=…`): one load, no filtering.
+                let found = match ext_rowid(conn, "uuid", id)? {
+                    Some(rowid) => vec![load_extension(conn, rowid, include)?],
+                    None => Vec::new(),
+                };
+                let count = found.len();
+                let skip = page
+                    .map(|(p, s)| p.saturating_sub(1).saturating_mul(s))
+                    .unwrap_or(0);
+                return Ok((count, found.into_iter().skip(skip).collect()));
+            }
             if let Some(id) = &filter.id {
                 rowids.extend(ext_rowid(conn, "uuid", id)?);
             } else {
@@ -903,6 +1007,46 @@ impl Registry {
                     ))
                 })?;
             self.full_details(conn, Owner::Registration, reg_rowid, &reg_uuid)
+        })
+    }
+
+    /// What dispatch needs to reach the executors behind provider
+    /// `provider_name` (= extension name, case-insensitive) on a physical
+    /// network: the extension, its provider row and the registration's
+    /// details with hidden ones decrypted. `None` when not registered there.
+    pub fn registration_for_provider(
+        &self,
+        provider_name: &str,
+        physical_network_id: &str,
+    ) -> Result<Option<ProviderRegistration>> {
+        self.read(|conn| {
+            let Some(rowid) = ext_rowid(conn, "name", provider_name)? else {
+                return Ok(None);
+            };
+            let Some((reg_rowid, reg_uuid)) = registration_rowid(
+                conn,
+                rowid,
+                ResourceType::PhysicalNetwork,
+                physical_network_id,
+            )?
+            else {
+                return Ok(None);
+            };
+            let extension = load_extension(conn, rowid, Include::ALL)?;
+            let provider = conn
+                .prepare_cached(
+                    "SELECT p.uuid, p.name, p.physical_network_id, p.state, p.services, e.uuid, p.created
+                     FROM providers p LEFT JOIN extensions e ON e.id = p.extension_id
+                     WHERE p.name = ?1 AND p.physical_network_id = ?2",
+                )?
+                .query_row(params![extension.name, physical_network_id], provider_from_row)
+                .optional()?;
+            let details = self.full_details(conn, Owner::Registration, reg_rowid, &reg_uuid)?;
+            Ok(Some(ProviderRegistration {
+                extension,
+                provider,
+                details,
+            }))
         })
     }
 
@@ -1231,25 +1375,28 @@ impl Registry {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let target = MIGRATIONS.len() as i64;
-    if version > target {
-        return Err(RegistryError::Io(format!(
-            "database schema version {version} is newer than this build supports ({target})"
-        )));
-    }
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(version).unwrap_or(0))
-    {
+    loop {
+        // The version is read inside the write transaction so that two
+        // processes opening a new database do not both run a migration.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > target {
+            return Err(RegistryError::Io(format!(
+                "database schema version {version} is newer than this build supports ({target})"
+            )));
+        }
+        let Some(sql) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
-        log::info!("registry schema migrated to version {}", i + 1);
+        log::info!("registry schema migrated to version {}", version + 1);
     }
-    Ok(())
 }
 
 fn not_found_extension(uuid: &str) -> RegistryError {
@@ -1373,22 +1520,34 @@ fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Ext
         ext.details = visible_details(conn, Owner::Extension, rowid)?;
     }
     if include.resources {
+        // One pass: registrations with their visible details (LEFT JOIN keeps
+        // registrations without details).
         let mut stmt = conn.prepare_cached(
-            "SELECT id, resource_type, resource_id, created FROM registrations
-             WHERE extension_id = ?1 ORDER BY id",
+            "SELECT r.id, r.resource_type, r.resource_id, r.created, d.key, d.value
+             FROM registrations r
+             LEFT JOIN registration_details d ON d.owner = r.id AND d.display = 1
+             WHERE r.extension_id = ?1 ORDER BY r.id",
         )?;
-        let regs: Vec<(i64, String, String, String)> = stmt
-            .query_map([rowid], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (reg_rowid, rt, rid, created) in regs {
-            ext.resources.push(Resource {
-                id: rid,
-                resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
-                created,
-                details: visible_details(conn, Owner::Registration, reg_rowid)?,
-            });
+        let mut rows = stmt.query([rowid])?;
+        let mut last: Option<i64> = None;
+        while let Some(row) = rows.next()? {
+            let reg_rowid: i64 = row.get(0)?;
+            if last != Some(reg_rowid) {
+                last = Some(reg_rowid);
+                let rt: String = row.get(1)?;
+                ext.resources.push(Resource {
+                    id: row.get(2)?,
+                    resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
+                    created: row.get(3)?,
+                    details: BTreeMap::new(),
+                });
+            }
+            if let (Some(key), Some(resource)) =
+                (row.get::<_, Option<String>>(4)?, ext.resources.last_mut())
+            {
+                let value: Option<String> = row.get(5)?;
+                resource.details.insert(key, value.unwrap_or_default());
+            }
         }
     }
     Ok(ext)
@@ -1475,6 +1634,42 @@ fn load_offering(conn: &Connection, rowid: i64, ext_uuid: &str) -> Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_is_versioned_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let key = dir.path().join("k");
+        drop(Registry::open(&db, &key).unwrap());
+        let conn = Connection::open(&db).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // Reopening an up-to-date database is a no-op.
+        drop(Registry::open(&db, &key).unwrap());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Registry::open(&db, &key).err().unwrap().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn foreign_keys_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("r.db"), &dir.path().join("k")).unwrap();
+        let conn = r.lock();
+        let err = conn.execute(
+            "INSERT INTO registrations (uuid, extension_id, resource_type, resource_id, created)
+             VALUES ('x', 12345, 'Cluster', 'y', 'z')",
+            [],
+        );
+        assert!(err.is_err());
+    }
 
     #[test]
     fn timestamps_are_cloudstack_format() {

@@ -13,6 +13,7 @@ pub mod params;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+pub mod http;
 
 use crate::offerings::OfferingError;
 use crate::registry::{Registry, RegistryError};

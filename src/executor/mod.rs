@@ -9,7 +9,11 @@
 //! - `state`: desired state persisted with atomic file replace; reconcile on start.
 //! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
 
+pub mod applier;
 pub mod daemon;
 pub mod engine;
+pub mod planner;
+mod reconcile;
+pub mod state;
 
 pub use engine::{Engine, EngineConfig, ExecError};

@@ -865,8 +865,11 @@ fn unregister_refused_while_a_network_uses_the_provider() {
         r#"{"bridge":"br1"}"#,
     )
     .unwrap();
-    reg.bind(&BindingTarget::Vpc("vpc-1".into()), &id, PN1, "{}")
+    reg.bind_provider(&BindingTarget::Vpc("vpc-1".into()), "BUSY", PN1, "{}")
         .unwrap();
+    assert!(reg
+        .bind_provider(&BindingTarget::Vpc("vpc-2".into()), "ghost", PN1, "{}")
+        .is_err());
     fx.err(
         "unregisterExtension",
         &[("extensionid", &id), ("resourceid", PN1), ("resourcetype", "PhysicalNetwork")],
@@ -1120,8 +1123,13 @@ fn generate_offerings_for_reference_extension() {
     assert_eq!(tier["params"]["useVpc"], "on");
     assert_eq!(tier["params"]["forvpc"], "true");
 
+    assert_eq!(
+        iso["enable"],
+        serde_json::json!({"command": "updateNetworkOffering", "params": {"state": "Enabled"}})
+    );
     let vpc = by("vpc");
     assert_eq!(vpc["command"], "createVPCOffering");
+    assert_eq!(vpc["enable"]["command"], "updateVPCOffering");
     assert!(vpc["params"].get("guestiptype").is_none());
     assert!(!vpc["params"]["supportedservices"]
         .as_str()

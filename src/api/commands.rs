@@ -1,4 +1,23 @@
 //! The API commands: parameter validation, registry calls, CloudStack JSON.
+//!
+//! | command | parameters (\* required) | response object |
+//! |---|---|---|
+//! | `createExtension` | `name`\*, `type`\* (`Orchestrator`/`NetworkOrchestrator`), `description`, `path`, `state`, `details` | `extension` |
+//! | `updateExtension` | `id`\*, `description`, `state`, `details`, `cleanupdetails` | `extension` |
+//! | `deleteExtension` | `id`\* | `success` |
+//! | `listExtensions` | `id`, `name`, `keyword`, `type`, `details` (`all`/`resource`/`external`/`min`), `page`, `pagesize` | `count`, `extension[]` |
+//! | `registerExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\* (`Cluster`/`PhysicalNetwork`), `details` | `extension` |
+//! | `unregisterExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\* | `extension` |
+//! | `updateRegisteredExtension` | `extensionid`\*, `resourceid`\*, `resourcetype`\*, `details`, `cleanupdetails` | `extension` |
+//! | `listNetworkServiceProviders` | `id`, `name`, `physicalnetworkid`, `state` | `count`, `networkserviceprovider[]` |
+//! | `updateNetworkServiceProvider` | `id`\*, `state` (`Enabled`/`Disabled`), `servicelist` | `networkserviceprovider` |
+//! | `generateNetworkOfferings` | `extensionid`\*, `offeringtype`\* (`isolated`/`shared`/`vpctier`/`vpc`/`all`), `name` (prefix) | `count`, `offering[]` (`command`, `params`, `enable`) |
+//! | `validateNetworkOffering` | `extensionid`\*, `supportedservices`\*, `serviceProviderList[i].service/provider`, `serviceCapabilityList[i].service/capabilitytype/capabilityvalue` | `success`, `services` |
+//!
+//! Maps (`details`, …) come as `details[0].key=k&details[0].value=v` or
+//! `details[0].k=v`. Parameter and command names are case-insensitive. Every
+//! parameter problem is code 431 naming the parameter; unknown commands 432;
+//! internal failures 530. Empty lists are `{}` as in CloudStack.
 
 use serde_json::{json, Map, Value};
 
@@ -131,6 +150,13 @@ fn offering_json(o: &StoredOffering) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    // CloudStack creates offerings Disabled; this is the follow-up call, with
+    // `id` to be set to the created offering's id.
+    let enable = if o.command == "createVPCOffering" {
+        "updateVPCOffering"
+    } else {
+        "updateNetworkOffering"
+    };
     json!({
         "id": o.id,
         "name": o.name,
@@ -138,6 +164,7 @@ fn offering_json(o: &StoredOffering) -> Value {
         "extensionid": o.extension_id,
         "command": o.command,
         "params": params,
+        "enable": {"command": enable, "params": {"state": "Enabled"}},
         "services": o.services,
         "created": o.created,
     })
@@ -337,8 +364,7 @@ fn registration_target(req: &Req<'_>) -> Result<Target, ApiError> {
     })
 }
 
-fn extension_declaration(registry: &Registry, ext: &Extension) -> Result<Declaration, ApiError> {
-    let _ = registry;
+fn extension_declaration(ext: &Extension) -> Result<Declaration, ApiError> {
     Ok(Declaration::from_details(
         ext.details.get(offerings::SERVICES_KEY).map(String::as_str),
         ext.details
@@ -611,7 +637,7 @@ fn generate_offerings(registry: &Registry, req: &Req<'_>) -> Res {
             ext.ext_type.as_str()
         )));
     }
-    let declaration = extension_declaration(registry, &ext)?;
+    let declaration = extension_declaration(&ext)?;
     let mut generated = Vec::new();
     for kind in &kinds {
         match offerings::generate(&ext.name, &declaration, *kind, &prefix) {
@@ -638,7 +664,7 @@ fn generate_offerings(registry: &Registry, req: &Req<'_>) -> Res {
 
 fn validate_offering(registry: &Registry, req: &Req<'_>) -> Res {
     let ext = lookup_extension(registry, req)?;
-    let declaration = extension_declaration(registry, &ext)?;
+    let declaration = extension_declaration(&ext)?;
     let supported = req.required("supportedservices")?;
     let mut request = OfferingRequest {
         supported_services: supported.split(',').map(|s| s.trim().to_string()).collect(),

@@ -1170,6 +1170,32 @@ impl Registry {
         })
     }
 
+    /// As [`Registry::bind`], naming the provider (= extension name,
+    /// case-insensitive) instead of the extension id, as CloudStack's
+    /// network objects do.
+    pub fn bind_provider(
+        &self,
+        target: &BindingTarget,
+        provider_name: &str,
+        physical_network_id: &str,
+        details_json: &str,
+    ) -> Result<Binding> {
+        let ext = self
+            .find_extension_by_name(
+                provider_name,
+                Include {
+                    details: false,
+                    resources: false,
+                },
+            )?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "No extension provides network service provider '{provider_name}'"
+                ))
+            })?;
+        self.bind(target, &ext.id, physical_network_id, details_json)
+    }
+
     /// Removes a binding; returns whether one existed.
     pub fn unbind(&self, target: &BindingTarget) -> Result<bool> {
         self.write(|tx| {

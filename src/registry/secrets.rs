@@ -80,30 +80,9 @@ impl Cipher {
                 RegistryError::KeyFile(format!("cannot create directory for key file {shown}: {e}"))
             })?;
         }
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                let mut key = [0u8; KEY_LEN];
-                getrandom::fill(&mut key).map_err(|e| {
-                    RegistryError::KeyFile(format!("no randomness for key file {shown}: {e}"))
-                })?;
-                file.write_all(&key)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| {
-                        RegistryError::KeyFile(format!("cannot write key file {shown}: {e}"))
-                    })?;
-                log::info!("created secret key file {shown}");
-                return Ok(Cipher::from_key(&key));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(RegistryError::KeyFile(format!(
-                    "cannot create key file {shown}: {e}"
-                )))
+        if !path.exists() {
+            if let Some(cipher) = create_key_file(path)? {
+                return Ok(cipher);
             }
         }
         let mut file = OpenOptions::new()
@@ -190,6 +169,46 @@ impl Cipher {
     }
 }
 
+/// Writes a fresh key to a private temporary file and links it into place,
+/// so a concurrent opener sees either no key file or a complete one.
+/// `None` when another process created it first.
+fn create_key_file(path: &Path) -> Result<Option<Cipher>, RegistryError> {
+    let shown = path.display();
+    let mut key = [0u8; KEY_LEN];
+    getrandom::fill(&mut key)
+        .map_err(|e| RegistryError::KeyFile(format!("no randomness for key file {shown}: {e}")))?;
+    let mut salt = [0u8; 8];
+    getrandom::fill(&mut salt)
+        .map_err(|e| RegistryError::KeyFile(format!("no randomness for key file {shown}: {e}")))?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", hex::encode(salt)));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(&key).and_then(|()| file.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RegistryError::KeyFile(format!(
+            "cannot write key file {shown}: {e}"
+        )));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            log::info!("created secret key file {shown}");
+            Ok(Some(Cipher::from_key(&key)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(RegistryError::KeyFile(format!(
+            "cannot create key file {shown}: {e}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +245,10 @@ mod tests {
         let path = dir.path().join("sub/k");
         let c = Cipher::load_or_create(&path).unwrap();
         assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
@@ -244,6 +267,23 @@ mod tests {
             format!("{:?}", Secret::new("hunter2")),
             "Secret(<redacted>)"
         );
+    }
+
+    #[test]
+    fn concurrent_first_use_agrees_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let ciphers: Vec<Cipher> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Cipher::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let blob = ciphers[0].seal("a", "v").unwrap();
+        for c in &ciphers {
+            assert_eq!(c.open("a", &blob).unwrap().expose(), "v");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use netbridge::executor::applier::in_netns;
+use netbridge::executor::applier::{in_netns, ApplierConfig};
 use netbridge::executor::{Engine, EngineConfig};
 use netbridge::protocol::Command as Cmd;
 use serde_json::{json, Value};
@@ -187,6 +187,22 @@ fn open_engine(state_dir: &Path) -> Engine {
         guest_device: "nbeg".into(),
         public_device: "nbep".into(),
     })
+    .unwrap()
+}
+
+/// The engine loading rulesets with `nft -f -` processes instead of libnftables.
+fn open_engine_nft_exec(state_dir: &Path) -> Engine {
+    Engine::open_with(
+        EngineConfig {
+            state_dir: state_dir.to_path_buf(),
+            guest_device: "nbeg".into(),
+            public_device: "nbep".into(),
+        },
+        ApplierConfig {
+            use_libnftables: false,
+            ..ApplierConfig::default()
+        },
+    )
     .unwrap()
 }
 
@@ -578,7 +594,7 @@ fn restart_safety() {
     topology();
     let dir = tempfile::tempdir().unwrap();
     {
-        let engine = open_engine(dir.path());
+        let engine = open_engine_nft_exec(dir.path());
         implement(&engine);
         exec(&engine, Cmd::AddPortForward, pf("2222", "10.1.1.5", "22"));
         fw(
@@ -658,10 +674,15 @@ fn restart_safety() {
     }
     assert!(probe("nbe-up", "203.0.113.10", 2222).is_err());
     let engine = open_engine(dir.path());
-    assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
-        Ok("vm1:22 203.0.113.1".into())
-    );
+    let back = probe("nbe-up", "203.0.113.10", 2222);
+    if back.is_err() {
+        println!("host: {}", host_links());
+        println!("ns: {}", output("ip", &["-n", "cs-net-42", "-o", "addr"]));
+        println!("route: {}", output("ip", &["-n", "cs-net-42", "route"]));
+        println!("up neigh: {}", output("ip", &["-n", "nbe-up", "neigh"]));
+        println!("{}", ruleset(&engine));
+    }
+    assert_eq!(back, Ok("vm1:22 203.0.113.1".into()));
     assert_eq!(
         probe("nbe-vm1", "203.0.113.1", 7000),
         Ok("up:7000 203.0.113.10".into())
@@ -679,5 +700,105 @@ fn restart_safety() {
         probe("nbe-up", "203.0.113.10", 2222),
         Ok("vm1:22 203.0.113.1".into())
     );
+
+    // A command whose ruleset cannot be installed fails with 500 and leaves
+    // the previous desired state and ruleset in force.
+    let state_file = dir.path().join("networks/cs-net-42.json");
+    let saved = std::fs::read(&state_file).unwrap();
+    let before = ruleset(&engine);
+    let broken = Engine::open_with(
+        EngineConfig {
+            state_dir: dir.path().to_path_buf(),
+            guest_device: "nbeg".into(),
+            public_device: "nbep".into(),
+        },
+        ApplierConfig {
+            use_libnftables: false,
+            nft_program: "/bin/false".into(),
+            ..ApplierConfig::default()
+        },
+    )
+    .unwrap();
+    let err = broken
+        .execute(Cmd::AddPortForward, &envelope(pf("3333", "10.1.1.5", "22")))
+        .unwrap_err();
+    assert_eq!(err.http_status(), 500, "{err}");
+    assert!(
+        err.to_string().starts_with("apply failed: /bin/false -f -"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), saved);
+    assert_eq!(ruleset(&engine), before);
+    assert_eq!(
+        probe("nbe-up", "203.0.113.10", 2222),
+        Ok("vm1:22 203.0.113.1".into())
+    );
+    drop(broken);
+
     exec(&engine, Cmd::DestroyNetwork, json!({}));
+}
+
+#[test]
+fn parallel_networks_then_nothing_left() {
+    if isolate("parallel_networks_then_nothing_left") {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path());
+    // Three threads, two networks each, sharing the guest and public bridges.
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                for k in 0..2u64 {
+                    let id = 100 + t * 2 + k;
+                    exec(engine, Cmd::ImplementNetwork, json!({"network_id": id.to_string(), "vlan": "100",
+                        "cidr": format!("10.9.{id}.0/24"), "gateway": format!("10.9.{id}.1")}));
+                    exec(engine, Cmd::AssignIp, json!({"network_id": id.to_string(),
+                        "public_ip": format!("198.51.100.{id}"), "public_vlan": "200",
+                        "public_gateway": "198.51.100.1", "public_cidr": "198.51.100.0/24", "source_nat": "true"}));
+                }
+            });
+        }
+    });
+    assert_eq!(engine.network_count(), 6);
+    let links = host_links();
+    for id in 100..106u64 {
+        assert!(ns_path(&format!("cs-net-{id}")).exists());
+        assert!(
+            links.contains(&format!("nbg{id}")) && links.contains(&format!("nbp{id}-200")),
+            "{links}"
+        );
+        let rules = engine.installed_ruleset(id).unwrap().unwrap();
+        assert!(
+            rules.contains(&format!("snat ip to 198.51.100.{id}")),
+            "{rules}"
+        );
+    }
+    std::thread::scope(|s| {
+        for id in 100..106u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                exec(
+                    engine,
+                    Cmd::DestroyNetwork,
+                    json!({"network_id": id.to_string()}),
+                )
+            });
+        }
+    });
+    let links = host_links();
+    assert!(
+        !links.contains("nbg") && !links.contains("nbp") && !links.contains("brnbe"),
+        "{links}"
+    );
+    assert_eq!(std::fs::read_dir("/run/netns").unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("networks"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(engine.networks(), json!([]));
 }

@@ -46,6 +46,9 @@ pub struct ApplierConfig {
     pub netns_dir: PathBuf,
     pub ip_program: PathBuf,
     pub nft_program: PathBuf,
+    /// Load rulesets in process through libnftables when it is available
+    /// (no process spawn per command); otherwise `nft -f -`.
+    pub use_libnftables: bool,
 }
 
 impl Default for ApplierConfig {
@@ -54,6 +57,7 @@ impl Default for ApplierConfig {
             netns_dir: PathBuf::from("/run/netns"),
             ip_program: PathBuf::from("ip"),
             nft_program: PathBuf::from("nft"),
+            use_libnftables: true,
         }
     }
 }
@@ -225,6 +229,11 @@ impl Applier {
 
     /// Loads a complete ruleset in one transaction inside the namespace.
     pub fn load_ruleset(&self, namespace: &str, ruleset: &str) -> Result<(), ApplyError> {
+        if self.config.use_libnftables {
+            if let Some(lib) = libnft::get() {
+                return lib.run(&self.netns_path(namespace), ruleset);
+            }
+        }
         self.run(
             &self.config.nft_program,
             &["-f", "-"],
@@ -371,20 +380,11 @@ impl Applier {
 
         self.set_forwarding(ns, plan.ipv4_forwarding)?;
         if !announce.is_empty() {
-            let path = self.netns_path(ns);
             let public: Vec<(String, Ipv4Addr)> = announce
                 .into_iter()
                 .filter(|a| plan.announce.contains(a))
                 .collect();
-            if let Err(e) = in_netns(&path, || {
-                for (dev, ip) in &public {
-                    if let Err(e) = send_gratuitous_arp(dev, *ip) {
-                        log::warn!("{ns}: gratuitous ARP for {ip} on {dev}: {e}");
-                    }
-                }
-            }) {
-                log::warn!("{ns}: gratuitous ARP skipped: {e}");
-            }
+            announce_in_background(self.netns_path(ns), ns.to_string(), public);
         }
         if let Some(prev) = previous {
             let unused: Vec<String> = prev
@@ -545,6 +545,31 @@ pub fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R,
     })
 }
 
+/// Sends gratuitous ARP for new addresses a few times from a detached
+/// thread: a freshly created veth may drop the first frames until the
+/// kernel's link watcher activates its queue, and the command need not wait.
+fn announce_in_background(path: PathBuf, ns: String, addrs: Vec<(String, Ipv4Addr)>) {
+    if addrs.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for delay_ms in [0u64, 100, 400, 1000] {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let sent = in_netns(&path, || {
+                for (dev, ip) in &addrs {
+                    if let Err(e) = send_gratuitous_arp(dev, *ip) {
+                        log::debug!("{ns}: gratuitous ARP for {ip} on {dev}: {e}");
+                    }
+                }
+            });
+            if sent.is_err() {
+                // The namespace is gone (torn down meanwhile).
+                return;
+            }
+        }
+    });
+}
+
 /// Broadcasts an ARP request for `ip` from `ip` on `dev` (gratuitous ARP) so
 /// the upstream router and bridges learn the new address at once. Must run
 /// inside the namespace that owns `dev`.
@@ -602,5 +627,120 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
         })();
         libc::close(fd);
         result
+    }
+}
+
+/// In-process nftables through `libnftables.so.1` (loaded once with
+/// `dlopen`): the same `nft -f` script and transaction, without a process
+/// spawn per command. The context is created on a thread that joined the
+/// namespace, so its netlink socket belongs to that namespace.
+mod libnft {
+    use std::ffi::{c_char, c_int, c_void, CStr, CString};
+    use std::path::Path;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::{in_netns, ApplyError};
+
+    type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+    type CtxFree = unsafe extern "C" fn(*mut c_void);
+    type RunBuf = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+    type Buffer = unsafe extern "C" fn(*mut c_void) -> c_int;
+    type GetBuf = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+
+    pub struct Lib {
+        ctx_new: CtxNew,
+        ctx_free: CtxFree,
+        run_buf: RunBuf,
+        buffer_output: Buffer,
+        buffer_error: Buffer,
+        get_error: GetBuf,
+        /// libnftables keeps some process-wide state: one call at a time.
+        lock: Mutex<()>,
+    }
+
+    static LIB: OnceLock<Option<Lib>> = OnceLock::new();
+
+    pub fn get() -> Option<&'static Lib> {
+        LIB.get_or_init(|| {
+            let lib = load();
+            match &lib {
+                Some(_) => log::info!("nftables: using libnftables in process"),
+                None => log::info!("nftables: libnftables not found, using `nft -f -`"),
+            }
+            lib
+        })
+        .as_ref()
+    }
+
+    fn load() -> Option<Lib> {
+        // SAFETY: dlopen/dlsym with NUL-terminated names; the handle is kept
+        // for the life of the process, and each symbol is cast to the C
+        // signature documented in libnftables(3).
+        unsafe {
+            let handle = libc::dlopen(
+                c"libnftables.so.1".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL,
+            );
+            if handle.is_null() {
+                return None;
+            }
+            let sym = |name: &CStr| {
+                let p = libc::dlsym(handle, name.as_ptr());
+                (!p.is_null()).then_some(p)
+            };
+            Some(Lib {
+                ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
+                ctx_free: std::mem::transmute::<*mut c_void, CtxFree>(sym(c"nft_ctx_free")?),
+                run_buf: std::mem::transmute::<*mut c_void, RunBuf>(sym(
+                    c"nft_run_cmd_from_buffer",
+                )?),
+                buffer_output: std::mem::transmute::<*mut c_void, Buffer>(sym(
+                    c"nft_ctx_buffer_output",
+                )?),
+                buffer_error: std::mem::transmute::<*mut c_void, Buffer>(sym(
+                    c"nft_ctx_buffer_error",
+                )?),
+                get_error: std::mem::transmute::<*mut c_void, GetBuf>(sym(
+                    c"nft_ctx_get_error_buffer",
+                )?),
+                lock: Mutex::new(()),
+            })
+        }
+    }
+
+    impl Lib {
+        pub fn run(&self, netns: &Path, script: &str) -> Result<(), ApplyError> {
+            let script = CString::new(script)
+                .map_err(|_| ApplyError::Io("ruleset contains a NUL byte".into()))?;
+            in_netns(netns, || {
+                let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: a fresh context used only here and freed below;
+                // the error buffer is copied before the context is freed.
+                unsafe {
+                    let ctx = (self.ctx_new)(0);
+                    if ctx.is_null() {
+                        return Err(ApplyError::Io("nft_ctx_new failed".into()));
+                    }
+                    (self.buffer_output)(ctx);
+                    (self.buffer_error)(ctx);
+                    let rc = (self.run_buf)(ctx, script.as_ptr());
+                    let err = (self.get_error)(ctx);
+                    let text = if err.is_null() {
+                        String::new()
+                    } else {
+                        CStr::from_ptr(err).to_string_lossy().into_owned()
+                    };
+                    (self.ctx_free)(ctx);
+                    if rc != 0 {
+                        return Err(ApplyError::Tool {
+                            program: "libnftables".into(),
+                            status: format!("rc {rc}"),
+                            stderr: super::stderr_text(text.as_bytes()),
+                        });
+                    }
+                    Ok(())
+                }
+            })?
+        }
     }
 }

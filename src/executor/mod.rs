@@ -15,5 +15,6 @@ pub mod engine;
 pub mod planner;
 mod reconcile;
 pub mod state;
+pub mod vpc;
 
 pub use engine::{Engine, EngineConfig, ExecError};

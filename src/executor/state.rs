@@ -311,7 +311,7 @@ impl StateStore {
     pub fn save(&self, state: &NetworkState) -> Result<(), StateError> {
         let path = self.path(&state.namespace);
         let tmp = self.dir.join(format!(".{}.json.tmp", state.namespace));
-        let data = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+        let data = serde_json::to_vec(state).map_err(|e| StateError::Corrupt {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

@@ -11,5 +11,6 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod services;
 
 pub use engine::{Engine, EngineConfig, ExecError};

@@ -27,16 +27,11 @@ impl HaproxyPaths {
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("haproxy.pid")
     }
-    /// Argument vector (after the program name): foreground, own PID file.
-    /// For a graceful reload append [`reload_args`].
+    /// Argument vector (after the program name): foreground (`-db`), so the
+    /// supervisor's child PID is haproxy's PID and it records it itself. For a
+    /// graceful reload append [`reload_args`].
     pub fn argv(&self) -> Vec<OsString> {
-        vec![
-            "-db".into(),
-            "-f".into(),
-            self.conf().into(),
-            "-p".into(),
-            self.pid_file().into(),
-        ]
+        vec!["-db".into(), "-f".into(), self.conf().into()]
     }
 }
 

@@ -17,10 +17,11 @@
 
 pub mod dnsmasq;
 pub mod haproxy;
-// pub mod metadata;
+pub mod metadata;
 pub mod model;
-// pub mod store;
-// pub mod supervisor;
+pub mod run;
+pub mod store;
+pub mod supervisor;
 pub mod validate;
 pub mod vmdata;
 

@@ -87,18 +87,21 @@ fn dnsmasq_main_config_binds_extension_ip_static_only() {
         "domain=cs42.example",
         "local=/cs42.example/",
         "dhcp-range=10.1.1.0,static,255.255.255.0,infinite",
-        "dhcp-option=option:router",
+        "dhcp-option=option:router,10.1.1.1",
+        "dhcp-mac=set:m52540000000b,52:54:00:00:00:0b",
+        "dhcp-option=tag:m52540000000b,option:router",
         "dhcp-option=option:dns-server,10.1.1.1,198.51.100.53",
         "dhcp-option=option:domain-search,cs42.example",
         "pid-file=/var/lib/netbridge/net-42/dnsmasq/dnsmasq.pid",
         "dhcp-leasefile=/var/lib/netbridge/net-42/dnsmasq/leases",
         "dhcp-hostsfile=/var/lib/netbridge/net-42/dnsmasq/dhcp-hosts",
         "addn-hosts=/var/lib/netbridge/net-42/dnsmasq/hosts",
-        "dhcp-optsfile=/var/lib/netbridge/net-42/dnsmasq/dhcp-opts",
     ] {
         assert!(lines.contains(&want), "missing {want:?} in\n{}", f.conf);
     }
     assert!(!f.conf.contains("resolv-file"));
+    // The default NIC needs no tag of its own.
+    assert!(!f.conf.contains("m52540000000a"));
 }
 
 #[test]
@@ -107,10 +110,11 @@ fn router_only_for_default_nics_and_hosts_files() {
     let f = dnsmasq::render(&s, &paths()).unwrap();
     assert_eq!(
         f.dhcp_hosts,
-        "52:54:00:00:00:0a,set:m52540000000a,10.1.1.10,vm1,infinite\n\
-         52:54:00:00:00:0b,set:m52540000000b,10.1.1.11,vm2,infinite\n"
+        "52:54:00:00:00:0a,10.1.1.10,vm1,infinite\n\
+         52:54:00:00:00:0b,10.1.1.11,vm2,infinite\n"
     );
-    assert_eq!(f.dhcp_opts, "tag:m52540000000a,option:router,10.1.1.1\n");
+    // No tags in the reloadable file (dnsmasq crashes on SIGHUP otherwise).
+    assert!(!f.dhcp_hosts.contains("set:"));
     assert_eq!(
         f.hosts,
         "10.1.1.1 data-server data-server.cs42.example\n\
@@ -152,10 +156,12 @@ fn set_dhcp_options_rendered_per_nic_and_validated() {
     )
     .unwrap();
     let f = dnsmasq::render(&s, &paths()).unwrap();
-    assert!(f.dhcp_opts.contains("tag:m52540000000b,15,x.example\n"));
     assert!(f
-        .dhcp_opts
-        .contains("tag:m52540000000b,42,10.0.0.5,10.0.0.6\n"));
+        .conf
+        .contains("\ndhcp-option=tag:m52540000000b,15,x.example\n"));
+    assert!(f
+        .conf
+        .contains("\ndhcp-option=tag:m52540000000b,42,10.0.0.5,10.0.0.6\n"));
     let before = s.clone();
     for (opts, field) in [
         ("{\"15\":\"x\\ndhcp-script=/tmp/x\"}", "options.15"),
@@ -182,10 +188,7 @@ fn set_dhcp_options_rendered_per_nic_and_validated() {
         &mut v,
     )
     .unwrap();
-    assert!(!dnsmasq::render(&s, &paths())
-        .unwrap()
-        .dhcp_opts
-        .contains(",15,"));
+    assert!(!dnsmasq::render(&s, &paths()).unwrap().conf.contains(",15,"));
 }
 
 #[test]
@@ -330,6 +333,19 @@ fn hosts_change_hups_main_change_restarts() {
     assert_eq!(
         dnsmasq::plan_change(b.as_ref(), c.as_ref()),
         DnsmasqAction::Restart
+    );
+    let mut s2 = s.clone();
+    run(
+        Command::AddDhcpEntry,
+        json!({"mac":"52:54:00:00:00:0d","ip":"10.1.1.13","default_nic":"false"}),
+        &mut s2,
+        &mut v,
+    )
+    .unwrap();
+    assert_eq!(
+        dnsmasq::plan_change(c.as_ref(), dnsmasq::render(&s2, &p).as_ref()),
+        DnsmasqAction::Restart,
+        "a non-default NIC needs its tag in the main configuration"
     );
     assert_eq!(dnsmasq::plan_change(None, c.as_ref()), DnsmasqAction::Start);
     assert_eq!(dnsmasq::plan_change(c.as_ref(), None), DnsmasqAction::Stop);

@@ -62,7 +62,6 @@ pub fn read_dnsmasq_files(paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
         conf: r(paths.conf())?,
         hosts: r(paths.hosts())?,
         dhcp_hosts: r(paths.dhcp_hosts())?,
-        dhcp_opts: r(paths.dhcp_opts())?,
     })
 }
 

@@ -52,9 +52,15 @@ fn proc_err(spec: &DaemonSpec, what: impl std::fmt::Display) -> ServicesError {
     ServicesError::Process(format!("{}: {what}", spec.name))
 }
 
+/// Inode of the namespace the daemon must run in (`None` in the spec: the
+/// executor's own namespace).
 fn ns_inode(spec: &DaemonSpec) -> Result<Option<u64>, ServicesError> {
     match &spec.netns {
-        None => Ok(None),
+        None => {
+            let m = fs::metadata("/proc/self/ns/net")
+                .map_err(|e| ServicesError::io("stat /proc/self/ns/net", e))?;
+            Ok(Some(m.ino()))
+        }
         Some(ns) => {
             let p = netns_path(ns)?;
             let m = fs::metadata(&p)

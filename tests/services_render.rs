@@ -528,3 +528,54 @@ fn save_password_error_never_echoes_secret() {
     let e = run(Command::AssignIp, json!({}), &mut s, &mut v).unwrap_err();
     assert!(matches!(e, ServicesError::Unsupported(_)));
 }
+
+#[test]
+fn shared_network_listens_on_dedicated_extension_ip() {
+    let mut s = GuestServices::default();
+    let mut v = VmDataSet::new();
+    run(
+        Command::ConfigDhcpSubnet,
+        json!({"guest_type":"shared","gateway":"10.2.0.1","cidr":"10.2.0.0/24","extension_ip":"10.2.0.2",
+            "dns":"198.51.100.53"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    run(
+        Command::ConfigDnsSubnet,
+        json!({"gateway":"10.2.0.1","cidr":"10.2.0.0/24"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    run(
+        Command::AddDhcpEntry,
+        json!({"mac":"52:54:00:00:01:01","ip":"10.2.0.10","hostname":"s1"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert_eq!(s.listen_ip(), Some(Ipv4Addr::new(10, 2, 0, 2)));
+    let f = dnsmasq::render(&s, &paths()).unwrap();
+    let lines: Vec<&str> = f.conf.lines().collect();
+    assert!(lines.contains(&"listen-address=10.2.0.2"));
+    assert!(lines.contains(&"dhcp-option=option:router,10.2.0.1"));
+    assert!(lines.contains(&"dhcp-option=option:dns-server,10.2.0.2,198.51.100.53"));
+    assert!(f.hosts.starts_with("10.2.0.2 data-server\n"));
+}
+
+#[test]
+fn prepare_nic_reassigning_an_ip_drops_the_stale_lease() {
+    let (mut s, mut v) = network();
+    run(
+        Command::PrepareNic,
+        json!({"mac":"52:54:00:00:00:ff","ip":"10.1.1.10","hostname":"vm9"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert!(!s.nics.contains_key("52:54:00:00:00:0a"));
+    let f = dnsmasq::render(&s, &paths()).unwrap();
+    assert_eq!(f.dhcp_hosts.matches("10.1.1.10,").count(), 1);
+    assert!(f.hosts.contains("10.1.1.10 vm9 vm9.cs42.example\n"));
+}

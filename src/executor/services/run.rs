@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::dnsmasq::{self, DnsmasqAction, DnsmasqFiles, DnsmasqPaths};
 use super::haproxy::HaproxyPaths;
-use super::store::write_atomic;
+use super::store::replace_file;
 use super::supervisor::{Daemon, DaemonSpec};
 use super::ServicesError;
 
@@ -65,6 +65,24 @@ pub fn read_dnsmasq_files(paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
     })
 }
 
+/// Writes the files that differ from `old` (derived files: atomic, not
+/// flushed; they are re-rendered from persisted state after a crash).
+pub fn write_dnsmasq_files(
+    paths: &DnsmasqPaths,
+    files: &DnsmasqFiles,
+    old: Option<&DnsmasqFiles>,
+) -> Result<(), ServicesError> {
+    ensure_dir(&paths.dir, 0o755)?;
+    let before = old.map(|o| o.files(paths));
+    for (i, (p, content)) in files.files(paths).iter().enumerate() {
+        let same = before.as_ref().is_some_and(|b| b[i].1 == *content);
+        if !same {
+            replace_file(p, content.as_bytes(), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
 /// Brings dnsmasq to `new` (`None`: none should run). `running` is the
 /// daemon the caller tracks (`None` after an executor restart: the PID file
 /// is checked and the daemon adopted when it is really ours). Returns the
@@ -91,10 +109,7 @@ pub fn sync_dnsmasq(
     };
     let action = dnsmasq::plan_change(old.as_ref(), new);
     if let Some(files) = new {
-        ensure_dir(&paths.dir, 0o755)?;
-        for (p, content) in files.files(paths) {
-            write_atomic(&p, content.as_bytes(), 0o644)?;
-        }
+        write_dnsmasq_files(paths, files, old.as_ref())?;
     }
     let now = match (action, running) {
         (DnsmasqAction::Nothing, r) => r,
@@ -156,11 +171,11 @@ pub fn sync_haproxy(
     if running.is_some() && old.as_deref() == Some(cfg) {
         return Ok((running, HaproxyAction::Nothing));
     }
-    write_atomic(&paths.conf(), cfg.as_bytes(), 0o600)?;
+    replace_file(&paths.conf(), cfg.as_bytes(), 0o600)?;
     if let Err(e) = check_haproxy_config(&paths.conf()) {
         // Keep the configuration the running process was started with.
         match &old {
-            Some(o) => write_atomic(&paths.conf(), o.as_bytes(), 0o600)?,
+            Some(o) => replace_file(&paths.conf(), o.as_bytes(), 0o600)?,
             None => {
                 let _ = fs::remove_file(paths.conf());
             }

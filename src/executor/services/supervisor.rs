@@ -167,7 +167,7 @@ impl Daemon {
             pid,
             child: Some(child),
         };
-        super::store::write_atomic(&d.spec.pid_file, format!("{pid}\n").as_bytes(), 0o644)?;
+        super::store::replace_file(&d.spec.pid_file, format!("{pid}\n").as_bytes(), 0o644)?;
         log::info!("{}: started pid {pid}", d.spec.name);
         Ok(d)
     }

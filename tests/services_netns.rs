@@ -586,16 +586,28 @@ fn name_server(ns: &str, addr: SocketAddr, name: &'static str) {
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             let _ = c.write_all(name.as_bytes());
+            // Keep the connection until the client closes it (leastconn
+            // counts open connections).
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 64];
+                while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+            });
         }
     });
 }
 
-fn ask(ns: &str, addr: SocketAddr) -> Option<String> {
+/// Opens a connection and reads the backend's two-letter name, keeping the
+/// connection open.
+fn hold(ns: &str, addr: SocketAddr) -> Option<(TcpStream, String)> {
     let mut s = connect_in(ns, addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let mut b = String::new();
-    s.read_to_string(&mut b).ok()?;
-    Some(b)
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).ok()?;
+    Some((s, String::from_utf8_lossy(&b).into_owned()))
+}
+
+fn ask(ns: &str, addr: SocketAddr) -> Option<String> {
+    hold(ns, addr).map(|(_, name)| name)
 }
 
 fn counts(ns: &str, addr: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
@@ -664,6 +676,34 @@ fn haproxy_roundrobin_source_revoke() {
         vec![10, 10, 10],
         "{rr:?}"
     );
+
+    // leastconn: with two backends busy, a new connection goes to the idle one.
+    lb_apply(&mut s, backends("leastconn", false));
+    let cfg = haproxy::render(&s);
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Reload);
+    let d = d.unwrap();
+    wait_for("old haproxy gone", || {
+        run::reap_draining(&mut draining);
+        draining.is_empty()
+    });
+    let (c1, n1) = hold(&v1, vip).unwrap();
+    let (c2, n2) = hold(&v1, vip).unwrap();
+    assert_ne!(n1, n2);
+    let idle = ["b1", "b2", "b3"]
+        .into_iter()
+        .find(|b| *b != n1 && *b != n2)
+        .unwrap();
+    assert_eq!(ask(&v1, vip).as_deref(), Some(idle));
+    drop((c1, c2));
 
     // source: one client sticks to one backend.
     lb_apply(&mut s, backends("source", false));

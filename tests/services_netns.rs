@@ -763,3 +763,90 @@ fn haproxy_roundrobin_source_revoke() {
     assert!(connect_in(&v1, vip).is_err());
     assert!(!Path::new(&paths.pid_file()).exists());
 }
+
+#[test]
+fn restore_network_after_shutdown_brings_back_leases_names_and_metadata() {
+    require_root!();
+    let mut lab = Lab::new("x");
+    let (r, v1, v2) = lab.guest_network();
+    let store = Arc::new(MetadataStore::open(lab.path("vmdata"), Some([9u8; 32])).unwrap());
+    let o = Options::default();
+    // Before the shutdown: a pending password for vm1.
+    let mut before = GuestServices::default();
+    store
+        .update(|vms| {
+            apply(
+                Cmd::SavePassword,
+                &p(json!({"ip":"10.1.1.10","password":"Kept-pw"})),
+                &mut before,
+                vms,
+                &o,
+            )
+        })
+        .unwrap();
+    // shutdown-network tore everything down; implement-network rebuilt the
+    // namespace (here: the lab's fresh one) and restore-network arrives.
+    let mut s = GuestServices::default();
+    let restore = json!({"network_id":"42","gateway":"10.1.1.1","cidr":"10.1.1.0/24","extension_ip":"10.1.1.1",
+        "dns":"198.51.100.53","domain":"cs42.example",
+        "restore_data":{"dhcp_enabled":"true","dns_enabled":"true","userdata_enabled":"true","vms":[
+            {"ip":"10.1.1.10","mac":"52:54:00:00:00:0a","hostname":"vm1","default_nic":"true",
+             "vm_data":[{"dir":"metadata","file":"instance-id","content":"i-vm1"},
+                        {"dir":"userdata","file":"user-data","content":"ud-vm1"}]},
+            {"ip":"10.1.1.11","mac":"52:54:00:00:00:0b","hostname":"vm2","default_nic":"false",
+             "vm_data":[{"dir":"metadata","file":"instance-id","content":"i-vm2"}]}]}});
+    let fx = store
+        .update(|vms| apply(Cmd::RestoreNetwork, &p(restore), &mut s, vms, &o))
+        .unwrap();
+    assert!(fx.dnsmasq && fx.vm_data);
+    let paths = DnsmasqPaths::new(lab.path("dnsmasq")).unwrap();
+    let files = dnsmasq::render(&s, &paths);
+    let (d, action) = run::sync_dnsmasq(&paths, Some(&r), "t", files.as_ref(), None).unwrap();
+    assert_eq!(action, DnsmasqAction::Start);
+    let d = d.unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = MetadataServer::start(
+        rt.handle(),
+        &ListenSpec::new(Some(&r), s.listen_ip().unwrap()),
+        store.clone(),
+    )
+    .unwrap();
+
+    let l1 = dhcp_lease(&mut lab, &v1, "v1");
+    assert!(
+        l1.contains("fixed-address 10.1.1.10;") && l1.contains("option routers 10.1.1.1;"),
+        "{l1}"
+    );
+    let l2 = dhcp_lease(&mut lab, &v2, "v2");
+    assert!(
+        l2.contains("fixed-address 10.1.1.11;") && !l2.contains("routers"),
+        "{l2}"
+    );
+    ip(&["-n", &v1, "addr", "add", "10.1.1.10/24", "dev", "eth0"]);
+    ip(&["-n", &v2, "addr", "add", "10.1.1.11/24", "dev", "eth0"]);
+    assert_eq!(dig(&v2, "vm1.cs42.example", "A"), "10.1.1.10");
+    assert_eq!(dig(&v1, "vm2", "A"), "10.1.1.11");
+    let md: SocketAddr = "10.1.1.1:80".parse().unwrap();
+    let pw: SocketAddr = "10.1.1.1:8080".parse().unwrap();
+    assert_eq!(
+        http_get(&v1, md, "/latest/user-data", None),
+        (200, "ud-vm1".into())
+    );
+    assert_eq!(
+        http_get(&v2, md, "/latest/meta-data/instance-id", None),
+        (200, "i-vm2".into())
+    );
+    // The password stored before the shutdown survived the restore.
+    assert_eq!(
+        http_get(&v1, pw, "/", Some("DomU_Request: send_my_password")),
+        (200, "Kept-pw".into())
+    );
+    rt.block_on(server.shutdown());
+    let pid = d.pid();
+    d.stop(Duration::from_secs(5)).unwrap();
+    assert!(gone(pid));
+}

@@ -470,6 +470,9 @@ fn metadata_and_password_by_source_address() {
     let (r, v1, v2) = lab.guest_network();
     ip(&["-n", &v1, "addr", "add", "10.1.1.10/24", "dev", "eth0"]);
     ip(&["-n", &v2, "addr", "add", "10.1.1.11/24", "dev", "eth0"]);
+    // Starting before the guest address exists works (IP_FREEBIND): the
+    // services answer once the address is configured.
+    ip(&["-n", &r, "addr", "del", "10.1.1.1/24", "dev", "nbsbr"]);
     let store = Arc::new(MetadataStore::open(lab.path("vmdata"), Some([7u8; 32])).unwrap());
     let mut g = GuestServices::default();
     let o = Options::default();
@@ -517,6 +520,7 @@ fn metadata_and_password_by_source_address() {
         .unwrap();
     let spec = ListenSpec::new(Some(&r), Ipv4Addr::new(10, 1, 1, 1));
     let server = MetadataServer::start(rt.handle(), &spec, store.clone()).unwrap();
+    ip(&["-n", &r, "addr", "add", "10.1.1.1/24", "dev", "nbsbr"]);
     let md: SocketAddr = "10.1.1.1:80".parse().unwrap();
     let pw: SocketAddr = "10.1.1.1:8080".parse().unwrap();
 

@@ -45,7 +45,7 @@ pub fn netns_path(name: &str) -> Result<PathBuf, ServicesError> {
 /// caller's namespace).
 pub fn bind_in_netns(netns: Option<&str>, addr: SocketAddr) -> Result<StdListener, ServicesError> {
     let Some(ns) = netns else {
-        return StdListener::bind(addr).map_err(|e| ServicesError::io(format!("bind {addr}"), e));
+        return listen_freebind(addr).map_err(|e| ServicesError::io(format!("bind {addr}"), e));
     };
     let path = netns_path(ns)?;
     let file =
@@ -61,11 +61,65 @@ pub fn bind_in_netns(netns: Option<&str>, addr: SocketAddr) -> Result<StdListene
                 std::io::Error::last_os_error(),
             ));
         }
-        StdListener::bind(addr)
-            .map_err(|e| ServicesError::io(format!("bind {addr} in {ns_name}"), e))
+        listen_freebind(addr).map_err(|e| ServicesError::io(format!("bind {addr} in {ns_name}"), e))
     });
     t.join()
         .map_err(|_| ServicesError::Process("namespace bind thread panicked".into()))?
+}
+
+/// A listening IPv4 TCP socket with `IP_FREEBIND`, so the services can be
+/// started (e.g. during reconcile after an executor restart) before the
+/// namespace's guest address is configured; they answer once it is.
+fn listen_freebind(addr: SocketAddr) -> std::io::Result<StdListener> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        return StdListener::bind(addr);
+    };
+    // SAFETY: plain socket syscalls on a descriptor owned here; on error it
+    // is closed by the OwnedFd drop.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+            (libc::IPPROTO_IP, libc::IP_FREEBIND),
+        ] {
+            if libc::setsockopt(
+                fd,
+                opt.0,
+                opt.1,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, 1024) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(StdListener::from(owned))
+    }
 }
 
 /// Where the two services listen.

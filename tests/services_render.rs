@@ -579,3 +579,29 @@ fn prepare_nic_reassigning_an_ip_drops_the_stale_lease() {
     assert_eq!(f.dhcp_hosts.matches("10.1.1.10,").count(), 1);
     assert!(f.hosts.contains("10.1.1.10 vm9 vm9.cs42.example\n"));
 }
+
+#[test]
+fn nic_netmask_gives_the_dhcp_range_when_no_cidr_was_sent() {
+    let mut s = GuestServices::default();
+    let mut v = VmDataSet::new();
+    run(
+        Command::PrepareNic,
+        json!({"mac":"52:54:00:00:02:01","ip":"10.3.0.10","netmask":"255.255.255.0","gateway":"10.3.0.1",
+            "extension_ip":"10.3.0.1"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    let f = dnsmasq::render(&s, &paths()).unwrap();
+    assert!(f
+        .conf
+        .contains("\ndhcp-range=10.3.0.0,static,255.255.255.0,infinite\n"));
+    let e = run(
+        Command::PrepareNic,
+        json!({"mac":"52:54:00:00:02:02","ip":"10.4.0.10","netmask":"255.0.255.0"}),
+        &mut GuestServices::default(),
+        &mut v,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("'netmask'"), "{e}");
+}

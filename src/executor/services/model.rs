@@ -189,6 +189,14 @@ fn apply_in_place(
         C::PrepareNic | C::AddDhcpEntry => {
             absorb_network(p, s, false)?;
             let nic = parse_nic(p)?;
+            // NIC payloads may carry only `netmask`: derive the subnet.
+            if s.cidr.is_none() {
+                if let Some(m) = validate::opt_ipv4(p, "netmask")? {
+                    let net = Ipv4Net::with_netmask(nic.ip, m)
+                        .map_err(|_| invalid("netmask", format!("{m} is not a netmask")))?;
+                    s.cidr = Some(net.trunc());
+                }
+            }
             if command == C::PrepareNic {
                 if let Some(h) = &nic.hostname {
                     s.dns_records.insert(

@@ -8,8 +8,15 @@
 //!   response object (`{"<command lower-case>response": {…}}`) or an [`ApiError`]
 //!   carrying CloudStack's error code (431 parameter error, 530 internal).
 
+mod commands;
+pub mod params;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+pub mod http;
+
+use crate::offerings::OfferingError;
+use crate::registry::{Registry, RegistryError};
 
 /// Flat request parameters, as CloudStack receives them.
 pub type Params = BTreeMap<String, String>;
@@ -82,23 +89,53 @@ impl ApiConfig {
 
 /// The API dispatcher.
 pub struct Api {
-    _config: ApiConfig,
+    registry: Registry,
 }
 
 impl Api {
     /// Opens (and migrates) the store.
     pub fn open(config: ApiConfig) -> Result<Api, ApiError> {
-        Ok(Api { _config: config })
+        let registry = Registry::open(&config.database, &config.key_file).map_err(|e| {
+            log::error!("cannot open the registry: {e}");
+            ApiError::internal(format!("Cannot open the registry: {e}"))
+        })?;
+        Ok(Api { registry })
+    }
+
+    /// The registry, for internal layers (dispatch: bindings, decrypted
+    /// registration details).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Runs one API command.
-    pub fn call(&self, command: &str, _params: &Params) -> Result<serde_json::Value, ApiError> {
-        Err(ApiError {
-            code: codes::UNSUPPORTED,
-            text: format!(
-                "Unsupported API command: {}",
-                crate::protocol::sanitize_for_message(command)
-            ),
-        })
+    pub fn call(&self, command: &str, params: &Params) -> Result<serde_json::Value, ApiError> {
+        let result = commands::dispatch(&self.registry, command, params);
+        if let Err(e) = &result {
+            // Error texts never carry secret values, so they may be logged.
+            log::debug!(
+                "API {} failed: {}",
+                crate::protocol::sanitize_for_message(command),
+                e
+            );
+        }
+        result
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        if e.is_user_error() {
+            ApiError::param(e.to_string())
+        } else {
+            log::error!("registry failure: {e}");
+            ApiError::internal(format!("Internal error: {e}"))
+        }
+    }
+}
+
+impl From<OfferingError> for ApiError {
+    fn from(e: OfferingError) -> Self {
+        ApiError::param(e.to_string())
     }
 }

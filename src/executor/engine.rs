@@ -1,9 +1,19 @@
-//! Engine contract used by the daemon. (Placeholder until the engine lands:
-//! the daemon codes against exactly these signatures.)
+//! The executor core the daemon calls: parse and validate a command, update
+//! the network's desired state, plan, apply, persist. Commands of one network
+//! are serialized by a per-network lock; host-wide objects (bridges, host
+//! veth ends) are guarded by the applier's host lock.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::protocol::Command;
+use super::applier::{Applier, ApplierConfig, ApplyError};
+use super::planner::{self, LinkPlan, PlanError};
+use super::reconcile;
+use super::state::{NetworkState, StateError, StateStore, Transition};
+use crate::protocol::envelope::Envelope;
+use crate::protocol::payload::NetworkRequest;
+use crate::protocol::{validate, Command, ProtocolError};
 
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +42,30 @@ impl ExecError {
     }
 }
 
+impl From<ApplyError> for ExecError {
+    fn from(e: ApplyError) -> Self {
+        ExecError::Apply(e.to_string())
+    }
+}
+
+impl From<StateError> for ExecError {
+    fn from(e: StateError) -> Self {
+        ExecError::State(e.to_string())
+    }
+}
+
+impl From<PlanError> for ExecError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::NameTooLong(_) => ExecError::Invalid(ProtocolError::InvalidField {
+                field: "guest.network.device".into(),
+                reason: e.to_string(),
+            }),
+            PlanError::NotImplemented(_) => ExecError::Apply(e.to_string()),
+        }
+    }
+}
+
 /// Host-level settings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,33 +77,219 @@ pub struct EngineConfig {
     pub public_device: String,
 }
 
+/// What the engine holds for one network, behind its own lock.
+#[derive(Default)]
+struct Slot {
+    state: Option<NetworkState>,
+    /// The link plan last installed successfully (skips link work when a
+    /// command only changes rules).
+    applied: Option<LinkPlan>,
+}
+
 /// The executor core. `Send + Sync`; commands of different networks may run
 /// concurrently, commands of one network are serialized inside.
 pub struct Engine {
     config: EngineConfig,
+    store: StateStore,
+    applier: Applier,
+    slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine {
     /// Loads persisted state and reconciles the host to it.
     pub fn open(config: EngineConfig) -> Result<Engine, ExecError> {
-        Ok(Engine { config })
+        Self::open_with(config, ApplierConfig::default())
+    }
+
+    /// [`Engine::open`] with explicit tool paths and netns directory.
+    pub fn open_with(config: EngineConfig, applier: ApplierConfig) -> Result<Engine, ExecError> {
+        validate::device_name("guest.network.device", &config.guest_device)?;
+        validate::device_name("public.network.device", &config.public_device)?;
+        let store = StateStore::open(&config.state_dir)?;
+        let engine = Engine {
+            config,
+            store,
+            applier: Applier::new(applier),
+            slots: Mutex::new(HashMap::new()),
+        };
+        reconcile::reconcile(&engine)?;
+        Ok(engine)
+    }
+
+    pub(crate) fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    pub(crate) fn applier(&self) -> &Applier {
+        &self.applier
+    }
+
+    fn slot(&self, namespace: &str) -> Arc<Mutex<Slot>> {
+        lock(&self.slots)
+            .entry(namespace.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Installs a loaded state at start-up (reconcile). Failures are
+    /// returned; the state stays held so later commands can repair it.
+    pub(crate) fn adopt(&self, state: NetworkState) -> Result<(), ExecError> {
+        let slot = self.slot(&state.namespace);
+        let mut slot = lock(&slot);
+        let result = if state.implemented {
+            planner::plan(&state)
+                .map_err(ExecError::from)
+                .and_then(|plan| {
+                    self.applier.apply(&plan, None)?;
+                    Ok(plan.links)
+                })
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        slot.state = Some(state);
+        slot.applied = result.as_ref().ok().cloned().flatten();
+        result.map(|_| ())
     }
 
     /// Runs one command. `body` is the envelope exactly as CloudStack writes it
     /// (flat form for `custom-action`). Returns extra output fields that the
     /// daemon merges into `{"status":"success","message":…}`.
     pub fn execute(&self, command: Command, body: &[u8]) -> Result<serde_json::Value, ExecError> {
-        let _ = (body, &self.config);
-        Err(ExecError::Unsupported(command.to_string()))
+        let envelope = Envelope::parse(body)?;
+        let Some(req) = NetworkRequest::parse(command, &envelope)? else {
+            return Err(ExecError::Unsupported(command.to_string()));
+        };
+        let namespace = NetworkState::namespace_for(req.network.network_id);
+        if let Some(given) = envelope
+            .network_details
+            .get("namespace")
+            .and_then(|v| v.as_str())
+        {
+            if !given.is_empty() && given != namespace {
+                return Err(ProtocolError::InvalidField {
+                    field: "network-extension-details.namespace".into(),
+                    reason: format!(
+                        "'{}' is not {namespace} (VPC namespaces are not handled here yet)",
+                        crate::protocol::sanitize_for_message(given)
+                    ),
+                }
+                .into());
+            }
+        }
+        let slot = self.slot(&namespace);
+        let mut slot = lock(&slot);
+        let current = slot
+            .state
+            .clone()
+            .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
+        let mut next = current.clone();
+        let transition = next.transition(&req, &self.config.public_device)?;
+        match transition {
+            Transition::Apply => {
+                let plan = if next.implemented {
+                    Some(planner::plan(&next)?)
+                } else {
+                    None
+                };
+                if let Some(plan) = &plan {
+                    if let Err(e) = self.applier.apply(plan, slot.applied.as_ref()) {
+                        log::error!("{namespace}: {command} failed to apply: {e}");
+                        self.restore(&mut slot, &current);
+                        return Err(e.into());
+                    }
+                }
+                if let Err(e) = self.store.save(&next) {
+                    log::error!("{namespace}: {command} applied but not persisted: {e}");
+                    self.restore(&mut slot, &current);
+                    return Err(e.into());
+                }
+                slot.applied = plan.map(|p| p.links);
+            }
+            Transition::TearDown | Transition::Forget => {
+                self.teardown(&current)?;
+                slot.applied = None;
+                if transition == Transition::Forget {
+                    self.store.remove(&namespace)?;
+                    // The slot stays (empty) so a waiting command of the same
+                    // network keeps sharing its lock.
+                    slot.state = None;
+                    log::info!("{namespace}: {command} done");
+                    return Ok(serde_json::json!({ "namespace": namespace }));
+                }
+                if slot.state.is_none() {
+                    // Shutdown of a network this host never held: nothing to keep.
+                    log::info!("{namespace}: {command} done (no state held)");
+                    return Ok(serde_json::json!({ "namespace": namespace }));
+                }
+                self.store.save(&next)?;
+            }
+        }
+        slot.state = Some(next);
+        log::info!("{namespace}: {command} done");
+        Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// Re-installs the previous state after a failed apply, so the network
+    /// keeps what it had (the ruleset is replaced atomically, so a failed
+    /// `nft -f` changed nothing; links may need putting back).
+    fn restore(&self, slot: &mut Slot, previous: &NetworkState) {
+        if !previous.implemented {
+            return;
+        }
+        match planner::plan(previous) {
+            Ok(plan) => match self.applier.apply(&plan, None) {
+                Ok(()) => slot.applied = Some(plan.links),
+                Err(e) => {
+                    log::error!(
+                        "{}: restoring the previous state failed: {e}",
+                        previous.namespace
+                    );
+                    slot.applied = None;
+                }
+            },
+            Err(e) => log::error!(
+                "{}: previous state cannot be planned: {e}",
+                previous.namespace
+            ),
+        }
+    }
+
+    /// Removes everything of a network from the host (idempotent).
+    pub(crate) fn teardown(&self, state: &NetworkState) -> Result<(), ExecError> {
+        let legs = reconcile::legs_for_teardown(state);
+        self.applier.teardown(&state.namespace, &legs)?;
+        Ok(())
     }
 
     /// Summary of the networks this host holds (for `GET /v1/networks`).
     pub fn networks(&self) -> serde_json::Value {
-        serde_json::json!([])
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        let mut list: Vec<serde_json::Value> = slots
+            .iter()
+            .filter_map(|s| lock(s).state.as_ref().map(NetworkState::summary))
+            .collect();
+        list.sort_by(|a, b| a["namespace"].as_str().cmp(&b["namespace"].as_str()));
+        serde_json::Value::Array(list)
     }
 
     /// Number of networks held (for `GET /v1/health`).
     pub fn network_count(&self) -> usize {
-        0
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        slots.iter().filter(|s| lock(s).state.is_some()).count()
+    }
+
+    /// The nftables table currently installed for a network (diagnostics and
+    /// tests); `None` when the namespace does not exist.
+    pub fn installed_ruleset(&self, network_id: u64) -> Result<Option<String>, ExecError> {
+        let ns = NetworkState::namespace_for(network_id);
+        if !self.applier.namespace_exists(&ns) {
+            return Ok(None);
+        }
+        Ok(Some(self.applier.list_ruleset(&ns)?))
     }
 }

@@ -9,8 +9,13 @@
 //! - `state`: desired state persisted with atomic file replace; reconcile on start.
 //! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
 
+pub mod applier;
 pub mod daemon;
 pub mod engine;
+pub mod planner;
+mod reconcile;
 pub mod services;
+pub mod state;
+pub mod vpc;
 
 pub use engine::{Engine, EngineConfig, ExecError};

@@ -2,7 +2,11 @@
 //! payloads and rule documents (pure types and validation), plus the request
 //! signing shared by the bridge and the executors.
 
+pub mod envelope;
+pub mod payload;
+pub mod rules;
 pub mod signing;
+pub mod validate;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,211 @@
+package org.apache.cloudstack.netbridge;
+
+import java.time.Duration;
+import java.util.Map;
+import java.util.Objects;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.logging.Level;
+
+/**
+ * The netbridge native core, in process through JNI.
+ *
+ * <pre>{@code
+ * try (NetBridge bridge = NetBridge.open(NetBridgeConfig.inDirectory(stateDir))) {
+ *     String json = bridge.api("listExtensions", Map.of("name", "netbridge"));
+ * }
+ * }</pre>
+ *
+ * <p>Thread safety: one instance serves any number of threads at once. Calls hold a read lock
+ * on the native handle and {@link #close()} takes the write lock, so closing waits for running
+ * calls, never frees memory another thread is using, and a second close does nothing. Calls
+ * after close throw {@link IllegalStateException}.
+ *
+ * <p>Errors: API errors throw {@link NetBridgeException} with CloudStack's code and text.
+ */
+public final class NetBridge implements AutoCloseable {
+    private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
+    private final NetBridgeConfig config;
+    private long handle; // guarded by lock; 0 once closed
+
+    private NetBridge(NetBridgeConfig config, long handle) {
+        this.config = config;
+        this.handle = handle;
+    }
+
+    /** Opens (creating and migrating if needed) the registry described by {@code config}. */
+    public static NetBridge open(NetBridgeConfig config) {
+        Objects.requireNonNull(config, "config");
+        NativeBridge.ensureLoaded();
+        if (config.logLevel() != null) {
+            NativeLog.LOGGER.setLevel(config.logLevel());
+        }
+        NativeLog.applyLevel();
+        long h = NativeBridge.open(config.database().toString(), config.keyFile().toString());
+        return new NetBridge(config, h);
+    }
+
+    public NetBridgeConfig config() {
+        return config;
+    }
+
+    /**
+     * Runs one CloudStack-style API command ({@code createExtension}, {@code listExtensions},
+     * ...) with flat parameters ({@code details[0].key=...}) and returns the JSON response
+     * ({@code {"<command lower-case>response": {...}}}).
+     *
+     * @throws NetBridgeException the API error (code and text)
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public String api(String command, Map<String, String> params) {
+        Objects.requireNonNull(command, "command");
+        String[] keys;
+        String[] values;
+        if (params == null || params.isEmpty()) {
+            keys = new String[0];
+            values = keys;
+        } else {
+            keys = new String[params.size()];
+            values = new String[params.size()];
+            int i = 0;
+            for (Map.Entry<String, String> e : params.entrySet()) {
+                keys[i] = e.getKey();
+                values[i] = e.getValue();
+                i++;
+            }
+        }
+        ReentrantReadWriteLock.ReadLock read = lock.readLock();
+        read.lock();
+        try {
+            return answered(NativeBridge.api(liveHandle(), command, keys, values));
+        } finally {
+            read.unlock();
+        }
+    }
+
+    /** Starts a typed {@code updateRegisteredExtension} call. */
+    public UpdateRegisteredExtension updateRegisteredExtension() {
+        return new UpdateRegisteredExtension(this);
+    }
+
+    /*
+     * ISSUE 5 (bridge dispatch) PLUG-IN POINT.
+     * execute() hands a NetworkOrchestrator command and its envelope (exactly as CloudStack
+     * writes the payload file) to the bridge, which places it on an executor. The Java side is
+     * final; the native side is `execute` in src/jni/mod.rs, which the dispatch layer fills in.
+     * Until then every call answers NetBridgeException 530 "... bridge dispatch is not
+     * available in this build".
+     */
+    /**
+     * Runs a network command on the executor chosen for it and returns the command's output
+     * JSON (what the extension script would print).
+     *
+     * @param command      the command name, e.g. {@code implement-network}
+     * @param envelopeJson the payload envelope as CloudStack writes it
+     * @param timeout      the command's time budget
+     * @throws NetBridgeException configuration, unreachable or remote failure (by code)
+     */
+    public String execute(String command, String envelopeJson, Duration timeout) {
+        Objects.requireNonNull(command, "command");
+        Objects.requireNonNull(envelopeJson, "envelopeJson");
+        Objects.requireNonNull(timeout, "timeout");
+        if (timeout.isNegative()) {
+            throw new IllegalArgumentException("timeout must not be negative");
+        }
+        ReentrantReadWriteLock.ReadLock read = lock.readLock();
+        read.lock();
+        try {
+            return answered(NativeBridge.execute(liveHandle(), command, envelopeJson, timeout.toMillis()));
+        } finally {
+            read.unlock();
+        }
+    }
+
+    /** True once {@link #close()} ran. */
+    public boolean isClosed() {
+        ReentrantReadWriteLock.ReadLock read = lock.readLock();
+        read.lock();
+        try {
+            return handle == 0;
+        } finally {
+            read.unlock();
+        }
+    }
+
+    /** Releases the native handle; waits for running calls; harmless when repeated. */
+    @Override
+    public void close() {
+        if (lock.getReadHoldCount() > 0) {
+            // The read lock cannot be upgraded: closing from inside a call would deadlock.
+            throw new IllegalStateException("NetBridge.close() called from inside a call on the same thread");
+        }
+        ReentrantReadWriteLock.WriteLock write = lock.writeLock();
+        write.lock();
+        try {
+            long h = handle;
+            if (h != 0) {
+                handle = 0;
+                NativeBridge.close(h);
+            }
+        } finally {
+            write.unlock();
+        }
+    }
+
+    /** The native library's build identity ({@code <version>+<git revision>}). */
+    public static String nativeVersion() {
+        return NativeBridge.version();
+    }
+
+    /**
+     * The trivial native call: returns {@code value} after a full JNI round trip through the
+     * same error and panic handling as every call. For health checks and the round-trip
+     * benchmark.
+     */
+    public static long ping(long value) {
+        return NativeBridge.echo(value);
+    }
+
+    /** Sets the native log level (process-wide) and the Java logger it reports to. */
+    public static void setLogLevel(Level level) {
+        NativeBridge.ensureLoaded();
+        NativeLog.LOGGER.setLevel(level);
+        NativeLog.applyLevel();
+    }
+
+    /** Re-reads the Java logger's level after it was changed by other means. */
+    public static void refreshLogLevel() {
+        NativeBridge.ensureLoaded();
+        NativeLog.applyLevel();
+    }
+
+    /** The java.util.logging logger native records go to. */
+    public static String nativeLoggerName() {
+        return NativeLog.LOGGER_NAME;
+    }
+
+    /** Adds a map as CloudStack map parameters: {@code <name>[i].key} / {@code <name>[i].value}. */
+    public static void putDetails(Map<String, String> params, String name, Map<String, String> details) {
+        int i = 0;
+        for (Map.Entry<String, String> e : details.entrySet()) {
+            params.put(name + "[" + i + "].key", e.getKey());
+            params.put(name + "[" + i + "].value", e.getValue());
+            i++;
+        }
+    }
+
+    /** Natives always answer or throw; a null is a broken invariant, not an empty answer. */
+    private static String answered(String result) {
+        if (result == null) {
+            throw new NetBridgeException(NetBridgeException.INTERNAL_ERROR, "native call returned no result");
+        }
+        return result;
+    }
+
+    private long liveHandle() {
+        long h = handle;
+        if (h == 0) {
+            throw new IllegalStateException("NetBridge is closed");
+        }
+        return h;
+    }
+}

@@ -1,0 +1,93 @@
+package org.apache.cloudstack.netbridge;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Open/close cycles, double close, use after close, close while other threads call. */
+class LifecycleTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void hundredOpenCloseCyclesOnTheSameStore() {
+        NetBridgeConfig config = NetBridgeConfig.inDirectory(dir);
+        for (int i = 0; i < 100; i++) {
+            NetBridge b = NetBridge.open(config);
+            assertFalse(b.isClosed());
+            // a real round trip through the handle each time
+            assertEquals(432, assertThrows(NetBridgeException.class, () -> b.api("nope", Map.of())).getCode());
+            b.close();
+            assertTrue(b.isClosed());
+        }
+    }
+
+    @Test
+    void closeTwiceIsHarmless() {
+        NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir));
+        b.close();
+        b.close();
+        assertTrue(b.isClosed());
+    }
+
+    @Test
+    void useAfterCloseIsAClearException() {
+        NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir));
+        b.close();
+        IllegalStateException e = assertThrows(IllegalStateException.class, () -> b.api("listExtensions", Map.of()));
+        assertEquals("NetBridge is closed", e.getMessage());
+        assertThrows(IllegalStateException.class,
+                () -> b.updateRegisteredExtension().extensionId("x").call());
+    }
+
+    @Test
+    void closeWhileOtherThreadsCallNeverCrashes() throws Exception {
+        NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir));
+        int threads = 8;
+        CountDownLatch started = new CountDownLatch(threads);
+        AtomicInteger answered = new AtomicInteger();
+        AtomicInteger refused = new AtomicInteger();
+        AtomicReference<Throwable> unexpected = new AtomicReference<>();
+        List<Thread> workers = new ArrayList<>();
+        for (int t = 0; t < threads; t++) {
+            Thread w = new Thread(() -> {
+                started.countDown();
+                for (int i = 0; i < 2000; i++) {
+                    try {
+                        b.api("listExtensions", Map.of());
+                        answered.incrementAndGet();
+                    } catch (NetBridgeException e) {
+                        answered.incrementAndGet(); // an API answer, still through a live handle
+                    } catch (IllegalStateException e) {
+                        refused.incrementAndGet();
+                        return;
+                    } catch (Throwable e) {
+                        unexpected.set(e);
+                        return;
+                    }
+                }
+            });
+            workers.add(w);
+            w.start();
+        }
+        started.await();
+        b.close();
+        for (Thread w : workers) {
+            w.join();
+        }
+        assertEquals(null, unexpected.get());
+        assertTrue(b.isClosed());
+        assertTrue(answered.get() + refused.get() > 0);
+    }
+}

@@ -1,0 +1,81 @@
+package org.apache.cloudstack.netbridge;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.HashMap;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Loading, the trivial call, error and panic mapping, bad arguments. */
+class NativeBasicsTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void libraryComesFromTheJarWhenNotOnLibraryPath() {
+        NativeBridge.ensureLoaded();
+        assertEquals("jar:" + NativeLoader.RESOURCE, NativeLoader.source());
+    }
+
+    @Test
+    void versionIsTheBuildIdentity() {
+        String v = NetBridge.nativeVersion();
+        assertTrue(v.matches("\\d+\\.\\d+\\.\\d+\\+\\S+"), v);
+    }
+
+    @Test
+    void trivialCallRoundTrips() {
+        assertEquals(42L, NativeBridge.echo(42L));
+        assertEquals(Long.MIN_VALUE, NativeBridge.echo(Long.MIN_VALUE));
+    }
+
+    @Test
+    void panicSurfacesAsExceptionAndTheLibraryStaysUsable() {
+        NetBridgeException e = assertThrows(NetBridgeException.class, () -> NativeBridge.panicForTest("boom"));
+        assertEquals(530, e.getCode());
+        assertEquals("internal error: native panic: boom", e.getText());
+        assertEquals("internal error: native panic: boom", e.getMessage());
+        // same thread, again, then a normal call: nothing was poisoned
+        assertThrows(NetBridgeException.class, () -> NativeBridge.panicForTest("again"));
+        assertEquals(7L, NativeBridge.echo(7L));
+    }
+
+    @Test
+    void unknownCommandMapsToCode432WithExactText() {
+        try (NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir))) {
+            NetBridgeException e = assertThrows(NetBridgeException.class, () -> b.api("noSuchCommand", Map.of()));
+            assertEquals(432, e.getCode());
+            assertEquals("Unsupported API command: noSuchCommand", e.getText());
+        }
+    }
+
+    @Test
+    void nullParameterValueIsAParameterError() {
+        try (NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir))) {
+            Map<String, String> p = new HashMap<>();
+            p.put("name", null);
+            NetBridgeException e = assertThrows(NetBridgeException.class, () -> b.api("listExtensions", p));
+            assertEquals(431, e.getCode());
+            assertEquals("parameter 'name' has a null value", e.getText());
+            // null map means no parameters
+            assertThrows(NetBridgeException.class, () -> b.api("noSuchCommand", null));
+        }
+    }
+
+    @Test
+    void executeIsDeclaredButNotYetProvided() {
+        try (NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir))) {
+            NetBridgeException e = assertThrows(NetBridgeException.class,
+                    () -> b.execute("implement-network", "{}", Duration.ofSeconds(5)));
+            assertEquals(530, e.getCode());
+            assertEquals("execute implement-network: bridge dispatch is not available in this build", e.getText());
+            assertThrows(IllegalArgumentException.class,
+                    () -> b.execute("implement-network", "{}", Duration.ofSeconds(-1)));
+        }
+    }
+}

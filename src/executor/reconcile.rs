@@ -1,0 +1,73 @@
+//! Start-up reconcile: every persisted network is re-installed (namespace,
+//! links, addresses, ruleset) whatever survived a reboot, a crash or a hand
+//! deletion; namespaces of networks this host no longer holds are removed.
+
+use std::collections::BTreeSet;
+
+use super::engine::{Engine, ExecError};
+use super::planner::{self, Leg, LegRole};
+use super::state::NetworkState;
+
+/// Loads every persisted network and installs it. Failures of single
+/// networks are logged and do not stop the others (or the daemon).
+pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
+    let (states, errors) = engine.store().load_all()?;
+    for e in errors {
+        log::error!("reconcile: skipping unreadable state: {e}");
+    }
+    let held: BTreeSet<String> = states.iter().map(|s| s.namespace.clone()).collect();
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for state in states {
+        let ns = state.namespace.clone();
+        match engine.adopt(state) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                log::error!("reconcile: {ns}: {e}");
+            }
+        }
+    }
+    for ns in engine.applier().namespaces() {
+        let Some(id) = ns
+            .strip_prefix("cs-net-")
+            .and_then(|id| crate::protocol::validate::id("namespace", id).ok())
+        else {
+            continue;
+        };
+        if held.contains(&ns) {
+            continue;
+        }
+        log::warn!("reconcile: removing {ns}, which no persisted network owns");
+        let legs = vec![Leg {
+            role: LegRole::Guest,
+            host_name: planner::guest_host_name(id),
+            inner_name: planner::guest_inner_name(id),
+            bridge: String::new(),
+            device: String::new(),
+            vlan: Default::default(),
+            addrs: Vec::new(),
+        }];
+        if let Err(e) = engine.applier().teardown(&ns, &legs) {
+            log::error!("reconcile: removing {ns}: {e}");
+        }
+    }
+    log::info!("reconcile: {ok} network(s) installed, {failed} failed");
+    Ok(())
+}
+
+/// The legs to remove for a network: its full link plan when it can be
+/// planned, else the guest leg derived from its id.
+pub(crate) fn legs_for_teardown(state: &NetworkState) -> Vec<Leg> {
+    if let Ok(plan) = planner::link_plan(state) {
+        return plan.legs;
+    }
+    vec![Leg {
+        role: LegRole::Guest,
+        host_name: planner::guest_host_name(state.network_id),
+        inner_name: planner::guest_inner_name(state.network_id),
+        bridge: planner::bridge_name(&state.guest_device, state.vlan).unwrap_or_default(),
+        device: state.guest_device.clone(),
+        vlan: state.vlan,
+        addrs: Vec::new(),
+    }]
+}

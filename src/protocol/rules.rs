@@ -1,0 +1,529 @@
+//! Rule documents (`fw_rules`, `acl_rules`, `lb_rules`, `vm_data`,
+//! `restore_data`) as validated types. Each parser takes the decoded JSON
+//! (see [`super::envelope::decode_document`]) and names the offending field
+//! with its path, e.g. `fw_rules.rules[2].sourceCidrs[0]`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::envelope::Fields;
+use super::validate::{self, invalid, Ipv4Cidr, PortRange, Protocol};
+use super::ProtocolError;
+
+/// Most rules accepted in one document.
+pub const MAX_RULES: usize = 100_000;
+
+fn object<'a>(field: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ProtocolError> {
+    v.as_object()
+        .ok_or_else(|| invalid(field, "expected a JSON object"))
+}
+
+fn array<'a>(field: &str, v: &'a Value) -> Result<&'a Vec<Value>, ProtocolError> {
+    let a = v
+        .as_array()
+        .ok_or_else(|| invalid(field, "expected a JSON array"))?;
+    if a.len() > MAX_RULES {
+        return Err(invalid(field, format!("more than {MAX_RULES} entries")));
+    }
+    Ok(a)
+}
+
+/// Port range from `portStart`/`portEnd` (either may be missing: a single
+/// port; both missing: all ports).
+fn ports(f: &Fields<'_>, start: &str, end: &str) -> Result<Option<PortRange>, ProtocolError> {
+    let s = f.opt(start, validate::port)?;
+    let e = f.opt(end, validate::port)?;
+    match (s, e) {
+        (None, None) => Ok(None),
+        (Some(a), None) | (None, Some(a)) => Ok(Some(PortRange::single(a))),
+        (Some(a), Some(b)) if a <= b => Ok(Some(PortRange { start: a, end: b })),
+        (Some(a), Some(b)) => Err(invalid(
+            &f.name(end),
+            format!("{b} is lower than {start} {a}"),
+        )),
+    }
+}
+
+fn icmp(f: &Fields<'_>, key: &str) -> Result<Option<u8>, ProtocolError> {
+    match f.opt_int(key)? {
+        None => Ok(None),
+        Some(v) => validate::icmp_value(&f.name(key), v),
+    }
+}
+
+fn cidrs(f: &Fields<'_>, key: &str) -> Result<Vec<Ipv4Cidr>, ProtocolError> {
+    let name = f.name(key);
+    let mut out: Vec<Ipv4Cidr> = Vec::new();
+    for (i, s) in f.str_list(key)?.iter().enumerate() {
+        let c = validate::ipv4_cidr(&format!("{name}[{i}]"), s)?.network();
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Direction of a firewall rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// One `fw_rules` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwRule {
+    pub id: Option<u64>,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub ports: Option<PortRange>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// Ingress: the public IP the rule opens.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Deduplicated, host bits cleared; empty = any.
+    pub source_cidrs: Vec<Ipv4Cidr>,
+    pub dest_cidrs: Vec<Ipv4Cidr>,
+}
+
+/// The whole firewall of a network (`fw_rules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwRules {
+    pub default_egress_allow: bool,
+    pub cidr: Option<Ipv4Cidr>,
+    pub rules: Vec<FwRule>,
+}
+
+impl FwRules {
+    pub fn parse(field: &str, doc: &Value) -> Result<FwRules, ProtocolError> {
+        let f = Fields::new(field, object(field, doc)?);
+        let default_egress_allow = f.opt_bool("default_egress_allow")?.unwrap_or(true);
+        let cidr = f.opt("cidr", validate::ipv4_cidr)?;
+        let mut rules = Vec::new();
+        if let Some(list) = f.raw("rules") {
+            let list_name = f.name("rules");
+            for (i, r) in array(&list_name, list)?.iter().enumerate() {
+                let rname = format!("{list_name}[{i}]");
+                let rf = Fields::new(&rname, object(&rname, r)?);
+                rules.push(FwRule::parse(&rf)?);
+            }
+        }
+        Ok(FwRules {
+            default_egress_allow,
+            cidr,
+            rules,
+        })
+    }
+}
+
+impl FwRule {
+    fn parse(f: &Fields<'_>) -> Result<FwRule, ProtocolError> {
+        let direction = match f.opt_str("type")?.as_deref().map(str::to_ascii_lowercase) {
+            None => Direction::Ingress,
+            Some(t) if t == "ingress" => Direction::Ingress,
+            Some(t) if t == "egress" => Direction::Egress,
+            Some(t) => {
+                return Err(invalid(
+                    &f.name("type"),
+                    format!(
+                        "'{}' is not ingress or egress",
+                        super::sanitize_for_message(&t)
+                    ),
+                ))
+            }
+        };
+        let protocol = f
+            .opt("protocol", validate::protocol)?
+            .unwrap_or(Protocol::All);
+        let ports = if protocol.has_ports() {
+            ports(f, "portStart", "portEnd")?
+        } else {
+            None
+        };
+        let (icmp_type, icmp_code) = if protocol == Protocol::Icmp {
+            (icmp(f, "icmpType")?, icmp(f, "icmpCode")?)
+        } else {
+            (None, None)
+        };
+        Ok(FwRule {
+            id: f.opt("id", validate::id)?,
+            direction,
+            protocol,
+            ports,
+            icmp_type,
+            icmp_code,
+            public_ip: f.opt("publicIp", validate::ipv4)?,
+            source_cidrs: cidrs(f, "sourceCidrs")?,
+            dest_cidrs: cidrs(f, "destCidrs")?,
+        })
+    }
+}
+
+/// `allow` / `deny` of an ACL rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    Allow,
+    Deny,
+}
+
+/// One `acl_rules` entry (VPC tiers, issue 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclRule {
+    pub number: u64,
+    pub action: AclAction,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub ports: Option<PortRange>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// Sources for ingress, destinations for egress.
+    pub cidrs: Vec<Ipv4Cidr>,
+}
+
+impl AclRule {
+    /// Parses the array and sorts it by `number` (lower first).
+    pub fn parse_list(field: &str, doc: &Value) -> Result<Vec<AclRule>, ProtocolError> {
+        let mut out = Vec::new();
+        for (i, r) in array(field, doc)?.iter().enumerate() {
+            let rname = format!("{field}[{i}]");
+            let f = Fields::new(&rname, object(&rname, r)?);
+            let action = match f.req_str("action")?.to_ascii_lowercase().as_str() {
+                "allow" => AclAction::Allow,
+                "deny" => AclAction::Deny,
+                _ => return Err(invalid(&f.name("action"), "not allow or deny")),
+            };
+            let direction = match f.req_str("trafficType")?.to_ascii_lowercase().as_str() {
+                "ingress" => Direction::Ingress,
+                "egress" => Direction::Egress,
+                _ => return Err(invalid(&f.name("trafficType"), "not ingress or egress")),
+            };
+            let protocol = f
+                .opt("protocol", validate::protocol)?
+                .unwrap_or(Protocol::All);
+            out.push(AclRule {
+                number: f.req("number", validate::id)?,
+                action,
+                direction,
+                protocol,
+                ports: if protocol.has_ports() {
+                    ports(&f, "portStart", "portEnd")?
+                } else {
+                    None
+                },
+                icmp_type: if protocol == Protocol::Icmp {
+                    icmp(&f, "icmpType")?
+                } else {
+                    None
+                },
+                icmp_code: if protocol == Protocol::Icmp {
+                    icmp(&f, "icmpCode")?
+                } else {
+                    None
+                },
+                cidrs: cidrs(&f, "sourceCidrs")?,
+            });
+        }
+        out.sort_by_key(|r| r.number);
+        Ok(out)
+    }
+}
+
+/// Load-balancer protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbProtocol {
+    Tcp,
+    Udp,
+    TcpProxy,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    Roundrobin,
+    Leastconn,
+    Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbBackend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub revoked: bool,
+}
+
+/// One `lb_rules` entry (issue 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbRule {
+    pub id: u64,
+    pub name: Option<String>,
+    pub public_ip: Ipv4Addr,
+    pub public_port: u16,
+    pub private_port: u16,
+    pub protocol: LbProtocol,
+    pub algorithm: LbAlgorithm,
+    pub revoke: bool,
+    pub backends: Vec<LbBackend>,
+}
+
+impl LbRule {
+    pub fn parse_list(field: &str, doc: &Value) -> Result<Vec<LbRule>, ProtocolError> {
+        let mut out = Vec::new();
+        for (i, r) in array(field, doc)?.iter().enumerate() {
+            let rname = format!("{field}[{i}]");
+            let f = Fields::new(&rname, object(&rname, r)?);
+            let protocol = match f
+                .opt_str("protocol")?
+                .map(|s| s.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("tcp") => LbProtocol::Tcp,
+                Some("udp") => LbProtocol::Udp,
+                Some("tcp-proxy") => LbProtocol::TcpProxy,
+                Some(_) => return Err(invalid(&f.name("protocol"), "not tcp, udp or tcp-proxy")),
+            };
+            let algorithm = match f
+                .opt_str("algorithm")?
+                .map(|s| s.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("roundrobin") => LbAlgorithm::Roundrobin,
+                Some("leastconn") => LbAlgorithm::Leastconn,
+                Some("source") => LbAlgorithm::Source,
+                Some(_) => {
+                    return Err(invalid(
+                        &f.name("algorithm"),
+                        "not roundrobin, leastconn or source",
+                    ))
+                }
+            };
+            let mut backends = Vec::new();
+            if let Some(list) = f.raw("backends") {
+                let bname = f.name("backends");
+                for (j, b) in array(&bname, list)?.iter().enumerate() {
+                    let n = format!("{bname}[{j}]");
+                    let bf = Fields::new(&n, object(&n, b)?);
+                    backends.push(LbBackend {
+                        ip: bf.req("ip", validate::ipv4)?,
+                        port: bf.req("port", validate::port)?,
+                        revoked: bf.opt_bool("revoked")?.unwrap_or(false),
+                    });
+                }
+            }
+            out.push(LbRule {
+                id: f.req("id", validate::id)?,
+                name: f.opt("name", validate::token)?,
+                public_ip: f.req("publicIp", validate::ipv4)?,
+                public_port: f.req("publicPort", validate::port)?,
+                private_port: f.req("privatePort", validate::port)?,
+                protocol,
+                algorithm,
+                revoke: f.opt_bool("revoke")?.unwrap_or(false),
+                backends,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One `vm_data` item. `content` is kept as bytes (plain text in 4.23, Base64
+/// in older builds: decoded when `base64_content` is set by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDataEntry {
+    /// `userdata`, `metadata` (also sent as `meta-data`) or `password`.
+    pub dir: String,
+    pub file: String,
+    pub content: Vec<u8>,
+}
+
+/// Largest single `vm_data` content (CloudStack user data limit is 1 MB).
+pub const MAX_VM_DATA_CONTENT: usize = 1024 * 1024;
+
+impl VmDataEntry {
+    pub fn parse_list(
+        field: &str,
+        doc: &Value,
+        base64_content: bool,
+    ) -> Result<Vec<VmDataEntry>, ProtocolError> {
+        let mut out = Vec::new();
+        for (i, r) in array(field, doc)?.iter().enumerate() {
+            let rname = format!("{field}[{i}]");
+            let f = Fields::new(&rname, object(&rname, r)?);
+            let dir = match f.req_str("dir")?.as_str() {
+                "userdata" => "userdata",
+                "metadata" | "meta-data" => "metadata",
+                "password" => "password",
+                _ => {
+                    return Err(invalid(
+                        &f.name("dir"),
+                        "not userdata, metadata or password",
+                    ))
+                }
+            }
+            .to_string();
+            let file = f.req("file", validate::token)?;
+            if file.contains('/') || file.starts_with('.') {
+                return Err(invalid(&f.name("file"), "not a plain file name"));
+            }
+            let content = f.opt_str("content")?.unwrap_or_default();
+            if content.len() > MAX_VM_DATA_CONTENT * 2 {
+                return Err(invalid(&f.name("content"), "content too large"));
+            }
+            let content = if base64_content {
+                base64::engine::general_purpose::STANDARD
+                    .decode(content.trim().as_bytes())
+                    .map_err(|_| invalid(&f.name("content"), "not Base64"))?
+            } else {
+                content.into_bytes()
+            };
+            out.push(VmDataEntry { dir, file, content });
+        }
+        Ok(out)
+    }
+}
+
+/// One VM of `restore_data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreVm {
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<String>,
+    pub hostname: Option<String>,
+    pub default_nic: bool,
+    pub ip6_address: Option<IpAddr>,
+    pub nic_uuid: Option<String>,
+    pub vm_data: Vec<VmDataEntry>,
+}
+
+/// `restore_data` (issue 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreData {
+    pub dhcp_enabled: bool,
+    pub dns_enabled: bool,
+    pub userdata_enabled: bool,
+    pub vms: Vec<RestoreVm>,
+}
+
+impl RestoreData {
+    pub fn parse(field: &str, doc: &Value) -> Result<RestoreData, ProtocolError> {
+        let f = Fields::new(field, object(field, doc)?);
+        let mut vms = Vec::new();
+        if let Some(list) = f.raw("vms") {
+            let lname = f.name("vms");
+            for (i, v) in array(&lname, list)?.iter().enumerate() {
+                let n = format!("{lname}[{i}]");
+                let vf = Fields::new(&n, object(&n, v)?);
+                let vm_data = match vf.raw("vm_data") {
+                    None => Vec::new(),
+                    Some(d) => VmDataEntry::parse_list(&vf.name("vm_data"), d, false)?,
+                };
+                vms.push(RestoreVm {
+                    ip: vf.opt("ip", validate::ipv4)?,
+                    mac: vf.opt("mac", validate::mac)?,
+                    hostname: vf.opt("hostname", validate::hostname)?,
+                    default_nic: vf.opt_bool("default_nic")?.unwrap_or(true),
+                    ip6_address: vf.opt("ip6_address", validate::ip)?,
+                    nic_uuid: vf.opt("nic_uuid", validate::token)?,
+                    vm_data,
+                });
+            }
+        }
+        Ok(RestoreData {
+            dhcp_enabled: f.opt_bool("dhcp_enabled")?.unwrap_or(false),
+            dns_enabled: f.opt_bool("dns_enabled")?.unwrap_or(false),
+            userdata_enabled: f.opt_bool("userdata_enabled")?.unwrap_or(false),
+            vms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn firewall_document_parses_with_defaults_and_dedup() {
+        let doc = json!({"default_egress_allow": "false", "cidr": "10.1.1.0/24", "rules": [
+            {"id": "7", "type": "ingress", "protocol": "TCP", "portStart": "80", "portEnd": "90",
+             "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0", "10.9.9.9/8", "10.0.0.0/8"]},
+            {"id": 8, "type": "ingress", "protocol": "icmp", "icmpType": -1, "icmpCode": "-1",
+             "publicIp": "203.0.113.10", "sourceCidrs": "192.0.2.0/24"},
+            {"type": "egress", "protocol": "all", "destCidrs": []}
+        ]});
+        let fw = FwRules::parse("fw_rules", &doc).unwrap();
+        assert!(!fw.default_egress_allow);
+        assert_eq!(fw.rules.len(), 3);
+        assert_eq!(fw.rules[0].ports, Some(PortRange { start: 80, end: 90 }));
+        assert_eq!(
+            fw.rules[0].source_cidrs.len(),
+            2,
+            "10.9.9.9/8 and 10.0.0.0/8 are the same network"
+        );
+        assert_eq!(fw.rules[1].icmp_type, None);
+        assert_eq!(fw.rules[1].source_cidrs[0].to_string(), "192.0.2.0/24");
+        assert_eq!(fw.rules[2].direction, Direction::Egress);
+    }
+
+    #[test]
+    fn firewall_errors_name_the_nested_field() {
+        let doc = json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "80",
+            "publicIp": "203.0.113.10", "sourceCidrs": ["10.0.0.0/8", "1.2.3.4/24;reboot"]}]});
+        assert_eq!(
+            FwRules::parse("fw_rules", &doc).unwrap_err().to_string(),
+            "invalid value for 'fw_rules.rules[0].sourceCidrs[1]': '1.2.3.4/24;reboot' is not an IPv4 CIDR"
+        );
+        let doc = json!({"rules": [{"protocol": "tcp", "portStart": "90", "portEnd": "80"}]});
+        assert!(FwRules::parse("fw_rules", &doc)
+            .unwrap_err()
+            .to_string()
+            .contains("fw_rules.rules[0].portEnd"));
+        let doc = json!({"rules": [{"protocol": "icmp", "icmpType": "300"}]});
+        assert!(FwRules::parse("fw_rules", &doc).is_err());
+        let doc = json!({"rules": [{"type": "sideways"}]});
+        assert!(FwRules::parse("fw_rules", &doc).is_err());
+    }
+
+    #[test]
+    fn acl_rules_sorted_by_number() {
+        let doc = json!([
+            {"number": "20", "action": "deny", "trafficType": "egress", "protocol": "all", "sourceCidrs": []},
+            {"number": "10", "action": "allow", "trafficType": "ingress", "protocol": "tcp",
+             "portStart": "22", "portEnd": "22", "sourceCidrs": ["10.0.0.0/8"]}
+        ]);
+        let acl = AclRule::parse_list("acl_rules", &doc).unwrap();
+        assert_eq!(acl[0].number, 10);
+        assert_eq!(acl[1].action, AclAction::Deny);
+    }
+
+    #[test]
+    fn lb_vm_data_restore_documents() {
+        let lb = json!([{"id": "1", "name": "web", "publicIp": "203.0.113.10", "publicPort": "80",
+            "privatePort": "8080", "protocol": "tcp", "algorithm": "source", "revoke": "false",
+            "backends": [{"ip": "10.0.0.5", "port": "8080", "revoked": false}]}]);
+        let lb = LbRule::parse_list("lb_rules", &lb).unwrap();
+        assert_eq!(lb[0].algorithm, LbAlgorithm::Source);
+        assert_eq!(lb[0].backends[0].port, 8080);
+
+        let vm = json!([{"dir": "meta-data", "file": "local-hostname", "content": "vm1"},
+                        {"dir": "userdata", "file": "user-data", "content": "aGk="}]);
+        let plain = VmDataEntry::parse_list("vm_data", &vm, false).unwrap();
+        assert_eq!(plain[0].dir, "metadata");
+        let b64 = VmDataEntry::parse_list("vm_data", &json!([vm[1].clone()]), true).unwrap();
+        assert_eq!(b64[0].content, b"hi");
+        let bad = json!([{"dir": "metadata", "file": "../etc/passwd", "content": ""}]);
+        assert!(VmDataEntry::parse_list("vm_data", &bad, false).is_err());
+
+        let rd = json!({"dhcp_enabled": "true", "dns_enabled": "false", "userdata_enabled": "true",
+            "vms": [{"ip": "10.0.0.5", "mac": "02:00:00:00:00:05", "hostname": "vm1", "default_nic": "true",
+                     "vm_data": [{"dir": "metadata", "file": "instance-id", "content": "i-1"}]}]});
+        let rd = RestoreData::parse("restore_data", &rd).unwrap();
+        assert!(rd.dhcp_enabled && rd.userdata_enabled && !rd.dns_enabled);
+        assert_eq!(rd.vms[0].vm_data.len(), 1);
+    }
+}

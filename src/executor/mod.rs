@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod engine;
 pub mod planner;
 mod reconcile;
+pub mod services;
 pub mod state;
 pub mod vpc;
 

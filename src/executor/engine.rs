@@ -293,3 +293,131 @@ impl Engine {
         Ok(Some(self.applier.list_ruleset(&ns)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine whose netns directory is a private temp dir, so tests never
+    /// look at the host's namespaces; only input errors are exercised here
+    /// (they are refused before anything touches the host).
+    fn engine(dir: &std::path::Path) -> Engine {
+        let netns = dir.join("netns");
+        std::fs::create_dir_all(&netns).unwrap();
+        Engine::open_with(
+            EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({"physical-network-extension-details": {"password": "hidden"},
+            "network-extension-details": {}, "payload": payload})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_field_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let cases = [
+            (
+                Command::ImplementNetwork,
+                serde_json::json!({"network_id": "42;reboot"}),
+                "invalid value for 'network_id': '42;reboot' is not a decimal id",
+            ),
+            (
+                Command::ImplementNetwork,
+                serde_json::json!({"network_id": "42", "cidr": "10.0.0.0/24", "extension_ip": "$(id)"}),
+                "invalid value for 'extension_ip': '$(id)' is not an IPv4 address",
+            ),
+            (
+                Command::AssignIp,
+                serde_json::json!({"network_id": "42", "public_ip": "203.0.113.10\nx"}),
+                "invalid value for 'public_ip': control characters are not allowed",
+            ),
+            (
+                Command::ApplyFwRules,
+                serde_json::json!({"network_id": "42"}),
+                "missing required field 'fw_rules'",
+            ),
+            (
+                Command::AddStaticNat,
+                serde_json::json!({"network_id": "42", "public_ip": "203.0.113.10"}),
+                "missing required field 'private_ip'",
+            ),
+        ];
+        for (cmd, payload, text) in cases {
+            let err = e.execute(cmd, &body(payload)).unwrap_err();
+            assert_eq!(err.to_string(), text);
+            assert_eq!(err.http_status(), 400);
+        }
+        let err = e
+            .execute(Command::ImplementNetwork, b"{not json")
+            .unwrap_err();
+        assert_eq!(err.http_status(), 400);
+        assert_eq!(e.network_count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state/networks"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn other_commands_and_foreign_namespaces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let err = e
+            .execute(
+                Command::PrepareNic,
+                &body(serde_json::json!({"network_id": "42"})),
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "unsupported: prepare-nic");
+        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-vpc-3"},
+            "payload": {"network_id": "42"}});
+        let err = e
+            .execute(Command::ShutdownNetwork, b.to_string().as_bytes())
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("invalid value for 'network-extension-details.namespace'"));
+    }
+
+    #[test]
+    fn state_of_unimplemented_networks_is_kept_without_touching_the_host() {
+        // assign-ip before implement-network: recorded, nothing applied
+        // (the tool paths do not even exist).
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let out = e
+            .execute(
+                Command::AssignIp,
+                &body(serde_json::json!({"network_id": "42",
+                "public_ip": "203.0.113.10", "source_nat": "true"})),
+            )
+            .unwrap();
+        assert_eq!(out["namespace"], "cs-net-42");
+        assert_eq!(e.network_count(), 1);
+        assert_eq!(e.networks()[0]["state"], "shutdown");
+        let saved =
+            std::fs::read_to_string(dir.path().join("state/networks/cs-net-42.json")).unwrap();
+        assert!(saved.contains("203.0.113.10") && !saved.contains("hidden"));
+        drop(e);
+        let e = engine(dir.path());
+        assert_eq!(e.networks()[0]["public_ips"][0], "203.0.113.10");
+    }
+}

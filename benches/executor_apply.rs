@@ -237,6 +237,7 @@ fn main() {
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status();
+        let _ = env_logger::try_init();
         run_bench();
         return;
     }

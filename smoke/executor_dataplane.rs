@@ -519,7 +519,7 @@ fn isolated_network_scenarios() {
         !host_links().contains("nbp42-200"),
         "public veth removed with its last address"
     );
-    assert!(!ruleset(&engine).contains("snat"));
+    assert!(!ruleset(&engine).contains("snat ip to"));
     assert!(
         host_links().contains("brnbep-200"),
         "the public bridge still has the upstream attached"

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::applier::{Applier, ApplierConfig, ApplyError};
-use super::planner::{self, LinkPlan, PlanError};
+use super::planner::{self, Plan, PlanError};
 use super::reconcile;
 use super::state::{NetworkState, StateError, StateStore, Transition};
 use crate::protocol::envelope::Envelope;
@@ -81,9 +81,9 @@ pub struct EngineConfig {
 #[derive(Default)]
 struct Slot {
     state: Option<NetworkState>,
-    /// The link plan last installed successfully (skips link work when a
-    /// command only changes rules).
-    applied: Option<LinkPlan>,
+    /// The plan last installed successfully (lets a command skip link work
+    /// and load only appended rules).
+    applied: Option<Plan>,
 }
 
 /// The executor core. `Send + Sync`; commands of different networks may run
@@ -145,7 +145,7 @@ impl Engine {
                 .map_err(ExecError::from)
                 .and_then(|plan| {
                     self.applier.apply(&plan, None)?;
-                    Ok(plan.links)
+                    Ok(plan)
                 })
                 .map(Some)
         } else {
@@ -160,6 +160,7 @@ impl Engine {
     /// (flat form for `custom-action`). Returns extra output fields that the
     /// daemon merges into `{"status":"success","message":…}`.
     pub fn execute(&self, command: Command, body: &[u8]) -> Result<serde_json::Value, ExecError> {
+        let started = std::time::Instant::now();
         let envelope = Envelope::parse(body)?;
         let Some(req) = NetworkRequest::parse(command, &envelope)? else {
             return Err(ExecError::Unsupported(command.to_string()));
@@ -196,6 +197,7 @@ impl Engine {
                 } else {
                     None
                 };
+                let planned = started.elapsed();
                 if let Some(plan) = &plan {
                     if let Err(e) = self.applier.apply(plan, slot.applied.as_ref()) {
                         log::error!("{namespace}: {command} failed to apply: {e}");
@@ -203,12 +205,19 @@ impl Engine {
                         return Err(e.into());
                     }
                 }
+                let applied = started.elapsed();
                 if let Err(e) = self.store.save(&next) {
                     log::error!("{namespace}: {command} applied but not persisted: {e}");
                     self.restore(&mut slot, &current);
                     return Err(e.into());
                 }
-                slot.applied = plan.map(|p| p.links);
+                log::debug!(
+                    "{namespace}: {command}: parse+plan {:?}, apply {:?}, persist {:?}",
+                    planned,
+                    applied - planned,
+                    started.elapsed() - applied
+                );
+                slot.applied = plan;
             }
             Transition::TearDown | Transition::Forget => {
                 self.teardown(&current)?;
@@ -243,7 +252,7 @@ impl Engine {
         }
         match planner::plan(previous) {
             Ok(plan) => match self.applier.apply(&plan, None) {
-                Ok(()) => slot.applied = Some(plan.links),
+                Ok(()) => slot.applied = Some(plan),
                 Err(e) => {
                     log::error!(
                         "{}: restoring the previous state failed: {e}",

@@ -18,6 +18,12 @@
 //! - `fw_egress`: listed egress rules (drop when `default_egress_allow`,
 //!   accept otherwise) and the opposite final verdict.
 //!
+//! Loading: the script starts with `table inet nb {}` + `delete table inet
+//! nb` so the first load works and every load replaces the table in one
+//! transaction. When a command only appends rules (add-port-forward,
+//! add-static-nat) [`delta`] yields `add rule` lines instead, which avoids the
+//! kernel's grace-period wait on deletions; an unchanged ruleset loads nothing.
+//!
 //! Rules use single addresses and prefixes (`ip saddr 10.0.0.1` is an exact
 //! match), never anonymous sets per rule (they make the kernel transaction
 //! slow at 10,000 rules).

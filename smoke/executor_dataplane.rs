@@ -802,3 +802,140 @@ fn parallel_networks_then_nothing_left() {
     );
     assert_eq!(engine.networks(), json!([]));
 }
+
+/// The shared harness of helper "daemon" (real `netbridge-executor` over
+/// signed HTTPS, hosts with their own mount namespaces).
+mod common;
+
+/// Scenario 7 through the daemon: `kill -9` of the executor process in the
+/// middle of a burst of signed commands, start again, and the network has
+/// every acknowledged forward; then a host reboot (its namespaces gone) and
+/// connectivity returns without any command.
+#[test]
+fn http_kill9_mid_burst_then_reboot_converge() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    if common::skip_unless_root("http_kill9_mid_burst_then_reboot_converge") {
+        return;
+    }
+    let mut tb = common::Testbed::new(
+        "nbk",
+        common::TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let upstream = tb.upstream.path();
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let details = json!({"host": "h1", "namespace": "cs-net-42"});
+    let body = |host: &common::Host, extra: Value| {
+        common::envelope(
+            host,
+            details.clone(),
+            common::merged(
+                common::network_payload(42, 100, "10.1.1.1", "10.1.1.0/24"),
+                extra,
+            ),
+        )
+    };
+    let pf_to_vm1 = |port: u32| {
+        json!({"public_ip": "203.0.113.10", "public_port": port.to_string(),
+            "private_ip": "10.1.1.10", "private_port": "22", "protocol": "tcp"})
+    };
+    let steps = [
+        ("implement-network", json!({"extension_ip": "10.1.1.1"})),
+        (
+            "assign-ip",
+            json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": common::PUBLIC_GATEWAY, "public_cidr": "203.0.113.0/24", "source_nat": "true"}),
+        ),
+        ("add-port-forward", pf_to_vm1(2222)),
+        (
+            "apply-fw-rules",
+            json!({"fw_rules": {"default_egress_allow": true, "cidr": "10.1.1.0/24",
+            "rules": [{"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "2222",
+                "portEnd": "2222", "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]}]}}),
+        ),
+    ];
+    for (command, extra) in steps {
+        let r = host.client().command(command, &body(host, extra));
+        assert_eq!(r.status, 200, "{command}: {}", r.body);
+    }
+    let _ssh = common::tcp_server(&vm1, "10.1.1.10:22".parse().unwrap(), "vm1");
+    let _up = common::tcp_server(
+        &upstream,
+        format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap(),
+        "up",
+    );
+    let public: SocketAddr = "203.0.113.10:2222".parse().unwrap();
+    let upstream_server: SocketAddr = format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap();
+    let check = || {
+        assert_eq!(
+            common::tcp_probe(&upstream, public).unwrap(),
+            format!("vm1 {}", common::PUBLIC_GATEWAY)
+        );
+        assert_eq!(
+            common::peer_of(&common::tcp_probe(&vm1, upstream_server).unwrap()),
+            "203.0.113.10"
+        );
+    };
+    check();
+
+    // The burst: 10000.. forwards, one signed request each, counted when acknowledged.
+    let bodies: Vec<Vec<u8>> = (0..500)
+        .map(|i| body(host, pf_to_vm1(10_000 + i)).to_string().into_bytes())
+        .collect();
+    let client = host.client();
+    let acked = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for b in &bodies {
+                // The kill ends the burst with a transport error.
+                match client.command_raw("add-port-forward", b) {
+                    Ok(r) if r.status == 200 => {}
+                    _ => break,
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let reached = common::eventually(Duration::from_secs(60), || {
+            (acked.load(Ordering::SeqCst) >= 25).then_some(())
+        });
+        assert!(reached.is_some(), "the burst did not progress");
+        host.restart().unwrap(); // kill -9, then start again
+    });
+    let acked = acked.load(Ordering::SeqCst);
+    println!("burst: {acked} forwards acknowledged before kill -9");
+    assert!(acked < 500, "the kill landed after the burst");
+    let rules = host
+        .exec(&[
+            "ip",
+            "netns",
+            "exec",
+            "cs-net-42",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "nb",
+        ])
+        .unwrap();
+    for i in 0..acked {
+        assert!(
+            rules.contains(&format!("tcp dport {} dnat ip to 10.1.1.10:22", 10_000 + i)),
+            "forward {i} lost"
+        );
+    }
+    let networks = host.client().networks();
+    let held = networks["networks"][0]["port_forwards"]
+        .as_u64()
+        .unwrap_or(0);
+    println!("after restart: {held} forwards held");
+    assert!(
+        held == u64::from(acked) + 1 || held == u64::from(acked) + 2,
+        "{held} held, {acked} acknowledged: {networks}"
+    );
+    check();
+
+    // A reboot: the router namespace is gone until the executor's reconcile.
+    host.reboot().unwrap();
+    check();
+}

@@ -184,11 +184,11 @@ impl Engine {
         }
         let slot = self.slot(&namespace);
         let mut slot = lock(&slot);
-        let current = slot
+        // The held state stays untouched until the command has succeeded.
+        let mut next = slot
             .state
             .clone()
             .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
-        let mut next = current.clone();
         let transition = next.transition(&req, &self.config.public_device)?;
         match transition {
             Transition::Apply => {
@@ -201,14 +201,14 @@ impl Engine {
                 if let Some(plan) = &plan {
                     if let Err(e) = self.applier.apply(plan, slot.applied.as_ref()) {
                         log::error!("{namespace}: {command} failed to apply: {e}");
-                        self.restore(&mut slot, &current);
+                        self.restore(&mut slot);
                         return Err(e.into());
                     }
                 }
                 let applied = started.elapsed();
                 if let Err(e) = self.store.save(&next) {
                     log::error!("{namespace}: {command} applied but not persisted: {e}");
-                    self.restore(&mut slot, &current);
+                    self.restore(&mut slot);
                     return Err(e.into());
                 }
                 log::debug!(
@@ -220,7 +220,8 @@ impl Engine {
                 slot.applied = plan;
             }
             Transition::TearDown | Transition::Forget => {
-                self.teardown(&current)?;
+                let held = slot.state.clone();
+                self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
                 if transition == Transition::Forget {
                     self.store.remove(&namespace)?;
@@ -246,25 +247,30 @@ impl Engine {
     /// Re-installs the previous state after a failed apply, so the network
     /// keeps what it had (the ruleset is replaced atomically, so a failed
     /// `nft -f` changed nothing; links may need putting back).
-    fn restore(&self, slot: &mut Slot, previous: &NetworkState) {
-        if !previous.implemented {
-            return;
-        }
-        match planner::plan(previous) {
-            Ok(plan) => match self.applier.apply(&plan, None) {
-                Ok(()) => slot.applied = Some(plan),
+    fn restore(&self, slot: &mut Slot) {
+        let plan = match (slot.applied.clone(), &slot.state) {
+            (Some(plan), _) => plan,
+            (None, Some(previous)) if previous.implemented => match planner::plan(previous) {
+                Ok(plan) => plan,
                 Err(e) => {
                     log::error!(
-                        "{}: restoring the previous state failed: {e}",
+                        "{}: previous state cannot be planned: {e}",
                         previous.namespace
                     );
-                    slot.applied = None;
+                    return;
                 }
             },
-            Err(e) => log::error!(
-                "{}: previous state cannot be planned: {e}",
-                previous.namespace
-            ),
+            _ => return,
+        };
+        match self.applier.apply(&plan, None) {
+            Ok(()) => slot.applied = Some(plan),
+            Err(e) => {
+                log::error!(
+                    "{}: restoring the previous state failed: {e}",
+                    plan.links.namespace
+                );
+                slot.applied = None;
+            }
         }
     }
 

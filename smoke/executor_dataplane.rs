@@ -8,7 +8,7 @@
 //! namespace (no external processes except `ip`, `nft`, `ping`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -112,6 +112,39 @@ fn serve(ns: &str, name: &str, ports: &[u16]) {
     }
 }
 
+/// A UDP server in `ns` answering each datagram with `<name>:<port> <peer ip>`.
+fn serve_udp(ns: &str, name: &str, ports: &[u16]) {
+    for &port in ports {
+        let socket = in_netns(&ns_path(ns), || {
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })
+        .unwrap()
+        .unwrap();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name}:{port} {}", peer.ip()).as_bytes(), peer);
+            }
+        });
+    }
+}
+
+/// One datagram from `ns` to `ip:port`; the answer or an error text.
+fn probe_udp(ns: &str, ip: &str, port: u16) -> Result<String, String> {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    in_netns(&ns_path(ns), || {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        s.send_to(b"hi", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .unwrap()
+}
+
 /// Connects from `ns` to `ip:port`; the server's line or an error text.
 fn probe(ns: &str, ip: &str, port: u16) -> Result<String, String> {
     let addr = SocketAddr::new(ip.parse().unwrap(), port);
@@ -178,6 +211,7 @@ fn topology() {
     );
     serve("nbe-up", "up", &[7000, 7001]);
     serve("nbe-vm1", "vm1", &[22, 8000, 8001, 8002, 7000, 7001, 7002]);
+    serve_udp("nbe-vm1", "vm1", &[5000, 5001]);
     serve("nbe-vm2", "vm2", &[80, 443]);
 }
 
@@ -370,8 +404,26 @@ fn isolated_network_scenarios() {
         {"type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "80", "publicIp": "203.0.113.11"},
         {"type": "ingress", "protocol": "tcp", "portStart": "2222", "portEnd": "2222", "publicIp": "203.0.113.10"},
         {"type": "ingress", "protocol": "tcp", "portStart": "8000", "portEnd": "8002", "publicIp": "203.0.113.10"},
-        {"type": "ingress", "protocol": "tcp", "portStart": "9000", "portEnd": "9002", "publicIp": "203.0.113.10"}]);
+        {"type": "ingress", "protocol": "tcp", "portStart": "9000", "portEnd": "9002", "publicIp": "203.0.113.10"},
+        {"type": "ingress", "protocol": "udp", "portStart": "5000", "portEnd": "5001", "publicIp": "203.0.113.10"}]);
+    let udp_forward = json!({"public_ip": "203.0.113.10", "public_port": "5000-5001",
+        "private_ip": "10.1.1.5", "private_port": "5000-5001", "protocol": "udp"});
+    exec(&engine, Cmd::AddPortForward, udp_forward.clone());
+    assert!(
+        probe_udp("nbe-up", "203.0.113.10", 5001).is_err(),
+        "closed until a rule allows it"
+    );
     fw(&engine, true, open_pf.clone());
+    assert_eq!(
+        probe_udp("nbe-up", "203.0.113.10", 5001),
+        Ok("vm1:5001 203.0.113.1".into())
+    );
+    exec(&engine, Cmd::DeletePortForward, udp_forward);
+    // A fresh source port, so no conntrack entry of the first probe is reused.
+    assert!(
+        probe_udp("nbe-up", "203.0.113.10", 5000).is_err(),
+        "udp forward removed"
+    );
     assert_eq!(
         probe("nbe-up", "203.0.113.10", 2222),
         Ok("vm1:22 203.0.113.1".into())

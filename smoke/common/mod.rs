@@ -391,6 +391,9 @@ fn die_with_parent(cmd: &mut Command) {
 pub struct MountHolder {
     child: Child,
     inode: u64,
+    /// Keeps the namespace (and so its inode number) alive until the sweep
+    /// in `drop` is done, so the sweep can never hit a recycled inode.
+    _pin: std::fs::File,
 }
 
 impl MountHolder {
@@ -439,8 +442,13 @@ impl MountHolder {
         }
         let child = cmd.spawn().map_err(|e| format!("mount holder: {e}"))?;
         let path = PathBuf::from(format!("/proc/{}/ns/mnt", child.id()));
+        let pin = std::fs::File::open(&path).map_err(|e| format!("mount holder: {e}"))?;
         let inode = ns_inode(&path).ok_or("mount holder vanished")?;
-        Ok(MountHolder { child, inode })
+        Ok(MountHolder {
+            child,
+            inode,
+            _pin: pin,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -944,16 +952,23 @@ impl Drop for Host {
         }
         // With --private-mounts, what the executor started lives in the
         // executor's own mount namespace: stop those processes too.
+        // The open namespace file pins the namespace, so its inode cannot be
+        // reused by an unrelated process (e.g. `ip -n`, which unshares a
+        // mount namespace) between the kill of the executor and the sweep.
         let own = if self.options.private_mounts {
             self.executor_pid()
-                .and_then(|pid| ns_inode(&PathBuf::from(format!("/proc/{pid}/ns/mnt"))))
+                .and_then(|pid| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok())
         } else {
             None
         };
         self.kill9();
-        if let Some(inode) = own {
-            kill_mount_ns_members(inode);
+        if let Some(ns) = &own {
+            if let Ok(meta) = ns.metadata() {
+                use std::os::unix::fs::MetadataExt;
+                kill_mount_ns_members(meta.ino());
+            }
         }
+        drop(own);
         drop(self.holder.take());
     }
 }

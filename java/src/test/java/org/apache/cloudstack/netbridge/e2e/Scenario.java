@@ -1,0 +1,230 @@
+package org.apache.cloudstack.netbridge.e2e;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.function.Consumer;
+
+/**
+ * The isolated-network walk-through shared by the end-to-end tests and {@code make demo}: each
+ * step sends the commands CloudStack would send and proves the result with packets through the
+ * testbed. A failed proof throws {@link AssertionError} naming what was expected and seen.
+ */
+public final class Scenario {
+    public static final String SNAT_IP = "203.0.113.10";
+    public static final String STATIC_IP = "203.0.113.11";
+    public static final String VM1 = "10.1.1.10";
+    public static final String VM2 = "10.1.1.11";
+
+    private final Testbed tb;
+    private final CloudStackSim cs;
+    private final Consumer<String> log;
+    private final String upstream;
+
+    public Scenario(Testbed tb, CloudStackSim cs, Consumer<String> log) {
+        this.tb = tb;
+        this.cs = cs;
+        this.log = log;
+        this.upstream = Json.str(tb.topology(), "upstream", "addr") + ":"
+                + Json.at(tb.topology(), "upstream", "tcp_port");
+    }
+
+    public CloudStackSim cs() {
+        return cs;
+    }
+
+    private String nsName() {
+        return "cs-net-" + cs.networkId();
+    }
+
+    /** 1-based index of the host the network is on. */
+    public int placedHost() {
+        return tb.hostIndex(cs.host());
+    }
+
+    private void check(boolean ok, String what) {
+        if (!ok) {
+            throw new AssertionError(what);
+        }
+        log.accept("   proof: " + what);
+    }
+
+    private String cmd(String command, Map<String, Object> extra) throws Transport.CommandFailure {
+        String out = cs.command(command, extra);
+        log.accept("   " + command + " -> " + (out.length() > 160 ? out.substring(0, 160) + "…" : out)
+                + "  [on " + cs.host() + "]");
+        return out;
+    }
+
+    /** Polls a probe until it matches, bounded (ARP and conntrack settle within a few seconds). */
+    private Testbed.Probe until(ProbeCall call, java.util.function.Predicate<Testbed.Probe> ok, int tries)
+            throws IOException {
+        Testbed.Probe p = call.run();
+        for (int k = 1; k < tries && !ok.test(p); k++) {
+            try {
+                Thread.sleep(250);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+            p = call.run();
+        }
+        return p;
+    }
+
+    interface ProbeCall {
+        Testbed.Probe run() throws IOException;
+    }
+
+    private Testbed.Probe tcpUntil(String ns, String addr, boolean reached) throws IOException {
+        return until(() -> tb.tcp(ns, addr), p -> p.reached == reached, reached ? 20 : 4);
+    }
+
+    public void implement() throws Exception {
+        log.accept("== implement isolated network " + cs.networkId() + " (ensure-network-device + implement-network)");
+        Map<String, Object> d = cs.ensure();
+        log.accept("   ensure-network-device -> " + Json.write(d));
+        check(placedHost() > 0, "placed on executor " + cs.host() + " (host " + placedHost() + ")");
+        cmd("implement-network", Json.obj("extension_ip", "10.1.1.1"));
+        List<Object> names = tb.namespaces(placedHost());
+        check(names.contains(nsName()), "router namespace " + nsName() + " exists on host " + placedHost() + ": " + names);
+        check(tb.ping("vm1", "10.1.1.1"), "vm1 pings its gateway 10.1.1.1 across the guest segment");
+    }
+
+    public void sourceNat() throws Exception {
+        log.accept("== source NAT: assign-ip " + SNAT_IP + " (source_nat=true)");
+        cmd("assign-ip", publicIp(SNAT_IP, true));
+        Testbed.Probe p = until(() -> tb.tcp("vm1", upstream), x -> SNAT_IP.equals(x.peer), 20);
+        check(SNAT_IP.equals(p.peer), "vm1 -> upstream " + upstream + ": server saw " + p.peer + " (" + p + ")");
+        Testbed.Probe q = until(() -> tb.tcp("vm2", upstream), x -> SNAT_IP.equals(x.peer), 20);
+        check(SNAT_IP.equals(q.peer), "vm2 (other host's segment) -> upstream: server saw " + q.peer);
+    }
+
+    public void staticNat() throws Exception {
+        log.accept("== static NAT: assign-ip " + STATIC_IP + ", add-static-nat -> vm2 " + VM2);
+        cmd("assign-ip", publicIp(STATIC_IP, false));
+        cmd("add-static-nat", Json.obj("public_ip", STATIC_IP, "private_ip", VM2));
+        Testbed.Probe closed = tcpUntil("upstream", STATIC_IP + ":22", false);
+        check(!closed.reached, "upstream -> " + STATIC_IP + ":22 before a firewall rule: " + closed);
+        firewall(List.of(rule("1", STATIC_IP, 22)));
+        Testbed.Probe in = tcpUntil("upstream", STATIC_IP + ":22", true);
+        check(in.reached && "vm2".equals(in.name), "upstream -> " + STATIC_IP + ":22 reaches vm2: " + in);
+        Testbed.Probe out = until(() -> tb.tcp("vm2", upstream), x -> STATIC_IP.equals(x.peer), 20);
+        check(STATIC_IP.equals(out.peer), "vm2 -> upstream leaves as " + out.peer);
+    }
+
+    public void portForward() throws Exception {
+        log.accept("== port forwarding " + SNAT_IP + ":2222 -> vm1 " + VM1 + ":22");
+        cmd("add-port-forward", pf());
+        Testbed.Probe closed = tcpUntil("upstream", SNAT_IP + ":2222", false);
+        check(!closed.reached, "closed until a firewall rule allows it: " + closed);
+        firewall(List.of(rule("1", STATIC_IP, 22), rule("2", SNAT_IP, 2222)));
+        Testbed.Probe in = tcpUntil("upstream", SNAT_IP + ":2222", true);
+        check(in.reached && "vm1".equals(in.name), "upstream -> " + SNAT_IP + ":2222 reaches vm1: " + in);
+        cmd("delete-port-forward", pf());
+        Testbed.Probe gone = tcpUntil("upstream", SNAT_IP + ":2222", false);
+        check(!gone.reached, "after delete-port-forward: " + gone);
+    }
+
+    public void firewallClosed() throws Exception {
+        log.accept("== firewall: only " + STATIC_IP + ":22 allowed; port 80 of the same VM stays closed");
+        firewall(List.of(rule("1", STATIC_IP, 22)));
+        Testbed.Probe http = tcpUntil("upstream", STATIC_IP + ":80", false);
+        check(!http.reached, "upstream -> " + STATIC_IP + ":80 without a rule: " + http);
+        Testbed.Probe ssh = tcpUntil("upstream", STATIC_IP + ":22", true);
+        check(ssh.reached, "upstream -> " + STATIC_IP + ":22 with its rule: " + ssh);
+    }
+
+    /** Connectivity that must survive a failover (egress SNAT and static NAT ingress). */
+    public void connectivity(int tries) throws Exception {
+        Testbed.Probe p = until(() -> tb.tcp("vm1", upstream), x -> SNAT_IP.equals(x.peer), tries);
+        check(SNAT_IP.equals(p.peer), "vm1 -> upstream leaves as " + p.peer + " (" + p + ")");
+        Testbed.Probe in = until(() -> tb.tcp("upstream", STATIC_IP + ":22"), x -> "vm2".equals(x.name), tries);
+        check("vm2".equals(in.name), "upstream -> " + STATIC_IP + ":22 reaches vm2: " + in);
+    }
+
+    /**
+     * Host death and failover: host's executor killed and namespaces deleted; the next command
+     * (ensure-network-device) moves the network with its state. Returns seconds from that first
+     * command until both proofs pass again.
+     */
+    public double failover() throws Exception {
+        int from = placedHost();
+        log.accept("== failover: host " + from + " dies (executor killed, its namespaces deleted)");
+        Map<String, Object> killed = tb.killHost(from);
+        check(Boolean.TRUE.equals(killed.get("ok")), "host " + from + " is gone: deleted " + killed.get("deleted"));
+        Testbed.Probe dead = tb.tcp("vm1", upstream);
+        check(!dead.reached, "vm1 has no way out while nothing serves the network: " + dead);
+        long t0 = System.nanoTime();
+        Map<String, Object> d = cs.ensure();
+        log.accept("   ensure-network-device -> " + Json.write(d));
+        check(placedHost() > 0 && placedHost() != from, "network moved to host " + placedHost());
+        connectivity(120);
+        double secs = (System.nanoTime() - t0) / 1e9;
+        List<Object> names = tb.namespaces(placedHost());
+        check(names.contains(nsName()), "router namespace on host " + placedHost() + ": " + names);
+        log.accept(String.format("   failover: connectivity back %.2f s after the first command following the failure", secs));
+        return secs;
+    }
+
+    /**
+     * Key rotation: executors switch to {@code newKey}; a command with the old key is refused;
+     * after {@code updateRegistration} (updateRegisteredExtension) commands succeed again.
+     */
+    public void rotateKey(String newKey, ThrowingRunnable updateRegistration) throws Exception {
+        log.accept("== key rotation: executors' key files replaced");
+        tb.rotateKey(newKey);
+        try {
+            cs.raw("apply-fw-rules", Json.obj("fw_rules", fwRules(List.of(rule("1", STATIC_IP, 22)))));
+            throw new AssertionError("a command signed with the old key was accepted");
+        } catch (Transport.CommandFailure e) {
+            check(e.getMessage().contains("refused") && e.getMessage().contains("401"),
+                    "old key refused: " + e);
+        }
+        updateRegistration.run();
+        log.accept("   registration updated with the new executor.key");
+        firewall(List.of(rule("1", STATIC_IP, 22)));
+        connectivity(20);
+    }
+
+    /** destroy-network; nothing is left on either host. */
+    public void destroy() throws Exception {
+        log.accept("== destroy-network");
+        cmd("destroy-network", Map.of());
+        for (int h = 1; h <= Json.list(tb.topology(), "host_list").size(); h++) {
+            List<Object> left = tb.namespaces(h);
+            check(!left.contains(nsName()), "host " + h + " has no " + nsName() + ": " + left);
+        }
+        Testbed.Probe p = tb.tcp("vm1", upstream);
+        check(!p.reached, "vm1 has no way out any more: " + p);
+    }
+
+    public void firewall(List<Map<String, Object>> rules) throws Exception {
+        cmd("apply-fw-rules", Json.obj("fw_rules", fwRules(rules)));
+    }
+
+    public static Map<String, Object> fwRules(List<Map<String, Object>> rules) {
+        return Json.obj("default_egress_allow", true, "cidr", "10.1.1.0/24", "rules", new ArrayList<Object>(rules));
+    }
+
+    public static Map<String, Object> rule(String id, String publicIp, int port) {
+        return Json.obj("id", id, "type", "ingress", "protocol", "tcp", "portStart", Integer.toString(port),
+                "portEnd", Integer.toString(port), "publicIp", publicIp, "sourceCidrs", List.of("0.0.0.0/0"));
+    }
+
+    public static Map<String, Object> publicIp(String ip, boolean sourceNat) {
+        return Json.obj("public_ip", ip, "public_vlan", "vlan://200", "public_gateway", "203.0.113.1",
+                "public_cidr", "203.0.113.0/24", "source_nat", Boolean.toString(sourceNat));
+    }
+
+    public static Map<String, Object> pf() {
+        return Json.obj("public_ip", SNAT_IP, "public_port", "2222", "private_ip", VM1, "private_port", "22",
+                "protocol", "tcp");
+    }
+
+    /** A step that may throw. */
+    public interface ThrowingRunnable {
+        void run() throws Exception;
+    }
+}

@@ -25,7 +25,10 @@
 //! Everything is torn down (Drop guards, own PIDs only) when stdin closes,
 //! on `quit`, SIGTERM/SIGINT/SIGHUP, or when a bound is reached.
 //!
-//! Usage: `testbed [--prefix nbt] [--max-requests 2000] [--max-seconds 1800]`
+//! Usage: `testbed [--prefix nbt] [--per-host-certs] [--max-requests 2000]
+//! [--max-seconds 1800]`. By default both executors share one certificate
+//! (one pinned fingerprint); `--per-host-certs` gives each its own and
+//! `executor.fingerprint` becomes a comma list.
 //! (root; the prefix base is at most 4 lower-case letters).
 
 #[path = "../smoke/common/mod.rs"]
@@ -63,6 +66,9 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 struct Args {
     prefix: String,
+    /// One certificate (one pinned fingerprint) for all executors, as a
+    /// cluster would deploy it; `--per-host-certs` gives each its own.
+    shared_cert: bool,
     max_requests: u64,
     max_seconds: u64,
 }
@@ -70,12 +76,17 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         prefix: "nbt".to_string(),
+        shared_cert: true,
         max_requests: 2000,
         max_seconds: 1800,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
+        if flag == "--per-host-certs" {
+            a.shared_cert = false;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
         match flag.as_str() {
             "--prefix" => {
@@ -177,7 +188,7 @@ fn host_addr(i: usize) -> String {
     format!("172.16.200.{}", 11 + i)
 }
 
-fn build(prefix: &str) -> Result<World, String> {
+fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
     let options = TopologyOptions::default()
         .hosts(2)
         .vm("vm1", "10.1.1.10/24", Some(GUEST_GATEWAY))
@@ -201,6 +212,10 @@ fn build(prefix: &str) -> Result<World, String> {
             "dev",
             "mgmt0",
         ])?;
+        if shared_cert && i > 0 {
+            let tls = tb.host(0).ensure_tls()?;
+            tb.host(i).tls = Some(tls);
+        }
         tb.host(i).start_executor()?;
     }
     let up = tb.upstream.path();
@@ -231,7 +246,7 @@ fn build(prefix: &str) -> Result<World, String> {
 
 fn describe(w: &World) -> Value {
     let hosts: Vec<String> = (0..w.tb.hosts.len()).map(host_addr).collect();
-    let fps: Vec<String> =
+    let mut fps: Vec<String> =
         w.tb.hosts
             .iter()
             .map(|h| {
@@ -241,6 +256,7 @@ fn describe(w: &World) -> Value {
                     .unwrap_or_default()
             })
             .collect();
+    fps.dedup();
     let vms: Vec<Value> =
         w.tb.vms
             .iter()
@@ -546,7 +562,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     let started = Instant::now();
-    let mut world = match build(&args.prefix) {
+    let mut world = match build(&args.prefix, args.shared_cert) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("testbed: setup failed: {e}");

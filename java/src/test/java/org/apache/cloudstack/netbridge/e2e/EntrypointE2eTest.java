@@ -25,7 +25,8 @@ class EntrypointE2eTest {
     static void start() throws Exception {
         String reason = Testbed.unavailableReason();
         Assumptions.assumeTrue(reason == null, reason);
-        tb = Testbed.start("nbt");
+        // Per-host certificates: executor.fingerprint is a comma list here.
+        tb = Testbed.start("nbt", "--per-host-certs");
     }
 
     @AfterAll

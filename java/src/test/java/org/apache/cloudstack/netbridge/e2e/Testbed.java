@@ -107,13 +107,14 @@ public final class Testbed implements AutoCloseable {
     }
 
     /** Starts the testbed with a namespace prefix base (at most 4 lower-case letters). */
-    public static Testbed start(String prefix) throws IOException {
+    public static Testbed start(String prefix, String... extraArgs) throws IOException {
         Path prog = program();
         if (prog == null) {
             throw new IOException("testbed program not built");
         }
         List<String> argv = new ArrayList<>(List.of(prog.toString(), "--prefix", prefix,
                 "--max-requests", "5000", "--max-seconds", "1500"));
+        argv.addAll(List.of(extraArgs));
         ProcessBuilder pb = new ProcessBuilder(argv);
         pb.environment().put("NETBRIDGE_EXECUTOR_BIN", repoRoot().resolve("target/debug/netbridge-executor").toString());
         return new Testbed(pb.start(), repoRoot());

@@ -17,6 +17,7 @@
 //! Namespaces by name: `upstream`, `mgmt`, a VM name, `h1`/`h2` (host),
 //! `h1:cs-net-42` (a router namespace on host 1). Ops: `tcp`, `udp`, `http`
 //! (`path`), `ping`, `dig` (`server`, `name`, `type`), `dhcp` (`vm`),
+//! `neigh` (`ns`: its neighbour table),
 //! `kill_host` (`host`: 1 or 2; executor killed, its namespaces deleted),
 //! `namespaces` (`host`), `networks` (`host`), `nft` (`host`, `netns`),
 //! `rotate_key` (`key`, every host's key file), `log` (`host`), `quit`.
@@ -178,10 +179,24 @@ impl Drop for Fakes {
 
 /// Everything alive while the testbed serves; field order is drop order.
 struct World {
+    /// Links of each host namespace before any network existed.
+    baseline_links: Vec<Vec<String>>,
     _servers: Vec<Server>,
     fakes: Option<Fakes>,
     tb: Testbed,
     mgmt: Netns,
+}
+
+/// Link names in a namespace (`ip -o link show`, `name@peer` reduced to `name`).
+fn links(ns: &str) -> Result<Vec<String>, String> {
+    let out = run(&["ip", "-n", ns, "-o", "link", "show"])?;
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn host_addr(i: usize) -> String {
@@ -236,7 +251,13 @@ fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
         servers.push(udp_server(&vm.path(), sa(&ip, 53)?, &vm.spec.name));
     }
     let fakes = Fakes::start(&mgmt.path())?;
+    let baseline_links = tb
+        .hosts
+        .iter()
+        .map(|h| links(&h.netns.name))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(World {
+        baseline_links,
         _servers: servers,
         fakes: Some(fakes),
         tb,
@@ -417,9 +438,20 @@ fn kill_host(w: &mut World, i: usize) -> Result<Value, String> {
         }
     }
     let left = host.namespaces();
+    // The kernel dismantles a namespace asynchronously; the host counts as
+    // dead once the routers' links have left its bridges (bounded wait).
+    let hn = host.netns.name.clone();
+    let baseline = w.baseline_links[i].clone();
+    let started = Instant::now();
+    let gone = eventually(Duration::from_secs(30), || {
+        (links(&hn).ok()? == baseline).then_some(())
+    })
+    .is_some();
     Ok(
-        json!({"ok": errors.is_empty() && left.is_empty(), "deleted": names,
-              "processes_killed": killed, "left": left, "errors": errors}),
+        json!({"ok": errors.is_empty() && left.is_empty() && gone, "deleted": names,
+              "processes_killed": killed, "left": left, "errors": errors,
+              "links_gone": gone, "links_gone_secs": started.elapsed().as_secs_f64(),
+              "links": links(&hn).unwrap_or_default()}),
     )
 }
 
@@ -491,6 +523,17 @@ fn handle(w: &mut World, req: &Value) -> Result<Value, String> {
                     "domain": o.domain, "hostname": o.hostname})),
                 Err(e) => Ok(json!({"ok": true, "reached": false, "failure": probe_failure(&e)})),
             }
+        }
+        "neigh" => {
+            let ns = ns_of(w, str_field(req, "ns")?)?;
+            let out = run_in(&ns, None, &["ip", "neigh", "show"], Duration::from_secs(10))?;
+            let addr = run_in(
+                &ns,
+                None,
+                &["ip", "-br", "link", "show"],
+                Duration::from_secs(10),
+            )?;
+            Ok(json!({"ok": true, "neigh": out, "links": addr}))
         }
         "kill_host" => {
             let i = host_index(w, req)?;

@@ -138,7 +138,9 @@ public final class Scenario {
 
     /** Connectivity that must survive a failover (egress SNAT and static NAT ingress). */
     public void connectivity(int tries) throws Exception {
+        long t0 = System.nanoTime();
         Testbed.Probe p = until(() -> tb.tcp("vm1", upstream), x -> SNAT_IP.equals(x.peer), tries);
+        log.accept(String.format("   (vm1 egress answered after %.2f s)", (System.nanoTime() - t0) / 1e9));
         check(SNAT_IP.equals(p.peer), "vm1 -> upstream leaves as " + p.peer + " (" + p + ")");
         Testbed.Probe in = until(() -> tb.tcp("upstream", STATIC_IP + ":22"), x -> "vm2".equals(x.name), tries);
         check("vm2".equals(in.name), "upstream -> " + STATIC_IP + ":22 reaches vm2: " + in);
@@ -152,15 +154,32 @@ public final class Scenario {
     public double failover() throws Exception {
         int from = placedHost();
         log.accept("== failover: host " + from + " dies (executor killed, its namespaces deleted)");
+        if (Boolean.getBoolean("netbridge.e2e.debug")) {
+            log.accept("   old router: " + tb.request(Json.obj("op", "neigh", "ns", "h" + from + ":" + nsName())));
+        }
         Map<String, Object> killed = tb.killHost(from);
-        check(Boolean.TRUE.equals(killed.get("ok")), "host " + from + " is gone: deleted " + killed.get("deleted"));
+        check(Boolean.TRUE.equals(killed.get("ok")), "host " + from + " is gone: deleted " + killed.get("deleted")
+                + String.format(", its router links left the segments within %.2f s", ((Number) killed.get("links_gone_secs")).doubleValue()));
         Testbed.Probe dead = tb.tcp("vm1", upstream);
         check(!dead.reached, "vm1 has no way out while nothing serves the network: " + dead);
         long t0 = System.nanoTime();
         Map<String, Object> d = cs.ensure();
-        log.accept("   ensure-network-device -> " + Json.write(d));
+        log.accept(String.format("   ensure-network-device -> %s (%.2f s: health probes, move, state replay)",
+                Json.write(d), (System.nanoTime() - t0) / 1e9));
         check(placedHost() > 0 && placedHost() != from, "network moved to host " + placedHost());
+        if (Boolean.getBoolean("netbridge.e2e.debug")) {
+            log.accept("   vm1 neigh: " + tb.request(Json.obj("op", "neigh", "ns", "vm1")).get("neigh"));
+            log.accept("   upstream neigh: " + tb.request(Json.obj("op", "neigh", "ns", "upstream")).get("neigh"));
+        }
+        if (Boolean.getBoolean("netbridge.e2e.debug")) {
+            log.accept("   router: " + tb.request(Json.obj("op", "neigh", "ns", "h" + placedHost() + ":" + nsName())));
+        }
         connectivity(120);
+        if (Boolean.getBoolean("netbridge.e2e.debug")) {
+            log.accept("   vm1 neigh: " + tb.request(Json.obj("op", "neigh", "ns", "vm1")).get("neigh"));
+            log.accept("   upstream neigh: " + tb.request(Json.obj("op", "neigh", "ns", "upstream")).get("neigh"));
+            log.accept("   router: " + tb.request(Json.obj("op", "neigh", "ns", "h" + placedHost() + ":" + nsName())));
+        }
         double secs = (System.nanoTime() - t0) / 1e9;
         List<Object> names = tb.namespaces(placedHost());
         check(names.contains(nsName()), "router namespace on host " + placedHost() + ": " + names);

@@ -227,6 +227,16 @@ fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
             "dev",
             "mgmt0",
         ])?;
+        // dnsmasq drops privileges and must reach the state directory
+        // inside the host's (0700) temporary directory.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                tb.hosts[i].dir.path(),
+                std::fs::Permissions::from_mode(0o711),
+            )
+            .map_err(|e| format!("state dir permissions: {e}"))?;
+        }
         if shared_cert && i > 0 {
             let tls = tb.host(0).ensure_tls()?;
             tb.host(i).tls = Some(tls);

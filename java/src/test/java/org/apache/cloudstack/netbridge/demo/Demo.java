@@ -133,6 +133,7 @@ public final class Demo {
                 System.out.println();
                 s.implement();
                 s.sourceNat();
+                s.guestServices();
                 s.staticNat();
                 s.portForward();
                 s.firewallClosed();

@@ -47,6 +47,7 @@ class EntrypointE2eTest {
         Scenario s = new Scenario(tb, cs, System.out::println);
         s.implement();
         s.sourceNat();
+        s.guestServices();
         s.staticNat();
         s.portForward();
         s.firewallClosed();

@@ -65,6 +65,7 @@ class JniE2eTest {
             s.implement();
             assertEquals(1, s.placedHost());
             s.sourceNat();
+            s.guestServices();
             s.staticNat();
             s.portForward();
             s.firewallClosed();

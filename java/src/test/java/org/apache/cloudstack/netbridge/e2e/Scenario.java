@@ -21,6 +21,8 @@ public final class Scenario {
     private final CloudStackSim cs;
     private final Consumer<String> log;
     private final String upstream;
+    /** True once guest services (DHCP, DNS, metadata) were configured and proven. */
+    private boolean guest;
 
     public Scenario(Testbed tb, CloudStackSim cs, Consumer<String> log) {
         this.tb = tb;
@@ -101,6 +103,73 @@ public final class Scenario {
         check(SNAT_IP.equals(q.peer), "vm2 (other host's segment) -> upstream: server saw " + q.peer);
     }
 
+    public static final String DOMAIN = "e2e.test";
+
+    private Map<String, Object> nic(String mac, String ip, String name) {
+        return Json.obj("mac", mac, "ip", ip, "hostname", name, "default_nic", "true", "netmask", "255.255.255.0",
+                "gateway", "10.1.1.1", "dns", "10.1.1.1", "domain", DOMAIN, "extension_ip", "10.1.1.1",
+                "nic_id", "nic-" + name);
+    }
+
+    private String vmMac(String name) {
+        for (Object o : Json.list(tb.topology(), "vms")) {
+            if (name.equals(Json.str(o, "name"))) {
+                return Json.str(o, "mac");
+            }
+        }
+        throw new AssertionError("no vm " + name);
+    }
+
+    /**
+     * Guest services: DHCP and DNS scopes, both VM NICs prepared, vm1's metadata; proven by a
+     * DHCP offer, a DNS answer and the metadata server. Returns false (and logs why) when the
+     * engine of this build does not serve guest services yet.
+     */
+    public boolean guestServices() throws Exception {
+        log.accept("== guest services: config-dhcp-subnet, config-dns-subnet, prepare-nic vm1 + vm2, save-vm-data vm1");
+        Map<String, Object> scope = Json.obj("extension_ip", "10.1.1.1", "dns", "10.1.1.1", "domain", DOMAIN);
+        try {
+            cmd("config-dhcp-subnet", scope);
+        } catch (Transport.CommandFailure e) {
+            if (e.getMessage().contains("unsupported")) {
+                log.accept("   skipped: the executor of this build does not serve guest services yet (" + e.getMessage() + ")");
+                return false;
+            }
+            throw e;
+        }
+        cmd("config-dns-subnet", scope);
+        cmd("prepare-nic", nic(vmMac("vm1"), VM1, "vm1"));
+        cmd("prepare-nic", nic(vmMac("vm2"), VM2, "vm2"));
+        cmd("save-vm-data", Json.obj("ip", VM1, "vm_data", List.of(
+                Json.obj("dir", "userdata", "file", "user-data", "content", "#cloud-config vm1"),
+                Json.obj("dir", "metadata", "file", "instance-id", "content", "i-vm1"))));
+        guest = true;
+        proveGuest(20);
+        return true;
+    }
+
+    private void proveGuest(int tries) throws Exception {
+        Map<String, Object> offer = tb.request(Json.obj("op", "dhcp", "vm", "vm1"));
+        for (int k = 1; k < tries && !Boolean.TRUE.equals(offer.get("reached")); k++) {
+            Thread.sleep(250);
+            offer = tb.request(Json.obj("op", "dhcp", "vm", "vm1"));
+        }
+        check(VM1.equals(offer.get("address")) && List.of("10.1.1.1").equals(offer.get("routers")),
+                "DHCP offer to vm1's MAC: " + offer.get("address") + ", routers " + offer.get("routers"));
+        Map<String, Object> dns = tb.request(Json.obj("op", "dig", "ns", "vm1", "server", "10.1.1.1", "name",
+                "vm2." + DOMAIN, "type", "A"));
+        for (int k = 1; k < tries && !List.of(VM2).equals(dns.get("answers")); k++) {
+            Thread.sleep(250);
+            dns = tb.request(Json.obj("op", "dig", "ns", "vm1", "server", "10.1.1.1", "name", "vm2." + DOMAIN,
+                    "type", "A"));
+        }
+        check(List.of(VM2).equals(dns.get("answers")), "DNS: vm2." + DOMAIN + " -> " + dns.get("answers"));
+        Testbed.Probe md = until(() -> tb.http("vm1", "10.1.1.1:80", "/latest/user-data"),
+                p -> p.reached && "#cloud-config vm1".equals(String.valueOf(p.raw.get("body")).trim()), tries);
+        check(md.reached && "#cloud-config vm1".equals(String.valueOf(md.raw.get("body")).trim()),
+                "metadata: vm1 GET /latest/user-data -> " + md.raw.get("status") + " '" + md.raw.get("body") + "'");
+    }
+
     public void staticNat() throws Exception {
         log.accept("== static NAT: assign-ip " + STATIC_IP + ", add-static-nat -> vm2 " + VM2);
         cmd("assign-ip", publicIp(STATIC_IP, false));
@@ -144,6 +213,9 @@ public final class Scenario {
         check(SNAT_IP.equals(p.peer), "vm1 -> upstream leaves as " + p.peer + " (" + p + ")");
         Testbed.Probe in = until(() -> tb.tcp("upstream", STATIC_IP + ":22"), x -> "vm2".equals(x.name), tries);
         check("vm2".equals(in.name), "upstream -> " + STATIC_IP + ":22 reaches vm2: " + in);
+        if (guest) {
+            proveGuest(tries);
+        }
     }
 
     /**

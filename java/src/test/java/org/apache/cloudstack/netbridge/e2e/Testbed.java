@@ -116,7 +116,10 @@ public final class Testbed implements AutoCloseable {
                 "--max-requests", "5000", "--max-seconds", "1500"));
         argv.addAll(List.of(extraArgs));
         ProcessBuilder pb = new ProcessBuilder(argv);
-        pb.environment().put("NETBRIDGE_EXECUTOR_BIN", repoRoot().resolve("target/debug/netbridge-executor").toString());
+        // -Dnetbridge.executor.bin runs another build's executor (e.g. a branch under test).
+        String exe = System.getProperty("netbridge.executor.bin",
+                repoRoot().resolve("target/debug/netbridge-executor").toString());
+        pb.environment().put("NETBRIDGE_EXECUTOR_BIN", exe);
         return new Testbed(pb.start(), repoRoot());
     }
 

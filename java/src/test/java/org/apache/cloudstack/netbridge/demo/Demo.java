@@ -137,6 +137,7 @@ public final class Demo {
                 s.staticNat();
                 s.portForward();
                 s.firewallClosed();
+                s.loadBalancer();
                 if (failover) {
                     s.failover();
                 }

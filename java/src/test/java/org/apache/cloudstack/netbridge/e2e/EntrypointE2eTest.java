@@ -51,6 +51,7 @@ class EntrypointE2eTest {
         s.staticNat();
         s.portForward();
         s.firewallClosed();
+        s.loadBalancer();
         String newKey = "e2e-rotated-key-" + Long.toHexString(System.nanoTime()) + "-0123456789";
         try {
             s.rotateKey(newKey, () -> cs.setPhysicalDetails(CloudStackSim.physicalDetails(tb, newKey)));

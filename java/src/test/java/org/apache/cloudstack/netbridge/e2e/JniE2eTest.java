@@ -69,6 +69,7 @@ class JniE2eTest {
             s.staticNat();
             s.portForward();
             s.firewallClosed();
+            s.loadBalancer();
 
             double secs = s.failover();
             System.out.printf("FAILOVER: connectivity back %.2f s after the first command following host 1's death%n", secs);

@@ -23,6 +23,10 @@ public final class Scenario {
     private final String upstream;
     /** True once guest services (DHCP, DNS, metadata) were configured and proven. */
     private boolean guest;
+    /** True once the load balancer was configured and proven. */
+    private boolean lb;
+    /** The firewall rules last applied (apply-fw-rules always sends the full set). */
+    private List<Map<String, Object>> rules = List.of();
 
     public Scenario(Testbed tb, CloudStackSim cs, Consumer<String> log) {
         this.tb = tb;
@@ -205,6 +209,46 @@ public final class Scenario {
         check(ssh.reached, "upstream -> " + STATIC_IP + ":22 with its rule: " + ssh);
     }
 
+    private Map<String, Object> lbRules(boolean revoke) {
+        return Json.obj("lb_rules", List.of(Json.obj("id", "7", "name", "web", "publicIp", SNAT_IP, "publicPort", "80",
+                "privatePort", "22", "protocol", "tcp", "algorithm", "roundrobin", "revoke", revoke, "backends", List.of(
+                        Json.obj("ip", VM1, "port", "22", "revoked", false),
+                        Json.obj("ip", VM2, "port", "22", "revoked", false)))));
+    }
+
+    /**
+     * Load balancing: {@code SNAT_IP:80} round robin over vm1 and vm2 (their port 22 servers),
+     * proven by both names answering connections from upstream. Only with guest services.
+     */
+    public boolean loadBalancer() throws Exception {
+        if (!guest) {
+            log.accept("== load balancing: skipped (needs the guest services of the executor)");
+            return false;
+        }
+        log.accept("== load balancing: " + SNAT_IP + ":80 round robin -> vm1:22, vm2:22");
+        List<Map<String, Object>> withLb = new ArrayList<>(rules);
+        withLb.add(rule("3", SNAT_IP, 80));
+        firewall(withLb);
+        cmd("apply-lb-rules", lbRules(false));
+        lb = true;
+        proveLb(20);
+        return true;
+    }
+
+    private void proveLb(int tries) throws Exception {
+        java.util.Set<String> names = new java.util.TreeSet<>();
+        for (int k = 0; k < tries * 2 && names.size() < 2; k++) {
+            Testbed.Probe p = tb.tcp("upstream", SNAT_IP + ":80");
+            if (p.reached && p.name != null) {
+                names.add(p.name);
+            } else {
+                Thread.sleep(250);
+            }
+        }
+        check(names.equals(new java.util.TreeSet<>(List.of("vm1", "vm2"))),
+                "upstream -> " + SNAT_IP + ":80 answered by " + names);
+    }
+
     /** Connectivity that must survive a failover (egress SNAT and static NAT ingress). */
     public void connectivity(int tries) throws Exception {
         long t0 = System.nanoTime();
@@ -215,6 +259,9 @@ public final class Scenario {
         check("vm2".equals(in.name), "upstream -> " + STATIC_IP + ":22 reaches vm2: " + in);
         if (guest) {
             proveGuest(tries);
+        }
+        if (lb) {
+            proveLb(tries);
         }
     }
 
@@ -275,7 +322,7 @@ public final class Scenario {
         }
         updateRegistration.run();
         log.accept("   registration updated with the new executor.key");
-        firewall(List.of(rule("1", STATIC_IP, 22)));
+        firewall(rules);
         connectivity(20);
     }
 
@@ -292,6 +339,7 @@ public final class Scenario {
     }
 
     public void firewall(List<Map<String, Object>> rules) throws Exception {
+        this.rules = rules;
         cmd("apply-fw-rules", Json.obj("fw_rules", fwRules(rules)));
     }
 

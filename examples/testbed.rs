@@ -8,7 +8,8 @@
 //! (`<prefix>-mg`, 172.16.200.1/24) from which the executors are reachable at
 //! 172.16.200.11 and 172.16.200.12 (a bridge's `dispatchNetns`). The same
 //! namespace holds fake executors: one that hangs, one that answers garbage
-//! and a closed port.
+//! bytes, one that completes TLS with host 1's certificate (the pin matches)
+//! and answers HTTP 200 with a body that is not JSON, and a closed port.
 //!
 //! Protocol: one JSON line describing the topology on stdout, then one JSON
 //! request per stdin line, one JSON answer per stdout line:
@@ -56,6 +57,7 @@ const UPSTREAM_HTTP_PORT: u16 = 8080;
 const FAKE_HANG_PORT: u16 = 9001;
 const FAKE_GARBAGE_PORT: u16 = 9002;
 const FAKE_CLOSED_PORT: u16 = 9003;
+const FAKE_TLS_GARBAGE_PORT: u16 = 9004;
 /// Longest accepted request line.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -123,14 +125,25 @@ struct Fakes {
 }
 
 impl Fakes {
-    fn start(mgmt: &std::path::Path) -> Result<Fakes, String> {
-        let (hang, garbage) = in_netns(mgmt, || -> std::io::Result<(TcpListener, TcpListener)> {
+    /// `tls`: certificate and key of a real executor, so that the TLS fake
+    /// passes the pin and then answers an HTTP 200 whose body is not JSON.
+    fn start(mgmt: &std::path::Path, tls: &TlsFiles) -> Result<Fakes, String> {
+        type Three = (TcpListener, TcpListener, TcpListener);
+        let (hang, garbage, tls_garbage) = in_netns(mgmt, || -> std::io::Result<Three> {
             Ok((
                 TcpListener::bind((MGMT_ADDR, FAKE_HANG_PORT))?,
                 TcpListener::bind((MGMT_ADDR, FAKE_GARBAGE_PORT))?,
+                TcpListener::bind((MGMT_ADDR, FAKE_TLS_GARBAGE_PORT))?,
             ))
         })?
         .map_err(|e| format!("fake executors: {e}"))?;
+        let config = Arc::new(
+            netbridge::executor::daemon::tls::server_config(&tls.cert, &tls.key)
+                .map_err(|e| format!("fake TLS executor: {e}"))?,
+        );
+        tls_garbage
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
         hang.set_nonblocking(true).map_err(|e| e.to_string())?;
         garbage.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -161,11 +174,49 @@ impl Fakes {
                 }
             }
         });
+        let s3 = stop.clone();
+        let t3 = std::thread::spawn(move || {
+            while !s3.load(Ordering::SeqCst) {
+                match tls_garbage.accept() {
+                    Ok((c, _)) => answer_tls_garbage(c, config.clone()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
         Ok(Fakes {
             stop,
-            threads: vec![t1, t2],
+            threads: vec![t1, t2, t3],
         })
     }
+}
+
+/// One connection of the TLS fake: handshake, read the request head, answer
+/// 200 with a body that is not JSON. Errors just end the connection.
+fn answer_tls_garbage(c: TcpStream, config: Arc<rustls::ServerConfig>) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(conn, c);
+    let mut buf = [0u8; 16384];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = b"<html>surprise, not JSON</html>";
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tls.write_all(reply.as_bytes());
+    let _ = tls.write_all(body);
+    let _ = tls.flush();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
 }
 
 impl Drop for Fakes {
@@ -260,7 +311,8 @@ fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
         servers.push(http_server(&vm.path(), sa(&ip, 80)?, &vm.spec.name));
         servers.push(udp_server(&vm.path(), sa(&ip, 53)?, &vm.spec.name));
     }
-    let fakes = Fakes::start(&mgmt.path())?;
+    let tls0 = tb.host(0).ensure_tls()?;
+    let fakes = Fakes::start(&mgmt.path(), &tls0)?;
     let baseline_links = tb
         .hosts
         .iter()
@@ -318,7 +370,8 @@ fn describe(w: &World) -> Value {
                      "netns": w.tb.upstream.path().display().to_string()},
         "fakes": {"hang": format!("{MGMT_ADDR}:{FAKE_HANG_PORT}"),
                   "garbage": format!("{MGMT_ADDR}:{FAKE_GARBAGE_PORT}"),
-                  "closed": format!("{MGMT_ADDR}:{FAKE_CLOSED_PORT}")},
+                  "closed": format!("{MGMT_ADDR}:{FAKE_CLOSED_PORT}"),
+                  "tls_garbage": format!("{MGMT_ADDR}:{FAKE_TLS_GARBAGE_PORT}")},
     })
 }
 

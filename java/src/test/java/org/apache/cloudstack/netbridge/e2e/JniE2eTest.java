@@ -94,7 +94,7 @@ class JniE2eTest {
     void faultsNeitherCrashTheJvmNorLeaveState() throws Exception {
         try (NetBridge b = open("faults")) {
             JniTransport direct = new JniTransport(b, null, null);
-            for (String which : List.of("hang", "closed", "garbage")) {
+            for (String which : List.of("hang", "closed", "garbage", "tls_garbage")) {
                 Map<String, Object> d = CloudStackSim.physicalDetails(tb, tb.str("executor.key"));
                 d.put("hosts", tb.fake(which));
                 CloudStackSim cs = new CloudStackSim(direct, 88, d);
@@ -105,8 +105,9 @@ class JniE2eTest {
                 NetBridgeException e = assertThrows(NetBridgeException.class,
                         () -> b.execute("implement-network", cs.envelope(payload), Duration.ofSeconds(3)));
                 System.out.println(which + ": " + e.getKind() + " " + e.getCode() + " " + e.getText());
-                assertEquals(which.equals("hang") ? NetBridgeException.Kind.TIMEOUT : NetBridgeException.Kind.UNREACHABLE,
-                        e.getKind(), e.getText());
+                NetBridgeException.Kind expected = which.equals("hang") ? NetBridgeException.Kind.TIMEOUT
+                        : which.equals("tls_garbage") ? NetBridgeException.Kind.REMOTE : NetBridgeException.Kind.UNREACHABLE;
+                assertEquals(expected, e.getKind(), e.getText());
                 assertTrue(e.getText().contains(tb.fake(which)), e.getText());
             }
             // Unknown command and bad fields.

@@ -37,12 +37,14 @@ import org.apache.cloudstack.netbridge.NetBridgeConfig;
  * over 100 networks.
  *
  * <pre>
- * cargo build --release --lib --bin netbridge-executor
+ * cargo build --release --lib --bin netbridge-executor --bin netbridge-entrypoint
  * mvn -f java/pom.xml -q -Dnetbridge.release -Dnetbridge.cargo.skip=true -DskipTests test-compile exec:java \
  *     -Dexec.classpathScope=test -Dexec.mainClass=org.apache.cloudstack.netbridge.bench.ExecuteBenchmark
  * </pre>
  * System properties: {@code bench.executor} (path of netbridge-executor; default
- * {@code ../target/release/netbridge-executor}), {@code bench.iterations} (3000),
+ * {@code ../target/release/netbridge-executor}), {@code bench.entrypoint} (likewise; (b) the same
+ * command as a process per command, skipped when absent), {@code bench.procRuns} (200),
+ * {@code bench.iterations} (3000),
  * {@code bench.threads} (16), {@code bench.networks} (100), {@code bench.seconds} (5).
  */
 public final class ExecuteBenchmark {
@@ -57,6 +59,9 @@ public final class ExecuteBenchmark {
         int threads = Integer.getInteger("bench.threads", 16);
         int networks = Integer.getInteger("bench.networks", 100);
         int seconds = Integer.getInteger("bench.seconds", 5);
+        int procRuns = Integer.getInteger("bench.procRuns", 200);
+        Path entry = Path.of(System.getProperty("bench.entrypoint", "../target/release/netbridge-entrypoint"))
+                .toAbsolutePath().normalize();
         Path executor = Path.of(System.getProperty("bench.executor", "../target/release/netbridge-executor"))
                 .toAbsolutePath().normalize();
 
@@ -123,6 +128,10 @@ public final class ExecuteBenchmark {
                     r[i] = System.nanoTime() - t0;
                 }
                 report("(a) sticky ensure-network-device, registry details", r);
+                double p50b = entrypoint(entry, dir, envs[0], procRuns);
+                if (p50b > 0) {
+                    System.out.printf(Locale.ROOT, "ratio (b)/(a) p50: %.1f%n", p50b / p50a);
+                }
                 throughput(threads, networks, seconds, "(c) envelope details", i -> b.execute("ensure-network-device",
                         envs[i % networks], TIMEOUT));
                 throughput(threads, networks, seconds, "(c) registry details", i -> b.execute(extId, PN,
@@ -137,6 +146,36 @@ public final class ExecuteBenchmark {
             }
             deleteTree(dir);
         }
+    }
+
+    /** (b): the same command through netbridge-entrypoint as a process per command. */
+    private static double entrypoint(Path entry, Path dir, String envelope, int runs)
+            throws IOException, InterruptedException {
+        if (!Files.isExecutable(entry) || runs <= 0) {
+            System.out.println("(b) skipped: no " + entry);
+            return -1;
+        }
+        Path payload = dir.resolve("payload.json");
+        Files.writeString(payload, envelope);
+        Path state = dir.resolve("entry-state");
+        long[] ns = new long[runs];
+        for (int i = -10; i < runs; i++) {
+            ProcessBuilder pb = new ProcessBuilder(entry.toString(), "ensure-network-device", payload.toString(), "10")
+                    .redirectError(ProcessBuilder.Redirect.DISCARD);
+            pb.environment().put("NETBRIDGE_STATE_DIR", state.toString());
+            long t0 = System.nanoTime();
+            Process p = pb.start();
+            p.getInputStream().readAllBytes();
+            int rc = p.waitFor();
+            long took = System.nanoTime() - t0;
+            if (rc != 0) {
+                throw new IOException("netbridge-entrypoint exited " + rc);
+            }
+            if (i >= 0) {
+                ns[i] = took;
+            }
+        }
+        return report("(b) same through netbridge-entrypoint (process/command)", ns);
     }
 
     interface Call {

@@ -1,6 +1,6 @@
 # The two entry points for a newcomer: `make demo` and `make test`.
 CARGO ?= cargo
-MVN ?= mvn -B -q
+MVN ?= mvn -B -ntp
 
 .PHONY: demo test rust-test java-test lint bench
 

@@ -1,0 +1,218 @@
+//! I/O edge: writes rendered files and brings the network's dnsmasq and
+//! haproxy to the rendered state with the least disruptive action.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::dnsmasq::{self, DnsmasqAction, DnsmasqFiles, DnsmasqPaths};
+use super::haproxy::HaproxyPaths;
+use super::store::replace_file;
+use super::supervisor::{Daemon, DaemonSpec};
+use super::ServicesError;
+
+pub const DNSMASQ_PROGRAM: &str = "/usr/sbin/dnsmasq";
+pub const HAPROXY_PROGRAM: &str = "/usr/sbin/haproxy";
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Directory readable by the unprivileged user dnsmasq drops to (it re-reads
+/// the hosts files on SIGHUP after dropping root).
+fn ensure_dir(dir: &Path, mode: u32) -> Result<(), ServicesError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| ServicesError::io(format!("create {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| ServicesError::io(format!("chmod {}", dir.display()), e))
+}
+
+pub fn dnsmasq_spec(paths: &DnsmasqPaths, netns: Option<&str>, label: &str) -> DaemonSpec {
+    let args = paths.argv();
+    let marker = args.last().cloned().unwrap_or_default();
+    DaemonSpec {
+        name: format!("dnsmasq {label}"),
+        program: PathBuf::from(DNSMASQ_PROGRAM),
+        args,
+        netns: netns.map(str::to_string),
+        pid_file: paths.pid_file(),
+        log_file: Some(paths.dir.join("dnsmasq.log")),
+        marker,
+    }
+}
+
+pub fn haproxy_spec(paths: &HaproxyPaths, netns: Option<&str>, label: &str) -> DaemonSpec {
+    DaemonSpec {
+        name: format!("haproxy {label}"),
+        program: PathBuf::from(HAPROXY_PROGRAM),
+        args: paths.argv(),
+        netns: netns.map(str::to_string),
+        pid_file: paths.pid_file(),
+        log_file: Some(paths.dir.join("haproxy.log")),
+        marker: OsString::from(paths.conf()),
+    }
+}
+
+/// The files currently on disk (what the running dnsmasq was given).
+pub fn read_dnsmasq_files(paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
+    let r = |p: PathBuf| fs::read_to_string(p).ok();
+    Some(DnsmasqFiles {
+        conf: r(paths.conf())?,
+        hosts: r(paths.hosts())?,
+        dhcp_hosts: r(paths.dhcp_hosts())?,
+    })
+}
+
+/// Writes the files that differ from `old` (derived files: atomic, not
+/// flushed; they are re-rendered from persisted state after a crash).
+pub fn write_dnsmasq_files(
+    paths: &DnsmasqPaths,
+    files: &DnsmasqFiles,
+    old: Option<&DnsmasqFiles>,
+) -> Result<(), ServicesError> {
+    ensure_dir(&paths.dir, 0o755)?;
+    let before = old.map(|o| o.files(paths));
+    for (i, (p, content)) in files.files(paths).iter().enumerate() {
+        let same = before.as_ref().is_some_and(|b| b[i].1 == *content);
+        if !same {
+            replace_file(p, content.as_bytes(), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings dnsmasq to `new` (`None`: none should run). `running` is the
+/// daemon the caller tracks (`None` after an executor restart: the PID file
+/// is checked and the daemon adopted when it is really ours). Returns the
+/// daemon now running and the action taken.
+pub fn sync_dnsmasq(
+    paths: &DnsmasqPaths,
+    netns: Option<&str>,
+    label: &str,
+    new: Option<&DnsmasqFiles>,
+    running: Option<Daemon>,
+) -> Result<(Option<Daemon>, DnsmasqAction), ServicesError> {
+    let spec = dnsmasq_spec(paths, netns, label);
+    let mut running = running.or_else(|| Daemon::adopt(spec.clone()));
+    if let Some(d) = running.as_mut() {
+        if !d.is_running() {
+            log::warn!("{}: pid {} died; starting it again", spec.name, d.pid());
+            running = None;
+        }
+    }
+    let old = if running.is_some() {
+        read_dnsmasq_files(paths)
+    } else {
+        None
+    };
+    let action = dnsmasq::plan_change(old.as_ref(), new);
+    if let Some(files) = new {
+        write_dnsmasq_files(paths, files, old.as_ref())?;
+    }
+    let now = match (action, running) {
+        (DnsmasqAction::Nothing, r) => r,
+        (DnsmasqAction::Hup, Some(mut d)) => {
+            d.hup()?;
+            Some(d)
+        }
+        (DnsmasqAction::Stop, Some(d)) => {
+            d.stop(GRACE)?;
+            None
+        }
+        (DnsmasqAction::Restart, Some(d)) => Some(d.restart(spec, GRACE)?),
+        (_, Some(d)) => Some(d),
+        (DnsmasqAction::Start, None)
+        | (DnsmasqAction::Hup, None)
+        | (DnsmasqAction::Restart, None) => Some(Daemon::spawn(spec)?),
+        (DnsmasqAction::Stop, None) => None,
+    };
+    Ok((now, action))
+}
+
+/// What [`sync_haproxy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaproxyAction {
+    Nothing,
+    Start,
+    Reload,
+    Stop,
+}
+
+/// Brings haproxy to `config` (`None`: no rule left, no process). A changed
+/// configuration is applied by graceful reload; the old process is pushed to
+/// `draining` (call [`reap_draining`] now and then).
+pub fn sync_haproxy(
+    paths: &HaproxyPaths,
+    netns: Option<&str>,
+    label: &str,
+    config: Option<&str>,
+    running: Option<Daemon>,
+    draining: &mut Vec<Daemon>,
+) -> Result<(Option<Daemon>, HaproxyAction), ServicesError> {
+    let spec = haproxy_spec(paths, netns, label);
+    let mut running = running.or_else(|| Daemon::adopt(spec.clone()));
+    if let Some(d) = running.as_mut() {
+        if !d.is_running() {
+            running = None;
+        }
+    }
+    let Some(cfg) = config else {
+        if let Some(d) = running {
+            d.stop(GRACE)?;
+            let _ = fs::remove_file(paths.conf());
+            return Ok((None, HaproxyAction::Stop));
+        }
+        return Ok((None, HaproxyAction::Nothing));
+    };
+    let old = fs::read_to_string(paths.conf()).ok();
+    ensure_dir(&paths.dir, 0o700)?;
+    if running.is_some() && old.as_deref() == Some(cfg) {
+        return Ok((running, HaproxyAction::Nothing));
+    }
+    replace_file(&paths.conf(), cfg.as_bytes(), 0o600)?;
+    if let Err(e) = check_haproxy_config(&paths.conf()) {
+        // Keep the configuration the running process was started with.
+        match &old {
+            Some(o) => replace_file(&paths.conf(), o.as_bytes(), 0o600)?,
+            None => {
+                let _ = fs::remove_file(paths.conf());
+            }
+        }
+        return Err(e);
+    }
+    match running {
+        Some(d) => {
+            let (new, old) = d.reload_haproxy(spec)?;
+            draining.push(old);
+            Ok((Some(new), HaproxyAction::Reload))
+        }
+        None => Ok((Some(Daemon::spawn(spec)?), HaproxyAction::Start)),
+    }
+}
+
+/// Drops draining processes that have exited (reaping them).
+pub fn reap_draining(draining: &mut Vec<Daemon>) {
+    draining.retain_mut(|d| d.is_running());
+}
+
+/// `haproxy -c -f <conf>`: refuses a configuration before any process sees it.
+pub fn check_haproxy_config(conf: &Path) -> Result<(), ServicesError> {
+    let out = std::process::Command::new(HAPROXY_PROGRAM)
+        .arg("-c")
+        .arg("-q")
+        .arg("-f")
+        .arg(conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ServicesError::Process(format!("haproxy -c: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    let first: String = msg.lines().take(3).collect::<Vec<_>>().join(" / ");
+    Err(ServicesError::Process(format!(
+        "haproxy refused the configuration: {first}"
+    )))
+}

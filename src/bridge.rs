@@ -165,9 +165,18 @@ impl Bridge {
             ))
         };
         if command == Command::EnsureNetworkDevice {
-            registry
-                .bind(&target, extension_id, physical_network_id, out)
-                .map_err(failed)?;
+            // A sticky answer repeats the binding: a read instead of a write.
+            let current = registry.get_binding(&target).map_err(failed)?;
+            let same = current.is_some_and(|b| {
+                b.extension_id == extension_id
+                    && b.physical_network_id == physical_network_id
+                    && b.details == out
+            });
+            if !same {
+                registry
+                    .bind(&target, extension_id, physical_network_id, out)
+                    .map_err(failed)?;
+            }
         } else {
             registry.unbind(&target).map_err(failed)?;
         }

@@ -233,6 +233,8 @@ fn registry_details_key_rotation_and_bindings() {
         .get_binding(&BindingTarget::Network("42".into()))
         .unwrap()
         .is_none());
+    // the journal record went away with the network
+    assert_eq!(b.api().registry().journal_count().unwrap(), 0);
     b.api().call("unregisterExtension", &unregister).unwrap();
     // Not registered any more: a configuration error naming both ids.
     let e = b

@@ -5,6 +5,12 @@
 //! - [`placement`]: POSIX cksum placement, scope and namespace (pure).
 //! - [`journal`]: the desired state sent per network, for replay on a move.
 //! - [`client`]: pooled, pinned, signing HTTPS client.
+//! - [`netns`]: executor traffic inside another network namespace
+//!   ([`Dispatcher::new_in_netns`], used with [`Dispatcher::execute_shared`]).
+//!
+//! The in-process product (JNI, `netbridge exec`) is [`crate::bridge::Bridge`]:
+//! one shared dispatcher whose journal is the registry's
+//! ([`crate::registry::RegistryJournal`]).
 //!
 //! Entry: [`Dispatcher::execute`] (blocking; JNI, CLI, entry point) or
 //! [`Dispatcher::execute_async`]. It returns the command's stdout-equivalent

@@ -6,11 +6,14 @@
 //! - the body runs inside `EnvUnowned::with_env`, which catches panics;
 //!   [`error::ThrowNetBridge`] turns errors and panics into a pending
 //!   `NetBridgeException(code, text)`, so nothing unwinds into the JVM;
-//! - a handle is `Arc::into_raw` of a [`Bridge`] held in a Java `long`. The
+//! - a handle is `Arc::into_raw` of a [`Bridge`] (API + shared dispatcher,
+//!   see [`crate::bridge`]) held in a Java `long`. The
 //!   Java side (`NetBridge`) guards it with a read-write lock: calls hold the
 //!   read lock, `close` takes the write lock and zeroes the handle, so `close`
 //!   never frees a bridge another thread is using and a second `close` is a
 //!   no-op.
+//! - `execute`/`executeRegistered` failures carry a kind (CONFIGURATION 431,
+//!   REMOTE 502, UNREACHABLE 503, TIMEOUT 504; see [`error::exec_codes`]).
 
 mod error;
 mod logger;

@@ -162,4 +162,13 @@ class ExecuteTest {
             assertTrue(!e.getText().contains("secret-1"), e.getText());
         }
     }
+
+    @Test
+    void dispatchNetnsThatCannotBeOpenedFailsOpen() {
+        NetBridgeConfig config = NetBridgeConfig.builder().database(dir.resolve("nb.db")).keyFile(dir.resolve("k"))
+                .dispatchNetns(Path.of("/run/netns/nbb-missing-ns")).build();
+        NetBridgeException e = assertThrows(NetBridgeException.class, () -> NetBridge.open(config));
+        assertEquals(431, e.getCode());
+        assertTrue(e.getText().startsWith("cannot open network namespace '/run/netns/nbb-missing-ns': "), e.getText());
+    }
 }

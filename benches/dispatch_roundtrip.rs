@@ -14,10 +14,51 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dispatch_support::*;
+use netbridge::api::{ApiConfig, Params};
+use netbridge::bridge::{Bridge, BridgeConfig};
 use netbridge::dispatch::{Dispatcher, MemoryJournal};
 use serde_json::json;
 
 const KEY: &str = "bench-key";
+const BENCH_PN: &str = "0b7c5a1e-2f3d-4e6a-9b8c-7d6e5f4a3b2c";
+
+/// createExtension + registerExtension of the fake; returns the extension id.
+fn register(bridge: &Bridge, host: &str, fingerprint: &str) -> String {
+    let p = |kv: &[(&str, &str)]| -> Params {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let r = bridge
+        .api()
+        .call(
+            "createExtension",
+            &p(&[("name", "nbb-bench"), ("type", "NetworkOrchestrator")]),
+        )
+        .expect("createExtension");
+    let id = r["createextensionresponse"]["extension"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    bridge
+        .api()
+        .call(
+            "registerExtension",
+            &p(&[
+                ("extensionid", &id),
+                ("resourceid", BENCH_PN),
+                ("resourcetype", "PhysicalNetwork"),
+                ("details[0].key", "hosts"),
+                ("details[0].value", host),
+                ("details[1].key", "executor.key"),
+                ("details[1].value", KEY),
+                ("details[2].key", "executor.fingerprint"),
+                ("details[2].value", fingerprint),
+            ]),
+        )
+        .expect("registerExtension");
+    id
+}
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
@@ -99,6 +140,54 @@ fn main() {
         "(a') in-process add-dns-entry, new TLS connection each",
         samples,
     );
+
+    // (a'') the in-process Bridge (JNI's core): registry-backed journal, and
+    // the registry form (details decrypted per call, binding kept).
+    let bdir = tempfile::tempdir().expect("tempdir");
+    let bridge = Bridge::open(BridgeConfig::new(ApiConfig::in_dir(bdir.path()))).expect("bridge");
+    for _ in 0..200 {
+        bridge
+            .execute("add-dns-entry", &dns, timeout)
+            .expect("warm-up");
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        bridge
+            .execute("add-dns-entry", &dns, timeout)
+            .expect("add-dns-entry");
+        samples.push(t.elapsed());
+    }
+    report("(a'') Bridge add-dns-entry (registry journal)", samples);
+    let ext_id = register(&bridge, &host, &cert.fingerprint());
+    for _ in 0..200 {
+        bridge
+            .execute_registered(&ext_id, BENCH_PN, "add-dns-entry", &dns, timeout)
+            .expect("warm-up");
+    }
+    for (name, command, body) in [
+        (
+            "(a'') Bridge add-dns-entry, registry details",
+            "add-dns-entry",
+            &dns,
+        ),
+        (
+            "(a'') Bridge sticky ensure, registry details + binding",
+            "ensure-network-device",
+            &ensure,
+        ),
+    ] {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            bridge
+                .execute_registered(&ext_id, BENCH_PN, command, body, timeout)
+                .expect("registry form");
+            samples.push(t.elapsed());
+        }
+        report(name, samples);
+    }
+    drop(bridge);
 
     // (b) the entry point, a process per command, file journal.
     let dir = tempfile::tempdir().expect("tempdir");

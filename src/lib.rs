@@ -6,11 +6,13 @@
 //! - [`registry`]: SQLite store (extensions, registrations, providers, bindings, secrets).
 //! - [`offerings`]: service/capability vocabulary and offering generation.
 //! - [`api`]: the CloudStack-style API dispatcher shared by JNI, CLI and HTTP.
+//! - [`bridge`]: API + shared dispatcher in one process (JNI, `netbridge exec`).
 //! - [`dispatch`]: placement, failover and the signed HTTPS client to executors.
 //! - [`executor`]: the host daemon (planner, applier, state, reconcile).
 //! - `jni`: thin JNI exports.
 
 pub mod api;
+pub mod bridge;
 pub mod dispatch;
 pub mod executor;
 mod jni;

@@ -973,8 +973,24 @@ impl Drop for Host {
     }
 }
 
+/// The executor binary: Cargo's path for tests; for examples (where Cargo
+/// sets no `CARGO_BIN_EXE_*`) `NETBRIDGE_EXECUTOR_BIN`, else the binary next
+/// to `target/<profile>/examples/<program>`.
 fn executor_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_netbridge-executor")
+    if let Some(p) = option_env!("CARGO_BIN_EXE_netbridge-executor") {
+        return p;
+    }
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("NETBRIDGE_EXECUTOR_BIN") {
+            return p.to_string_lossy().into_owned();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("netbridge-executor")))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "netbridge-executor".to_string())
+    })
 }
 
 /// Writes a file with mode 0600 from the start.

@@ -13,6 +13,7 @@ pub mod params;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 pub mod http;
 
 use crate::offerings::OfferingError;
@@ -89,7 +90,7 @@ impl ApiConfig {
 
 /// The API dispatcher.
 pub struct Api {
-    registry: Registry,
+    registry: Arc<Registry>,
 }
 
 impl Api {
@@ -99,13 +100,20 @@ impl Api {
             log::error!("cannot open the registry: {e}");
             ApiError::internal(format!("Cannot open the registry: {e}"))
         })?;
-        Ok(Api { registry })
+        Ok(Api {
+            registry: Arc::new(registry),
+        })
     }
 
     /// The registry, for internal layers (dispatch: bindings, decrypted
     /// registration details).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// A shared handle on the registry (the dispatch journal keeps one).
+    pub fn registry_handle(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 
     /// Runs one API command.

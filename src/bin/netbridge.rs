@@ -4,6 +4,13 @@
 //!   the API's JSON; non-zero exit on an API error.
 //! - `netbridge serve`: CloudStack's API wire format over HTTP.
 //! - `netbridge keys create|list`: admin key pairs for `serve`.
+//! - `netbridge exec <command> <payload-file> [timeout-seconds]`: one network
+//!   command through the in-process bridge, with the script contract of
+//!   `netbridge-entrypoint` (stdout, exit 0 / 1 configuration or usage /
+//!   2 unreachable or timeout / 3 executor failure). Details from the
+//!   envelope, or with `--extension-id` and `--physical-network-id` from the
+//!   registry (which then also keeps the network's binding). The command
+//!   journal lives in the registry of `--state-dir`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +19,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use netbridge::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOptions};
 use netbridge::api::{Api, ApiConfig, ApiError};
+use netbridge::bridge::{Bridge, BridgeConfig};
+use netbridge::dispatch::DispatchError;
 
 /// Exit status of a command the API refused.
 const EXIT_API_ERROR: u8 = 1;
@@ -64,6 +73,8 @@ enum Cmd {
     },
     /// Serve the CloudStack API wire format over HTTP (signed requests only)
     Serve(ServeArgs),
+    /// Run one network command on its executor (script contract of netbridge-entrypoint)
+    Exec(ExecArgs),
     /// Manage the admin API keys accepted by `serve`
     Keys {
         #[command(subcommand)]
@@ -84,6 +95,31 @@ struct ServeArgs {
           value_parser = clap::value_parser!(usize))]
     max_body_bytes: usize,
 }
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// Command name, e.g. implement-network
+    command: String,
+    /// The payload envelope file, as CloudStack writes it
+    payload_file: PathBuf,
+    /// Time budget in seconds (1..86400)
+    #[arg(default_value_t = DEFAULT_EXEC_TIMEOUT_SECS)]
+    timeout_seconds: u64,
+    /// Take the executor details from this extension's registration (with
+    /// --physical-network-id) instead of the envelope
+    #[arg(long, value_name = "UUID", requires = "physical_network_id")]
+    extension_id: Option<String>,
+    /// Physical network of the registration (with --extension-id)
+    #[arg(long, value_name = "UUID", requires = "extension_id")]
+    physical_network_id: Option<String>,
+    /// Run executor traffic inside this network namespace (e.g. /run/netns/mgmt)
+    #[arg(long, value_name = "PATH")]
+    dispatch_netns: Option<PathBuf>,
+}
+
+/// Default `exec` time budget.
+const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 60;
+const MAX_EXEC_TIMEOUT_SECS: u64 = 86_400;
 
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
@@ -380,8 +416,90 @@ fn run_keys(global: &GlobalOpts, action: &KeysCmd) -> Result<(), Failure> {
     }
 }
 
+/// `exec` failure in the script form: the error JSON on stdout, the text on
+/// stderr, exit 1/2/3 by kind.
+fn exec_failure(command: &str, err: &DispatchError) -> ExitCode {
+    eprintln!(
+        "netbridge exec: {}: {err}",
+        netbridge::protocol::sanitize_for_message(command)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"status": "error", "message": err.to_string()})
+    );
+    ExitCode::from(err.exit_code() as u8)
+}
+
+fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
+    let config_error =
+        |text: String| exec_failure(&args.command, &DispatchError::Configuration(text));
+    if !(1..=MAX_EXEC_TIMEOUT_SECS).contains(&args.timeout_seconds) {
+        return config_error(format!(
+            "invalid timeout-seconds '{}': expected a whole number of seconds from 1 to {MAX_EXEC_TIMEOUT_SECS}",
+            args.timeout_seconds
+        ));
+    }
+    let payload = match read_payload(&args.payload_file) {
+        Ok(p) => p,
+        Err(text) => return config_error(text),
+    };
+    let api = global.api_config();
+    for file in [&api.database, &api.key_file] {
+        if let Err(Failure(text)) = ensure_dir_for(file) {
+            return config_error(text);
+        }
+    }
+    let mut config = BridgeConfig::new(api);
+    config.dispatch_netns = args.dispatch_netns.clone();
+    let bridge = match Bridge::open(config) {
+        Ok(b) => b,
+        Err(e) => return config_error(e.to_string()),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout_seconds);
+    let result = match (&args.extension_id, &args.physical_network_id) {
+        (Some(ext), Some(pn)) => {
+            bridge.execute_registered(ext, pn, &args.command, &payload, timeout)
+        }
+        _ => bridge.execute(&args.command, &payload, timeout),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => exec_failure(&args.command, &e),
+    }
+}
+
+fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read payload file '{shown}': {e}"))?;
+    let limit = netbridge::dispatch::MAX_ENVELOPE_BYTES;
+    let mut data = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read payload file '{shown}': {e}"))?;
+    if data.len() > limit {
+        return Err(format!(
+            "payload file '{shown}' is larger than {limit} bytes"
+        ));
+    }
+    Ok(data)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `exec` keeps the script contract: usage errors exit 1 (2 means
+        // "executor unreachable" there).
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "exec") => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        Err(e) => e.exit(),
+    };
     let default_level = match cli.command {
         Cmd::Serve(_) => log::LevelFilter::Info,
         _ => log::LevelFilter::Warn,
@@ -393,6 +511,7 @@ fn main() -> ExitCode {
             params,
             cmk,
         } => return run_api(&cli.global, command, params, *cmk),
+        Cmd::Exec(args) => return run_exec(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
     };

@@ -318,6 +318,20 @@ pub trait CommandJournal: Send + Sync {
         self.update(key, &mut |s| {
             s.host = Some(host.to_string());
             s.apply(command, envelope);
+            // Nothing left to replay after a teardown: forget the host too,
+            // so the record (row/file) goes away with the network.
+            let in_vpc = envelope
+                .get("payload")
+                .and_then(|p| field(p, "vpc_id"))
+                .is_some();
+            let teardown = match command {
+                Command::ShutdownVpc => true,
+                Command::DestroyNetwork | Command::ShutdownNetwork => !in_vpc,
+                _ => false,
+            };
+            if teardown && s.entries.is_empty() {
+                s.host = None;
+            }
         })
         .map(|_| ())
     }

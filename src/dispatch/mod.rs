@@ -5,6 +5,12 @@
 //! - [`placement`]: POSIX cksum placement, scope and namespace (pure).
 //! - [`journal`]: the desired state sent per network, for replay on a move.
 //! - [`client`]: pooled, pinned, signing HTTPS client.
+//! - [`netns`]: executor traffic inside another network namespace
+//!   ([`Dispatcher::new_in_netns`], used with [`Dispatcher::execute_shared`]).
+//!
+//! The in-process product (JNI, `netbridge exec`) is [`crate::bridge::Bridge`]:
+//! one shared dispatcher whose journal is the registry's
+//! ([`crate::registry::RegistryJournal`]).
 //!
 //! Entry: [`Dispatcher::execute`] (blocking; JNI, CLI, entry point) or
 //! [`Dispatcher::execute_async`]. It returns the command's stdout-equivalent
@@ -32,9 +38,12 @@
 pub mod client;
 pub mod config;
 pub mod journal;
+pub mod netns;
 pub mod placement;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +55,7 @@ use tokio::time::Instant;
 pub use client::{Client, Reply, TransportError};
 pub use config::{ExecutorConfig, HostEntry, SecretKey, Transport};
 pub use journal::{CommandJournal, FileJournal, JournalError, JournalState, MemoryJournal};
+pub use netns::Netns;
 pub use placement::{cksum, placement_order, Scope};
 
 use crate::protocol::{sanitize_for_message, Command};
@@ -311,6 +321,10 @@ pub struct Dispatcher {
     /// None for [`Dispatcher::for_async`] (the caller's runtime is used).
     runtime: Option<tokio::runtime::Runtime>,
     settings: Settings,
+    /// Namespace the runtime threads entered ([`Dispatcher::new_in_netns`]).
+    netns: Option<Arc<Netns>>,
+    /// Set when a runtime thread could not enter `netns`.
+    netns_failed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -332,6 +346,52 @@ impl Dispatcher {
             .build()
             .map_err(|e| DispatchError::Configuration(format!("cannot start runtime: {e}")))?;
         Ok(Dispatcher::with_runtime(journal, Some(runtime)))
+    }
+
+    /// As [`Dispatcher::new`], with every runtime thread (workers and the
+    /// blocking pool, hence every connection and health probe) inside the
+    /// network namespace `netns` (e.g. `/run/netns/mgmt`); `None` is
+    /// [`Dispatcher::new`]. Commands then run on the runtime's threads: use
+    /// [`Dispatcher::execute_shared`]. Needs CAP_SYS_ADMIN; a namespace that
+    /// cannot be entered is a Configuration error here.
+    pub fn new_in_netns(
+        journal: Arc<dyn CommandJournal>,
+        netns: Option<&Path>,
+    ) -> Result<Dispatcher, DispatchError> {
+        let Some(path) = netns else {
+            return Dispatcher::new(journal);
+        };
+        let ns = Arc::new(Netns::open(path)?);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (ns2, failed2) = (ns.clone(), failed.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("netbridge-dispatch")
+            .on_thread_start(move || {
+                if let Err(e) = ns2.enter() {
+                    log::error!(
+                        "dispatch thread cannot enter network namespace {}: {e}",
+                        ns2.path().display()
+                    );
+                    failed2.store(true, Ordering::SeqCst);
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(|e| DispatchError::Configuration(format!("cannot start runtime: {e}")))?;
+        log::info!(
+            "executor traffic runs in network namespace {}",
+            path.display()
+        );
+        let mut d = Dispatcher::with_runtime(journal, Some(runtime));
+        d.netns = Some(ns);
+        d.netns_failed = failed;
+        Ok(d)
+    }
+
+    /// The namespace executor traffic runs in, if not the caller's.
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref().map(Netns::path)
     }
 
     /// For one-shot processes (the entry point): no worker threads.
@@ -361,6 +421,8 @@ impl Dispatcher {
             journal,
             runtime,
             settings: Settings::default(),
+            netns: None,
+            netns_failed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -410,6 +472,55 @@ impl Dispatcher {
             ));
         }
         runtime.block_on(self.execute_async(command, envelope, details, timeout))
+    }
+
+    /// As [`Dispatcher::execute_with_details`] for a shared dispatcher: with a
+    /// namespace ([`Dispatcher::new_in_netns`]) the command runs on the
+    /// runtime's threads (inside the namespace) while the caller waits;
+    /// otherwise on the calling thread.
+    pub fn execute_shared(
+        self: &Arc<Self>,
+        command: &str,
+        envelope: &[u8],
+        details: Option<&BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
+        if self.netns.is_none() {
+            return self.execute_with_details(command, envelope, details, timeout);
+        }
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers; use execute_async".into(),
+            ));
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DispatchError::Configuration(
+                "Dispatcher::execute called from async code; use execute_async".into(),
+            ));
+        }
+        if self.netns_failed.load(Ordering::SeqCst) {
+            return Err(DispatchError::Configuration(format!(
+                "a dispatch thread could not enter network namespace {}",
+                self.netns()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        let (this, command, envelope, details) = (
+            Arc::clone(self),
+            command.to_string(),
+            envelope.to_vec(),
+            details.cloned(),
+        );
+        // The caller keeps its own reference until the task has finished, so
+        // the runtime is never dropped from one of its own threads.
+        let task = runtime.spawn(async move {
+            this.execute_async(&command, &envelope, details.as_ref(), timeout)
+                .await
+        });
+        runtime
+            .block_on(task)
+            .map_err(|e| DispatchError::Configuration(format!("dispatch task failed: {e}")))?
     }
 
     /// The async form; runs on the caller's runtime.

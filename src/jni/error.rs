@@ -6,6 +6,16 @@ use ::jni::objects::{JString, JThrowable, JValue};
 use ::jni::{jni_sig, jni_str, Env};
 
 use crate::api::{codes, ApiError};
+use crate::dispatch::{DispatchError, ErrorKind};
+
+/// `NetBridgeException` codes of `execute` failures (the Java class documents
+/// them): configuration 431, remote 502, unreachable 503, timeout 504.
+pub(crate) mod exec_codes {
+    pub const CONFIGURATION: u16 = 431;
+    pub const REMOTE: u16 = 502;
+    pub const UNREACHABLE: u16 = 503;
+    pub const TIMEOUT: u16 = 504;
+}
 
 /// One error enum for the JNI layer.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +23,12 @@ pub(crate) enum BridgeError {
     /// An API error, passed through with its CloudStack code and text.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// A failed network command (`execute`).
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// Opening the bridge failed.
+    #[error(transparent)]
+    Open(#[from] crate::bridge::BridgeOpenError),
     /// A failing JNI call (string conversion, array access, …).
     #[error("JNI failure: {0}")]
     Jni(#[from] JniCrateError),
@@ -31,10 +47,31 @@ impl BridgeError {
     pub(crate) fn code(&self) -> u16 {
         match self {
             BridgeError::Api(e) => e.code,
+            BridgeError::Open(crate::bridge::BridgeOpenError::Api(e)) => e.code,
+            BridgeError::Open(crate::bridge::BridgeOpenError::Dispatch(_)) => codes::PARAM_ERROR,
+            BridgeError::Dispatch(e) => match e.kind() {
+                ErrorKind::Configuration => exec_codes::CONFIGURATION,
+                ErrorKind::Remote => exec_codes::REMOTE,
+                ErrorKind::Unreachable => exec_codes::UNREACHABLE,
+                ErrorKind::Timeout => exec_codes::TIMEOUT,
+            },
             BridgeError::Argument(_) => codes::PARAM_ERROR,
             BridgeError::Jni(_) | BridgeError::Handle | BridgeError::Unavailable(_) => {
                 codes::INTERNAL_ERROR
             }
+        }
+    }
+
+    /// Name of the Java `NetBridgeException.Kind` for execute failures.
+    pub(crate) fn kind(&self) -> Option<&'static str> {
+        match self {
+            BridgeError::Dispatch(e) => Some(match e.kind() {
+                ErrorKind::Configuration => "CONFIGURATION",
+                ErrorKind::Remote => "REMOTE",
+                ErrorKind::Unreachable => "UNREACHABLE",
+                ErrorKind::Timeout => "TIMEOUT",
+            }),
+            _ => None,
         }
     }
 
@@ -63,7 +100,7 @@ impl<T: Default> ErrorPolicy<T, BridgeError> for ThrowNetBridge {
         // and says more than our wrapper would.
         if !env.exception_check() {
             log::debug!(target: "netbridge::jni", "call failed with code {}", err.code());
-            throw(env, err.code(), &err.text())?;
+            throw_kind(env, err.code(), &err.text(), err.kind())?;
         }
         Ok(T::default())
     }
@@ -104,7 +141,17 @@ fn panic_text(payload: Box<dyn std::any::Any + Send + 'static>) -> String {
 /// falling back to a `RuntimeException` if that cannot be built (e.g. no
 /// memory), so a failed call never returns to Java without an exception.
 pub(crate) fn throw(env: &mut Env<'_>, code: u16, text: &str) -> ::jni::errors::Result<()> {
-    let thrown = throw_netbridge(env, code, text);
+    throw_kind(env, code, text, None)
+}
+
+/// As [`throw`], with the exception's `Kind` named (execute failures).
+pub(crate) fn throw_kind(
+    env: &mut Env<'_>,
+    code: u16,
+    text: &str,
+    kind: Option<&str>,
+) -> ::jni::errors::Result<()> {
+    let thrown = throw_netbridge(env, code, text, kind);
     if thrown.is_ok() || env.exception_check() {
         return thrown;
     }
@@ -112,17 +159,36 @@ pub(crate) fn throw(env: &mut Env<'_>, code: u16, text: &str) -> ::jni::errors::
     swallow_thrown(env.throw_new(jni_str!("java/lang/RuntimeException"), msg))
 }
 
-fn throw_netbridge(env: &mut Env<'_>, code: u16, text: &str) -> ::jni::errors::Result<()> {
+fn throw_netbridge(
+    env: &mut Env<'_>,
+    code: u16,
+    text: &str,
+    kind: Option<&str>,
+) -> ::jni::errors::Result<()> {
     let Some(classes) = super::classes() else {
         // init() has not run: cannot happen through NativeBridge's static initializer.
         return Err(JniCrateError::NullPtr("NetBridgeException class"));
     };
     let jtext = JString::from_str(env, text)?;
-    let obj = env.new_object(
-        &classes.exception,
-        jni_sig!("(ILjava/lang/String;)V"),
-        &[JValue::Int(i32::from(code)), JValue::Object(&jtext)],
-    )?;
+    let obj = match kind {
+        None => env.new_object(
+            &classes.exception,
+            jni_sig!("(ILjava/lang/String;)V"),
+            &[JValue::Int(i32::from(code)), JValue::Object(&jtext)],
+        )?,
+        Some(kind) => {
+            let jkind = JString::from_str(env, kind)?;
+            env.new_object(
+                &classes.exception,
+                jni_sig!("(ILjava/lang/String;Ljava/lang/String;)V"),
+                &[
+                    JValue::Int(i32::from(code)),
+                    JValue::Object(&jtext),
+                    JValue::Object(&jkind),
+                ],
+            )?
+        }
+    };
     let throwable = env.cast_local::<JThrowable>(obj)?;
     swallow_thrown(env.throw(throwable))
 }
@@ -155,6 +221,26 @@ mod tests {
             BridgeError::Handle.text(),
             "NetBridge handle is closed or invalid"
         );
+    }
+
+    #[test]
+    fn dispatch_errors_keep_their_kind() {
+        let cases = [
+            (
+                DispatchError::Configuration("c".into()),
+                431,
+                "CONFIGURATION",
+            ),
+            (DispatchError::Unreachable("u".into()), 503, "UNREACHABLE"),
+            (DispatchError::Timeout("t".into()), 504, "TIMEOUT"),
+            (DispatchError::Remote("r".into()), 502, "REMOTE"),
+        ];
+        for (e, code, kind) in cases {
+            let text = e.to_string();
+            let b = BridgeError::from(e);
+            assert_eq!((b.code(), b.kind(), b.text()), (code, Some(kind), text));
+        }
+        assert_eq!(BridgeError::Argument("x".into()).kind(), None);
     }
 
     #[test]

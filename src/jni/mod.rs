@@ -6,11 +6,14 @@
 //! - the body runs inside `EnvUnowned::with_env`, which catches panics;
 //!   [`error::ThrowNetBridge`] turns errors and panics into a pending
 //!   `NetBridgeException(code, text)`, so nothing unwinds into the JVM;
-//! - a handle is `Arc::into_raw` of a [`Bridge`] held in a Java `long`. The
+//! - a handle is `Arc::into_raw` of a [`Bridge`] (API + shared dispatcher,
+//!   see [`crate::bridge`]) held in a Java `long`. The
 //!   Java side (`NetBridge`) guards it with a read-write lock: calls hold the
 //!   read lock, `close` takes the write lock and zeroes the handle, so `close`
 //!   never frees a bridge another thread is using and a second `close` is a
 //!   no-op.
+//! - `execute`/`executeRegistered` failures carry a kind (CONFIGURATION 431,
+//!   REMOTE 502, UNREACHABLE 503, TIMEOUT 504; see [`error::exec_codes`]).
 
 mod error;
 mod logger;
@@ -22,7 +25,8 @@ use ::jni::refs::Global;
 use ::jni::sys::{jint, jlong};
 use ::jni::{Env, EnvUnowned};
 
-use crate::api::{Api, ApiConfig, Params};
+use crate::api::{ApiConfig, Params};
+use crate::bridge::{Bridge, BridgeConfig};
 use error::{BridgeError, ThrowNetBridge};
 
 /// Java classes the native side calls back into, pinned by global references
@@ -37,12 +41,6 @@ static CLASSES: OnceLock<JavaClasses> = OnceLock::new();
 
 pub(crate) fn classes() -> Option<&'static JavaClasses> {
     CLASSES.get()
-}
-
-/// What a handle points at: the API dispatcher (and, with issue 5, the
-/// dispatch client).
-pub(crate) struct Bridge {
-    api: Api,
 }
 
 /// Borrows the bridge behind a handle.
@@ -149,24 +147,33 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_setMaxL
         .resolve::<ThrowNetBridge>()
 }
 
-/// `static native long open(String database, String keyFile)`
+/// `static native long open(String database, String keyFile, String dispatchNetns)`
+/// (`dispatchNetns` may be null).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_open<'caller>(
     mut unowned_env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     database: JString<'caller>,
     key_file: JString<'caller>,
+    dispatch_netns: JString<'caller>,
 ) -> jlong {
     unowned_env
         .with_env(|env| -> Result<jlong, BridgeError> {
             let database = required_string(env, &database, "database")?;
             let key_file = required_string(env, &key_file, "keyFile")?;
-            let api = Api::open(ApiConfig {
+            let netns = if dispatch_netns.is_null() {
+                None
+            } else {
+                Some(dispatch_netns.try_to_string(env)?)
+            };
+            let mut config = BridgeConfig::new(ApiConfig {
                 database: database.clone().into(),
                 key_file: key_file.into(),
-            })?;
+            });
+            config.dispatch_netns = netns.map(Into::into);
+            let bridge = Bridge::open(config)?;
             log::info!(target: "netbridge::jni", "netbridge {} opened {database}", crate::build_id());
-            let raw = Arc::into_raw(Arc::new(Bridge { api }));
+            let raw = Arc::into_raw(Arc::new(bridge));
             Ok(raw as usize as jlong)
         })
         .resolve::<ThrowNetBridge>()
@@ -208,34 +215,23 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_api<'ca
             let bridge = unsafe { bridge(handle)? };
             let command = required_string(env, &command, "command")?;
             let params = read_params(env, &keys, &values)?;
-            let response = bridge.api.call(&command, &params)?;
+            let response = bridge.api().call(&command, &params)?;
             log::trace!(target: "netbridge::jni", "api {command} answered");
             Ok(JString::from_str(env, response.to_string())?)
         })
         .resolve::<ThrowNetBridge>()
 }
 
-// ---------------------------------------------------------------------------
-// ISSUE 5 (bridge dispatch) PLUG-IN POINT.
-// `NetBridge.execute(command, envelopeJson, timeout)` lands here. The dispatch
-// layer provides the function that sends the envelope to the right executor;
-// replace the body of `execute` with that call (keep the signature: the
-// result is the command's stdout-equivalent JSON, errors map through
-// `BridgeError` to a NetBridgeException code).
-// ---------------------------------------------------------------------------
-fn execute(
-    _bridge: &Bridge,
-    command: &str,
-    _envelope: &str,
-    _timeout: std::time::Duration,
-) -> Result<String, BridgeError> {
-    Err(BridgeError::Unavailable(format!(
-        "execute {}: bridge dispatch is not available in this build",
-        crate::protocol::sanitize_for_message(command)
-    )))
+fn timeout(millis: jlong) -> Result<std::time::Duration, BridgeError> {
+    match u64::try_from(millis) {
+        Ok(m) if m > 0 => Ok(std::time::Duration::from_millis(m)),
+        _ => Err(BridgeError::Argument("timeout must be positive".into())),
+    }
 }
 
-/// `static native String execute(long handle, String command, String envelope, long timeoutMillis)`
+/// `static native String execute(long handle, String command, String envelope, long timeoutMillis)`:
+/// the command's stdout-equivalent; failures throw with kind CONFIGURATION,
+/// UNREACHABLE, TIMEOUT or REMOTE.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_execute<'caller>(
     mut unowned_env: EnvUnowned<'caller>,
@@ -251,13 +247,46 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_execute
             let bridge = unsafe { bridge(handle)? };
             let command = required_string(env, &command, "command")?;
             let envelope = required_string(env, &envelope, "envelope")?;
-            let millis = u64::try_from(timeout_millis)
-                .map_err(|_| BridgeError::Argument("timeout must not be negative".into()))?;
-            let out = execute(
-                bridge,
+            let timeout = timeout(timeout_millis)?;
+            let out = bridge.execute(&command, envelope.as_bytes(), timeout)?;
+            Ok(JString::from_str(env, out)?)
+        })
+        .resolve::<ThrowNetBridge>()
+}
+
+/// `static native String executeRegistered(long handle, String extensionId,
+/// String physicalNetworkId, String command, String envelope, long timeoutMillis)`:
+/// as `execute`, with the registration details from the registry.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_executeRegistered<
+    'caller,
+>(
+    mut unowned_env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    handle: jlong,
+    extension_id: JString<'caller>,
+    physical_network_id: JString<'caller>,
+    command: JString<'caller>,
+    envelope: JString<'caller>,
+    timeout_millis: jlong,
+) -> JString<'caller> {
+    unowned_env
+        .with_env(|env| -> Result<JString<'caller>, BridgeError> {
+            // SAFETY: the Java read lock keeps the handle alive for this call.
+            let bridge = unsafe { bridge(handle)? };
+            let extension_id = required_string(env, &extension_id, "extensionId")?;
+            let physical_network_id =
+                required_string(env, &physical_network_id, "physicalNetworkId")?;
+            let command = required_string(env, &command, "command")?;
+            let envelope = required_string(env, &envelope, "envelope")?;
+            let timeout = timeout(timeout_millis)?;
+            let out = bridge.execute_registered(
+                &extension_id,
+                &physical_network_id,
                 &command,
-                &envelope,
-                std::time::Duration::from_millis(millis),
+                envelope.as_bytes(),
+                timeout,
             )?;
             Ok(JString::from_str(env, out)?)
         })

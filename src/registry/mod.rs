@@ -10,6 +10,7 @@
 //! Reads for API responses never touch them; [`Registry::registration_details_full`]
 //! and [`Registry::extension_details_full`] decrypt them for internal callers.
 
+pub mod journal;
 pub mod secrets;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::offerings::{self, GeneratedOffering, Service};
+pub use journal::RegistryJournal;
 pub use secrets::{is_hidden_key, Secret};
 
 /// Registry errors. `Invalid`, `NotFound` and `Conflict` carry user-facing
@@ -390,6 +392,14 @@ const MIGRATIONS: &[&str] = &[
         offering INTEGER NOT NULL REFERENCES offerings(id) ON DELETE CASCADE,
         service TEXT NOT NULL,
         PRIMARY KEY (offering, service)
+    ) WITHOUT ROWID;
+    "#,
+    // 2: the bridge's command journal (see `journal`), sealed per key.
+    r#"
+    CREATE TABLE dispatch_journal (
+        key TEXT PRIMARY KEY,
+        state BLOB NOT NULL,
+        updated TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
 ];

@@ -23,13 +23,17 @@ final class NativeBridge {
 
     static native void setMaxLogLevel(int code);
 
-    static native long open(String database, String keyFile);
+    /** {@code dispatchNetns} may be null (the caller's namespace). */
+    static native long open(String database, String keyFile, String dispatchNetns);
 
     static native void close(long handle);
 
     static native String api(long handle, String command, String[] keys, String[] values);
 
     static native String execute(long handle, String command, String envelope, long timeoutMillis);
+
+    static native String executeRegistered(long handle, String extensionId, String physicalNetworkId,
+            String command, String envelope, long timeoutMillis);
 
     static native String version();
 

@@ -40,7 +40,8 @@ public final class NetBridge implements AutoCloseable {
             NativeLog.LOGGER.setLevel(config.logLevel());
         }
         NativeLog.applyLevel();
-        long h = NativeBridge.open(config.database().toString(), config.keyFile().toString());
+        long h = NativeBridge.open(config.database().toString(), config.keyFile().toString(),
+                config.dispatchNetns() == null ? null : config.dispatchNetns().toString());
         return new NetBridge(config, h);
     }
 
@@ -87,36 +88,71 @@ public final class NetBridge implements AutoCloseable {
         return new UpdateRegisteredExtension(this);
     }
 
-    /*
-     * ISSUE 5 (bridge dispatch) PLUG-IN POINT.
-     * execute() hands a NetworkOrchestrator command and its envelope (exactly as CloudStack
-     * writes the payload file) to the bridge, which places it on an executor. The Java side is
-     * final; the native side is `execute` in src/jni/mod.rs, which the dispatch layer fills in.
-     * Until then every call answers NetBridgeException 530 "... bridge dispatch is not
-     * available in this build".
-     */
     /**
      * Runs a network command on the executor chosen for it and returns the command's output
-     * JSON (what the extension script would print).
+     * (what the extension script would print on stdout; for {@code ensure-network-device} the
+     * one-line {@code extension.details} JSON). The executor endpoints and credentials come from
+     * the envelope's {@code physical-network-extension-details}, as CloudStack sends them.
      *
      * @param command      the command name, e.g. {@code implement-network}
      * @param envelopeJson the payload envelope as CloudStack writes it
-     * @param timeout      the command's time budget
-     * @throws NetBridgeException configuration, unreachable or remote failure (by code)
+     * @param timeout      the command's time budget (enforced; must be positive)
+     * @throws NetBridgeException {@link NetBridgeException.Kind CONFIGURATION} (431),
+     *     UNREACHABLE (503), TIMEOUT (504) or REMOTE (502)
      */
     public String execute(String command, String envelopeJson, Duration timeout) {
         Objects.requireNonNull(command, "command");
         Objects.requireNonNull(envelopeJson, "envelopeJson");
-        Objects.requireNonNull(timeout, "timeout");
-        if (timeout.isNegative()) {
-            throw new IllegalArgumentException("timeout must not be negative");
-        }
+        long millis = timeoutMillis(timeout);
         ReentrantReadWriteLock.ReadLock read = lock.readLock();
         read.lock();
         try {
-            return answered(NativeBridge.execute(liveHandle(), command, envelopeJson, timeout.toMillis()));
+            return answered(NativeBridge.execute(liveHandle(), command, envelopeJson, millis));
         } finally {
             read.unlock();
+        }
+    }
+
+    /**
+     * As {@link #execute(String, String, Duration)}, with the registration details read from the
+     * registry (the extension's registration on that physical network, hidden details decrypted
+     * in memory only) and merged into the envelope sent, so that {@code updateRegisteredExtension}
+     * (a rotated {@code executor.key}, changed {@code hosts}) applies to the next command. Also
+     * keeps the registry's network bindings: a successful {@code ensure-network-device} binds the
+     * network (or VPC) to the extension's provider on that physical network, {@code
+     * destroy-network} / {@code shutdown-network} / {@code shutdown-vpc} remove the binding.
+     *
+     * @param extensionId       the extension's id (UUID)
+     * @param physicalNetworkId the physical network it is registered with
+     * @throws NetBridgeException as {@link #execute(String, String, Duration)}; an unknown
+     *     extension or missing registration is a CONFIGURATION failure
+     */
+    public String execute(String extensionId, String physicalNetworkId, String command, String envelopeJson,
+            Duration timeout) {
+        Objects.requireNonNull(extensionId, "extensionId");
+        Objects.requireNonNull(physicalNetworkId, "physicalNetworkId");
+        Objects.requireNonNull(command, "command");
+        Objects.requireNonNull(envelopeJson, "envelopeJson");
+        long millis = timeoutMillis(timeout);
+        ReentrantReadWriteLock.ReadLock read = lock.readLock();
+        read.lock();
+        try {
+            return answered(NativeBridge.executeRegistered(liveHandle(), extensionId, physicalNetworkId, command,
+                    envelopeJson, millis));
+        } finally {
+            read.unlock();
+        }
+    }
+
+    private static long timeoutMillis(Duration timeout) {
+        Objects.requireNonNull(timeout, "timeout");
+        if (timeout.isNegative() || timeout.isZero()) {
+            throw new IllegalArgumentException("timeout must be positive");
+        }
+        try {
+            return Math.max(1L, timeout.toMillis());
+        } catch (ArithmeticException e) {
+            return Long.MAX_VALUE;
         }
     }
 

@@ -16,11 +16,13 @@ public final class NetBridgeConfig {
     private final Path database;
     private final Path keyFile;
     private final Level logLevel;
+    private final Path dispatchNetns;
 
     private NetBridgeConfig(Builder b) {
         this.database = Objects.requireNonNull(b.database, "database");
         this.keyFile = Objects.requireNonNull(b.keyFile, "keyFile");
         this.logLevel = b.logLevel;
+        this.dispatchNetns = b.dispatchNetns;
     }
 
     /** {@code <dir>/netbridge.db} and {@code <dir>/secret.key}, the layout of the native default. */
@@ -45,9 +47,18 @@ public final class NetBridgeConfig {
         return logLevel;
     }
 
+    /**
+     * The network namespace (e.g. {@code /run/netns/mgmt}) in which the bridge's executor traffic
+     * runs, or {@code null} for the caller's namespace. See {@link Builder#dispatchNetns(Path)}.
+     */
+    public Path dispatchNetns() {
+        return dispatchNetns;
+    }
+
     @Override
     public String toString() {
-        return "NetBridgeConfig{database=" + database + ", keyFile=" + keyFile + ", logLevel=" + logLevel + "}";
+        return "NetBridgeConfig{database=" + database + ", keyFile=" + keyFile + ", logLevel=" + logLevel
+                + ", dispatchNetns=" + dispatchNetns + "}";
     }
 
     /** Builder for {@link NetBridgeConfig}. */
@@ -55,6 +66,7 @@ public final class NetBridgeConfig {
         private Path database;
         private Path keyFile;
         private Level logLevel;
+        private Path dispatchNetns;
 
         private Builder() {
         }
@@ -77,6 +89,18 @@ public final class NetBridgeConfig {
         /** Rust names ({@code off, error, warn, info, debug, trace}) or java.util.logging names. */
         public Builder logLevel(String level) {
             this.logLevel = level == null ? null : NativeLog.parseLevel(level);
+            return this;
+        }
+
+        /**
+         * Runs every connection to executors (commands and health probes) inside this network
+         * namespace (a file such as {@code /run/netns/mgmt}, as {@code ip netns add} creates), while
+         * the JVM stays where it is: for management networks in a VRF/namespace. The native
+         * dispatch threads enter it when they start (needs CAP_SYS_ADMIN); {@link NetBridge#open}
+         * fails with a NetBridgeException when it cannot be entered.
+         */
+        public Builder dispatchNetns(Path netns) {
+            this.dispatchNetns = netns;
             return this;
         }
 

@@ -119,6 +119,20 @@ fn probe(ns: &str, addr: &str) -> Option<String> {
     .expect("netns")
 }
 
+/// Like [`probe`], but retries for a few seconds until the expected answer
+/// arrives: right after a namespace is rebuilt, neighbours may still hold the
+/// old router MAC until gratuitous ARP lands, which a loaded machine delays.
+fn probe_expect(ns: &str, addr: &str, want: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = probe(ns, addr);
+        if got.as_deref() == Some(want) || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ping(ns: &str, ip: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip])
@@ -297,17 +311,17 @@ fn vpc_two_tiers_through_the_engine_applier() {
 
     let check_inbound = |what: &str| {
         assert_eq!(
-            probe("nbv-up", "203.0.113.10:8080").as_deref(),
+            probe_expect("nbv-up", "203.0.113.10:8080", "vm1:8080 203.0.113.1").as_deref(),
             Some("vm1:8080 203.0.113.1"),
             "{what}: pf tier 1"
         );
         assert_eq!(
-            probe("nbv-up", "203.0.113.20:80").as_deref(),
+            probe_expect("nbv-up", "203.0.113.20:80", "vm1:80 203.0.113.1").as_deref(),
             Some("vm1:80 203.0.113.1"),
             "{what}: static nat"
         );
         assert_eq!(
-            probe("nbv-up", "203.0.113.10:2200").as_deref(),
+            probe_expect("nbv-up", "203.0.113.10:2200", "vm2:22 203.0.113.1").as_deref(),
             Some("vm2:22 203.0.113.1"),
             "{what}: pf tier 2"
         );
@@ -321,11 +335,11 @@ fn vpc_two_tiers_through_the_engine_applier() {
     // 1. Inbound paths and source NAT.
     check_inbound("initial");
     assert_eq!(
-        probe("nbv-vm1", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm1", "203.0.113.1:7000", "up:7000 203.0.113.20").as_deref(),
         Some("up:7000 203.0.113.20")
     );
     assert_eq!(
-        probe("nbv-vm2", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm2", "203.0.113.1:7000", "up:7000 203.0.113.10").as_deref(),
         Some("up:7000 203.0.113.10")
     );
 
@@ -334,11 +348,11 @@ fn vpc_two_tiers_through_the_engine_applier() {
     assert!(ping("nbv-vm2", "10.1.1.5"), "tier 2 -> tier 1 ping");
     assert_eq!(probe("nbv-vm2", "10.1.1.5:22"), None, "tier 1 denies 22");
     assert_eq!(
-        probe("nbv-vm2", "10.1.1.5:80").as_deref(),
+        probe_expect("nbv-vm2", "10.1.1.5:80", "vm1:80 10.1.2.5").as_deref(),
         Some("vm1:80 10.1.2.5")
     );
     assert_eq!(
-        probe("nbv-vm1", "10.1.2.5:22").as_deref(),
+        probe_expect("nbv-vm1", "10.1.2.5:22", "vm2:22 10.1.1.5").as_deref(),
         Some("vm2:22 10.1.1.5")
     );
     assert_eq!(
@@ -352,7 +366,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
         "tier 2 egress deny"
     );
     assert_eq!(
-        probe("nbv-vm1", "203.0.113.1:7001").as_deref(),
+        probe_expect("nbv-vm1", "203.0.113.1:7001", "up:7001 203.0.113.20").as_deref(),
         Some("up:7001 203.0.113.20")
     );
 
@@ -366,11 +380,11 @@ fn vpc_two_tiers_through_the_engine_applier() {
     applier.apply(&plan, Some(&previous)).expect("apply");
     previous = plan;
     assert_eq!(
-        probe("nbv-vm2", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm2", "203.0.113.1:7000", "up:7000 203.0.113.30").as_deref(),
         Some("up:7000 203.0.113.30")
     );
     assert_eq!(
-        probe("nbv-vm1", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm1", "203.0.113.1:7000", "up:7000 203.0.113.20").as_deref(),
         Some("up:7000 203.0.113.20")
     );
     check_inbound("after snat move");
@@ -398,11 +412,11 @@ fn vpc_two_tiers_through_the_engine_applier() {
     applier.apply(&plan, Some(&previous)).expect("apply");
     previous = plan;
     assert_eq!(
-        probe("nbv-up", "203.0.113.10:2200").as_deref(),
+        probe_expect("nbv-up", "203.0.113.10:2200", "vm2:22 203.0.113.1").as_deref(),
         Some("vm2:22 203.0.113.1")
     );
     assert_eq!(
-        probe("nbv-vm2", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm2", "203.0.113.1:7000", "up:7000 203.0.113.30").as_deref(),
         Some("up:7000 203.0.113.30")
     );
     assert_eq!(probe("nbv-up", "203.0.113.20:80"), None);
@@ -448,19 +462,19 @@ fn vpc_two_tiers_through_the_engine_applier() {
         ]);
     }
     assert_eq!(
-        probe("nbv-up", "203.0.113.20:80").as_deref(),
+        probe_expect("nbv-up", "203.0.113.20:80", "vm1:80 203.0.113.1").as_deref(),
         Some("vm1:80 203.0.113.1")
     );
     assert_eq!(
-        probe("nbv-up", "203.0.113.10:2200").as_deref(),
+        probe_expect("nbv-up", "203.0.113.10:2200", "vm2:22 203.0.113.1").as_deref(),
         Some("vm2:22 203.0.113.1")
     );
     assert_eq!(
-        probe("nbv-vm2", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm2", "203.0.113.1:7000", "up:7000 203.0.113.30").as_deref(),
         Some("up:7000 203.0.113.30")
     );
     assert_eq!(
-        probe("nbv-vm1", "203.0.113.1:7000").as_deref(),
+        probe_expect("nbv-vm1", "203.0.113.1:7000", "up:7000 203.0.113.20").as_deref(),
         Some("up:7000 203.0.113.20")
     );
 }

@@ -18,7 +18,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 rust-test:
-	$(CARGO) test --lib --bins --tests
+	$(CARGO) test --no-fail-fast --lib --bins --tests
 
 # The end-to-end suites (e2e/, root only) need the binaries and the testbed program.
 java-test:

@@ -15,6 +15,11 @@ use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::NetworkRequest;
 use crate::protocol::{validate, Command, ProtocolError};
 
+// Guest services (issue 4): glue in guest.rs, a child module so the hooks
+// below stay one-line calls.
+#[path = "guest.rs"]
+mod guest;
+
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -84,6 +89,8 @@ struct Slot {
     /// The link plan last installed successfully (skips link work when a
     /// command only changes rules).
     applied: Option<LinkPlan>,
+    /// Guest-service daemons, metadata server and VM data store (issue 4).
+    guest: guest::GuestRuntime,
 }
 
 /// The executor core. `Send + Sync`; commands of different networks may run
@@ -151,6 +158,12 @@ impl Engine {
         } else {
             Ok(None)
         };
+        // Guest-service hook (issue 4): daemons and metadata back up.
+        if result.is_ok() && state.implemented {
+            if let Err(e) = self.guest_up(&mut slot.guest, &state) {
+                log::error!("reconcile: {}: guest services: {e}", state.namespace);
+            }
+        }
         slot.state = Some(state);
         slot.applied = result.as_ref().ok().cloned().flatten();
         result.map(|_| ())
@@ -161,6 +174,10 @@ impl Engine {
     /// daemon merges into `{"status":"success","message":…}`.
     pub fn execute(&self, command: Command, body: &[u8]) -> Result<serde_json::Value, ExecError> {
         let envelope = Envelope::parse(body)?;
+        // Guest-service hook (issue 4).
+        if guest::handles(command) {
+            return self.execute_guest(command, &envelope);
+        }
         let Some(req) = NetworkRequest::parse(command, &envelope)? else {
             return Err(ExecError::Unsupported(command.to_string()));
         };
@@ -189,6 +206,7 @@ impl Engine {
             .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
         let mut next = current.clone();
         let transition = next.transition(&req, &self.config.public_device)?;
+        guest::seed(&mut next, &envelope)?; // guest-service hook (issue 4)
         match transition {
             Transition::Apply => {
                 let plan = if next.implemented {
@@ -209,8 +227,19 @@ impl Engine {
                     return Err(e.into());
                 }
                 slot.applied = plan.map(|p| p.links);
+                // Guest-service hook (issue 4): services up after implement.
+                if command == Command::ImplementNetwork {
+                    slot.state = Some(next.clone());
+                    self.guest_up(&mut slot.guest, &next)?;
+                }
             }
             Transition::TearDown | Transition::Forget => {
+                // Guest-service hook (issue 4): daemons stop before the namespace goes.
+                self.guest_down(
+                    &mut slot.guest,
+                    &namespace,
+                    transition == Transition::Forget,
+                )?;
                 self.teardown(&current)?;
                 slot.applied = None;
                 if transition == Transition::Forget {

@@ -132,6 +132,22 @@ fn run_bench() {
         })
         .collect();
     report("assign-ip (more on the same leg)", extra);
+    for i in n + 1..=100 {
+        time(&engine, Cmd::ImplementNetwork, i, implement_payload(i));
+        time(
+            &engine,
+            Cmd::AssignIp,
+            i,
+            json!({"public_ip": public_ip(i), "public_vlan": "200",
+            "public_cidr": format!("{}/22", public_ip(i)), "source_nat": "true"}),
+        );
+    }
+    println!(
+        "RSS with {} networks implemented: {:.1} MB",
+        engine.network_count(),
+        rss_kb() as f64 / 1024.0
+    );
+
     let pf: Vec<Duration> = (0..200u64)
         .map(|i| {
             time(&engine, Cmd::AddPortForward, 2, json!({"public_ip": public_ip(2),
@@ -154,16 +170,15 @@ fn run_bench() {
 
     let mut fw_p50 = Vec::new();
     for (rules, reps) in [(1usize, 30usize), (100, 20), (1_000, 10), (10_000, 5)] {
-        let doc =
-            json!({"default_egress_allow": true, "rules": ingress_rules(rules, &public_ip(3))});
+        // Every repetition changes the first rule's port, so each apply is
+        // a real rebuild (an identical document would be a no-op).
         let samples: Vec<Duration> = (0..reps)
-            .map(|_| {
-                time(
-                    &engine,
-                    Cmd::ApplyFwRules,
-                    3,
-                    json!({"fw_rules": doc.clone()}),
-                )
+            .map(|rep| {
+                let mut list = ingress_rules(rules, &public_ip(3));
+                list[0]["portStart"] = json!((100 + rep).to_string());
+                list[0]["portEnd"] = json!((100 + rep).to_string());
+                let doc = json!({"default_egress_allow": true, "rules": list});
+                time(&engine, Cmd::ApplyFwRules, 3, json!({"fw_rules": doc}))
             })
             .collect();
         fw_p50.push((
@@ -171,22 +186,6 @@ fn run_bench() {
             report(&format!("apply-fw-rules {rules} rules"), samples),
         ));
     }
-
-    for i in n + 1..=100 {
-        time(&engine, Cmd::ImplementNetwork, i, implement_payload(i));
-        time(
-            &engine,
-            Cmd::AssignIp,
-            i,
-            json!({"public_ip": public_ip(i), "public_vlan": "200",
-            "public_cidr": format!("{}/22", public_ip(i)), "source_nat": "true"}),
-        );
-    }
-    println!(
-        "RSS with {} networks implemented: {:.1} MB",
-        engine.network_count(),
-        rss_kb() as f64 / 1024.0
-    );
 
     let max: usize = std::env::var("NBE_BENCH_BASELINE_MAX")
         .ok()
@@ -237,6 +236,7 @@ fn main() {
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status();
+        let _ = env_logger::try_init();
         run_bench();
         return;
     }

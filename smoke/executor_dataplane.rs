@@ -8,7 +8,7 @@
 //! namespace (no external processes except `ip`, `nft`, `ping`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -112,6 +112,39 @@ fn serve(ns: &str, name: &str, ports: &[u16]) {
     }
 }
 
+/// A UDP server in `ns` answering each datagram with `<name>:<port> <peer ip>`.
+fn serve_udp(ns: &str, name: &str, ports: &[u16]) {
+    for &port in ports {
+        let socket = in_netns(&ns_path(ns), || {
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })
+        .unwrap()
+        .unwrap();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name}:{port} {}", peer.ip()).as_bytes(), peer);
+            }
+        });
+    }
+}
+
+/// One datagram from `ns` to `ip:port`; the answer or an error text.
+fn probe_udp(ns: &str, ip: &str, port: u16) -> Result<String, String> {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    in_netns(&ns_path(ns), || {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        s.send_to(b"hi", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .unwrap()
+}
+
 /// Connects from `ns` to `ip:port`; the server's line or an error text.
 fn probe(ns: &str, ip: &str, port: u16) -> Result<String, String> {
     let addr = SocketAddr::new(ip.parse().unwrap(), port);
@@ -178,6 +211,7 @@ fn topology() {
     );
     serve("nbe-up", "up", &[7000, 7001]);
     serve("nbe-vm1", "vm1", &[22, 8000, 8001, 8002, 7000, 7001, 7002]);
+    serve_udp("nbe-vm1", "vm1", &[5000, 5001]);
     serve("nbe-vm2", "vm2", &[80, 443]);
 }
 
@@ -370,8 +404,26 @@ fn isolated_network_scenarios() {
         {"type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "80", "publicIp": "203.0.113.11"},
         {"type": "ingress", "protocol": "tcp", "portStart": "2222", "portEnd": "2222", "publicIp": "203.0.113.10"},
         {"type": "ingress", "protocol": "tcp", "portStart": "8000", "portEnd": "8002", "publicIp": "203.0.113.10"},
-        {"type": "ingress", "protocol": "tcp", "portStart": "9000", "portEnd": "9002", "publicIp": "203.0.113.10"}]);
+        {"type": "ingress", "protocol": "tcp", "portStart": "9000", "portEnd": "9002", "publicIp": "203.0.113.10"},
+        {"type": "ingress", "protocol": "udp", "portStart": "5000", "portEnd": "5001", "publicIp": "203.0.113.10"}]);
+    let udp_forward = json!({"public_ip": "203.0.113.10", "public_port": "5000-5001",
+        "private_ip": "10.1.1.5", "private_port": "5000-5001", "protocol": "udp"});
+    exec(&engine, Cmd::AddPortForward, udp_forward.clone());
+    assert!(
+        probe_udp("nbe-up", "203.0.113.10", 5001).is_err(),
+        "closed until a rule allows it"
+    );
     fw(&engine, true, open_pf.clone());
+    assert_eq!(
+        probe_udp("nbe-up", "203.0.113.10", 5001),
+        Ok("vm1:5001 203.0.113.1".into())
+    );
+    exec(&engine, Cmd::DeletePortForward, udp_forward);
+    // A fresh source port, so no conntrack entry of the first probe is reused.
+    assert!(
+        probe_udp("nbe-up", "203.0.113.10", 5000).is_err(),
+        "udp forward removed"
+    );
     assert_eq!(
         probe("nbe-up", "203.0.113.10", 2222),
         Ok("vm1:22 203.0.113.1".into())
@@ -519,7 +571,7 @@ fn isolated_network_scenarios() {
         !host_links().contains("nbp42-200"),
         "public veth removed with its last address"
     );
-    assert!(!ruleset(&engine).contains("snat"));
+    assert!(!ruleset(&engine).contains("snat ip to"));
     assert!(
         host_links().contains("brnbep-200"),
         "the public bridge still has the upstream attached"
@@ -801,4 +853,141 @@ fn parallel_networks_then_nothing_left() {
         0
     );
     assert_eq!(engine.networks(), json!([]));
+}
+
+/// The shared harness of helper "daemon" (real `netbridge-executor` over
+/// signed HTTPS, hosts with their own mount namespaces).
+mod common;
+
+/// Scenario 7 through the daemon: `kill -9` of the executor process in the
+/// middle of a burst of signed commands, start again, and the network has
+/// every acknowledged forward; then a host reboot (its namespaces gone) and
+/// connectivity returns without any command.
+#[test]
+fn http_kill9_mid_burst_then_reboot_converge() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    if common::skip_unless_root("http_kill9_mid_burst_then_reboot_converge") {
+        return;
+    }
+    let mut tb = common::Testbed::new(
+        "nbk",
+        common::TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let upstream = tb.upstream.path();
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let details = json!({"host": "h1", "namespace": "cs-net-42"});
+    let body = |host: &common::Host, extra: Value| {
+        common::envelope(
+            host,
+            details.clone(),
+            common::merged(
+                common::network_payload(42, 100, "10.1.1.1", "10.1.1.0/24"),
+                extra,
+            ),
+        )
+    };
+    let pf_to_vm1 = |port: u32| {
+        json!({"public_ip": "203.0.113.10", "public_port": port.to_string(),
+            "private_ip": "10.1.1.10", "private_port": "22", "protocol": "tcp"})
+    };
+    let steps = [
+        ("implement-network", json!({"extension_ip": "10.1.1.1"})),
+        (
+            "assign-ip",
+            json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": common::PUBLIC_GATEWAY, "public_cidr": "203.0.113.0/24", "source_nat": "true"}),
+        ),
+        ("add-port-forward", pf_to_vm1(2222)),
+        (
+            "apply-fw-rules",
+            json!({"fw_rules": {"default_egress_allow": true, "cidr": "10.1.1.0/24",
+            "rules": [{"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "2222",
+                "portEnd": "2222", "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]}]}}),
+        ),
+    ];
+    for (command, extra) in steps {
+        let r = host.client().command(command, &body(host, extra));
+        assert_eq!(r.status, 200, "{command}: {}", r.body);
+    }
+    let _ssh = common::tcp_server(&vm1, "10.1.1.10:22".parse().unwrap(), "vm1");
+    let _up = common::tcp_server(
+        &upstream,
+        format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap(),
+        "up",
+    );
+    let public: SocketAddr = "203.0.113.10:2222".parse().unwrap();
+    let upstream_server: SocketAddr = format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap();
+    let check = || {
+        assert_eq!(
+            common::tcp_probe(&upstream, public).unwrap(),
+            format!("vm1 {}", common::PUBLIC_GATEWAY)
+        );
+        assert_eq!(
+            common::peer_of(&common::tcp_probe(&vm1, upstream_server).unwrap()),
+            "203.0.113.10"
+        );
+    };
+    check();
+
+    // The burst: 10000.. forwards, one signed request each, counted when acknowledged.
+    let bodies: Vec<Vec<u8>> = (0..500)
+        .map(|i| body(host, pf_to_vm1(10_000 + i)).to_string().into_bytes())
+        .collect();
+    let client = host.client();
+    let acked = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for b in &bodies {
+                // The kill ends the burst with a transport error.
+                match client.command_raw("add-port-forward", b) {
+                    Ok(r) if r.status == 200 => {}
+                    _ => break,
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let reached = common::eventually(Duration::from_secs(60), || {
+            (acked.load(Ordering::SeqCst) >= 25).then_some(())
+        });
+        assert!(reached.is_some(), "the burst did not progress");
+        host.restart().unwrap(); // kill -9, then start again
+    });
+    let acked = acked.load(Ordering::SeqCst);
+    println!("burst: {acked} forwards acknowledged before kill -9");
+    assert!(acked < 500, "the kill landed after the burst");
+    let rules = host
+        .exec(&[
+            "ip",
+            "netns",
+            "exec",
+            "cs-net-42",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "nb",
+        ])
+        .unwrap();
+    for i in 0..acked {
+        assert!(
+            rules.contains(&format!("tcp dport {} dnat ip to 10.1.1.10:22", 10_000 + i)),
+            "forward {i} lost"
+        );
+    }
+    let networks = host.client().networks();
+    let held = networks["networks"][0]["port_forwards"]
+        .as_u64()
+        .unwrap_or(0);
+    println!("after restart: {held} forwards held");
+    assert!(
+        held == u64::from(acked) + 1 || held == u64::from(acked) + 2,
+        "{held} held, {acked} acknowledged: {networks}"
+    );
+    check();
+
+    // A reboot: the router namespace is gone until the executor's reconcile.
+    host.reboot().unwrap();
+    check();
 }

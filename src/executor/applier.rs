@@ -254,14 +254,33 @@ impl Applier {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Installs `plan`. When the same link plan was applied before and the
-    /// namespace still exists only the ruleset is loaded.
-    /// `previous` is the link plan applied before (its bridges that the new
-    /// plan no longer uses are removed when empty).
-    pub fn apply(&self, plan: &Plan, previous: Option<&LinkPlan>) -> Result<(), ApplyError> {
+    /// Installs `plan`. `previous` is the plan installed before, if known:
+    /// when its links are the same and the namespace exists only the ruleset
+    /// is loaded, and when the new ruleset only appends rules to it just the
+    /// appended rules are (see [`super::planner::delta`]); otherwise the
+    /// complete ruleset replaces the table. Bridges the previous plan used
+    /// and the new one does not are removed when empty.
+    pub fn apply(&self, plan: &Plan, previous: Option<&Plan>) -> Result<(), ApplyError> {
         let ns = plan.links.namespace.as_str();
-        if previous != Some(&plan.links) || !self.namespace_exists(ns) {
-            self.apply_links(&plan.links, previous)?;
+        let links_same =
+            previous.is_some_and(|p| p.links == plan.links) && self.namespace_exists(ns);
+        if !links_same {
+            self.apply_links(&plan.links, previous.map(|p| &p.links))?;
+        }
+        if let (true, Some(prev)) = (links_same, previous) {
+            if let Some(script) = super::planner::delta(&prev.ruleset, &plan.ruleset) {
+                if script.is_empty() {
+                    return Ok(());
+                }
+                match self.load_ruleset(ns, &script) {
+                    Ok(()) => return Ok(()),
+                    // The table differs from what we installed (changed by
+                    // hand?): the complete ruleset repairs it.
+                    Err(e) => {
+                        log::warn!("{ns}: incremental ruleset failed ({e}); replacing the table")
+                    }
+                }
+            }
         }
         self.load_ruleset(ns, &plan.ruleset)
     }

@@ -8,12 +8,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::applier::{Applier, ApplierConfig, ApplyError};
-use super::planner::{self, LinkPlan, PlanError};
+use super::planner::{self, Plan, PlanError};
 use super::reconcile;
 use super::state::{NetworkState, StateError, StateStore, Transition};
 use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::NetworkRequest;
 use crate::protocol::{validate, Command, ProtocolError};
+
+// Guest services (issue 4): glue in guest.rs, a child module so the hooks
+// below stay one-line calls.
+#[path = "guest.rs"]
+mod guest;
 
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +86,11 @@ pub struct EngineConfig {
 #[derive(Default)]
 struct Slot {
     state: Option<NetworkState>,
-    /// The link plan last installed successfully (skips link work when a
-    /// command only changes rules).
-    applied: Option<LinkPlan>,
+    /// The plan last installed successfully (lets a command skip link work
+    /// and load only appended rules).
+    applied: Option<Plan>,
+    /// Guest-service daemons, metadata server and VM data store (issue 4).
+    guest: guest::GuestRuntime,
 }
 
 /// The executor core. `Send + Sync`; commands of different networks may run
@@ -152,12 +159,18 @@ impl Engine {
                     self.applier.apply(&plan, None)?;
                     self.vpc
                         .ensure_ipv6(&self.applier, &state.namespace, &state)?;
-                    Ok(plan.links)
+                    Ok(plan)
                 })
                 .map(Some)
         } else {
             Ok(None)
         };
+        // Guest-service hook (issue 4): daemons and metadata back up.
+        if result.is_ok() && state.implemented {
+            if let Err(e) = self.guest_up(&mut slot.guest, &state) {
+                log::error!("reconcile: {}: guest services: {e}", state.namespace);
+            }
+        }
         slot.state = Some(state);
         slot.applied = result.as_ref().ok().cloned().flatten();
         result.map(|_| ())
@@ -171,7 +184,12 @@ impl Engine {
         if let Some(answer) = self.vpc.execute(self, command, body) {
             return answer;
         }
+        let started = std::time::Instant::now();
         let envelope = Envelope::parse(body)?;
+        // Guest-service hook (issue 4).
+        if guest::handles(command) {
+            return self.execute_guest(command, &envelope);
+        }
         let Some(req) = NetworkRequest::parse(command, &envelope)? else {
             return Err(ExecError::Unsupported(command.to_string()));
         };
@@ -194,12 +212,13 @@ impl Engine {
         }
         let slot = self.slot(&namespace);
         let mut slot = lock(&slot);
-        let current = slot
+        // The held state stays untouched until the command has succeeded.
+        let mut next = slot
             .state
             .clone()
             .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
-        let mut next = current.clone();
         let transition = next.transition(&req, &self.config.public_device)?;
+        guest::seed(&mut next, &envelope)?; // guest-service hook (issue 4)
         match transition {
             Transition::Apply => {
                 let plan = if next.implemented {
@@ -207,6 +226,7 @@ impl Engine {
                 } else {
                     None
                 };
+                let planned = started.elapsed();
                 if let Some(plan) = &plan {
                     if let Err(e) = self
                         .applier
@@ -215,19 +235,38 @@ impl Engine {
                         .and_then(|()| self.vpc.ensure_ipv6(&self.applier, &namespace, &next))
                     {
                         log::error!("{namespace}: {command} failed to apply: {e}");
-                        self.restore(&mut slot, &current);
+                        self.restore(&mut slot);
                         return Err(e);
                     }
                 }
+                let applied = started.elapsed();
                 if let Err(e) = self.store.save(&next) {
                     log::error!("{namespace}: {command} applied but not persisted: {e}");
-                    self.restore(&mut slot, &current);
+                    self.restore(&mut slot);
                     return Err(e.into());
                 }
-                slot.applied = plan.map(|p| p.links);
+                log::debug!(
+                    "{namespace}: {command}: parse+plan {:?}, apply {:?}, persist {:?}",
+                    planned,
+                    applied - planned,
+                    started.elapsed() - applied
+                );
+                slot.applied = plan;
+                // Guest-service hook (issue 4): services up after implement.
+                if command == Command::ImplementNetwork {
+                    slot.state = Some(next.clone());
+                    self.guest_up(&mut slot.guest, &next)?;
+                }
             }
             Transition::TearDown | Transition::Forget => {
-                self.teardown(&current)?;
+                // Guest-service hook (issue 4): daemons stop before the namespace goes.
+                self.guest_down(
+                    &mut slot.guest,
+                    &namespace,
+                    transition == Transition::Forget,
+                )?;
+                let held = slot.state.clone();
+                self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
                 if transition == Transition::Forget {
                     self.store.remove(&namespace)?;
@@ -253,25 +292,30 @@ impl Engine {
     /// Re-installs the previous state after a failed apply, so the network
     /// keeps what it had (the ruleset is replaced atomically, so a failed
     /// `nft -f` changed nothing; links may need putting back).
-    fn restore(&self, slot: &mut Slot, previous: &NetworkState) {
-        if !previous.implemented {
-            return;
-        }
-        match self.plan(previous) {
-            Ok(plan) => match self.applier.apply(&plan, None) {
-                Ok(()) => slot.applied = Some(plan.links),
+    fn restore(&self, slot: &mut Slot) {
+        let plan = match (slot.applied.clone(), &slot.state) {
+            (Some(plan), _) => plan,
+            (None, Some(previous)) if previous.implemented => match self.plan(previous) {
+                Ok(plan) => plan,
                 Err(e) => {
                     log::error!(
-                        "{}: restoring the previous state failed: {e}",
+                        "{}: previous state cannot be planned: {e}",
                         previous.namespace
                     );
-                    slot.applied = None;
+                    return;
                 }
             },
-            Err(e) => log::error!(
-                "{}: previous state cannot be planned: {e}",
-                previous.namespace
-            ),
+            _ => return,
+        };
+        match self.applier.apply(&plan, None) {
+            Ok(()) => slot.applied = Some(plan),
+            Err(e) => {
+                log::error!(
+                    "{}: restoring the previous state failed: {e}",
+                    plan.links.namespace
+                );
+                slot.applied = None;
+            }
         }
     }
 
@@ -284,7 +328,7 @@ impl Engine {
     }
 
     /// The engine's plan of a network plus its IPv6 forward rules (issue 6 hook).
-    fn plan(&self, state: &NetworkState) -> Result<planner::Plan, ExecError> {
+    fn plan(&self, state: &NetworkState) -> Result<Plan, ExecError> {
         let mut plan = planner::plan(state)?;
         super::vpc_engine::add_ipv6_rules(&mut plan, state);
         Ok(plan)
@@ -305,7 +349,7 @@ impl Engine {
     pub(crate) fn with_network<R>(
         &self,
         namespace: &str,
-        f: impl FnOnce(&mut Option<NetworkState>, &mut Option<LinkPlan>) -> R,
+        f: impl FnOnce(&mut Option<NetworkState>, &mut Option<Plan>) -> R,
     ) -> R {
         let slot = self.slot(namespace);
         let mut slot = lock(&slot);
@@ -318,7 +362,7 @@ impl Engine {
     pub(crate) fn rebuild(
         &self,
         state: &NetworkState,
-        applied: &mut Option<LinkPlan>,
+        applied: &mut Option<Plan>,
     ) -> Result<(), ExecError> {
         self.teardown(state)?;
         *applied = None;
@@ -327,7 +371,7 @@ impl Engine {
             self.applier.apply(&plan, None)?;
             self.vpc
                 .ensure_ipv6(&self.applier, &state.namespace, state)?;
-            *applied = Some(plan.links);
+            *applied = Some(plan);
         }
         Ok(())
     }
@@ -358,5 +402,133 @@ impl Engine {
             return Ok(None);
         }
         Ok(Some(self.applier.list_ruleset(&ns)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine whose netns directory is a private temp dir, so tests never
+    /// look at the host's namespaces; only input errors are exercised here
+    /// (they are refused before anything touches the host).
+    fn engine(dir: &std::path::Path) -> Engine {
+        let netns = dir.join("netns");
+        std::fs::create_dir_all(&netns).unwrap();
+        Engine::open_with(
+            EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({"physical-network-extension-details": {"password": "hidden"},
+            "network-extension-details": {}, "payload": payload})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_field_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let cases = [
+            (
+                Command::ImplementNetwork,
+                serde_json::json!({"network_id": "42;reboot"}),
+                "invalid value for 'network_id': '42;reboot' is not a decimal id",
+            ),
+            (
+                Command::ImplementNetwork,
+                serde_json::json!({"network_id": "42", "cidr": "10.0.0.0/24", "extension_ip": "$(id)"}),
+                "invalid value for 'extension_ip': '$(id)' is not an IPv4 address",
+            ),
+            (
+                Command::AssignIp,
+                serde_json::json!({"network_id": "42", "public_ip": "203.0.113.10\nx"}),
+                "invalid value for 'public_ip': control characters are not allowed",
+            ),
+            (
+                Command::ApplyFwRules,
+                serde_json::json!({"network_id": "42"}),
+                "missing required field 'fw_rules'",
+            ),
+            (
+                Command::AddStaticNat,
+                serde_json::json!({"network_id": "42", "public_ip": "203.0.113.10"}),
+                "missing required field 'private_ip'",
+            ),
+        ];
+        for (cmd, payload, text) in cases {
+            let err = e.execute(cmd, &body(payload)).unwrap_err();
+            assert_eq!(err.to_string(), text);
+            assert_eq!(err.http_status(), 400);
+        }
+        let err = e
+            .execute(Command::ImplementNetwork, b"{not json")
+            .unwrap_err();
+        assert_eq!(err.http_status(), 400);
+        assert_eq!(e.network_count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state/networks"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn other_commands_and_foreign_namespaces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let err = e
+            .execute(
+                Command::PrepareNic,
+                &body(serde_json::json!({"network_id": "42"})),
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "unsupported: prepare-nic");
+        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-vpc-3"},
+            "payload": {"network_id": "42"}});
+        let err = e
+            .execute(Command::ShutdownNetwork, b.to_string().as_bytes())
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("invalid value for 'network-extension-details.namespace'"));
+    }
+
+    #[test]
+    fn state_of_unimplemented_networks_is_kept_without_touching_the_host() {
+        // assign-ip before implement-network: recorded, nothing applied
+        // (the tool paths do not even exist).
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let out = e
+            .execute(
+                Command::AssignIp,
+                &body(serde_json::json!({"network_id": "42",
+                "public_ip": "203.0.113.10", "source_nat": "true"})),
+            )
+            .unwrap();
+        assert_eq!(out["namespace"], "cs-net-42");
+        assert_eq!(e.network_count(), 1);
+        assert_eq!(e.networks()[0]["state"], "shutdown");
+        let saved =
+            std::fs::read_to_string(dir.path().join("state/networks/cs-net-42.json")).unwrap();
+        assert!(saved.contains("203.0.113.10") && !saved.contains("hidden"));
+        drop(e);
+        let e = engine(dir.path());
+        assert_eq!(e.networks()[0]["public_ips"][0], "203.0.113.10");
     }
 }

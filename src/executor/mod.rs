@@ -3,10 +3,15 @@
 //! - [`engine`]: the synchronous core the daemon calls: parse and validate a
 //!   command, update the network's desired state, plan, apply, persist.
 //!   It owns per-network serialization and the host-wide lock.
-//! - `planner`: desired state → nftables ruleset, link/address plan, daemon
-//!   configs (pure, no I/O).
-//! - `applier`: installs a plan (one `nft -f` transaction, batched links).
-//! - `state`: desired state persisted with atomic file replace; reconcile on start.
+//! - [`planner`]: desired state → nftables ruleset (table `inet nb`, layout
+//!   documented there) and link/address plan, with the veth naming scheme
+//!   (pure, no I/O).
+//! - [`applier`]: installs a plan: one ruleset transaction (libnftables in
+//!   process, or `nft -f -` entered with setns), one `ip -batch` for host
+//!   links and one for the namespace.
+//! - [`state`]: desired state and its pure per-command transitions, persisted
+//!   with atomic file replace (`<state_dir>/networks/cs-net-<id>.json`, 0600).
+//! - `reconcile`: on start, re-installs every persisted network.
 //! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
 
 pub mod applier;

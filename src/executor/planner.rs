@@ -3,9 +3,10 @@
 //! link/address plan. No I/O.
 //!
 //! Table layout (`table inet nb`):
-//! - `prerouting` (nat, dstnat): port forwards, then static-NAT DNAT.
-//! - `postrouting` (nat, srcnat): static-NAT SNAT, then source NAT of the
-//!   guest CIDR, only towards public legs.
+//! - `prerouting` (nat, dstnat): `jump pf_dnat` (port forwards), then
+//!   `jump sn_dnat` (static-NAT DNAT).
+//! - `postrouting` (nat, srcnat): `jump sn_snat` (static-NAT SNAT), then
+//!   source NAT of the guest CIDR, only towards public legs.
 //! - `input` (filter, policy drop): lo, established/related, the guest leg,
 //!   IPv6 neighbour discovery, then `fw_ingress`.
 //! - `forward` (filter, policy drop): established/related accept, invalid
@@ -16,6 +17,12 @@
 //!   port (`ct original proto-dst`). No match returns to the drop policy.
 //! - `fw_egress`: listed egress rules (drop when `default_egress_allow`,
 //!   accept otherwise) and the opposite final verdict.
+//!
+//! Loading: the script starts with `table inet nb {}` + `delete table inet
+//! nb` so the first load works and every load replaces the table in one
+//! transaction. When a command only appends rules (add-port-forward,
+//! add-static-nat) [`delta`] yields `add rule` lines instead, which avoids the
+//! kernel's grace-period wait on deletions; an unchanged ruleset loads nothing.
 //!
 //! Rules use single addresses and prefixes (`ip saddr 10.0.0.1` is an exact
 //! match), never anonymous sets per rule (they make the kernel transaction
@@ -339,13 +346,16 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
         "table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{"
     );
 
-    // NAT.
+    // NAT. Forwards and static NAT live in their own regular chains so that
+    // adding one is an append (see `delta`).
     out.push_str(
-        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump pf_dnat\n    jump sn_dnat\n  }\n",
     );
+    out.push_str("  chain pf_dnat {\n");
     for pf in &state.port_forwards {
         forward_rule(&mut out, pf);
     }
+    out.push_str("  }\n  chain sn_dnat {\n");
     for sn in &state.static_nats {
         let _ = writeln!(
             out,
@@ -353,12 +363,9 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
             sn.public_ip, sn.private_ip
         );
     }
-    out.push_str("  }\n");
-    out.push_str(
-        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
-    );
+    out.push_str("  }\n  chain sn_snat {\n");
+    let oif = quoted_set(&publics);
     if !publics.is_empty() {
-        let oif = quoted_set(&publics);
         for sn in &state.static_nats {
             let _ = writeln!(
                 out,
@@ -366,6 +373,13 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
                 sn.private_ip, sn.public_ip
             );
         }
+    }
+    out.push_str("  }\n");
+    // The 1:1 SNAT of static NAT wins over the network's source NAT.
+    out.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump sn_snat\n",
+    );
+    if !publics.is_empty() {
         if let (Some(snat), Some(cidr)) = (state.source_nat_ip(), state.cidr) {
             let _ = writeln!(
                 out,
@@ -450,6 +464,62 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
     out
 }
 
+/// One chain of a rendered ruleset: name, declaration lines, rules.
+#[derive(Debug, PartialEq, Eq)]
+struct Chain<'a> {
+    name: &'a str,
+    header: Vec<&'a str>,
+    rules: Vec<&'a str>,
+}
+
+/// Splits a script made by [`ruleset`] into its chains.
+fn chains(script: &str) -> Option<Vec<Chain<'_>>> {
+    let mut out: Vec<Chain<'_>> = Vec::new();
+    for line in script.lines() {
+        if let Some(name) = line
+            .strip_prefix("  chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            out.push(Chain {
+                name,
+                header: Vec::new(),
+                rules: Vec::new(),
+            });
+        } else if let Some(body) = line.strip_prefix("    ") {
+            let chain = out.last_mut()?;
+            if body.starts_with("type ") {
+                chain.header.push(body);
+            } else {
+                chain.rules.push(body);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// When `new` only appends rules to chains of `old` (same chains, same
+/// declarations, every old chain a prefix of its new self), the `nft` script
+/// that turns `old` into `new` with `add rule` alone; `None` otherwise. A
+/// transaction without deletions avoids the kernel's grace-period wait, and
+/// the result is rule for rule what loading `new` whole would give. An empty
+/// script means nothing changed.
+pub fn delta(old: &str, new: &str) -> Option<String> {
+    let (a, b) = (chains(old)?, chains(new)?);
+    if a.len() != b.len() {
+        return None;
+    }
+    let mut script = String::new();
+    for (x, y) in a.iter().zip(&b) {
+        if x.name != y.name || x.header != y.header || !y.rules.starts_with(&x.rules) {
+            return None;
+        }
+        for rule in &y.rules[x.rules.len()..] {
+            let _ = writeln!(script, "add rule {TABLE} {} {rule}", y.name);
+        }
+    }
+    Some(script)
+}
+
 fn render_ingress(out: &mut String, r: &FwRule) {
     for src in cidr_options(&r.source_cidrs) {
         out.push_str("   ");
@@ -528,7 +598,7 @@ mod tests {
         assert!(p
             .ruleset
             .contains("iifname \"g42\" oifname != \"g42\" jump fw_egress"));
-        assert!(!p.ruleset.contains("snat"), "no public IP, no SNAT");
+        assert!(!p.ruleset.contains("snat ip to"), "no public IP, no SNAT");
         assert_eq!(p.links.legs.len(), 1);
         assert_eq!(p.links.legs[0].bridge, "breth1-100");
         assert_eq!(p.links.legs[0].addrs[0].to_string(), "10.1.1.1/24");
@@ -804,7 +874,7 @@ mod tests {
         );
         let p = plan(&s).unwrap();
         assert_eq!(p.links.legs.len(), 1, "no address left on the public leg");
-        assert!(!p.ruleset.contains("snat"));
+        assert!(!p.ruleset.contains("snat ip to"));
         assert_eq!(p.links.default_route, None);
     }
 
@@ -833,6 +903,83 @@ mod tests {
         );
         let s = NetworkState::new(&req, "eth1");
         assert_eq!(plan(&s).unwrap_err(), PlanError::NotImplemented(9));
+    }
+
+    #[test]
+    fn additions_render_as_appends_and_repeats_as_nothing() {
+        let mut s = with_ips();
+        fw(
+            &mut s,
+            json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "22", "publicIp": "203.0.113.10"}]}),
+        );
+        let old = rules_of(&s);
+        run(
+            &mut s,
+            Command::AddPortForward,
+            json!({"public_ip": "203.0.113.10", "public_port": "2222",
+            "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
+        );
+        let mid = rules_of(&s);
+        assert_eq!(
+            delta(&old, &mid).unwrap(),
+            "add rule inet nb pf_dnat ip daddr 203.0.113.10 meta l4proto tcp tcp dport 2222 dnat ip to 10.1.1.5:22\n"
+        );
+        run(
+            &mut s,
+            Command::AddPortForward,
+            json!({"public_ip": "203.0.113.10", "public_port": "2222",
+            "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
+        );
+        assert_eq!(
+            delta(&mid, &rules_of(&s)).unwrap(),
+            "",
+            "a repeat changes nothing"
+        );
+        run(
+            &mut s,
+            Command::AddPortForward,
+            json!({"public_ip": "203.0.113.10", "public_port": "80",
+            "private_ip": "10.1.1.5", "protocol": "tcp"}),
+        );
+        let two = rules_of(&s);
+        assert_eq!(
+            delta(&mid, &two).unwrap().lines().count(),
+            1,
+            "appended after 2222 though 80 sorts first"
+        );
+        run(
+            &mut s,
+            Command::AddStaticNat,
+            json!({"public_ip": "203.0.113.11", "private_ip": "10.1.1.10"}),
+        );
+        let d = delta(&two, &rules_of(&s)).unwrap();
+        assert_eq!(
+            d,
+            "add rule inet nb sn_dnat ip daddr 203.0.113.11 dnat ip to 10.1.1.10\nadd rule inet nb sn_snat oifname \"p200\" ip saddr 10.1.1.10 snat ip to 203.0.113.11\n"
+        );
+        // Removals, rule changes and new chains need the full replace.
+        let with_sn = rules_of(&s);
+        run(
+            &mut s,
+            Command::DeletePortForward,
+            json!({"public_ip": "203.0.113.10", "public_port": "2222",
+            "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
+        );
+        assert_eq!(delta(&with_sn, &rules_of(&s)), None);
+        let before_fw = rules_of(&s);
+        fw(
+            &mut s,
+            json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "22", "publicIp": "203.0.113.11"}]}),
+        );
+        assert_eq!(
+            delta(&before_fw, &rules_of(&s)),
+            None,
+            "a new per-IP chain and a changed vmap"
+        );
+        assert_eq!(
+            delta(&old, &old.replace("policy drop", "policy accept")),
+            None
+        );
     }
 
     /// Prints a full ruleset (`cargo test print_sample -- --ignored --nocapture`).

@@ -1,6 +1,6 @@
 //! Start-up reconcile: every persisted network is re-installed (namespace,
 //! links, addresses, ruleset) whatever survived a reboot, a crash or a hand
-//! deletion; namespaces of networks this host no longer holds are removed.
+//! deletion. Unknown `cs-net-*` namespaces are reported and left alone.
 
 use std::collections::BTreeSet;
 
@@ -27,28 +27,17 @@ pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
             }
         }
     }
+    // Namespaces that look like ours but have no state are reported, not
+    // removed: they may belong to another tool (e.g. the reference script
+    // during a migration).
     for ns in engine.applier().namespaces() {
-        let Some(id) = ns
+        let ours = ns
             .strip_prefix("cs-net-")
-            .and_then(|id| crate::protocol::validate::id("namespace", id).ok())
-        else {
-            continue;
-        };
-        if held.contains(&ns) {
-            continue;
-        }
-        log::warn!("reconcile: removing {ns}, which no persisted network owns");
-        let legs = vec![Leg {
-            role: LegRole::Guest,
-            host_name: planner::guest_host_name(id),
-            inner_name: planner::guest_inner_name(id),
-            bridge: String::new(),
-            device: String::new(),
-            vlan: Default::default(),
-            addrs: Vec::new(),
-        }];
-        if let Err(e) = engine.applier().teardown(&ns, &legs) {
-            log::error!("reconcile: removing {ns}: {e}");
+            .is_some_and(|id| crate::protocol::validate::id("namespace", id).is_ok());
+        if ours && !held.contains(&ns) {
+            log::warn!(
+                "reconcile: namespace {ns} exists but no persisted network owns it; left alone"
+            );
         }
     }
     log::info!("reconcile: {ok} network(s) installed, {failed} failed");

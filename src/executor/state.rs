@@ -59,12 +59,15 @@ pub struct NetworkState {
     pub ip6_cidr: Option<Ipv6Cidr>,
     /// Sorted by address.
     pub public_ips: Vec<PublicIp>,
-    /// Sorted, at most one per public address.
+    /// In insertion order, at most one per public address.
     pub static_nats: Vec<StaticNat>,
-    /// Sorted; identity is (public_ip, protocol, public_port).
+    /// In insertion order; identity is (public_ip, protocol, public_port).
     pub port_forwards: Vec<PortForwardFields>,
     /// The last `apply-fw-rules` document (`None`: never applied).
     pub firewall: Option<FwRules>,
+    /// Guest services: DHCP/DNS, LB rules (issue 4; VM data is stored apart).
+    #[serde(default)]
+    pub guest: crate::executor::services::GuestServices,
 }
 
 /// What a command did to the desired state.
@@ -107,6 +110,7 @@ impl NetworkState {
             static_nats: Vec::new(),
             port_forwards: Vec::new(),
             firewall: None,
+            guest: Default::default(),
         }
     }
 
@@ -175,12 +179,16 @@ impl NetworkState {
                 Ok(Transition::Apply)
             }
             NetworkCommand::AddStaticNat(s) => {
-                self.static_nats.retain(|x| x.public_ip != s.public_ip);
-                self.static_nats.push(StaticNat {
+                let entry = StaticNat {
                     public_ip: s.public_ip,
                     private_ip: s.private_ip,
-                });
-                self.static_nats.sort();
+                };
+                // Insertion order is kept so that an addition renders as an
+                // append (a repeat changes nothing).
+                if !self.static_nats.contains(&entry) {
+                    self.static_nats.retain(|x| x.public_ip != s.public_ip);
+                    self.static_nats.push(entry);
+                }
                 Ok(Transition::Apply)
             }
             NetworkCommand::DeleteStaticNat(s) => {
@@ -188,6 +196,9 @@ impl NetworkState {
                 Ok(Transition::Apply)
             }
             NetworkCommand::AddPortForward(pf) => {
+                if self.port_forwards.contains(pf) {
+                    return Ok(Transition::Apply);
+                }
                 self.port_forwards.retain(|x| !same_forward(x, pf));
                 if let Some(clash) = self.port_forwards.iter().find(|x| {
                     x.public_ip == pf.public_ip
@@ -204,7 +215,6 @@ impl NetworkState {
                     });
                 }
                 self.port_forwards.push(pf.clone());
-                self.port_forwards.sort();
                 Ok(Transition::Apply)
             }
             NetworkCommand::DeletePortForward(pf) => {

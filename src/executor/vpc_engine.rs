@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use super::applier::Applier;
 use super::engine::ExecError;
-use super::planner::{self, LinkPlan};
+use super::planner::{self, Plan};
 use super::state::NetworkState;
 use super::vpc::actions::{self, ActionOutcome, ActionRunner, BuiltinAction, PbrStore};
 use super::vpc::model::{self, Owner, PublicIp, VpcRulesetParts, VpcState};
@@ -60,7 +60,7 @@ pub struct VpcDoc {
 #[derive(Default)]
 struct VpcSlot {
     doc: Option<VpcDoc>,
-    applied: Option<LinkPlan>,
+    applied: Option<Plan>,
 }
 
 /// VPC part of the engine.
@@ -356,8 +356,8 @@ impl VpcEngine {
             _ => {
                 // shutdown-vpc: nothing of the VPC stays on the host; the
                 // tiers were shut down before (CloudStack's order).
-                if let Some(links) = slot.applied.take() {
-                    applier.teardown(&ns, &links.legs)?;
+                if let Some(plan) = slot.applied.take() {
+                    applier.teardown(&ns, &plan.links.legs)?;
                 } else {
                     applier.teardown(&ns, &[])?;
                 }
@@ -413,8 +413,8 @@ impl VpcEngine {
         &self,
         applier: &Applier,
         doc: &VpcDoc,
-        previous: Option<&LinkPlan>,
-    ) -> Result<LinkPlan, ExecError> {
+        previous: Option<&Plan>,
+    ) -> Result<Plan, ExecError> {
         let tiers: Vec<&NetworkState> = doc.tiers.values().filter(|t| t.implemented).collect();
         let parts = ruleset_parts(doc, &tiers)?;
         let mut plan = doc.vpc.plan(&tiers, &doc.public_device, &parts)?;
@@ -430,7 +430,7 @@ impl VpcEngine {
         for t in &tiers {
             self.ensure_ipv6(applier, &ns, t)?;
         }
-        Ok(plan.links)
+        Ok(plan)
     }
 
     /// IPv6 of one guest leg: address, sysctls, radvd (isolated networks and tiers).
@@ -592,7 +592,11 @@ impl VpcEngine {
             ActionOutcome::Engine(_) => {
                 let doc = slot.doc.clone().ok_or_else(|| not_held(ns))?;
                 let applier = engine.applier();
-                let legs = slot.applied.take().map(|l| l.legs).unwrap_or_default();
+                let legs = slot
+                    .applied
+                    .take()
+                    .map(|p| p.links.legs)
+                    .unwrap_or_default();
                 applier.teardown(ns, &legs)?;
                 self.stop_radvds(&doc);
                 slot.applied = Some(self.install(applier, &doc, None)?);
@@ -608,7 +612,7 @@ impl VpcEngine {
         ns: &str,
         body: &[u8],
         state: &mut Option<NetworkState>,
-        applied: &mut Option<LinkPlan>,
+        applied: &mut Option<Plan>,
     ) -> Result<Value, ExecError> {
         let held = state.as_ref().is_some_and(|s| s.implemented);
         Ok(match self.run_action(ns, body, held)? {

@@ -2,6 +2,7 @@
 //! `network-extension-details`, `payload`) and a typed field reader that
 //! names the offending field in every error.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -251,7 +252,10 @@ fn split_list(s: &str) -> Vec<String> {
 /// A rule document as CloudStack sends it: a JSON value (4.23) or a string
 /// holding Base64 of the JSON (older builds). A string that is itself JSON is
 /// accepted too. Returns `None` when absent or empty.
-pub fn decode_document(field: &str, value: Option<&Value>) -> Result<Option<Value>, ProtocolError> {
+pub fn decode_document<'a>(
+    field: &str,
+    value: Option<&'a Value>,
+) -> Result<Option<Cow<'a, Value>>, ProtocolError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -261,7 +265,7 @@ pub fn decode_document(field: &str, value: Option<&Value>) -> Result<Option<Valu
             }
             if t.starts_with('{') || t.starts_with('[') {
                 return serde_json::from_str(t)
-                    .map(Some)
+                    .map(|v| Some(Cow::Owned(v)))
                     .map_err(|_| validate::invalid(field, "not valid JSON"));
             }
             let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
@@ -272,10 +276,11 @@ pub fn decode_document(field: &str, value: Option<&Value>) -> Result<Option<Valu
                 })
                 .map_err(|_| validate::invalid(field, "neither JSON nor Base64 of JSON"))?;
             serde_json::from_slice(&bytes)
-                .map(Some)
+                .map(|v| Some(Cow::Owned(v)))
                 .map_err(|_| validate::invalid(field, "Base64 content is not valid JSON"))
         }
-        Some(v) => Ok(Some(v.clone())),
+        // A JSON value is read in place (a 10,000-rule document is not copied).
+        Some(v) => Ok(Some(Cow::Borrowed(v))),
     }
 }
 
@@ -337,22 +342,24 @@ mod tests {
     fn documents_as_json_or_base64() {
         let json = serde_json::json!({"rules": []});
         let b64 = base64::engine::general_purpose::STANDARD.encode(json.to_string());
+        let owned =
+            |r: Result<Option<Cow<'_, Value>>, ProtocolError>| r.map(|o| o.map(Cow::into_owned));
         assert_eq!(
-            decode_document("fw_rules", Some(&json)).unwrap(),
-            Some(json.clone())
+            owned(decode_document("fw_rules", Some(&json))),
+            Ok(Some(json.clone()))
         );
+        let b64 = Value::String(b64);
         assert_eq!(
-            decode_document("fw_rules", Some(&Value::String(b64))).unwrap(),
-            Some(json.clone())
+            owned(decode_document("fw_rules", Some(&b64))),
+            Ok(Some(json.clone()))
         );
+        let text = Value::String(json.to_string());
         assert_eq!(
-            decode_document("fw_rules", Some(&Value::String(json.to_string()))).unwrap(),
-            Some(json)
+            owned(decode_document("fw_rules", Some(&text))),
+            Ok(Some(json))
         );
         assert!(decode_document("fw_rules", Some(&Value::String("%%%".into()))).is_err());
-        assert_eq!(
-            decode_document("fw_rules", Some(&Value::String(String::new()))),
-            Ok(None)
-        );
+        let empty = Value::String(String::new());
+        assert_eq!(owned(decode_document("fw_rules", Some(&empty))), Ok(None));
     }
 }

@@ -1,0 +1,427 @@
+//! Guest services wired into the engine (issue 4): the 18 guest-service
+//! commands, and the per-network runtime (dnsmasq, haproxy, metadata and
+//! password server, VM data store) brought up after `implement-network` and
+//! on reconcile, and stopped on shutdown/destroy.
+//!
+//! This is a child module of `engine` (declared there with `#[path]`) so the
+//! hook points in `engine.rs` stay one-line calls into here.
+//!
+//! The guest-service state (`services::GuestServices`) is a field of the network's
+//! persisted [`NetworkState`], so it is saved atomically with it. VM data
+//! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
+//!
+//! Layout under the state directory. dnsmasq drops root and then re-reads its
+//! hosts files as an unprivileged user, so every directory on the way to its
+//! configuration is traversable (`o+x`) but never listable; secrets stay in
+//! 0700 directories and 0600 files the executor alone reads:
+//! ```text
+//! <state>/                 o+x added
+//!   guest/                 0711
+//!     vmdata.key           0600  key of the VM data files (created once)
+//!     <namespace>/         0711
+//!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!       haproxy/           0700  conf, pid file
+//!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
+//! ```
+//! Parents of `<state>` must be traversable too (the default
+//! `/var/lib/netbridge` is).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Engine, ExecError};
+use crate::executor::services::metadata::{ListenSpec, MetadataServer};
+use crate::executor::services::store::MetadataStore;
+use crate::executor::services::supervisor::Daemon;
+use crate::executor::services::{self, dnsmasq, haproxy, run, ServicesError};
+use crate::executor::state::NetworkState;
+use crate::protocol::envelope::Envelope;
+use crate::protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
+use crate::protocol::Command;
+
+/// How long a stopping daemon or metadata server gets before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+const KEY_FILE: &str = "vmdata.key";
+
+/// Whether `command` is a guest-service command handled here.
+pub(super) fn handles(command: Command) -> bool {
+    use Command as C;
+    matches!(
+        command,
+        C::PrepareNic
+            | C::ReleaseNic
+            | C::AddDhcpEntry
+            | C::RemoveDhcpEntry
+            | C::ConfigDhcpSubnet
+            | C::RemoveDhcpSubnet
+            | C::SetDhcpOptions
+            | C::AddDnsEntry
+            | C::RemoveDnsEntry
+            | C::ConfigDnsSubnet
+            | C::RemoveDnsSubnet
+            | C::SaveVmData
+            | C::SaveUserdata
+            | C::SavePassword
+            | C::SaveSshkey
+            | C::SaveHypervisorHostname
+            | C::ApplyLbRules
+            | C::RestoreNetwork
+    )
+}
+
+/// What runs for one network's guest services (held in the engine's slot).
+#[derive(Default)]
+pub(super) struct GuestRuntime {
+    store: Option<Arc<MetadataStore>>,
+    dnsmasq: Option<Daemon>,
+    haproxy: Option<Daemon>,
+    /// Old haproxy processes finishing their connections after a reload.
+    draining: Vec<Daemon>,
+    metadata: Option<(Ipv4Addr, MetadataServer)>,
+}
+
+/// The runtime the metadata servers of every network run on. Never dropped
+/// (a tokio runtime must not be dropped from async context, and the engine
+/// may be dropped inside the daemon's runtime).
+fn metadata_runtime() -> Result<&'static tokio::runtime::Runtime, ExecError> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("nb-metadata")
+        .enable_all()
+        .build()
+        .map_err(|e| ExecError::Apply(format!("metadata runtime: {e}")))?;
+    // A concurrent initialiser may win; its runtime is as good as ours.
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// Network-level facts the guest services take from the network state: it
+/// is authoritative for the addresses once the network is implemented. Also
+/// absorbs `dns`/`domain` when an `implement-network` payload carries them.
+pub(super) fn seed(next: &mut NetworkState, envelope: &Envelope) -> Result<(), ExecError> {
+    seed_addresses(next);
+    let g = &mut next.guest;
+    if let Some(c) = next.cidr {
+        g.cidr = c.to_string().parse().ok().or(g.cidr);
+    }
+    let p = &envelope.payload;
+    if let Some(d) = services::validate::opt_str(p, "dns").map_err(ExecError::from)? {
+        g.dns = services::validate::dns_list("dns", &d)?;
+    }
+    if let Some(d) = services::validate::opt_str(p, "domain").map_err(ExecError::from)? {
+        g.domain = Some(services::validate::hostname("domain", &d, true)?);
+    }
+    Ok(())
+}
+
+fn io_state(context: &str, path: &Path, e: std::io::Error) -> ExecError {
+    ExecError::State(format!("{context} {}: {e}", path.display()))
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), ExecError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| io_state("create", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_state("chmod", path, e))
+}
+
+/// The VM data key: 32 random bytes created once (0600). A key file of the
+/// wrong size is an error, never replaced: that would orphan the data.
+fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
+    let path = root.join(KEY_FILE);
+    let mut key = [0u8; 32];
+    match fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)
+                .map_err(|e| io_state("read", &path, e))?;
+            if buf.len() != key.len() {
+                return Err(ExecError::State(format!(
+                    "{}: expected a 32-byte key",
+                    path.display()
+                )));
+            }
+            key.copy_from_slice(&buf);
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
+            let tmp = root.join(format!(".{KEY_FILE}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io_state("create", &tmp, e))?;
+            f.write_all(&key)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_state("write", &tmp, e))?;
+            // No clobbering: a concurrent creator's key wins and is used.
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
+                    return load_or_create_key(root);
+                }
+                Err(e) => return Err(io_state("link", &path, e)),
+            }
+            let _ = fs::remove_file(&tmp);
+            Ok(key)
+        }
+        Err(e) => Err(io_state("open", &path, e)),
+    }
+}
+
+impl Engine {
+    fn guest_root(&self) -> PathBuf {
+        self.config.state_dir.join("guest")
+    }
+
+    fn guest_dir(&self, namespace: &str) -> PathBuf {
+        self.guest_root().join(namespace)
+    }
+
+    /// Creates the directory layout (module docs) and opens the network's VM
+    /// data store once.
+    fn guest_store(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+    ) -> Result<Arc<MetadataStore>, ExecError> {
+        if let Some(s) = &rt.store {
+            return Ok(s.clone());
+        }
+        let state_dir = &self.config.state_dir;
+        let meta = fs::metadata(state_dir).map_err(|e| io_state("stat", state_dir, e))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            fs::set_permissions(
+                state_dir,
+                fs::Permissions::from_mode((mode & 0o7777) | 0o001),
+            )
+            .map_err(|e| io_state("chmod", state_dir, e))?;
+        }
+        let root = self.guest_root();
+        ensure_dir(&root, 0o711)?;
+        let dir = self.guest_dir(namespace);
+        ensure_dir(&dir, 0o711)?;
+        let key = load_or_create_key(&root)?;
+        let store = Arc::new(MetadataStore::open(dir.join("vmdata"), Some(key))?);
+        rt.store = Some(store.clone());
+        Ok(store)
+    }
+
+    fn dnsmasq_paths(&self, namespace: &str) -> Result<dnsmasq::DnsmasqPaths, ExecError> {
+        Ok(dnsmasq::paths_in(
+            &self.guest_dir(namespace).join("dnsmasq"),
+        )?)
+    }
+
+    fn haproxy_paths(&self, namespace: &str) -> haproxy::HaproxyPaths {
+        haproxy::paths_in(&self.guest_dir(namespace).join("haproxy"))
+    }
+
+    /// Runs one guest-service command: pure update of the network's guest
+    /// state and VM data, then (when implemented) the daemons, then persist.
+    pub(super) fn execute_guest(
+        &self,
+        command: Command,
+        envelope: &Envelope,
+    ) -> Result<Value, ExecError> {
+        let network = NetworkFields::parse(&envelope.fields())?;
+        let namespace = NetworkState::namespace_for(network.network_id);
+        let slot = self.slot(&namespace);
+        let mut slot = super::lock(&slot);
+        let current = match &slot.state {
+            Some(s) => s.clone(),
+            None => {
+                // Guest data may arrive before implement-network.
+                let req = NetworkRequest {
+                    network,
+                    devices: Devices::parse(envelope)?,
+                    command: NetworkCommand::Shutdown,
+                };
+                NetworkState::new(&req, &self.config.guest_device)
+            }
+        };
+        let mut next = current.clone();
+        seed_addresses(&mut next);
+        let store = self.guest_store(&mut slot.guest, &namespace)?;
+        let opts = services::Options::default();
+        let mut guest = next.guest.clone();
+        let fx = store
+            .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
+        next.guest = guest;
+        if next.implemented {
+            if fx.dnsmasq {
+                if let Err(e) = self.sync_dnsmasq(&mut slot.guest, &next) {
+                    log::error!("{namespace}: {command}: dnsmasq: {e}");
+                    // Put the previous files back under the running daemon.
+                    let _ = self.sync_dnsmasq(&mut slot.guest, &current);
+                    return Err(e);
+                }
+            }
+            if fx.lb {
+                // A refused configuration leaves the running one in place.
+                self.sync_haproxy(&mut slot.guest, &next)?;
+            }
+        }
+        if let Err(e) = self.store.save(&next) {
+            log::error!("{namespace}: {command} applied but not persisted: {e}");
+            return Err(e.into());
+        }
+        slot.state = Some(next);
+        log::info!("{namespace}: {command} done");
+        Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    fn sync_dnsmasq(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        let paths = self.dnsmasq_paths(ns)?;
+        let files = dnsmasq::render(&state.guest, &paths);
+        let (daemon, action) =
+            run::sync_dnsmasq(&paths, Some(ns), ns, files.as_ref(), rt.dnsmasq.take())?;
+        log::debug!("{ns}: dnsmasq {action:?}");
+        rt.dnsmasq = daemon;
+        Ok(())
+    }
+
+    fn sync_haproxy(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        run::reap_draining(&mut rt.draining);
+        let paths = self.haproxy_paths(ns);
+        let cfg = haproxy::render(&state.guest);
+        let (daemon, action) = run::sync_haproxy(
+            &paths,
+            Some(ns),
+            ns,
+            cfg.as_deref(),
+            rt.haproxy.take(),
+            &mut rt.draining,
+        )?;
+        log::debug!("{ns}: haproxy {action:?}");
+        rt.haproxy = daemon;
+        Ok(())
+    }
+
+    /// Brings every guest service of an implemented network up (after
+    /// `implement-network` and on reconcile): daemons adopted from their PID
+    /// files when they survived an executor restart, started otherwise.
+    pub(super) fn guest_up(
+        &self,
+        rt: &mut GuestRuntime,
+        state: &NetworkState,
+    ) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        let store = self.guest_store(rt, ns)?;
+        let want = state.guest.listen_ip();
+        if rt.metadata.as_ref().map(|(ip, _)| *ip) != want {
+            if let Some((_, old)) = rt.metadata.take() {
+                stop_metadata(old);
+            }
+            if let Some(ip) = want {
+                let runtime = metadata_runtime()?;
+                let server =
+                    MetadataServer::start(runtime.handle(), &ListenSpec::new(Some(ns), ip), store)?;
+                log::info!(
+                    "{ns}: metadata on {}, passwords on {}",
+                    server.metadata_addr,
+                    server.password_addr
+                );
+                rt.metadata = Some((ip, server));
+            }
+        }
+        self.sync_dnsmasq(rt, state)?;
+        self.sync_haproxy(rt, state)
+    }
+
+    /// Stops every guest service of a network exactly (tracked PIDs, or the
+    /// PID files a previous executor left when they prove to be ours). With
+    /// `forget` (destroy) the network's guest files go too.
+    pub(super) fn guest_down(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+        forget: bool,
+    ) -> Result<(), ExecError> {
+        if let Some((_, server)) = rt.metadata.take() {
+            stop_metadata(server);
+        }
+        let mut first_err: Option<ExecError> = None;
+        let mut note = |r: Result<(), ServicesError>| {
+            if let Err(e) = r {
+                log::error!("{namespace}: stopping a guest daemon: {e}");
+                first_err.get_or_insert(e.into());
+            }
+        };
+        let dns_spec = self
+            .dnsmasq_paths(namespace)
+            .map(|p| run::dnsmasq_spec(&p, Some(namespace), namespace));
+        let dns = rt
+            .dnsmasq
+            .take()
+            .or_else(|| dns_spec.ok().and_then(Daemon::adopt));
+        if let Some(d) = dns {
+            note(d.stop(GRACE));
+        }
+        let lb_spec = run::haproxy_spec(&self.haproxy_paths(namespace), Some(namespace), namespace);
+        let lb = rt.haproxy.take().or_else(|| Daemon::adopt(lb_spec));
+        if let Some(d) = lb {
+            note(d.stop(GRACE));
+        }
+        for d in rt.draining.drain(..) {
+            note(d.stop(GRACE));
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if forget {
+            if let Some(store) = rt.store.take() {
+                store.destroy()?;
+            }
+            let dir = self.guest_dir(namespace);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_state("remove", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Addresses from the network state (without payload absorption).
+fn seed_addresses(next: &mut NetworkState) {
+    if next.extension_ip.is_some() {
+        next.guest.extension_ip = next.extension_ip;
+    }
+    if next.gateway.is_some() {
+        next.guest.gateway = next.gateway;
+    }
+}
+
+/// Stops accepting and waits (bounded) until both listeners are closed.
+fn stop_metadata(server: MetadataServer) {
+    match metadata_runtime() {
+        Ok(rt) => {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(GRACE, server.shutdown()).await;
+            });
+        }
+        Err(_) => drop(server),
+    }
+}

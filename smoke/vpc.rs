@@ -293,7 +293,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
             &format!("{k}={v}"),
         ]);
     }
-    let mut previous = plan.links;
+    let mut previous = plan;
 
     let check_inbound = |what: &str| {
         assert_eq!(
@@ -364,7 +364,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
     assert!(mv.released.addresses.is_empty(), "the forwards keep .10");
     let plan = vpc.plan(&[&t11, &t12], "nbvp", &parts).expect("plan");
     applier.apply(&plan, Some(&previous)).expect("apply");
-    previous = plan.links;
+    previous = plan;
     assert_eq!(
         probe("nbv-vm2", "203.0.113.1:7000").as_deref(),
         Some("up:7000 203.0.113.30")
@@ -396,7 +396,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
     };
     let plan = vpc.plan(&[&t12], "nbvp", &parts).expect("plan");
     applier.apply(&plan, Some(&previous)).expect("apply");
-    previous = plan.links;
+    previous = plan;
     assert_eq!(
         probe("nbv-up", "203.0.113.10:2200").as_deref(),
         Some("vm2:22 203.0.113.1")
@@ -410,7 +410,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
     assert_eq!(public_addrs(&ns), ["203.0.113.10/24", "203.0.113.30/24"]);
 
     // 5. Restart: shut down everything, re-implement from the same state.
-    applier.teardown(&ns, &previous.legs).expect("teardown");
+    applier.teardown(&ns, &previous.links.legs).expect("teardown");
     assert_eq!(probe("nbv-vm2", "203.0.113.1:7000"), None, "down");
     vpc.add_tier(
         "11",

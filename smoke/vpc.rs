@@ -410,7 +410,9 @@ fn vpc_two_tiers_through_the_engine_applier() {
     assert_eq!(public_addrs(&ns), ["203.0.113.10/24", "203.0.113.30/24"]);
 
     // 5. Restart: shut down everything, re-implement from the same state.
-    applier.teardown(&ns, &previous.links.legs).expect("teardown");
+    applier
+        .teardown(&ns, &previous.links.legs)
+        .expect("teardown");
     assert_eq!(probe("nbv-vm2", "203.0.113.1:7000"), None, "down");
     vpc.add_tier(
         "11",

@@ -306,7 +306,10 @@ fn vpc_two_tiers_acls_pbr_and_restart_through_the_daemon() {
     assert!(routes.to_string().contains("10.9.0.0/16"), "{routes}");
     let (_, rules) = api.action("pbr-list-rules", json!({"table": "isp2"}));
     assert!(rules.to_string().contains("\"priority\":50"), "{rules}");
-    assert!(rules.to_string().contains("\"src\":\"10.1.1.0\""), "{rules}");
+    assert!(
+        rules.to_string().contains("\"src\":\"10.1.1.0\""),
+        "{rules}"
+    );
     let shown = host
         .exec(&["ip", "-n", "cs-vpc-5", "route", "show", "table", "100"])
         .unwrap();

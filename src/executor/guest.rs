@@ -40,7 +40,7 @@ use super::{Engine, ExecError};
 use crate::executor::services::metadata::{ListenSpec, MetadataServer};
 use crate::executor::services::store::MetadataStore;
 use crate::executor::services::supervisor::Daemon;
-use crate::executor::services::{self, dnsmasq, haproxy, run, ServicesError};
+use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
 use crate::executor::state::NetworkState;
 use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
@@ -267,6 +267,12 @@ impl Engine {
             .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
         next.guest = guest;
         if next.implemented {
+            // A removed NIC's granted lease would keep its name resolving
+            // (dnsmasq answers names from leases): drop it with the NIC.
+            let gone = removed_nics(&current.guest, &next.guest);
+            if !gone.is_empty() {
+                self.drop_leases(&mut slot.guest, &namespace, &gone)?;
+            }
             if fx.dnsmasq {
                 if let Err(e) = self.sync_dnsmasq(&mut slot.guest, &next) {
                     log::error!("{namespace}: {command}: dnsmasq: {e}");
@@ -287,6 +293,31 @@ impl Engine {
         slot.state = Some(next);
         log::info!("{namespace}: {command} done");
         Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// Removes the leases of `gone` (MAC, IP): dnsmasq keeps its lease
+    /// database in memory and rewrites the file, so it is stopped, the file
+    /// edited, and the caller's sync starts it again.
+    fn drop_leases(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+        gone: &[(String, Ipv4Addr)],
+    ) -> Result<(), ExecError> {
+        let paths = self.dnsmasq_paths(namespace)?;
+        let Ok(text) = fs::read_to_string(paths.leases()) else {
+            return Ok(());
+        };
+        let kept = strip_leases(&text, gone);
+        if kept == text {
+            return Ok(());
+        }
+        let spec = run::dnsmasq_spec(&paths, Some(namespace), namespace);
+        if let Some(d) = rt.dnsmasq.take().or_else(|| Daemon::adopt(spec)) {
+            d.stop(GRACE)?;
+        }
+        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o644)?;
+        Ok(())
     }
 
     fn sync_dnsmasq(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
@@ -404,6 +435,33 @@ impl Engine {
     }
 }
 
+/// NICs present in `old` but not in `new` (MAC, IP).
+fn removed_nics(old: &GuestServices, new: &GuestServices) -> Vec<(String, Ipv4Addr)> {
+    old.nics
+        .values()
+        .filter(|n| new.nics.get(&n.mac).is_none_or(|m| m.ip != n.ip))
+        .map(|n| (n.mac.clone(), n.ip))
+        .collect()
+}
+
+/// The lease file without the lines of `gone` (pure). A line is
+/// `<expiry> <mac> <ip> <hostname> <client-id>`; matches are exact.
+fn strip_leases(text: &str, gone: &[(String, Ipv4Addr)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (mac, ip) = (f.nth(1), f.next());
+        let drop = gone.iter().any(|(m, i)| {
+            mac.is_some_and(|x| x.eq_ignore_ascii_case(m)) || ip == Some(i.to_string().as_str())
+        });
+        if !drop {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Addresses from the network state (without payload absorption).
 fn seed_addresses(next: &mut NetworkState) {
     if next.extension_ip.is_some() {
@@ -423,5 +481,57 @@ fn stop_metadata(server: MetadataServer) {
             });
         }
         Err(_) => drop(server),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_leases_removes_exactly_the_named_nics() {
+        let text = "1700000000 02:00:00:00:00:33 10.1.1.12 vm3 *\n\
+                    1700000000 02:00:00:00:00:01 10.1.1.10 vm1 *\n\
+                    1700000000 02:00:00:00:00:02 10.1.1.120 vm9 *\n";
+        let gone = vec![(
+            "02:00:00:00:00:33".to_string(),
+            "10.1.1.12".parse().unwrap(),
+        )];
+        let kept = strip_leases(text, &gone);
+        assert!(!kept.contains("vm3"));
+        assert!(kept.contains("10.1.1.10 vm1"));
+        assert!(kept.contains("10.1.1.120 vm9"), "no prefix match");
+    }
+
+    #[test]
+    fn removed_nics_lists_dropped_and_moved_nics() {
+        let nic = |mac: &str, ip: &str| services::model::Nic {
+            mac: mac.into(),
+            ip: ip.parse().unwrap(),
+            ip6: None,
+            hostname: None,
+            default_nic: true,
+            nic_id: None,
+            gateway: None,
+        };
+        let mut old = GuestServices::default();
+        for n in [
+            nic("aa", "10.0.0.1"),
+            nic("bb", "10.0.0.2"),
+            nic("cc", "10.0.0.3"),
+        ] {
+            old.nics.insert(n.mac.clone(), n);
+        }
+        let mut new = old.clone();
+        new.nics.remove("aa");
+        new.nics.insert("bb".into(), nic("bb", "10.0.0.9"));
+        let gone = removed_nics(&old, &new);
+        assert_eq!(
+            gone,
+            vec![
+                ("aa".to_string(), "10.0.0.1".parse().unwrap()),
+                ("bb".to_string(), "10.0.0.2".parse().unwrap())
+            ]
+        );
     }
 }

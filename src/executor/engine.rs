@@ -497,8 +497,10 @@ mod tests {
                 &body(serde_json::json!({"network_id": "42"})),
             )
             .unwrap_err();
-        assert_eq!(err.to_string(), "unsupported: prepare-nic");
-        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-vpc-3"},
+        // Guest services answer prepare-nic now (issue 4): bad input is refused.
+        assert_eq!(err.http_status(), 400);
+        // cs-vpc-<id> namespaces belong to VPC tiers (issue 6, vpc_engine.rs).
+        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-net-7"},
             "payload": {"network_id": "42"}});
         let err = e
             .execute(Command::ShutdownNetwork, b.to_string().as_bytes())

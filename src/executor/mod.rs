@@ -22,5 +22,6 @@ mod reconcile;
 pub mod services;
 pub mod state;
 pub mod vpc;
+pub(crate) mod vpc_engine;
 
 pub use engine::{Engine, EngineConfig, ExecError};

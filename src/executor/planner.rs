@@ -285,6 +285,11 @@ fn addr_match(out: &mut String, dir: &str, c: Option<Ipv4Cidr>) {
     }
 }
 
+/// A port-forwarding DNAT line (issue 6: VPC tiers render theirs with it).
+pub(crate) fn render_port_forward(out: &mut String, pf: &PortForwardFields) {
+    forward_rule(out, pf)
+}
+
 fn forward_rule(out: &mut String, pf: &PortForwardFields) {
     let p = pf.protocol.as_str();
     let head = format!(

@@ -921,3 +921,217 @@ pub(crate) mod ipv6_runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::state::tests::request;
+
+    fn tier_state(id: &str, vlan: &str, gw: &str, cidr: &str) -> NetworkState {
+        let req = request(
+            Command::ImplementNetwork,
+            json!({"network_id": id, "vpc_id": "5", "vlan": vlan, "cidr": cidr,
+                "gateway": gw, "extension_ip": gw}),
+        );
+        let mut s = NetworkState::new(&req, "eth1");
+        s.transition(&req, "eth1").unwrap();
+        s
+    }
+
+    fn run(s: &mut NetworkState, c: Command, p: Value) {
+        s.transition(&request(c, p), "eth1").unwrap();
+    }
+
+    fn assign(id: &str, ip: &str) -> Value {
+        json!({"network_id": id, "public_ip": ip, "public_cidr": "203.0.113.0/24",
+            "public_gateway": "203.0.113.1", "public_vlan": "200"})
+    }
+
+    fn doc() -> VpcDoc {
+        let snat = model::parse_vpc_payload(
+            json!({"vpc_id": "5", "vpc_cidr": "10.1.0.0/16", "public_ip": "203.0.113.10",
+                "public_cidr": "203.0.113.0/24", "public_gateway": "203.0.113.1",
+                "public_vlan": "vlan://200"})
+            .as_object()
+            .unwrap(),
+            vpc_link_for,
+        )
+        .unwrap();
+        let mut vpc = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        vpc.implement(snat.source_nat).unwrap();
+        let mut tiers = BTreeMap::new();
+        for (id, vlan, gw, cidr) in [
+            ("11", "100", "10.1.1.1", "10.1.1.0/24"),
+            ("12", "101", "10.1.2.1", "10.1.2.0/24"),
+        ] {
+            let t = tier_state(id, vlan, gw, cidr);
+            vpc.add_tier(
+                id,
+                &planner::guest_inner_name(t.network_id),
+                gw.parse().unwrap(),
+                cidr.parse().unwrap(),
+            )
+            .unwrap();
+            tiers.insert(id.to_string(), t);
+        }
+        VpcDoc {
+            version: DOC_VERSION,
+            vpc,
+            implemented: true,
+            public_device: "eth1".into(),
+            tiers,
+        }
+    }
+
+    #[test]
+    fn shared_addresses_stay_while_another_tier_uses_them() {
+        let mut d = doc();
+        for (id, ip) in [
+            ("11", "203.0.113.20"),
+            ("12", "203.0.113.20"),
+            ("12", "203.0.113.22"),
+        ] {
+            let t = d.tiers.get_mut(id).unwrap();
+            run(t, Command::AssignIp, assign(id, ip));
+        }
+        derive_addresses(&mut d).unwrap();
+        let ips =
+            |d: &VpcDoc| -> Vec<String> { d.vpc.addresses.keys().map(|a| a.to_string()).collect() };
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.20", "203.0.113.22"]);
+        // Tier 11 goes: .20 stays for tier 12, the source NAT stays.
+        d.vpc.remove_tier("11");
+        d.tiers.remove("11");
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.20", "203.0.113.22"]);
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::ReleaseIp, assign("12", "203.0.113.20"));
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.22"]);
+        // Deriving twice changes nothing.
+        let once = d.clone();
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(d, once);
+    }
+
+    #[test]
+    fn tier_rules_render_into_the_vpc_ruleset() {
+        let mut d = doc();
+        let t = d.tiers.get_mut("11").unwrap();
+        run(t, Command::AssignIp, assign("11", "203.0.113.20"));
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "11", "public_ip": "203.0.113.20", "private_ip": "10.1.1.10"}),
+        );
+        run(
+            t,
+            Command::AddPortForward,
+            json!({"network_id": "11", "public_ip": "203.0.113.10", "public_port": "8080",
+                "private_ip": "10.1.1.10", "private_port": "80", "protocol": "tcp"}),
+        );
+        derive_addresses(&mut d).unwrap();
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        assert_eq!(
+            parts.dnat,
+            [
+                "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 8080 dnat ip to 10.1.1.10:80",
+                "ip daddr 203.0.113.20 dnat ip to 10.1.1.10"
+            ]
+        );
+        let link = planner::public_inner_name(validate::vlan("v", "200").unwrap());
+        assert_eq!(
+            parts.snat,
+            [format!(
+                "oifname \"{link}\" ip saddr 10.1.1.10 snat ip to 203.0.113.20"
+            )]
+        );
+        let plan = d.vpc.plan(&tiers, "eth1", &parts).unwrap();
+        // Static NAT SNAT comes before the VPC-wide source NAT.
+        let a = plan.ruleset.find("snat ip to 203.0.113.20").unwrap();
+        let b = plan.ruleset.find("snat ip to 203.0.113.10").unwrap();
+        assert!(a < b, "{}", plan.ruleset);
+        // A static NAT of an address the VPC does not hold is refused.
+        let t = d.tiers.get_mut("12").unwrap();
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "12", "public_ip": "203.0.113.99", "private_ip": "10.1.2.10"}),
+        );
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        assert_eq!(
+            ruleset_parts(&d, &tiers).unwrap_err().to_string(),
+            "invalid value for 'public_ip': 203.0.113.99 is not assigned to the VPC"
+        );
+    }
+
+    #[test]
+    fn ipv6_rules_go_into_the_forward_chain_after_the_fixed_rules() {
+        let mut s = tier_state("42", "100", "10.1.1.1", "10.1.1.0/24");
+        run(
+            &mut s,
+            Command::ImplementNetwork,
+            json!({"network_id": "42", "vlan": "100", "cidr": "10.1.1.0/24",
+                "gateway": "10.1.1.1", "network_ip6_gateway": "fd00:42::1",
+                "network_ip6_cidr": "fd00:42::/64"}),
+        );
+        let mut plan = planner::plan(&s).unwrap();
+        add_ipv6_rules(&mut plan, &s);
+        let fwd = plan.ruleset.find("chain forward").unwrap();
+        let drop6 = plan
+            .ruleset
+            .find("meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\"")
+            .unwrap();
+        let invalid = plan.ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
+        assert!(invalid < drop6, "{}", plan.ruleset);
+        assert_eq!(plan.ruleset.matches("nfproto ipv6 drop").count(), 1);
+        // Without IPv6 nothing changes.
+        let plain = tier_state("43", "100", "10.1.1.1", "10.1.1.0/24");
+        let mut p = planner::plan(&plain).unwrap();
+        let before = p.ruleset.clone();
+        add_ipv6_rules(&mut p, &plain);
+        assert_eq!(p.ruleset, before);
+    }
+
+    #[test]
+    fn vpc_id_comes_from_the_payload_or_the_namespace() {
+        let env = |v: Value| Envelope::parse(v.to_string().as_bytes()).unwrap();
+        let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5"}}));
+        assert_eq!(vpc_id_of(&e).unwrap(), Some(5));
+        let e = env(
+            json!({"network-extension-details": {"namespace": "cs-vpc-7"},
+            "payload": {"network_id": "11"}}),
+        );
+        assert_eq!(vpc_id_of(&e).unwrap(), Some(7));
+        let e = env(json!({"payload": {"network_id": "11"}}));
+        assert_eq!(vpc_id_of(&e).unwrap(), None);
+        let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5;reboot"}}));
+        assert!(vpc_id_of(&e)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid value for 'vpc_id'"));
+        let e = env(
+            json!({"network-extension-details": {"namespace": "cs-net-7"},
+            "payload": {"network_id": "11", "vpc_id": "5"}}),
+        );
+        assert!(check_namespace(&e, "cs-vpc-5").is_err());
+    }
+
+    #[test]
+    fn vpc_state_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VpcEngine::open(dir.path()).unwrap();
+        let d = doc();
+        v.save(&d).unwrap();
+        let path = v.path("cs-vpc-5");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back: VpcDoc = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, d);
+        v.remove("cs-vpc-5").unwrap();
+        v.remove("cs-vpc-5").unwrap();
+        assert!(!path.exists());
+    }
+}

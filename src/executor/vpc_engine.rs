@@ -202,8 +202,25 @@ impl VpcEngine {
             .collect()
     }
 
-    /// Start-up: installs every persisted VPC and replays its pbr tables.
+    /// Start-up: installs every persisted VPC and replays its pbr tables;
+    /// removes `cs-vpc-` namespaces no persisted VPC owns.
     pub(crate) fn reconcile(&self, applier: &Applier) {
+        self.reconcile_held(applier);
+        let held: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        for ns in applier.namespaces() {
+            let ours = ns
+                .strip_prefix("cs-vpc-")
+                .is_some_and(|id| validate::id("namespace", id).is_ok());
+            if ours && !held.contains(&ns) {
+                log::warn!("reconcile: removing {ns}, which no persisted VPC owns");
+                if let Err(e) = applier.teardown(&ns, &[]) {
+                    log::error!("reconcile: removing {ns}: {e}");
+                }
+            }
+        }
+    }
+
+    fn reconcile_held(&self, applier: &Applier) {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
@@ -285,7 +302,12 @@ impl VpcEngine {
                 Err(e) => Some(Err(e)),
                 Ok(Some(_)) => match NetworkRequest::parse(command, &envelope) {
                     Ok(Some(_)) => Some(self.tier_command(engine, command, &envelope)),
-                    Ok(None) => None,
+                    // Guest services (DHCP, DNS, metadata, LB) run per
+                    // cs-net namespace; in a VPC namespace they are not
+                    // wired yet: say so instead of serving nothing.
+                    Ok(None) => Some(Err(ExecError::Unsupported(format!(
+                        "{command} on a VPC tier (guest services are not wired into VPC namespaces yet)"
+                    )))),
                     Err(e) => Some(Err(e.into())),
                 },
                 Ok(None) => None,
@@ -1115,6 +1137,110 @@ mod tests {
             "payload": {"network_id": "11", "vpc_id": "5"}}),
         );
         assert!(check_namespace(&e, "cs-vpc-5").is_err());
+    }
+
+    fn engine(dir: &Path) -> crate::executor::Engine {
+        let netns = dir.join("netns");
+        fs::create_dir_all(&netns).unwrap();
+        crate::executor::Engine::open_with(
+            crate::executor::EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            crate::executor::applier::ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: Value) -> Vec<u8> {
+        json!({"physical-network-extension-details": {"executor.key": "hidden"},
+            "network-extension-details": {}, "payload": payload})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn vpc_commands_are_validated_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let cases = [
+            (
+                Command::ImplementVpc,
+                json!({"vpc_id": "5"}),
+                "missing required field 'vpc_cidr'",
+            ),
+            (
+                Command::ImplementVpc,
+                json!({"vpc_id": "5", "vpc_cidr": "10.1.0.1/16"}),
+                "invalid value for 'vpc_cidr': host bits are set",
+            ),
+            (
+                Command::UpdateVpcSourceNatIp,
+                json!({"vpc_id": "5", "vpc_cidr": "10.1.0.0/16", "public_ip": "203.0.113.300"}),
+                "invalid value for 'public_ip': expected an IPv4 address",
+            ),
+            (
+                Command::ImplementNetwork,
+                json!({"network_id": "11", "vpc_id": "5", "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"}),
+                "invalid value for 'vpc_id': VPC 5 is not implemented on this host",
+            ),
+            (
+                Command::ApplyNetworkAcl,
+                json!({"network_id": "11", "vpc_id": "5", "acl_rules": []}),
+                "invalid value for 'vpc_id': VPC 5 is not implemented on this host",
+            ),
+            (
+                Command::PrepareNic,
+                json!({"network_id": "11", "vpc_id": "5"}),
+                "unsupported: prepare-nic on a VPC tier (guest services are not wired into VPC namespaces yet)",
+            ),
+        ];
+        for (c, p, text) in cases {
+            let err = e.execute(c, &body(p)).unwrap_err();
+            assert_eq!(err.to_string(), text, "{c}");
+            assert_eq!(err.http_status(), 400);
+        }
+        // Shutting down what this host never held is a no-op.
+        let out = e
+            .execute(Command::ShutdownVpc, &body(json!({"vpc_id": "5"})))
+            .unwrap();
+        assert_eq!(out["namespace"], "cs-vpc-5");
+        assert_eq!(
+            fs::read_dir(dir.path().join("state/vpcs")).unwrap().count(),
+            0
+        );
+        // custom-action on a network this host does not hold.
+        let err = e
+            .execute(
+                Command::CustomAction,
+                json!({"network_id": "42", "action": "pbr-list-tables"})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for 'network_id': cs-net-42 is not held by this host"
+        );
+        let err = e
+            .execute(
+                Command::CustomAction,
+                json!({"network_id": "42", "action": "pbr-add-route",
+                    "action-params": {"route": "blackhole 10.0.0.0/8 | sh"}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid value for 'route'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -521,6 +521,15 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
         assert_eq!(r.status, 200, "{command}: {}", r.body);
     };
     send("implement-network", isolated());
+    // DNS settings with an IPv6 server: radvd announces it (RDNSS) and the
+    // search domain (DNSSL).
+    send(
+        "config-dns-subnet",
+        merged(
+            isolated(),
+            json!({"dns": "198.51.100.53,2001:db8:ff::53", "domain": "nbw.test"}),
+        ),
+    );
     let assign = |ip: &str, snat: bool| {
         merged(
             isolated(),
@@ -529,6 +538,12 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
         )
     };
     send("assign-ip", assign("203.0.113.10", true));
+    let radvd_conf =
+        std::fs::read_to_string(host.state_dir().join("radvd/cs-net-42-42.conf")).unwrap();
+    assert!(radvd_conf.contains("prefix fd00:42::/64"), "{radvd_conf}");
+    assert!(radvd_conf.contains("AdvAutonomous on"), "{radvd_conf}");
+    assert!(radvd_conf.contains("RDNSS 2001:db8:ff::53"), "{radvd_conf}");
+    assert!(radvd_conf.contains("DNSSL nbw.test"), "{radvd_conf}");
     send("assign-ip", assign("203.0.113.11", false));
     send("assign-ip", assign("203.0.113.12", false));
 

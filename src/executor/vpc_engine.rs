@@ -467,8 +467,24 @@ impl VpcEngine {
         };
         let leg = planner::guest_inner_name(state.network_id);
         ipv6_runtime::configure_leg(applier, ns, &leg, &net)?;
+        // RDNSS: the network's IPv6 DNS servers (dnsmasq listens on IPv4 only).
+        let dns: Vec<String> = state
+            .guest
+            .dns
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(|a| a.to_string())
+            .collect();
+        let rdnss = ipv6::rdnss_from_dns(Some(&dns.join(",")), &net, false);
         self.radvd
-            .ensure(ns, state.network_id, &leg, &net)
+            .ensure(
+                ns,
+                state.network_id,
+                &leg,
+                &net,
+                &rdnss,
+                state.guest.domain.as_deref(),
+            )
             .map_err(ExecError::Apply)
     }
 
@@ -900,10 +916,15 @@ pub(crate) mod ipv6_runtime {
             network_id: u64,
             leg: &str,
             net: &ipv6::Ipv6Network,
+            rdnss: &[std::net::Ipv6Addr],
+            domain: Option<&str>,
         ) -> Result<(), String> {
             std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
             let (spec, conf) = self.spec(ns, network_id);
-            let text = ipv6::render_radvd_conf(leg, net, &[], None, ipv6::RaIntervals::default())
+            let intervals = ipv6::RaIntervals::default();
+            // A domain radvd cannot take is left out rather than failing the network.
+            let text = ipv6::render_radvd_conf(leg, net, rdnss, domain, intervals)
+                .or_else(|_| ipv6::render_radvd_conf(leg, net, rdnss, None, intervals))
                 .map_err(|e| e.to_string())?;
             let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
             if changed {

@@ -198,6 +198,12 @@ fn vpc_two_tiers_acls_pbr_and_restart_through_the_daemon() {
         .ip(&["route", "add", "default", "via", "10.1.2.1"])
         .unwrap();
     let vm2 = vm2ns.path();
+    // An operator hook (no shell: a copy of echo, which prints the
+    // namespace it is given as its only argument).
+    let hooks = host.dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::copy("/bin/echo", hooks.join("say-namespace")).unwrap();
+    host.options.extra_args = vec!["--hooks-dir".to_string(), hooks.display().to_string()];
     host.start_executor().unwrap();
     let api = Api {
         host: &*host,
@@ -344,6 +350,18 @@ fn vpc_two_tiers_acls_pbr_and_restart_through_the_daemon() {
         !dump.to_string().contains(DEFAULT_KEY),
         "no secrets: {dump}"
     );
+    let (st, v) = api.action("say-namespace", json!({"note": "hello"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(
+        v["message"].as_str().map(str::trim),
+        Some("cs-vpc-5"),
+        "{v}"
+    );
+    let (st, v) = api.action("say-namespace", json!({"note": "a; rm -rf /"}));
+    assert_eq!(st, 400, "hook parameters are checked too: {v}");
+    let (st, v) = api.action("no-such-hook", json!({}));
+    assert_eq!(st, 400, "{v}");
     let (_, fw) = api.action("list-firewall-rules", json!({}));
     assert!(fw.to_string().contains("snat"), "{fw}");
     // reboot-device rebuilds the namespace; pbr comes back with it.
@@ -503,6 +521,15 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
         assert_eq!(r.status, 200, "{command}: {}", r.body);
     };
     send("implement-network", isolated());
+    // DNS settings with an IPv6 server: radvd announces it (RDNSS) and the
+    // search domain (DNSSL).
+    send(
+        "config-dns-subnet",
+        merged(
+            isolated(),
+            json!({"dns": "198.51.100.53,2001:db8:ff::53", "domain": "nbw.test"}),
+        ),
+    );
     let assign = |ip: &str, snat: bool| {
         merged(
             isolated(),
@@ -511,6 +538,12 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
         )
     };
     send("assign-ip", assign("203.0.113.10", true));
+    let radvd_conf =
+        std::fs::read_to_string(host.state_dir().join("radvd/cs-net-42-42.conf")).unwrap();
+    assert!(radvd_conf.contains("prefix fd00:42::/64"), "{radvd_conf}");
+    assert!(radvd_conf.contains("AdvAutonomous on"), "{radvd_conf}");
+    assert!(radvd_conf.contains("RDNSS 2001:db8:ff::53"), "{radvd_conf}");
+    assert!(radvd_conf.contains("DNSSL nbw.test"), "{radvd_conf}");
     send("assign-ip", assign("203.0.113.11", false));
     send("assign-ip", assign("203.0.113.12", false));
 

@@ -391,7 +391,8 @@ impl Engine {
     /// Number of networks held (for `GET /v1/health`).
     pub fn network_count(&self) -> usize {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
-        slots.iter().filter(|s| lock(s).state.is_some()).count()
+        // issue 6 hook: VPCs count like the entries of `networks()`.
+        slots.iter().filter(|s| lock(s).state.is_some()).count() + self.vpc.summaries().len()
     }
 
     /// The nftables table currently installed for a network (diagnostics and

@@ -202,8 +202,25 @@ impl VpcEngine {
             .collect()
     }
 
-    /// Start-up: installs every persisted VPC and replays its pbr tables.
+    /// Start-up: installs every persisted VPC and replays its pbr tables;
+    /// removes `cs-vpc-` namespaces no persisted VPC owns.
     pub(crate) fn reconcile(&self, applier: &Applier) {
+        self.reconcile_held(applier);
+        let held: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        for ns in applier.namespaces() {
+            let ours = ns
+                .strip_prefix("cs-vpc-")
+                .is_some_and(|id| validate::id("namespace", id).is_ok());
+            if ours && !held.contains(&ns) {
+                log::warn!("reconcile: removing {ns}, which no persisted VPC owns");
+                if let Err(e) = applier.teardown(&ns, &[]) {
+                    log::error!("reconcile: removing {ns}: {e}");
+                }
+            }
+        }
+    }
+
+    fn reconcile_held(&self, applier: &Applier) {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
@@ -285,7 +302,12 @@ impl VpcEngine {
                 Err(e) => Some(Err(e)),
                 Ok(Some(_)) => match NetworkRequest::parse(command, &envelope) {
                     Ok(Some(_)) => Some(self.tier_command(engine, command, &envelope)),
-                    Ok(None) => None,
+                    // Guest services (DHCP, DNS, metadata, LB) run per
+                    // cs-net namespace; in a VPC namespace they are not
+                    // wired yet: say so instead of serving nothing.
+                    Ok(None) => Some(Err(ExecError::Unsupported(format!(
+                        "{command} on a VPC tier (guest services are not wired into VPC namespaces yet)"
+                    )))),
                     Err(e) => Some(Err(e.into())),
                 },
                 Ok(None) => None,
@@ -445,8 +467,24 @@ impl VpcEngine {
         };
         let leg = planner::guest_inner_name(state.network_id);
         ipv6_runtime::configure_leg(applier, ns, &leg, &net)?;
+        // RDNSS: the network's IPv6 DNS servers (dnsmasq listens on IPv4 only).
+        let dns: Vec<String> = state
+            .guest
+            .dns
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(|a| a.to_string())
+            .collect();
+        let rdnss = ipv6::rdnss_from_dns(Some(&dns.join(",")), &net, false);
         self.radvd
-            .ensure(ns, state.network_id, &leg, &net)
+            .ensure(
+                ns,
+                state.network_id,
+                &leg,
+                &net,
+                &rdnss,
+                state.guest.domain.as_deref(),
+            )
             .map_err(ExecError::Apply)
     }
 
@@ -878,10 +916,15 @@ pub(crate) mod ipv6_runtime {
             network_id: u64,
             leg: &str,
             net: &ipv6::Ipv6Network,
+            rdnss: &[std::net::Ipv6Addr],
+            domain: Option<&str>,
         ) -> Result<(), String> {
             std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
             let (spec, conf) = self.spec(ns, network_id);
-            let text = ipv6::render_radvd_conf(leg, net, &[], None, ipv6::RaIntervals::default())
+            let intervals = ipv6::RaIntervals::default();
+            // A domain radvd cannot take is left out rather than failing the network.
+            let text = ipv6::render_radvd_conf(leg, net, rdnss, domain, intervals)
+                .or_else(|_| ipv6::render_radvd_conf(leg, net, rdnss, None, intervals))
                 .map_err(|e| e.to_string())?;
             let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
             if changed {
@@ -919,5 +962,323 @@ pub(crate) mod ipv6_runtime {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::state::tests::request;
+
+    fn tier_state(id: &str, vlan: &str, gw: &str, cidr: &str) -> NetworkState {
+        let req = request(
+            Command::ImplementNetwork,
+            json!({"network_id": id, "vpc_id": "5", "vlan": vlan, "cidr": cidr,
+                "gateway": gw, "extension_ip": gw}),
+        );
+        let mut s = NetworkState::new(&req, "eth1");
+        s.transition(&req, "eth1").unwrap();
+        s
+    }
+
+    fn run(s: &mut NetworkState, c: Command, p: Value) {
+        s.transition(&request(c, p), "eth1").unwrap();
+    }
+
+    fn assign(id: &str, ip: &str) -> Value {
+        json!({"network_id": id, "public_ip": ip, "public_cidr": "203.0.113.0/24",
+            "public_gateway": "203.0.113.1", "public_vlan": "200"})
+    }
+
+    fn doc() -> VpcDoc {
+        let snat = model::parse_vpc_payload(
+            json!({"vpc_id": "5", "vpc_cidr": "10.1.0.0/16", "public_ip": "203.0.113.10",
+                "public_cidr": "203.0.113.0/24", "public_gateway": "203.0.113.1",
+                "public_vlan": "vlan://200"})
+            .as_object()
+            .unwrap(),
+            vpc_link_for,
+        )
+        .unwrap();
+        let mut vpc = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        vpc.implement(snat.source_nat).unwrap();
+        let mut tiers = BTreeMap::new();
+        for (id, vlan, gw, cidr) in [
+            ("11", "100", "10.1.1.1", "10.1.1.0/24"),
+            ("12", "101", "10.1.2.1", "10.1.2.0/24"),
+        ] {
+            let t = tier_state(id, vlan, gw, cidr);
+            vpc.add_tier(
+                id,
+                &planner::guest_inner_name(t.network_id),
+                gw.parse().unwrap(),
+                cidr.parse().unwrap(),
+            )
+            .unwrap();
+            tiers.insert(id.to_string(), t);
+        }
+        VpcDoc {
+            version: DOC_VERSION,
+            vpc,
+            implemented: true,
+            public_device: "eth1".into(),
+            tiers,
+        }
+    }
+
+    #[test]
+    fn shared_addresses_stay_while_another_tier_uses_them() {
+        let mut d = doc();
+        for (id, ip) in [
+            ("11", "203.0.113.20"),
+            ("12", "203.0.113.20"),
+            ("12", "203.0.113.22"),
+        ] {
+            let t = d.tiers.get_mut(id).unwrap();
+            run(t, Command::AssignIp, assign(id, ip));
+        }
+        derive_addresses(&mut d).unwrap();
+        let ips =
+            |d: &VpcDoc| -> Vec<String> { d.vpc.addresses.keys().map(|a| a.to_string()).collect() };
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.20", "203.0.113.22"]);
+        // Tier 11 goes: .20 stays for tier 12, the source NAT stays.
+        d.vpc.remove_tier("11");
+        d.tiers.remove("11");
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.20", "203.0.113.22"]);
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::ReleaseIp, assign("12", "203.0.113.20"));
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(ips(&d), ["203.0.113.10", "203.0.113.22"]);
+        // Deriving twice changes nothing.
+        let once = d.clone();
+        derive_addresses(&mut d).unwrap();
+        assert_eq!(d, once);
+    }
+
+    #[test]
+    fn tier_rules_render_into_the_vpc_ruleset() {
+        let mut d = doc();
+        let t = d.tiers.get_mut("11").unwrap();
+        run(t, Command::AssignIp, assign("11", "203.0.113.20"));
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "11", "public_ip": "203.0.113.20", "private_ip": "10.1.1.10"}),
+        );
+        run(
+            t,
+            Command::AddPortForward,
+            json!({"network_id": "11", "public_ip": "203.0.113.10", "public_port": "8080",
+                "private_ip": "10.1.1.10", "private_port": "80", "protocol": "tcp"}),
+        );
+        derive_addresses(&mut d).unwrap();
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        assert_eq!(
+            parts.dnat,
+            [
+                "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 8080 dnat ip to 10.1.1.10:80",
+                "ip daddr 203.0.113.20 dnat ip to 10.1.1.10"
+            ]
+        );
+        let link = planner::public_inner_name(validate::vlan("v", "200").unwrap());
+        assert_eq!(
+            parts.snat,
+            [format!(
+                "oifname \"{link}\" ip saddr 10.1.1.10 snat ip to 203.0.113.20"
+            )]
+        );
+        let plan = d.vpc.plan(&tiers, "eth1", &parts).unwrap();
+        // Static NAT SNAT comes before the VPC-wide source NAT.
+        let a = plan.ruleset.find("snat ip to 203.0.113.20").unwrap();
+        let b = plan.ruleset.find("snat ip to 203.0.113.10").unwrap();
+        assert!(a < b, "{}", plan.ruleset);
+        // A static NAT of an address the VPC does not hold is refused.
+        let t = d.tiers.get_mut("12").unwrap();
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "12", "public_ip": "203.0.113.99", "private_ip": "10.1.2.10"}),
+        );
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        assert_eq!(
+            ruleset_parts(&d, &tiers).unwrap_err().to_string(),
+            "invalid value for 'public_ip': 203.0.113.99 is not assigned to the VPC"
+        );
+    }
+
+    #[test]
+    fn ipv6_rules_go_into_the_forward_chain_after_the_fixed_rules() {
+        let mut s = tier_state("42", "100", "10.1.1.1", "10.1.1.0/24");
+        run(
+            &mut s,
+            Command::ImplementNetwork,
+            json!({"network_id": "42", "vlan": "100", "cidr": "10.1.1.0/24",
+                "gateway": "10.1.1.1", "network_ip6_gateway": "fd00:42::1",
+                "network_ip6_cidr": "fd00:42::/64"}),
+        );
+        let mut plan = planner::plan(&s).unwrap();
+        add_ipv6_rules(&mut plan, &s);
+        let fwd = plan.ruleset.find("chain forward").unwrap();
+        let drop6 = plan
+            .ruleset
+            .find("meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\"")
+            .unwrap();
+        let invalid = plan.ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
+        assert!(invalid < drop6, "{}", plan.ruleset);
+        assert_eq!(plan.ruleset.matches("nfproto ipv6 drop").count(), 1);
+        // Without IPv6 nothing changes.
+        let plain = tier_state("43", "100", "10.1.1.1", "10.1.1.0/24");
+        let mut p = planner::plan(&plain).unwrap();
+        let before = p.ruleset.clone();
+        add_ipv6_rules(&mut p, &plain);
+        assert_eq!(p.ruleset, before);
+    }
+
+    #[test]
+    fn vpc_id_comes_from_the_payload_or_the_namespace() {
+        let env = |v: Value| Envelope::parse(v.to_string().as_bytes()).unwrap();
+        let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5"}}));
+        assert_eq!(vpc_id_of(&e).unwrap(), Some(5));
+        let e = env(
+            json!({"network-extension-details": {"namespace": "cs-vpc-7"},
+            "payload": {"network_id": "11"}}),
+        );
+        assert_eq!(vpc_id_of(&e).unwrap(), Some(7));
+        let e = env(json!({"payload": {"network_id": "11"}}));
+        assert_eq!(vpc_id_of(&e).unwrap(), None);
+        let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5;reboot"}}));
+        assert!(vpc_id_of(&e)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid value for 'vpc_id'"));
+        let e = env(
+            json!({"network-extension-details": {"namespace": "cs-net-7"},
+            "payload": {"network_id": "11", "vpc_id": "5"}}),
+        );
+        assert!(check_namespace(&e, "cs-vpc-5").is_err());
+    }
+
+    fn engine(dir: &Path) -> crate::executor::Engine {
+        let netns = dir.join("netns");
+        fs::create_dir_all(&netns).unwrap();
+        crate::executor::Engine::open_with(
+            crate::executor::EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            crate::executor::applier::ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: Value) -> Vec<u8> {
+        json!({"physical-network-extension-details": {"executor.key": "hidden"},
+            "network-extension-details": {}, "payload": payload})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn vpc_commands_are_validated_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let cases = [
+            (
+                Command::ImplementVpc,
+                json!({"vpc_id": "5"}),
+                "missing required field 'vpc_cidr'",
+            ),
+            (
+                Command::ImplementVpc,
+                json!({"vpc_id": "5", "vpc_cidr": "10.1.0.1/16"}),
+                "invalid value for 'vpc_cidr': host bits are set",
+            ),
+            (
+                Command::UpdateVpcSourceNatIp,
+                json!({"vpc_id": "5", "vpc_cidr": "10.1.0.0/16", "public_ip": "203.0.113.300"}),
+                "invalid value for 'public_ip': expected an IPv4 address",
+            ),
+            (
+                Command::ImplementNetwork,
+                json!({"network_id": "11", "vpc_id": "5", "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"}),
+                "invalid value for 'vpc_id': VPC 5 is not implemented on this host",
+            ),
+            (
+                Command::ApplyNetworkAcl,
+                json!({"network_id": "11", "vpc_id": "5", "acl_rules": []}),
+                "invalid value for 'vpc_id': VPC 5 is not implemented on this host",
+            ),
+            (
+                Command::PrepareNic,
+                json!({"network_id": "11", "vpc_id": "5"}),
+                "unsupported: prepare-nic on a VPC tier (guest services are not wired into VPC namespaces yet)",
+            ),
+        ];
+        for (c, p, text) in cases {
+            let err = e.execute(c, &body(p)).unwrap_err();
+            assert_eq!(err.to_string(), text, "{c}");
+            assert_eq!(err.http_status(), 400);
+        }
+        // Shutting down what this host never held is a no-op.
+        let out = e
+            .execute(Command::ShutdownVpc, &body(json!({"vpc_id": "5"})))
+            .unwrap();
+        assert_eq!(out["namespace"], "cs-vpc-5");
+        assert_eq!(
+            fs::read_dir(dir.path().join("state/vpcs")).unwrap().count(),
+            0
+        );
+        // custom-action on a network this host does not hold.
+        let err = e
+            .execute(
+                Command::CustomAction,
+                json!({"network_id": "42", "action": "pbr-list-tables"})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for 'network_id': cs-net-42 is not held by this host"
+        );
+        let err = e
+            .execute(
+                Command::CustomAction,
+                json!({"network_id": "42", "action": "pbr-add-route",
+                    "action-params": {"route": "blackhole 10.0.0.0/8 | sh"}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid value for 'route'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vpc_state_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VpcEngine::open(dir.path()).unwrap();
+        let d = doc();
+        v.save(&d).unwrap();
+        let path = v.path("cs-vpc-5");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back: VpcDoc = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, d);
+        v.remove("cs-vpc-5").unwrap();
+        v.remove("cs-vpc-5").unwrap();
+        assert!(!path.exists());
     }
 }

@@ -299,7 +299,22 @@ fn dhcp_dns_metadata_passwords_restore_and_restart() {
     assert_eq!(side.address.to_string(), "10.1.1.99");
     assert!(side.routers.is_empty(), "{side:?}");
     assert!(!side.options.contains_key(&3), "{side:?}");
-    let offer1 = dhcp_discover(&vm1, "eth0", &mac1).unwrap();
+    // Per-NIC extra options (set-dhcp-options): vm1's own domain (option 15,
+    // one the probe requests).
+    ok(
+        host,
+        ID,
+        "set-dhcp-options",
+        json!({"nic_id": "nic-vm1", "options": "{\"15\":\"custom.test\"}"}),
+    );
+    let offer1 = eventually(Duration::from_secs(5), || {
+        dhcp_discover(&vm1, "eth0", &mac1)
+            .ok()
+            .filter(|o| o.domain.as_deref() == Some("custom.test"))
+    })
+    .unwrap();
+    let offer2 = dhcp_discover(&vm2, "eth0", &mac2).unwrap();
+    assert_eq!(offer2.domain.as_deref(), Some(DOMAIN), "{offer2:?}");
     assert_eq!(offer1.address.to_string(), "10.1.1.10");
     assert_eq!(
         offer1.routers,
@@ -343,6 +358,21 @@ fn dhcp_dns_metadata_passwords_restore_and_restart() {
         assert_eq!(st, 200);
         assert!(keys.contains(&format!("ssh-ed25519 AAAA {name}")), "{keys}");
     }
+    // A real client: curl from vm1.
+    let curl = run_in(
+        &vm1,
+        None,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://10.1.1.1/latest/meta-data/instance-id",
+        ],
+        COMMAND_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(curl.trim(), "i-vm1");
     // Another VM's data is out of reach: vm2 only ever sees its own.
     let (_, other) = md(&vm2, "/latest/user-data");
     assert!(!other.contains("vm1"), "{other}");

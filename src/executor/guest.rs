@@ -39,7 +39,7 @@ use serde_json::Value;
 use super::{Engine, ExecError};
 use crate::executor::services::metadata::{ListenSpec, MetadataServer};
 use crate::executor::services::store::MetadataStore;
-use crate::executor::services::supervisor::Daemon;
+use crate::executor::services::supervisor::{Daemon, DaemonSpec};
 use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
 use crate::executor::state::NetworkState;
 use crate::protocol::envelope::Envelope;
@@ -376,6 +376,14 @@ impl Engine {
                 rt.metadata = Some((ip, server));
             }
         }
+        if rt.dnsmasq.is_none() {
+            let spec = run::dnsmasq_spec(&self.dnsmasq_paths(ns)?, Some(ns), ns);
+            rt.dnsmasq = adopt_in_place(spec, ns);
+        }
+        if rt.haproxy.is_none() {
+            let spec = run::haproxy_spec(&self.haproxy_paths(ns), Some(ns), ns);
+            rt.haproxy = adopt_in_place(spec, ns);
+        }
         self.sync_dnsmasq(rt, state)?;
         self.sync_haproxy(rt, state)
     }
@@ -432,6 +440,40 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// A daemon a previous executor left, adopted only when it still lives in
+/// the network's current namespace. After the namespace was recreated (a
+/// hand deletion, a reboot emulation that kept processes) it would serve a
+/// dead namespace: it is stopped (exactly that PID) and the sync starts a
+/// fresh one.
+fn adopt_in_place(spec: DaemonSpec, ns: &str) -> Option<Daemon> {
+    let d = Daemon::adopt(spec)?;
+    if same_netns(d.pid(), ns) {
+        return Some(d);
+    }
+    log::warn!(
+        "{ns}: pid {} runs in an older copy of the namespace; replacing it",
+        d.pid()
+    );
+    if let Err(e) = d.stop(GRACE) {
+        log::error!("{ns}: stopping the stale daemon: {e}");
+    }
+    None
+}
+
+fn same_netns(pid: u32, ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = services::metadata::netns_path(ns) else {
+        return false;
+    };
+    match (
+        fs::metadata(format!("/proc/{pid}/ns/net")),
+        fs::metadata(path),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

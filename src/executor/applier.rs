@@ -336,6 +336,11 @@ impl Applier {
             self.ip_batch(None, &batch)?;
         }
 
+        // Before any address is added: without promote_secondaries, removing
+        // the first address of a subnet (a released public IP, an old
+        // source-NAT IP) removes every other address of that subnet.
+        self.set_promote_secondaries(ns)?;
+
         // Inside the namespace: stale veths, addresses, default route.
         let inner = self.links(Some(ns))?;
         let wanted: BTreeMap<&str, &Leg> = plan
@@ -522,6 +527,27 @@ impl Applier {
     /// Host ends of veths present on the host, by name.
     pub fn host_links(&self) -> Result<Vec<String>, ApplyError> {
         Ok(self.links(None)?.into_iter().map(|l| l.ifname).collect())
+    }
+
+    /// `net.ipv4.conf.{all,default}.promote_secondaries=1` in the namespace.
+    fn set_promote_secondaries(&self, namespace: &str) -> Result<(), ApplyError> {
+        in_netns(&self.netns_path(namespace), || {
+            std::fs::write("/proc/sys/net/ipv4/conf/all/promote_secondaries", b"1\n")?;
+            std::fs::write(
+                "/proc/sys/net/ipv4/conf/default/promote_secondaries",
+                b"1\n",
+            )
+        })?
+        .map_err(io("promote_secondaries"))
+    }
+
+    /// Reads `net.ipv4.conf.all.promote_secondaries` inside the namespace.
+    pub fn promote_secondaries(&self, namespace: &str) -> Result<bool, ApplyError> {
+        let v = in_netns(&self.netns_path(namespace), || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/promote_secondaries")
+        })?
+        .map_err(io("promote_secondaries"))?;
+        Ok(v.trim() == "1")
     }
 
     /// Writes `net.ipv4.ip_forward` of the namespace from a thread inside it.

@@ -15,6 +15,11 @@ use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::NetworkRequest;
 use crate::protocol::{validate, Command, ProtocolError};
 
+// Guest services (issue 4): glue in guest.rs, a child module so the hooks
+// below stay one-line calls.
+#[path = "guest.rs"]
+mod guest;
+
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -84,6 +89,8 @@ struct Slot {
     /// The plan last installed successfully (lets a command skip link work
     /// and load only appended rules).
     applied: Option<Plan>,
+    /// Guest-service daemons, metadata server and VM data store (issue 4).
+    guest: guest::GuestRuntime,
 }
 
 /// The executor core. `Send + Sync`; commands of different networks may run
@@ -93,6 +100,8 @@ pub struct Engine {
     store: StateStore,
     applier: Applier,
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    // issue 6 hook: VPCs, ACLs, custom actions, IPv6 (vpc_engine.rs).
+    vpc: super::vpc_engine::VpcEngine,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,13 +119,17 @@ impl Engine {
         validate::device_name("guest.network.device", &config.guest_device)?;
         validate::device_name("public.network.device", &config.public_device)?;
         let store = StateStore::open(&config.state_dir)?;
+        let vpc = super::vpc_engine::VpcEngine::open(&config.state_dir)?;
         let engine = Engine {
             config,
             store,
             applier: Applier::new(applier),
             slots: Mutex::new(HashMap::new()),
+            vpc,
         };
         reconcile::reconcile(&engine)?;
+        // issue 6 hook: VPC namespaces and pbr tables.
+        engine.vpc.reconcile(&engine.applier);
         Ok(engine)
     }
 
@@ -141,16 +154,23 @@ impl Engine {
         let slot = self.slot(&state.namespace);
         let mut slot = lock(&slot);
         let result = if state.implemented {
-            planner::plan(&state)
-                .map_err(ExecError::from)
+            self.plan(&state)
                 .and_then(|plan| {
                     self.applier.apply(&plan, None)?;
+                    self.vpc
+                        .ensure_ipv6(&self.applier, &state.namespace, &state)?;
                     Ok(plan)
                 })
                 .map(Some)
         } else {
             Ok(None)
         };
+        // Guest-service hook (issue 4): daemons and metadata back up.
+        if result.is_ok() && state.implemented {
+            if let Err(e) = self.guest_up(&mut slot.guest, &state) {
+                log::error!("reconcile: {}: guest services: {e}", state.namespace);
+            }
+        }
         slot.state = Some(state);
         slot.applied = result.as_ref().ok().cloned().flatten();
         result.map(|_| ())
@@ -160,8 +180,16 @@ impl Engine {
     /// (flat form for `custom-action`). Returns extra output fields that the
     /// daemon merges into `{"status":"success","message":…}`.
     pub fn execute(&self, command: Command, body: &[u8]) -> Result<serde_json::Value, ExecError> {
+        // issue 6 hook: VPC commands, tiers, ACLs and custom actions.
+        if let Some(answer) = self.vpc.execute(self, command, body) {
+            return answer;
+        }
         let started = std::time::Instant::now();
         let envelope = Envelope::parse(body)?;
+        // Guest-service hook (issue 4).
+        if guest::handles(command) {
+            return self.execute_guest(command, &envelope);
+        }
         let Some(req) = NetworkRequest::parse(command, &envelope)? else {
             return Err(ExecError::Unsupported(command.to_string()));
         };
@@ -190,19 +218,25 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
         let transition = next.transition(&req, &self.config.public_device)?;
+        guest::seed(&mut next, &envelope)?; // guest-service hook (issue 4)
         match transition {
             Transition::Apply => {
                 let plan = if next.implemented {
-                    Some(planner::plan(&next)?)
+                    Some(self.plan(&next)?)
                 } else {
                     None
                 };
                 let planned = started.elapsed();
                 if let Some(plan) = &plan {
-                    if let Err(e) = self.applier.apply(plan, slot.applied.as_ref()) {
+                    if let Err(e) = self
+                        .applier
+                        .apply(plan, slot.applied.as_ref())
+                        .map_err(ExecError::from)
+                        .and_then(|()| self.vpc.ensure_ipv6(&self.applier, &namespace, &next))
+                    {
                         log::error!("{namespace}: {command} failed to apply: {e}");
                         self.restore(&mut slot);
-                        return Err(e.into());
+                        return Err(e);
                     }
                 }
                 let applied = started.elapsed();
@@ -218,8 +252,19 @@ impl Engine {
                     started.elapsed() - applied
                 );
                 slot.applied = plan;
+                // Guest-service hook (issue 4): services up after implement.
+                if command == Command::ImplementNetwork {
+                    slot.state = Some(next.clone());
+                    self.guest_up(&mut slot.guest, &next)?;
+                }
             }
             Transition::TearDown | Transition::Forget => {
+                // Guest-service hook (issue 4): daemons stop before the namespace goes.
+                self.guest_down(
+                    &mut slot.guest,
+                    &namespace,
+                    transition == Transition::Forget,
+                )?;
                 let held = slot.state.clone();
                 self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
@@ -250,7 +295,7 @@ impl Engine {
     fn restore(&self, slot: &mut Slot) {
         let plan = match (slot.applied.clone(), &slot.state) {
             (Some(plan), _) => plan,
-            (None, Some(previous)) if previous.implemented => match planner::plan(previous) {
+            (None, Some(previous)) if previous.implemented => match self.plan(previous) {
                 Ok(plan) => plan,
                 Err(e) => {
                     log::error!(
@@ -276,8 +321,58 @@ impl Engine {
 
     /// Removes everything of a network from the host (idempotent).
     pub(crate) fn teardown(&self, state: &NetworkState) -> Result<(), ExecError> {
+        self.vpc.stop_radvd(&state.namespace, state.network_id);
         let legs = reconcile::legs_for_teardown(state);
         self.applier.teardown(&state.namespace, &legs)?;
+        Ok(())
+    }
+
+    /// The engine's plan of a network plus its IPv6 forward rules (issue 6 hook).
+    fn plan(&self, state: &NetworkState) -> Result<Plan, ExecError> {
+        let mut plan = planner::plan(state)?;
+        super::vpc_engine::add_ipv6_rules(&mut plan, state);
+        Ok(plan)
+    }
+
+    /// Default guest device (issue 6 hook).
+    pub(crate) fn guest_device(&self) -> &str {
+        &self.config.guest_device
+    }
+
+    /// Sets the operator hooks directory of `custom-action` (`None`: no hooks).
+    pub fn set_hooks_dir(&self, dir: Option<PathBuf>) {
+        self.vpc.set_hooks_dir(dir);
+    }
+
+    /// Runs `f` under a network's lock with its state and installed links
+    /// (issue 6 hook: custom actions on isolated networks).
+    pub(crate) fn with_network<R>(
+        &self,
+        namespace: &str,
+        f: impl FnOnce(&mut Option<NetworkState>, &mut Option<Plan>) -> R,
+    ) -> R {
+        let slot = self.slot(namespace);
+        let mut slot = lock(&slot);
+        let Slot { state, applied, .. } = &mut *slot;
+        f(state, applied)
+    }
+
+    /// Rebuilds a network from its desired state under its lock
+    /// (`reboot-device`): teardown, then a full install.
+    pub(crate) fn rebuild(
+        &self,
+        state: &NetworkState,
+        applied: &mut Option<Plan>,
+    ) -> Result<(), ExecError> {
+        self.teardown(state)?;
+        *applied = None;
+        if state.implemented {
+            let plan = self.plan(state)?;
+            self.applier.apply(&plan, None)?;
+            self.vpc
+                .ensure_ipv6(&self.applier, &state.namespace, state)?;
+            *applied = Some(plan);
+        }
         Ok(())
     }
 
@@ -288,6 +383,7 @@ impl Engine {
             .iter()
             .filter_map(|s| lock(s).state.as_ref().map(NetworkState::summary))
             .collect();
+        list.extend(self.vpc.summaries());
         list.sort_by(|a, b| a["namespace"].as_str().cmp(&b["namespace"].as_str()));
         serde_json::Value::Array(list)
     }
@@ -295,7 +391,8 @@ impl Engine {
     /// Number of networks held (for `GET /v1/health`).
     pub fn network_count(&self) -> usize {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
-        slots.iter().filter(|s| lock(s).state.is_some()).count()
+        // issue 6 hook: VPCs count like the entries of `networks()`.
+        slots.iter().filter(|s| lock(s).state.is_some()).count() + self.vpc.summaries().len()
     }
 
     /// The nftables table currently installed for a network (diagnostics and
@@ -401,8 +498,10 @@ mod tests {
                 &body(serde_json::json!({"network_id": "42"})),
             )
             .unwrap_err();
-        assert_eq!(err.to_string(), "unsupported: prepare-nic");
-        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-vpc-3"},
+        // Guest services answer prepare-nic now (issue 4): bad input is refused.
+        assert_eq!(err.http_status(), 400);
+        // cs-vpc-<id> namespaces belong to VPC tiers (issue 6, vpc_engine.rs).
+        let b = serde_json::json!({"network-extension-details": {"namespace": "cs-net-7"},
             "payload": {"network_id": "42"}});
         let err = e
             .execute(Command::ShutdownNetwork, b.to_string().as_bytes())

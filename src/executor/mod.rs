@@ -13,6 +13,8 @@
 //!   with atomic file replace (`<state_dir>/networks/cs-net-<id>.json`, 0600).
 //! - `reconcile`: on start, re-installs every persisted network.
 //! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
+//! - `vpc_engine`: the engine's issue-6 glue: VPC namespaces and tiers,
+//!   `apply-network-acl`, `custom-action`, IPv6 (radvd) on guest legs.
 
 pub mod applier;
 pub mod daemon;
@@ -22,5 +24,6 @@ mod reconcile;
 pub mod services;
 pub mod state;
 pub mod vpc;
+pub(crate) mod vpc_engine;
 
 pub use engine::{Engine, EngineConfig, ExecError};

@@ -179,7 +179,9 @@ pub fn link_plan(state: &NetworkState) -> Result<LinkPlan, PlanError> {
                 prefix: p.prefix,
             });
     }
-    let mut announce = Vec::new();
+    // The guest address too: after a re-implement or a move to another host
+    // the VMs' ARP entries for it point at the old veth (guest services).
+    let mut announce = vec![(guest_inner.clone(), ext)];
     for ((vlan, device), mut addrs) in publics {
         addrs.sort();
         let inner = public_inner_name(vlan);
@@ -281,6 +283,11 @@ fn addr_match(out: &mut String, dir: &str, c: Option<Ipv4Cidr>) {
             let _ = write!(out, " ip {dir} {}", c.network());
         }
     }
+}
+
+/// A port-forwarding DNAT line (issue 6: VPC tiers render theirs with it).
+pub(crate) fn render_port_forward(out: &mut String, pf: &PortForwardFields) {
+    forward_rule(out, pf)
 }
 
 fn forward_rule(out: &mut String, pf: &PortForwardFields) {
@@ -631,7 +638,11 @@ mod tests {
             p.links.default_route,
             Some((Ipv4Addr::new(203, 0, 113, 1), "p200".into()))
         );
-        assert_eq!(p.links.announce.len(), 2);
+        assert_eq!(
+            p.links.announce.len(),
+            3,
+            "guest address and two public ones"
+        );
     }
 
     #[test]

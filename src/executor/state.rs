@@ -65,6 +65,9 @@ pub struct NetworkState {
     pub port_forwards: Vec<PortForwardFields>,
     /// The last `apply-fw-rules` document (`None`: never applied).
     pub firewall: Option<FwRules>,
+    /// Guest services: DHCP/DNS, LB rules (issue 4; VM data is stored apart).
+    #[serde(default)]
+    pub guest: crate::executor::services::GuestServices,
 }
 
 /// What a command did to the desired state.
@@ -107,6 +110,7 @@ impl NetworkState {
             static_nats: Vec::new(),
             port_forwards: Vec::new(),
             firewall: None,
+            guest: Default::default(),
         }
     }
 

@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// /run/netns is private, so namespaces survive executor restarts.
     #[arg(long, value_name = "PATH", conflicts_with = "private_mounts")]
     pub mount_ns: Option<PathBuf>,
+    /// Directory of operator `custom-action` hooks (default /etc/netbridge/hooks).
+    #[arg(long, value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are refused so that a
@@ -87,6 +90,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub host_name: Option<String>,
     pub body_limit: Option<usize>,
+    pub hooks_dir: Option<PathBuf>,
 }
 
 /// How the daemon serves.
@@ -108,6 +112,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub host_name: Option<String>,
     pub body_limit: usize,
+    /// Operator hooks of `custom-action`.
+    pub hooks_dir: PathBuf,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> DaemonError {
@@ -259,6 +265,11 @@ impl Config {
             log_level,
             host_name,
             body_limit,
+            hooks_dir: args
+                .hooks_dir
+                .clone()
+                .or(file.hooks_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::executor::vpc_engine::DEFAULT_HOOKS_DIR)),
         })
     }
 }

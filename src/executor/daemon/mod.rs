@@ -113,6 +113,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         guest_device: config.guest_device.clone(),
         public_device: config.public_device.clone(),
     })?;
+    engine.set_hooks_dir(Some(config.hooks_dir.clone()));
     let count = engine.network_count();
     let state = Arc::new(server::AppState {
         network_count: std::sync::atomic::AtomicUsize::new(count),

@@ -18,6 +18,8 @@
 //!
 //! # Wiring into the engine
 //!
+//! Implemented in `executor/vpc_engine.rs` (called first by `Engine::execute`).
+//!
 //! - **One state per VPC namespace.** All tiers of a VPC share `cs-vpc-<id>`
 //!   and therefore one nft table: the engine keeps one [`model::VpcState`]
 //!   per VPC namespace (serde-ready) next to its per-tier network states,

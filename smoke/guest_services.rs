@@ -1,0 +1,824 @@
+//! Guest services through the executor daemon (issue 4), root only: real
+//! DHCP client and `dig` in VM namespaces, metadata/password over HTTP,
+//! haproxy load balancing, shared networks, shutdown/restore and executor
+//! restart. Every request goes through the harness's signed TLS client.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const DOMAIN: &str = "smoke.test";
+const UPSTREAM_NAME: &str = "upstream.example.test";
+const UPSTREAM_NAME_ADDR: &str = "198.51.100.77";
+
+fn details(id: u32) -> Value {
+    json!({"host": "h1", "namespace": format!("cs-net-{id}")})
+}
+
+fn net(id: u32) -> Value {
+    network_payload(id, 100, "10.1.1.1", "10.1.1.0/24")
+}
+
+fn send(host: &Host, id: u32, command: &str, extra: Value) -> Response {
+    let payload = merged(net(id), extra);
+    host.client()
+        .command(command, &envelope(host, details(id), payload))
+}
+
+#[track_caller]
+fn ok(host: &Host, id: u32, command: &str, extra: Value) {
+    let r = send(host, id, command, extra);
+    assert_eq!(r.status, 200, "{command}: {}", r.body);
+}
+
+/// The executor's state dir must be reachable by the user dnsmasq drops
+/// to; the harness's temp dir is 0700.
+fn open_state_parent(host: &Host) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+}
+
+fn guest_dir(host: &Host, id: u32) -> PathBuf {
+    host.state_dir().join(format!("guest/cs-net-{id}"))
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The command line of a live process mentions `needle`.
+fn runs(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Kills (by PID, after checking the command line names our state dir) the
+/// daemons an executor of this test left behind when the test fails.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(nets) = std::fs::read_dir(self.0.join("guest")) else {
+            return;
+        };
+        let marker = self.0.display().to_string();
+        for n in nets.flatten() {
+            for f in ["dnsmasq/dnsmasq.pid", "haproxy/haproxy.pid"] {
+                if let Some(pid) = read_pid(&n.path().join(f)) {
+                    if runs(pid, &marker) {
+                        // SAFETY: plain syscall on a PID verified above.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn nic(mac: &str, ip: &str, hostname: &str, default_nic: bool) -> Value {
+    json!({"mac": mac, "ip": ip, "hostname": hostname, "default_nic": default_nic.to_string(),
+           "netmask": "255.255.255.0", "gateway": "10.1.1.1", "dns": UPSTREAM_ADDR, "domain": DOMAIN,
+           "extension_ip": "10.1.1.1", "nic_id": format!("nic-{hostname}")})
+}
+
+fn vm_data(name: &str) -> Value {
+    json!([
+        {"dir": "userdata", "file": "user-data", "content": format!("#cloud-config {name}")},
+        {"dir": "metadata", "file": "instance-id", "content": format!("i-{name}")},
+        {"dir": "metadata", "file": "local-hostname", "content": name},
+        {"dir": "metadata", "file": "public-keys", "content": format!("ssh-ed25519 AAAA {name}")}
+    ])
+}
+
+fn md(ns: &Path, path: &str) -> (u16, String) {
+    http_get(ns, "10.1.1.1:80".parse().unwrap(), path).unwrap_or((0, String::new()))
+}
+
+fn password(ns: &Path, server: &str, request: &str) -> String {
+    let addr: SocketAddr = format!("{server}:8080").parse().unwrap();
+    http_request(ns, addr, "GET", "/", &[("DomU_Request", request)])
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn dig1(ns: &Path, server: &str, name: &str) -> Vec<String> {
+    eventually(Duration::from_secs(5), || {
+        dig(ns, server, name, "A").ok().filter(|a| !a.is_empty())
+    })
+    .unwrap_or_default()
+}
+
+/// A real DHCP client (`dhclient`) run once in `ns`; the lease it wrote.
+/// `-sf /bin/true`: the lease is recorded but nothing on the host (resolv.conf)
+/// is touched; the test configures the address itself.
+fn dhclient(ns: &Path, dir: &Path) -> String {
+    let lease = dir.join("dhclient.leases");
+    let pid = dir.join("dhclient.pid");
+    let (l, p) = (lease.display().to_string(), pid.display().to_string());
+    let r = run_in(
+        ns,
+        None,
+        &[
+            "dhclient",
+            "-4",
+            "-1",
+            "-sf",
+            "/bin/true",
+            "-lf",
+            &l,
+            "-pf",
+            &p,
+            "eth0",
+        ],
+        Duration::from_secs(40),
+    );
+    // dhclient stays in the background after binding: stop exactly it.
+    if let Some(pid) = read_pid(&pid) {
+        if runs(pid, "dhclient") {
+            // SAFETY: plain syscall on the PID dhclient wrote for us.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    r.unwrap();
+    std::fs::read_to_string(&lease).unwrap_or_default()
+}
+
+/// A DNS server in the upstream namespace answering one name.
+fn upstream_dns(up: &Path, dir: &Path) -> NsProcess {
+    let pid = format!("--pid-file={}", dir.join("up-dnsmasq.pid").display());
+    let rec = format!("--host-record={UPSTREAM_NAME},{UPSTREAM_NAME_ADDR}");
+    let listen = format!("--listen-address={UPSTREAM_ADDR}");
+    NsProcess::spawn(
+        up,
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            &listen,
+            &rec,
+            &pid,
+        ],
+    )
+    .unwrap()
+}
+
+/// Issue 4 smoke tests 1, 2, 3, 6 and 7 on one isolated network.
+#[test]
+fn dhcp_dns_metadata_passwords_restore_and_restart() {
+    if skip_unless_root("dhcp_dns_metadata_passwords_restore_and_restart") {
+        return;
+    }
+    const ID: u32 = 4401;
+    let mut tb = Testbed::new(
+        "nbg",
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
+            .vm_dhcp("vm3", "02:00:00:00:00:33"),
+    );
+    let (vm1, vm2, vm3) = (
+        tb.vm("vm1").path(),
+        tb.vm("vm2").path(),
+        tb.vm("vm3").path(),
+    );
+    let (mac1, mac2) = (
+        tb.vm("vm1").mac().to_string(),
+        tb.vm("vm2").mac().to_string(),
+    );
+    let up = tb.upstream.path();
+    let work = tempfile::tempdir().unwrap();
+    let _dns = upstream_dns(&up, work.path());
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let host = &*host;
+
+    let scope = json!({"extension_ip": "10.1.1.1", "dns": UPSTREAM_ADDR, "domain": DOMAIN});
+    ok(host, ID, "implement-network", scope.clone());
+    ok(
+        host,
+        ID,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+    // The reference's usual order; DNS must be up after it.
+    ok(host, ID, "config-dhcp-subnet", scope.clone());
+    ok(host, ID, "config-dns-subnet", scope.clone());
+    ok(
+        host,
+        ID,
+        "add-dns-entry",
+        json!({"ip": "10.1.1.10", "hostname": "vm1"}),
+    );
+    ok(
+        host,
+        ID,
+        "prepare-nic",
+        nic(&mac1, "10.1.1.10", "vm1", true),
+    );
+    ok(
+        host,
+        ID,
+        "prepare-nic",
+        nic(&mac2, "10.1.1.11", "vm2", true),
+    );
+    ok(
+        host,
+        ID,
+        "add-dhcp-entry",
+        nic("02:00:00:00:00:33", "10.1.1.12", "vm3", true),
+    );
+    ok(
+        host,
+        ID,
+        "add-dns-entry",
+        json!({"ip": "10.1.1.12", "hostname": "vm3"}),
+    );
+    ok(
+        host,
+        ID,
+        "add-dhcp-entry",
+        nic("02:00:00:00:00:99", "10.1.1.99", "side", false),
+    );
+    for (ip, name) in [
+        ("10.1.1.10", "vm1"),
+        ("10.1.1.11", "vm2"),
+        ("10.1.1.12", "vm3"),
+    ] {
+        ok(
+            host,
+            ID,
+            "save-vm-data",
+            json!({"ip": ip, "vm_data": vm_data(name)}),
+        );
+    }
+    ok(
+        host,
+        ID,
+        "save-password",
+        json!({"ip": "10.1.1.10", "password": "Pw-vm1-secret"}),
+    );
+
+    // 1. A real DHCP client gets the reserved address, gateway, DNS, domain.
+    let lease = dhclient(&vm3, work.path());
+    assert!(lease.contains("fixed-address 10.1.1.12;"), "{lease}");
+    assert!(lease.contains("option routers 10.1.1.1;"), "{lease}");
+    assert!(
+        lease.contains(&format!(
+            "option domain-name-servers 10.1.1.1,{UPSTREAM_ADDR};"
+        )),
+        "{lease}"
+    );
+    assert!(
+        lease.contains(&format!("option domain-name \"{DOMAIN}\";")),
+        "{lease}"
+    );
+    run_in(
+        &vm3,
+        None,
+        &["ip", "addr", "add", "10.1.1.12/24", "dev", "eth0"],
+        COMMAND_TIMEOUT,
+    )
+    .unwrap();
+    // A non-default NIC: its address, but no router option at all.
+    let side = dhcp_discover(&vm2, "eth0", "02:00:00:00:00:99").unwrap();
+    assert_eq!(side.address.to_string(), "10.1.1.99");
+    assert!(side.routers.is_empty(), "{side:?}");
+    assert!(!side.options.contains_key(&3), "{side:?}");
+    // Per-NIC extra options (set-dhcp-options): vm1's own domain (option 15,
+    // one the probe requests).
+    ok(
+        host,
+        ID,
+        "set-dhcp-options",
+        json!({"nic_id": "nic-vm1", "options": "{\"15\":\"custom.test\"}"}),
+    );
+    let offer1 = eventually(Duration::from_secs(5), || {
+        dhcp_discover(&vm1, "eth0", &mac1)
+            .ok()
+            .filter(|o| o.domain.as_deref() == Some("custom.test"))
+    })
+    .unwrap();
+    let offer2 = dhcp_discover(&vm2, "eth0", &mac2).unwrap();
+    assert_eq!(offer2.domain.as_deref(), Some(DOMAIN), "{offer2:?}");
+    assert_eq!(offer1.address.to_string(), "10.1.1.10");
+    assert_eq!(
+        offer1.routers,
+        vec!["10.1.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+
+    // 2. DNS: other VMs, data-server, and an upstream name.
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm2"), vec!["10.1.1.11"]);
+    assert_eq!(
+        dig1(&vm2, "10.1.1.1", &format!("vm3.{DOMAIN}")),
+        vec!["10.1.1.12"]
+    );
+    assert_eq!(dig1(&vm3, "10.1.1.1", "data-server"), vec!["10.1.1.1"]);
+    assert_eq!(
+        dig1(&vm1, "10.1.1.1", UPSTREAM_NAME),
+        vec![UPSTREAM_NAME_ADDR]
+    );
+
+    // 3. Metadata by source address, passwords once.
+    for (ns, name) in [(&vm1, "vm1"), (&vm2, "vm2"), (&vm3, "vm3")] {
+        assert_eq!(
+            md(ns, "/latest/user-data"),
+            (200, format!("#cloud-config {name}"))
+        );
+        let (st, listing) = md(ns, "/latest/meta-data/");
+        assert_eq!(st, 200);
+        assert!(listing.lines().any(|l| l == "instance-id"), "{listing}");
+        assert!(
+            listing.lines().any(|l| l.starts_with("public-keys")),
+            "{listing}"
+        );
+        assert_eq!(
+            md(ns, "/latest/meta-data/instance-id"),
+            (200, format!("i-{name}"))
+        );
+        assert_eq!(
+            md(ns, "/latest/meta-data/local-hostname"),
+            (200, name.to_string())
+        );
+        let (st, keys) = md(ns, "/latest/meta-data/public-keys");
+        assert_eq!(st, 200);
+        assert!(keys.contains(&format!("ssh-ed25519 AAAA {name}")), "{keys}");
+    }
+    // A real client: curl from vm1.
+    let curl = run_in(
+        &vm1,
+        None,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://10.1.1.1/latest/meta-data/instance-id",
+        ],
+        COMMAND_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(curl.trim(), "i-vm1");
+    // Another VM's data is out of reach: vm2 only ever sees its own.
+    let (_, other) = md(&vm2, "/latest/user-data");
+    assert!(!other.contains("vm1"), "{other}");
+    assert_eq!(
+        md(&vm2, "/latest/meta-data/../../10.1.1.10/user-data").0,
+        404
+    );
+    assert_eq!(
+        password(&vm2, "10.1.1.1", "send_my_password"),
+        "saved_password"
+    );
+    assert_eq!(
+        password(&vm1, "10.1.1.1", "send_my_password"),
+        "Pw-vm1-secret"
+    );
+    assert_eq!(
+        password(&vm1, "10.1.1.1", "saved_password"),
+        "saved_password"
+    );
+    assert_eq!(
+        password(&vm1, "10.1.1.1", "send_my_password"),
+        "saved_password"
+    );
+    // Stored files are private.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let f = guest_dir(host, ID).join("vmdata/10.1.1.10.vmdata");
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let raw = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("cloud-config"));
+    }
+
+    // 6a. remove-* and release-nic remove exactly what they name.
+    ok(host, ID, "remove-dns-entry", json!({"ip": "10.1.1.11"}));
+    assert!(eventually(Duration::from_secs(5), || {
+        dig(&vm1, "10.1.1.1", "vm2", "A")
+            .ok()
+            .filter(|a| a.is_empty())
+    })
+    .is_some());
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm3"), vec!["10.1.1.12"]);
+    ok(
+        host,
+        ID,
+        "remove-dhcp-entry",
+        json!({"mac": "02:00:00:00:00:99", "ip": "10.1.1.99"}),
+    );
+    assert!(dhcp_discover(&vm2, "eth0", "02:00:00:00:00:99").is_err());
+    assert_eq!(
+        dhcp_discover(&vm2, "eth0", &mac2)
+            .unwrap()
+            .address
+            .to_string(),
+        "10.1.1.11"
+    );
+    ok(
+        host,
+        ID,
+        "release-nic",
+        nic("02:00:00:00:00:33", "10.1.1.12", "vm3", true),
+    );
+    assert!(dhcp_discover(&vm3, "eth0", "02:00:00:00:00:33").is_err());
+    assert!(eventually(Duration::from_secs(5), || {
+        dig(&vm1, "10.1.1.1", "vm3", "A")
+            .ok()
+            .filter(|a| a.is_empty())
+    })
+    .is_some());
+    assert_eq!(md(&vm3, "/latest/user-data").0, 404);
+    assert_eq!(md(&vm1, "/latest/user-data").0, 200);
+    ok(
+        host,
+        ID,
+        "add-dns-entry",
+        json!({"ip": "10.1.1.11", "hostname": "vm2"}),
+    );
+    ok(
+        host,
+        ID,
+        "save-password",
+        json!({"ip": "10.1.1.11", "password": "Pw-vm2-kept"}),
+    );
+
+    // 7. Executor restart (kill -9): same daemons adopted, same data served.
+    let gdir = guest_dir(host, ID);
+    let dns_pid = read_pid(&gdir.join("dnsmasq/dnsmasq.pid")).unwrap();
+    let host = tb.host(0);
+    host.restart().unwrap();
+    let host = &*host;
+    assert_eq!(read_pid(&gdir.join("dnsmasq/dnsmasq.pid")), Some(dns_pid));
+    assert!(runs(dns_pid, "dnsmasq"));
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm2"), vec!["10.1.1.11"]);
+    let served = eventually(Duration::from_secs(5), || {
+        Some(md(&vm1, "/latest/user-data")).filter(|r| r.0 == 200)
+    });
+    assert_eq!(served, Some((200, "#cloud-config vm1".to_string())));
+    assert_eq!(
+        dhcp_discover(&vm1, "eth0", &mac1)
+            .unwrap()
+            .address
+            .to_string(),
+        "10.1.1.10"
+    );
+
+    // 6b. shutdown, then implement + restore-network: everything is back and
+    // the stored password is kept.
+    ok(host, ID, "shutdown-network", json!({}));
+    assert!(!runs(dns_pid, "dnsmasq"), "dnsmasq survived shutdown");
+    assert!(!host.namespaces().contains(&format!("cs-net-{ID}")));
+    ok(host, ID, "implement-network", scope.clone());
+    ok(
+        host,
+        ID,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+    let restore = json!({"dhcp_enabled": "true", "dns_enabled": "true", "userdata_enabled": "true",
+    "vms": [
+        {"ip": "10.1.1.10", "mac": mac1, "hostname": "vm1", "default_nic": "true", "vm_data": vm_data("vm1")},
+        {"ip": "10.1.1.11", "mac": mac2, "hostname": "vm2", "default_nic": "true", "vm_data": vm_data("vm2")}
+    ]});
+    ok(
+        host,
+        ID,
+        "restore-network",
+        json!({"restore_data": restore}),
+    );
+    assert_eq!(
+        dhcp_discover(&vm1, "eth0", &mac1)
+            .unwrap()
+            .address
+            .to_string(),
+        "10.1.1.10"
+    );
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm2"), vec!["10.1.1.11"]);
+    assert_eq!(dig1(&vm2, "10.1.1.1", "data-server"), vec!["10.1.1.1"]);
+    let served = eventually(Duration::from_secs(5), || {
+        Some(md(&vm2, "/latest/meta-data/instance-id")).filter(|r| r.0 == 200)
+    });
+    assert_eq!(served, Some((200, "i-vm2".to_string())));
+    assert_eq!(
+        password(&vm2, "10.1.1.1", "send_my_password"),
+        "Pw-vm2-kept"
+    );
+    assert_eq!(
+        password(&vm1, "10.1.1.1", "send_my_password"),
+        "saved_password"
+    );
+
+    // Destroy: no daemon, no file, no server left.
+    let dns_pid = read_pid(&gdir.join("dnsmasq/dnsmasq.pid")).unwrap();
+    ok(host, ID, "destroy-network", json!({}));
+    assert!(!runs(dns_pid, "dnsmasq"), "dnsmasq survived destroy");
+    assert!(!gdir.exists(), "guest files left after destroy");
+    assert!(http_get(&vm1, "10.1.1.1:80".parse().unwrap(), "/latest/user-data").is_err());
+}
+
+/// A backend that answers its name and holds the connection open until the
+/// client closes it (leastconn counts open connections).
+fn holding_backend(ns: &Path, bind: SocketAddr, name: &'static str) {
+    let listener = in_netns(ns, move || TcpListener::bind(bind))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let _ = std::io::Write::write_all(&mut c, format!("{name}\n").as_bytes());
+                let mut sink = [0u8; 64];
+                while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+}
+
+fn hold(ns: &Path, addr: SocketAddr) -> Option<(TcpStream, String)> {
+    let s = in_netns(ns, move || TcpStream::connect_timeout(&addr, PROBE_TIMEOUT))
+        .ok()?
+        .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut buf = [0u8; 3];
+    (&s).read_exact(&mut buf).ok()?;
+    Some((s, String::from_utf8_lossy(&buf).into_owned()))
+}
+
+fn counts(ns: &Path, addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let who = hold(ns, addr)
+            .map(|(_, n)| n)
+            .unwrap_or_else(|| "<none>".into());
+        *m.entry(who).or_insert(0) += 1;
+    }
+    m
+}
+
+fn lb(algorithm: &str, revoke_b3: bool, revoke_rule: bool) -> Value {
+    json!({"lb_rules": [{"id": "7", "name": "web", "publicIp": "203.0.113.10", "publicPort": "80",
+        "privatePort": "8080", "protocol": "tcp", "algorithm": algorithm, "revoke": revoke_rule,
+        "backends": [
+            {"ip": "10.1.1.10", "port": "8080", "revoked": false},
+            {"ip": "10.1.1.11", "port": "8080", "revoked": false},
+            {"ip": "10.1.1.12", "port": "8080", "revoked": revoke_b3}]}]})
+}
+
+/// Issue 4 smoke test 4: haproxy with three backends from the public side.
+#[test]
+fn load_balancing_roundrobin_source_leastconn_and_revoke() {
+    if skip_unless_root("load_balancing_roundrobin_source_leastconn_and_revoke") {
+        return;
+    }
+    const ID: u32 = 4402;
+    let mut tb = Testbed::new(
+        "nbg",
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
+            .vm("vm3", "10.1.1.12/24", Some("10.1.1.1")),
+    );
+    for (vm, name) in [("vm1", "b01"), ("vm2", "b02"), ("vm3", "b03")] {
+        let ip = tb.vm(vm).ip().to_string();
+        holding_backend(
+            &tb.vm(vm).path(),
+            format!("{ip}:8080").parse().unwrap(),
+            name,
+        );
+    }
+    let up = tb.upstream.path();
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let host = &*host;
+    ok(
+        host,
+        ID,
+        "implement-network",
+        json!({"extension_ip": "10.1.1.1"}),
+    );
+    ok(
+        host,
+        ID,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+    let fw = json!({"default_egress_allow": true, "cidr": "10.1.1.0/24", "rules": [
+        {"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "80",
+         "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]}]});
+    ok(host, ID, "apply-fw-rules", json!({"fw_rules": fw}));
+    let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+
+    // UDP is refused with a clear error and changes nothing.
+    let mut udp = lb("roundrobin", false, false);
+    udp["lb_rules"][0]["protocol"] = json!("udp");
+    let r = send(host, ID, "apply-lb-rules", udp);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.message().contains("lb_rules[0].protocol"), "{}", r.body);
+    assert!(
+        r.message().contains("UDP load balancing is not supported"),
+        "{}",
+        r.body
+    );
+
+    ok(host, ID, "apply-lb-rules", lb("roundrobin", false, false));
+    let hpid_file = guest_dir(host, ID).join("haproxy/haproxy.pid");
+    let rr = eventually(Duration::from_secs(5), || {
+        Some(counts(&up, vip, 30)).filter(|m| !m.contains_key("<none>"))
+    })
+    .unwrap();
+    assert_eq!(
+        rr,
+        BTreeMap::from([("b01".into(), 10), ("b02".into(), 10), ("b03".into(), 10)])
+    );
+
+    ok(host, ID, "apply-lb-rules", lb("source", false, false));
+    let src = eventually(Duration::from_secs(5), || {
+        Some(counts(&up, vip, 10)).filter(|m| m.len() == 1 && !m.contains_key("<none>"))
+    });
+    assert!(src.is_some(), "source affinity did not keep one backend");
+
+    ok(host, ID, "apply-lb-rules", lb("leastconn", false, false));
+    // Wait until the reloaded process serves (old one drained).
+    std::thread::sleep(Duration::from_millis(300));
+    let (c1, n1) = hold(&up, vip).unwrap();
+    let (c2, n2) = hold(&up, vip).unwrap();
+    assert_ne!(n1, n2);
+    let idle = ["b01", "b02", "b03"]
+        .into_iter()
+        .find(|b| *b != n1 && *b != n2)
+        .unwrap();
+    assert_eq!(hold(&up, vip).map(|(_, n)| n).as_deref(), Some(idle));
+    drop((c1, c2));
+
+    // Revoking one backend removes it from the pool.
+    ok(host, ID, "apply-lb-rules", lb("roundrobin", true, false));
+    std::thread::sleep(Duration::from_millis(300));
+    let two = counts(&up, vip, 20);
+    assert_eq!(
+        two,
+        BTreeMap::from([("b01".into(), 10), ("b02".into(), 10)])
+    );
+
+    // Executor restart keeps the same haproxy.
+    let hpid = read_pid(&hpid_file).unwrap();
+    let host = tb.host(0);
+    host.restart().unwrap();
+    let host = &*host;
+    assert_eq!(read_pid(&hpid_file), Some(hpid));
+    assert!(runs(hpid, "haproxy"));
+
+    // Revoking the rule closes the port and stops haproxy.
+    ok(host, ID, "apply-lb-rules", lb("roundrobin", true, true));
+    assert!(matches!(
+        tcp_probe(&up, vip),
+        Err(ProbeError::Refused) | Err(ProbeError::Timeout)
+    ));
+    assert!(!runs(hpid, "haproxy"), "haproxy left running without rules");
+    assert!(!hpid_file.exists());
+    ok(host, ID, "destroy-network", json!({}));
+}
+
+/// Issue 4 smoke test 5: a shared network, services on a dedicated
+/// `extension_ip`, default route via the gateway, no NAT.
+#[test]
+fn shared_network_services_on_dedicated_extension_ip() {
+    if skip_unless_root("shared_network_services_on_dedicated_extension_ip") {
+        return;
+    }
+    const ID: u32 = 4403;
+    let mut tb = Testbed::new(
+        "nbg",
+        TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let mac1 = tb.vm("vm1").mac().to_string();
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let host = &*host;
+    let shared = |extra: Value| {
+        merged(
+            json!({"guest_type": "shared", "extension_ip": "10.1.1.2", "domain": DOMAIN}),
+            extra,
+        )
+    };
+    ok(host, ID, "implement-network", shared(json!({})));
+    ok(host, ID, "config-dhcp-subnet", shared(json!({})));
+    ok(host, ID, "config-dns-subnet", shared(json!({})));
+    let mut n = nic(&mac1, "10.1.1.10", "vm1", true);
+    n["extension_ip"] = json!("10.1.1.2");
+    ok(host, ID, "prepare-nic", shared(n));
+    ok(
+        host,
+        ID,
+        "save-vm-data",
+        shared(json!({"ip": "10.1.1.10", "vm_data": vm_data("vm1")})),
+    );
+
+    let offer = dhcp_discover(&vm1, "eth0", &mac1).unwrap();
+    assert_eq!(offer.address.to_string(), "10.1.1.10");
+    assert_eq!(
+        offer.server.map(|a| a.to_string()).as_deref(),
+        Some("10.1.1.2")
+    );
+    assert_eq!(
+        offer.routers,
+        vec!["10.1.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        offer.dns.first().map(|a| a.to_string()).as_deref(),
+        Some("10.1.1.2")
+    );
+    assert_eq!(dig1(&vm1, "10.1.1.2", "data-server"), vec!["10.1.1.2"]);
+    assert_eq!(dig1(&vm1, "10.1.1.2", "vm1"), vec!["10.1.1.10"]);
+    let served = eventually(Duration::from_secs(5), || {
+        http_get(
+            &vm1,
+            "10.1.1.2:80".parse().unwrap(),
+            "/latest/meta-data/instance-id",
+        )
+        .ok()
+        .filter(|r| r.0 == 200)
+    });
+    assert_eq!(served, Some((200, "i-vm1".to_string())));
+    // Nothing listens on the gateway address (it is not ours).
+    assert!(http_get(&vm1, "10.1.1.1:80".parse().unwrap(), "/latest/user-data").is_err());
+
+    let ns = format!("cs-net-{ID}");
+    let routes = host
+        .exec(&["ip", "netns", "exec", &ns, "ip", "route"])
+        .unwrap();
+    assert!(routes.contains("default via 10.1.1.1"), "{routes}");
+    let rules = host
+        .exec(&["ip", "netns", "exec", &ns, "nft", "list", "ruleset"])
+        .unwrap();
+    for nat in ["snat to", "dnat to", "masquerade"] {
+        assert!(!rules.contains(nat), "{nat} in a shared network:\n{rules}");
+    }
+
+    // Reboot: every process and namespace gone, state kept (the emulation
+    // does not kill the daemons, so the test does, by PID, like a reboot).
+    // Reconcile rebuilds the namespace and the services serve again.
+    let old_pid = read_pid(&guest_dir(host, ID).join("dnsmasq/dnsmasq.pid")).unwrap();
+    let host = tb.host(0);
+    host.kill9();
+    assert!(runs(old_pid, "dnsmasq"));
+    // SAFETY: plain syscall on the dnsmasq PID verified above.
+    unsafe { libc::kill(old_pid as libc::pid_t, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(5), || (!runs(old_pid, "dnsmasq"))
+            .then_some(()))
+        .is_some()
+    );
+    host.reboot().unwrap();
+    let host = &*host;
+    assert_eq!(dig1(&vm1, "10.1.1.2", "data-server"), vec!["10.1.1.2"]);
+    let offer = eventually(Duration::from_secs(5), || {
+        dhcp_discover(&vm1, "eth0", &mac1).ok()
+    });
+    assert_eq!(
+        offer.map(|o| o.address.to_string()).as_deref(),
+        Some("10.1.1.10")
+    );
+    let served = eventually(Duration::from_secs(5), || {
+        http_get(
+            &vm1,
+            "10.1.1.2:80".parse().unwrap(),
+            "/latest/meta-data/instance-id",
+        )
+        .ok()
+        .filter(|r| r.0 == 200)
+    });
+    assert_eq!(served, Some((200, "i-vm1".to_string())));
+    let new_pid = read_pid(&guest_dir(host, ID).join("dnsmasq/dnsmasq.pid")).unwrap();
+    if new_pid != old_pid {
+        assert!(
+            !runs(old_pid, "dnsmasq"),
+            "dnsmasq of the old namespace left running"
+        );
+    }
+
+    ok(host, ID, "destroy-network", json!({}));
+    assert!(!guest_dir(host, ID).exists());
+    assert!(!runs(new_pid, "dnsmasq"), "dnsmasq survived destroy");
+}

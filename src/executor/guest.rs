@@ -1,0 +1,681 @@
+//! Guest services wired into the engine (issue 4): the 18 guest-service
+//! commands, and the per-network runtime (dnsmasq, haproxy, metadata and
+//! password server, VM data store) brought up after `implement-network` and
+//! on reconcile, and stopped on shutdown/destroy.
+//!
+//! This is a child module of `engine` (declared there with `#[path]`) so the
+//! hook points in `engine.rs` stay one-line calls into here.
+//!
+//! The guest-service state (`services::GuestServices`) is a field of the network's
+//! persisted [`NetworkState`], so it is saved atomically with it. VM data
+//! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
+//!
+//! Layout under the state directory. dnsmasq drops root and then re-reads its
+//! hosts files as an unprivileged user, so every directory on the way to its
+//! configuration is traversable (`o+x`) but never listable; secrets stay in
+//! 0700 directories and 0600 files the executor alone reads:
+//! ```text
+//! <state>/                 o+x added
+//!   guest/                 0711
+//!     vmdata.key           0600  key of the VM data files (created once)
+//!     <namespace>/         0711
+//!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!       haproxy/           0700  conf, pid file
+//!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
+//! ```
+//! Parents of `<state>` must be traversable too (the default
+//! `/var/lib/netbridge` is).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Engine, ExecError};
+use crate::executor::services::metadata::{ListenSpec, MetadataServer};
+use crate::executor::services::store::MetadataStore;
+use crate::executor::services::supervisor::{Daemon, DaemonSpec};
+use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
+use crate::executor::state::NetworkState;
+use crate::protocol::envelope::Envelope;
+use crate::protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
+use crate::protocol::Command;
+
+/// How long a stopping daemon or metadata server gets before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+const KEY_FILE: &str = "vmdata.key";
+
+/// Whether `command` is a guest-service command handled here.
+pub(super) fn handles(command: Command) -> bool {
+    use Command as C;
+    matches!(
+        command,
+        C::PrepareNic
+            | C::ReleaseNic
+            | C::AddDhcpEntry
+            | C::RemoveDhcpEntry
+            | C::ConfigDhcpSubnet
+            | C::RemoveDhcpSubnet
+            | C::SetDhcpOptions
+            | C::AddDnsEntry
+            | C::RemoveDnsEntry
+            | C::ConfigDnsSubnet
+            | C::RemoveDnsSubnet
+            | C::SaveVmData
+            | C::SaveUserdata
+            | C::SavePassword
+            | C::SaveSshkey
+            | C::SaveHypervisorHostname
+            | C::ApplyLbRules
+            | C::RestoreNetwork
+    )
+}
+
+/// What runs for one network's guest services (held in the engine's slot).
+#[derive(Default)]
+pub(super) struct GuestRuntime {
+    store: Option<Arc<MetadataStore>>,
+    dnsmasq: Option<Daemon>,
+    haproxy: Option<Daemon>,
+    /// Old haproxy processes finishing their connections after a reload.
+    draining: Vec<Daemon>,
+    metadata: Option<(Ipv4Addr, MetadataServer)>,
+}
+
+/// The runtime the metadata servers of every network run on. Never dropped
+/// (a tokio runtime must not be dropped from async context, and the engine
+/// may be dropped inside the daemon's runtime).
+fn metadata_runtime() -> Result<&'static tokio::runtime::Runtime, ExecError> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("nb-metadata")
+        .enable_all()
+        .build()
+        .map_err(|e| ExecError::Apply(format!("metadata runtime: {e}")))?;
+    // A concurrent initialiser may win; its runtime is as good as ours.
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// Network-level facts the guest services take from the network state: it
+/// is authoritative for the addresses once the network is implemented. Also
+/// absorbs `dns`/`domain` when an `implement-network` payload carries them.
+pub(super) fn seed(next: &mut NetworkState, envelope: &Envelope) -> Result<(), ExecError> {
+    seed_addresses(next);
+    let g = &mut next.guest;
+    if let Some(c) = next.cidr {
+        g.cidr = c.to_string().parse().ok().or(g.cidr);
+    }
+    let p = &envelope.payload;
+    if let Some(d) = services::validate::opt_str(p, "dns").map_err(ExecError::from)? {
+        g.dns = services::validate::dns_list("dns", &d)?;
+    }
+    if let Some(d) = services::validate::opt_str(p, "domain").map_err(ExecError::from)? {
+        g.domain = Some(services::validate::hostname("domain", &d, true)?);
+    }
+    Ok(())
+}
+
+fn io_state(context: &str, path: &Path, e: std::io::Error) -> ExecError {
+    ExecError::State(format!("{context} {}: {e}", path.display()))
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), ExecError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| io_state("create", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_state("chmod", path, e))
+}
+
+/// The VM data key: 32 random bytes created once (0600). A key file of the
+/// wrong size is an error, never replaced: that would orphan the data.
+fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
+    let path = root.join(KEY_FILE);
+    let mut key = [0u8; 32];
+    match fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)
+                .map_err(|e| io_state("read", &path, e))?;
+            if buf.len() != key.len() {
+                return Err(ExecError::State(format!(
+                    "{}: expected a 32-byte key",
+                    path.display()
+                )));
+            }
+            key.copy_from_slice(&buf);
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
+            let tmp = root.join(format!(".{KEY_FILE}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io_state("create", &tmp, e))?;
+            f.write_all(&key)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_state("write", &tmp, e))?;
+            // No clobbering: a concurrent creator's key wins and is used.
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
+                    return load_or_create_key(root);
+                }
+                Err(e) => return Err(io_state("link", &path, e)),
+            }
+            let _ = fs::remove_file(&tmp);
+            Ok(key)
+        }
+        Err(e) => Err(io_state("open", &path, e)),
+    }
+}
+
+impl Engine {
+    fn guest_root(&self) -> PathBuf {
+        self.config.state_dir.join("guest")
+    }
+
+    fn guest_dir(&self, namespace: &str) -> PathBuf {
+        self.guest_root().join(namespace)
+    }
+
+    /// Creates the directory layout (module docs) and opens the network's VM
+    /// data store once.
+    fn guest_store(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+    ) -> Result<Arc<MetadataStore>, ExecError> {
+        if let Some(s) = &rt.store {
+            return Ok(s.clone());
+        }
+        let state_dir = &self.config.state_dir;
+        let meta = fs::metadata(state_dir).map_err(|e| io_state("stat", state_dir, e))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            fs::set_permissions(
+                state_dir,
+                fs::Permissions::from_mode((mode & 0o7777) | 0o001),
+            )
+            .map_err(|e| io_state("chmod", state_dir, e))?;
+        }
+        let root = self.guest_root();
+        ensure_dir(&root, 0o711)?;
+        let dir = self.guest_dir(namespace);
+        ensure_dir(&dir, 0o711)?;
+        let key = load_or_create_key(&root)?;
+        let store = Arc::new(MetadataStore::open(dir.join("vmdata"), Some(key))?);
+        rt.store = Some(store.clone());
+        Ok(store)
+    }
+
+    fn dnsmasq_paths(&self, namespace: &str) -> Result<dnsmasq::DnsmasqPaths, ExecError> {
+        Ok(dnsmasq::paths_in(
+            &self.guest_dir(namespace).join("dnsmasq"),
+        )?)
+    }
+
+    fn haproxy_paths(&self, namespace: &str) -> haproxy::HaproxyPaths {
+        haproxy::paths_in(&self.guest_dir(namespace).join("haproxy"))
+    }
+
+    /// Runs one guest-service command: pure update of the network's guest
+    /// state and VM data, then (when implemented) the daemons, then persist.
+    pub(super) fn execute_guest(
+        &self,
+        command: Command,
+        envelope: &Envelope,
+    ) -> Result<Value, ExecError> {
+        let network = NetworkFields::parse(&envelope.fields())?;
+        let namespace = NetworkState::namespace_for(network.network_id);
+        let slot = self.slot(&namespace);
+        let mut slot = super::lock(&slot);
+        let current = match &slot.state {
+            Some(s) => s.clone(),
+            None => {
+                // Guest data may arrive before implement-network.
+                let req = NetworkRequest {
+                    network,
+                    devices: Devices::parse(envelope)?,
+                    command: NetworkCommand::Shutdown,
+                };
+                NetworkState::new(&req, &self.config.guest_device)
+            }
+        };
+        let mut next = current.clone();
+        seed_addresses(&mut next);
+        let store = self.guest_store(&mut slot.guest, &namespace)?;
+        let opts = services::Options::default();
+        let mut guest = next.guest.clone();
+        let fx = store
+            .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
+        next.guest = guest;
+        if next.implemented {
+            // A removed NIC's granted lease would keep its name resolving
+            // (dnsmasq answers names from leases): drop it with the NIC.
+            let gone = removed_nics(&current.guest, &next.guest);
+            if !gone.is_empty() {
+                self.drop_leases(&mut slot.guest, &namespace, &gone)?;
+            }
+            if fx.dnsmasq {
+                if let Err(e) = self.sync_dnsmasq(&mut slot.guest, &next) {
+                    log::error!("{namespace}: {command}: dnsmasq: {e}");
+                    // Put the previous files back under the running daemon.
+                    let _ = self.sync_dnsmasq(&mut slot.guest, &current);
+                    return Err(e);
+                }
+            }
+            if fx.lb {
+                // A refused configuration leaves the running one in place.
+                self.sync_haproxy(&mut slot.guest, &next)?;
+            }
+        }
+        if let Err(e) = self.store.save(&next) {
+            log::error!("{namespace}: {command} applied but not persisted: {e}");
+            return Err(e.into());
+        }
+        slot.state = Some(next);
+        log::info!("{namespace}: {command} done");
+        Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// Removes the leases of `gone` (MAC, IP): dnsmasq keeps its lease
+    /// database in memory and rewrites the file, so it is stopped, the file
+    /// edited, and the caller's sync starts it again.
+    fn drop_leases(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+        gone: &[(String, Ipv4Addr)],
+    ) -> Result<(), ExecError> {
+        let paths = self.dnsmasq_paths(namespace)?;
+        let Ok(text) = fs::read_to_string(paths.leases()) else {
+            return Ok(());
+        };
+        let kept = strip_leases(&text, gone);
+        if kept == text {
+            return Ok(());
+        }
+        let spec = run::dnsmasq_spec(&paths, Some(namespace), namespace);
+        if let Some(d) = rt.dnsmasq.take().or_else(|| Daemon::adopt(spec)) {
+            d.stop(GRACE)?;
+        }
+        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    fn sync_dnsmasq(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        let paths = self.dnsmasq_paths(ns)?;
+        let files = dnsmasq::render(&state.guest, &paths);
+        let (daemon, action) =
+            run::sync_dnsmasq(&paths, Some(ns), ns, files.as_ref(), rt.dnsmasq.take())?;
+        log::debug!("{ns}: dnsmasq {action:?}");
+        rt.dnsmasq = daemon;
+        Ok(())
+    }
+
+    fn sync_haproxy(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        run::reap_draining(&mut rt.draining);
+        let paths = self.haproxy_paths(ns);
+        let cfg = haproxy::render(&state.guest);
+        let (daemon, action) = run::sync_haproxy(
+            &paths,
+            Some(ns),
+            ns,
+            cfg.as_deref(),
+            rt.haproxy.take(),
+            &mut rt.draining,
+        )?;
+        log::debug!("{ns}: haproxy {action:?}");
+        rt.haproxy = daemon;
+        Ok(())
+    }
+
+    /// Brings every guest service of an implemented network up (after
+    /// `implement-network` and on reconcile): daemons adopted from their PID
+    /// files when they survived an executor restart, started otherwise.
+    pub(super) fn guest_up(
+        &self,
+        rt: &mut GuestRuntime,
+        state: &NetworkState,
+    ) -> Result<(), ExecError> {
+        let ns = state.namespace.as_str();
+        let store = self.guest_store(rt, ns)?;
+        let want = state.guest.listen_ip();
+        if rt.metadata.as_ref().map(|(ip, _)| *ip) != want {
+            if let Some((_, old)) = rt.metadata.take() {
+                stop_metadata(old);
+            }
+            if let Some(ip) = want {
+                let runtime = metadata_runtime()?;
+                let server =
+                    MetadataServer::start(runtime.handle(), &ListenSpec::new(Some(ns), ip), store)?;
+                log::info!(
+                    "{ns}: metadata on {}, passwords on {}",
+                    server.metadata_addr,
+                    server.password_addr
+                );
+                rt.metadata = Some((ip, server));
+            }
+        }
+        if rt.dnsmasq.is_none() {
+            let spec = run::dnsmasq_spec(&self.dnsmasq_paths(ns)?, Some(ns), ns);
+            rt.dnsmasq = adopt_in_place(spec, ns);
+        }
+        if rt.haproxy.is_none() {
+            let spec = run::haproxy_spec(&self.haproxy_paths(ns), Some(ns), ns);
+            rt.haproxy = adopt_in_place(spec, ns);
+        }
+        self.sync_dnsmasq(rt, state)?;
+        self.sync_haproxy(rt, state)
+    }
+
+    /// Stops every guest service of a network exactly (tracked PIDs, or the
+    /// PID files a previous executor left when they prove to be ours). With
+    /// `forget` (destroy) the network's guest files go too.
+    pub(super) fn guest_down(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+        forget: bool,
+    ) -> Result<(), ExecError> {
+        if let Some((_, server)) = rt.metadata.take() {
+            stop_metadata(server);
+        }
+        let mut first_err: Option<ExecError> = None;
+        let mut note = |r: Result<(), ServicesError>| {
+            if let Err(e) = r {
+                log::error!("{namespace}: stopping a guest daemon: {e}");
+                first_err.get_or_insert(e.into());
+            }
+        };
+        let dns_spec = self
+            .dnsmasq_paths(namespace)
+            .map(|p| run::dnsmasq_spec(&p, Some(namespace), namespace));
+        let dns = rt
+            .dnsmasq
+            .take()
+            .or_else(|| dns_spec.ok().and_then(Daemon::adopt));
+        if let Some(d) = dns {
+            note(d.stop(GRACE));
+        }
+        let lb_spec = run::haproxy_spec(&self.haproxy_paths(namespace), Some(namespace), namespace);
+        let lb = rt.haproxy.take().or_else(|| Daemon::adopt(lb_spec));
+        if let Some(d) = lb {
+            note(d.stop(GRACE));
+        }
+        for d in rt.draining.drain(..) {
+            note(d.stop(GRACE));
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if forget {
+            if let Some(store) = rt.store.take() {
+                store.destroy()?;
+            }
+            let dir = self.guest_dir(namespace);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_state("remove", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A daemon a previous executor left, adopted only when it still lives in
+/// the network's current namespace. After the namespace was recreated (a
+/// hand deletion, a reboot emulation that kept processes) it would serve a
+/// dead namespace: it is stopped (exactly that PID) and the sync starts a
+/// fresh one.
+fn adopt_in_place(spec: DaemonSpec, ns: &str) -> Option<Daemon> {
+    let d = Daemon::adopt(spec)?;
+    if same_netns(d.pid(), ns) {
+        return Some(d);
+    }
+    log::warn!(
+        "{ns}: pid {} runs in an older copy of the namespace; replacing it",
+        d.pid()
+    );
+    if let Err(e) = d.stop(GRACE) {
+        log::error!("{ns}: stopping the stale daemon: {e}");
+    }
+    None
+}
+
+fn same_netns(pid: u32, ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = services::metadata::netns_path(ns) else {
+        return false;
+    };
+    match (
+        fs::metadata(format!("/proc/{pid}/ns/net")),
+        fs::metadata(path),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// NICs present in `old` but not in `new` (MAC, IP).
+fn removed_nics(old: &GuestServices, new: &GuestServices) -> Vec<(String, Ipv4Addr)> {
+    old.nics
+        .values()
+        .filter(|n| new.nics.get(&n.mac).is_none_or(|m| m.ip != n.ip))
+        .map(|n| (n.mac.clone(), n.ip))
+        .collect()
+}
+
+/// The lease file without the lines of `gone` (pure). A line is
+/// `<expiry> <mac> <ip> <hostname> <client-id>`; matches are exact.
+fn strip_leases(text: &str, gone: &[(String, Ipv4Addr)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (mac, ip) = (f.nth(1), f.next());
+        let drop = gone.iter().any(|(m, i)| {
+            mac.is_some_and(|x| x.eq_ignore_ascii_case(m)) || ip == Some(i.to_string().as_str())
+        });
+        if !drop {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Addresses from the network state (without payload absorption).
+fn seed_addresses(next: &mut NetworkState) {
+    if next.extension_ip.is_some() {
+        next.guest.extension_ip = next.extension_ip;
+    }
+    if next.gateway.is_some() {
+        next.guest.gateway = next.gateway;
+    }
+}
+
+/// Stops accepting and waits (bounded) until both listeners are closed.
+fn stop_metadata(server: MetadataServer) {
+    match metadata_runtime() {
+        Ok(rt) => {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(GRACE, server.shutdown()).await;
+            });
+        }
+        Err(_) => drop(server),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(dir: &Path) -> Engine {
+        let netns = dir.join("netns");
+        fs::create_dir_all(&netns).unwrap();
+        Engine::open_with(
+            super::super::EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            super::super::ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: Value) -> Vec<u8> {
+        let mut p = payload;
+        p["network_id"] = serde_json::json!("42");
+        serde_json::json!({"physical-network-extension-details": {}, "payload": p})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Guest data of a network not implemented here: kept, persisted with the
+    /// network state, private and encrypted on disk, back after a restart,
+    /// gone after destroy; bad input changes nothing. No daemon is needed.
+    #[test]
+    fn guest_state_persists_privately_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let nic = serde_json::json!({"mac": "02:00:00:00:00:05", "ip": "10.1.1.5",
+            "hostname": "vm5", "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"});
+        e.execute(Command::PrepareNic, &body(nic)).unwrap();
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.5", "password": "Sekrit-Pw-123"})),
+        )
+        .unwrap();
+        let bad = e
+            .execute(
+                Command::AddDhcpEntry,
+                &body(serde_json::json!({"mac": "02:00:00:00:00:06", "ip": "10.1.1.300"})),
+            )
+            .unwrap_err();
+        assert_eq!(bad.http_status(), 400);
+        assert!(bad.to_string().contains("'ip'"), "{bad}");
+        let udp = e
+            .execute(
+                Command::ApplyLbRules,
+                &body(
+                    serde_json::json!({"lb_rules": [{"id": "1", "publicIp": "203.0.113.10",
+                    "publicPort": "53", "protocol": "udp", "algorithm": "roundrobin",
+                    "backends": [{"ip": "10.1.1.5", "port": "53"}]}]}),
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(udp.http_status(), 400);
+        assert!(udp.to_string().contains("lb_rules[0].protocol"), "{udp}");
+
+        let state = dir.path().join("state");
+        let file = state.join("guest/cs-net-42/vmdata/10.1.1.5.vmdata");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let raw = fs::read(&file).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("Sekrit"));
+        let key = state.join("guest").join(KEY_FILE);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let guest_mode = fs::metadata(state.join("guest"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(guest_mode & 0o777, 0o711, "traversable, not listable");
+        drop(e);
+
+        let e = engine(dir.path());
+        let held = e.networks();
+        assert_eq!(held[0]["namespace"], "cs-net-42");
+        let slot = e.slot("cs-net-42");
+        let mut slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.nics.len(), 1, "the bad entry changed nothing");
+        assert_eq!(g.dns_records.values().next().unwrap().hostname, "vm5");
+        let store = e.guest_store(&mut slot.guest, "cs-net-42").unwrap();
+        let vm = store.get("10.1.1.5".parse().unwrap()).unwrap();
+        assert_eq!(
+            vm.password.as_ref().map(|p| p.expose()),
+            Some("Sekrit-Pw-123")
+        );
+        // Destroy's guest part (the host part needs root): files gone.
+        e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
+        assert!(!state.join("guest/cs-net-42").exists());
+    }
+
+    #[test]
+    fn strip_leases_removes_exactly_the_named_nics() {
+        let text = "1700000000 02:00:00:00:00:33 10.1.1.12 vm3 *\n\
+                    1700000000 02:00:00:00:00:01 10.1.1.10 vm1 *\n\
+                    1700000000 02:00:00:00:00:02 10.1.1.120 vm9 *\n";
+        let gone = vec![(
+            "02:00:00:00:00:33".to_string(),
+            "10.1.1.12".parse().unwrap(),
+        )];
+        let kept = strip_leases(text, &gone);
+        assert!(!kept.contains("vm3"));
+        assert!(kept.contains("10.1.1.10 vm1"));
+        assert!(kept.contains("10.1.1.120 vm9"), "no prefix match");
+    }
+
+    #[test]
+    fn removed_nics_lists_dropped_and_moved_nics() {
+        let nic = |mac: &str, ip: &str| services::model::Nic {
+            mac: mac.into(),
+            ip: ip.parse().unwrap(),
+            ip6: None,
+            hostname: None,
+            default_nic: true,
+            nic_id: None,
+            gateway: None,
+        };
+        let mut old = GuestServices::default();
+        for n in [
+            nic("aa", "10.0.0.1"),
+            nic("bb", "10.0.0.2"),
+            nic("cc", "10.0.0.3"),
+        ] {
+            old.nics.insert(n.mac.clone(), n);
+        }
+        let mut new = old.clone();
+        new.nics.remove("aa");
+        new.nics.insert("bb".into(), nic("bb", "10.0.0.9"));
+        let gone = removed_nics(&old, &new);
+        assert_eq!(
+            gone,
+            vec![
+                ("aa".to_string(), "10.0.0.1".parse().unwrap()),
+                ("bb".to_string(), "10.0.0.2".parse().unwrap())
+            ]
+        );
+    }
+}

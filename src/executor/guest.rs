@@ -39,7 +39,7 @@ use serde_json::Value;
 use super::{Engine, ExecError};
 use crate::executor::services::metadata::{ListenSpec, MetadataServer};
 use crate::executor::services::store::MetadataStore;
-use crate::executor::services::supervisor::Daemon;
+use crate::executor::services::supervisor::{Daemon, DaemonSpec};
 use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
 use crate::executor::state::NetworkState;
 use crate::protocol::envelope::Envelope;
@@ -376,6 +376,14 @@ impl Engine {
                 rt.metadata = Some((ip, server));
             }
         }
+        if rt.dnsmasq.is_none() {
+            let spec = run::dnsmasq_spec(&self.dnsmasq_paths(ns)?, Some(ns), ns);
+            rt.dnsmasq = adopt_in_place(spec, ns);
+        }
+        if rt.haproxy.is_none() {
+            let spec = run::haproxy_spec(&self.haproxy_paths(ns), Some(ns), ns);
+            rt.haproxy = adopt_in_place(spec, ns);
+        }
         self.sync_dnsmasq(rt, state)?;
         self.sync_haproxy(rt, state)
     }
@@ -435,6 +443,40 @@ impl Engine {
     }
 }
 
+/// A daemon a previous executor left, adopted only when it still lives in
+/// the network's current namespace. After the namespace was recreated (a
+/// hand deletion, a reboot emulation that kept processes) it would serve a
+/// dead namespace: it is stopped (exactly that PID) and the sync starts a
+/// fresh one.
+fn adopt_in_place(spec: DaemonSpec, ns: &str) -> Option<Daemon> {
+    let d = Daemon::adopt(spec)?;
+    if same_netns(d.pid(), ns) {
+        return Some(d);
+    }
+    log::warn!(
+        "{ns}: pid {} runs in an older copy of the namespace; replacing it",
+        d.pid()
+    );
+    if let Err(e) = d.stop(GRACE) {
+        log::error!("{ns}: stopping the stale daemon: {e}");
+    }
+    None
+}
+
+fn same_netns(pid: u32, ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = services::metadata::netns_path(ns) else {
+        return false;
+    };
+    match (
+        fs::metadata(format!("/proc/{pid}/ns/net")),
+        fs::metadata(path),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// NICs present in `old` but not in `new` (MAC, IP).
 fn removed_nics(old: &GuestServices, new: &GuestServices) -> Vec<(String, Ipv4Addr)> {
     old.nics
@@ -487,6 +529,108 @@ fn stop_metadata(server: MetadataServer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn engine(dir: &Path) -> Engine {
+        let netns = dir.join("netns");
+        fs::create_dir_all(&netns).unwrap();
+        Engine::open_with(
+            super::super::EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            super::super::ApplierConfig {
+                netns_dir: netns,
+                ip_program: "/nonexistent/ip".into(),
+                nft_program: "/nonexistent/nft".into(),
+                use_libnftables: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn body(payload: Value) -> Vec<u8> {
+        let mut p = payload;
+        p["network_id"] = serde_json::json!("42");
+        serde_json::json!({"physical-network-extension-details": {}, "payload": p})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Guest data of a network not implemented here: kept, persisted with the
+    /// network state, private and encrypted on disk, back after a restart,
+    /// gone after destroy; bad input changes nothing. No daemon is needed.
+    #[test]
+    fn guest_state_persists_privately_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let nic = serde_json::json!({"mac": "02:00:00:00:00:05", "ip": "10.1.1.5",
+            "hostname": "vm5", "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"});
+        e.execute(Command::PrepareNic, &body(nic)).unwrap();
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.5", "password": "Sekrit-Pw-123"})),
+        )
+        .unwrap();
+        let bad = e
+            .execute(
+                Command::AddDhcpEntry,
+                &body(serde_json::json!({"mac": "02:00:00:00:00:06", "ip": "10.1.1.300"})),
+            )
+            .unwrap_err();
+        assert_eq!(bad.http_status(), 400);
+        assert!(bad.to_string().contains("'ip'"), "{bad}");
+        let udp = e
+            .execute(
+                Command::ApplyLbRules,
+                &body(
+                    serde_json::json!({"lb_rules": [{"id": "1", "publicIp": "203.0.113.10",
+                    "publicPort": "53", "protocol": "udp", "algorithm": "roundrobin",
+                    "backends": [{"ip": "10.1.1.5", "port": "53"}]}]}),
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(udp.http_status(), 400);
+        assert!(udp.to_string().contains("lb_rules[0].protocol"), "{udp}");
+
+        let state = dir.path().join("state");
+        let file = state.join("guest/cs-net-42/vmdata/10.1.1.5.vmdata");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let raw = fs::read(&file).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("Sekrit"));
+        let key = state.join("guest").join(KEY_FILE);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let guest_mode = fs::metadata(state.join("guest"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(guest_mode & 0o777, 0o711, "traversable, not listable");
+        drop(e);
+
+        let e = engine(dir.path());
+        let held = e.networks();
+        assert_eq!(held[0]["namespace"], "cs-net-42");
+        let slot = e.slot("cs-net-42");
+        let mut slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.nics.len(), 1, "the bad entry changed nothing");
+        assert_eq!(g.dns_records.values().next().unwrap().hostname, "vm5");
+        let store = e.guest_store(&mut slot.guest, "cs-net-42").unwrap();
+        let vm = store.get("10.1.1.5".parse().unwrap()).unwrap();
+        assert_eq!(
+            vm.password.as_ref().map(|p| p.expose()),
+            Some("Sekrit-Pw-123")
+        );
+        // Destroy's guest part (the host part needs root): files gone.
+        e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
+        assert!(!state.join("guest/cs-net-42").exists());
+    }
 
     #[test]
     fn strip_leases_removes_exactly_the_named_nics() {

@@ -572,6 +572,8 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
     // IPv6: gateway on the guest leg, radvd, SLAAC in the VM.
     vm_ip(&["link", "set", "eth0", "down"]).unwrap();
     vm_ip(&["link", "set", "eth0", "up"]).unwrap();
+    // Link down dropped the IPv4 default route.
+    vm_ip(&["route", "replace", "default", "via", "10.1.1.1"]).unwrap();
     let slaac = eventually(std::time::Duration::from_secs(20), || {
         let out = vm_ip(&["-6", "-br", "addr", "show", "dev", "eth0"]).ok()?;
         out.split_whitespace()
@@ -616,6 +618,49 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
         tcp_probe(&up, SocketAddr::new(slaac.parse().unwrap(), 22)).is_err(),
         "inbound IPv6 must be refused"
     );
+
+    // reboot-device rebuilds the namespace with its services; dump-config
+    // shows the state without secrets.
+    let action = |name: &str| {
+        let body = json!({"network_id": "42", "action": name, "action-params": {},
+            "physical-network-extension-details": physical_details(host),
+            "network-extension-details": net_details()});
+        let r = client.command("custom-action", &body);
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+        let out: Value = serde_json::from_str(r.json()["stdout"].as_str().unwrap()).unwrap();
+        assert_eq!(out["status"], "success", "{out}");
+        out
+    };
+    let dump = action("dump-config");
+    assert_eq!(
+        dump["message"]["config"]["ip6_gateway"], "fd00:42::1",
+        "{dump}"
+    );
+    assert!(!dump.to_string().contains(DEFAULT_KEY), "{dump}");
+    let dns_before = dig(&vm1, "10.1.1.1", "data-server", "A").unwrap_or_default();
+    let _up4 = tcp_server(&up, sa("198.51.100.1:7000"), "up4");
+    let seen = tcp_probe(&vm1, sa("198.51.100.1:7000")).expect("IPv4 egress");
+    assert_eq!(peer_of(&seen), "203.0.113.10", "{seen}");
+    action("reboot-device");
+    let seen = eventually(std::time::Duration::from_secs(10), || {
+        tcp_probe(&vm1, sa("198.51.100.1:7000")).ok()
+    })
+    .expect("IPv4 egress after reboot-device");
+    assert_eq!(peer_of(&seen), "203.0.113.10", "{seen}");
+    // Known gap: after reboot-device a VM's IPv6 neighbour entry for the
+    // gateway can keep the old leg's MAC (seen here for 30 s+), so IPv6
+    // reachability of the gateway after a rebuild is not asserted.
+    let dns_after = eventually(std::time::Duration::from_secs(10), || {
+        dig(&vm1, "10.1.1.1", "data-server", "A")
+            .ok()
+            .filter(|a| !a.is_empty())
+    })
+    .unwrap_or_default();
+    assert_eq!(
+        dns_after, dns_before,
+        "DNS answers again after reboot-device"
+    );
+    assert_eq!(dns_after, ["10.1.1.1"], "data-server");
 
     send("destroy-network", isolated());
     assert!(host.namespaces().is_empty(), "{:?}", host.namespaces());

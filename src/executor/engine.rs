@@ -344,36 +344,38 @@ impl Engine {
         self.vpc.set_hooks_dir(dir);
     }
 
-    /// Runs `f` under a network's lock with its state and installed links
-    /// (issue 6 hook: custom actions on isolated networks).
+    /// Runs `f` under a network's lock with its state (issue 6 hook: custom
+    /// actions on isolated networks).
     pub(crate) fn with_network<R>(
         &self,
         namespace: &str,
-        f: impl FnOnce(&mut Option<NetworkState>, &mut Option<Plan>) -> R,
+        f: impl FnOnce(Option<&NetworkState>) -> R,
     ) -> R {
         let slot = self.slot(namespace);
-        let mut slot = lock(&slot);
-        let Slot { state, applied, .. } = &mut *slot;
-        f(state, applied)
+        let slot = lock(&slot);
+        f(slot.state.as_ref())
     }
 
     /// Rebuilds a network from its desired state under its lock
-    /// (`reboot-device`): teardown, then a full install.
-    pub(crate) fn rebuild(
-        &self,
-        state: &NetworkState,
-        applied: &mut Option<Plan>,
-    ) -> Result<(), ExecError> {
-        self.teardown(state)?;
-        *applied = None;
+    /// (`reboot-device`, issue 6 hook): guest services down, teardown, full
+    /// install, guest services up. `false` when the network is not held.
+    pub(crate) fn rebuild_network(&self, namespace: &str) -> Result<bool, ExecError> {
+        let slot = self.slot(namespace);
+        let mut slot = lock(&slot);
+        let Some(state) = slot.state.clone() else {
+            return Ok(false);
+        };
+        self.guest_down(&mut slot.guest, namespace, false)?;
+        self.teardown(&state)?;
+        slot.applied = None;
         if state.implemented {
-            let plan = self.plan(state)?;
+            let plan = self.plan(&state)?;
             self.applier.apply(&plan, None)?;
-            self.vpc
-                .ensure_ipv6(&self.applier, &state.namespace, state)?;
-            *applied = Some(plan);
+            self.vpc.ensure_ipv6(&self.applier, namespace, &state)?;
+            slot.applied = Some(plan);
+            self.guest_up(&mut slot.guest, &state)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Summary of the networks this host holds (for `GET /v1/networks`).

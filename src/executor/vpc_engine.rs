@@ -593,9 +593,18 @@ impl VpcEngine {
             let mut slot = lock(&slot);
             self.vpc_action(engine, &ns, body, &mut slot)?
         } else {
-            engine.with_network(&ns, |state, applied| {
-                self.network_action(engine, &ns, body, state, applied)
-            })?
+            let answer = engine.with_network(&ns, |state| self.network_action(&ns, body, state))?;
+            match answer {
+                Some(a) => a,
+                None => {
+                    // reboot-device: the engine rebuilds under the network's lock.
+                    if !engine.rebuild_network(&ns)? {
+                        return Err(not_held(&ns));
+                    }
+                    self.replay_pbr(&ns);
+                    actions::success_message(json!(format!("{ns} rebuilt from its desired state")))
+                }
+            }
         };
         log::info!("{ns}: custom-action {} done", parsed.action);
         Ok(json!({ "namespace": ns, "stdout": answer.to_string() }))
@@ -644,27 +653,21 @@ impl VpcEngine {
         })
     }
 
+    /// `None`: `reboot-device`, which the caller hands to the engine.
     fn network_action(
         &self,
-        engine: &super::engine::Engine,
         ns: &str,
         body: &[u8],
-        state: &mut Option<NetworkState>,
-        applied: &mut Option<Plan>,
-    ) -> Result<Value, ExecError> {
-        let held = state.as_ref().is_some_and(|s| s.implemented);
+        state: Option<&NetworkState>,
+    ) -> Result<Option<Value>, ExecError> {
+        let held = state.is_some_and(|s| s.implemented);
         Ok(match self.run_action(ns, body, held)? {
-            ActionOutcome::Answer(a) => a,
+            ActionOutcome::Answer(a) => Some(a),
             ActionOutcome::Engine(BuiltinAction::DumpConfig) => {
-                let st = state.as_ref().ok_or_else(|| not_held(ns))?;
-                self.dump(ns, serde_json::to_value(st).unwrap_or(Value::Null))?
+                let st = state.ok_or_else(|| not_held(ns))?;
+                Some(self.dump(ns, serde_json::to_value(st).unwrap_or(Value::Null))?)
             }
-            ActionOutcome::Engine(_) => {
-                let st = state.clone().ok_or_else(|| not_held(ns))?;
-                engine.rebuild(&st, applied)?;
-                self.replay_pbr(ns);
-                actions::success_message(json!(format!("{ns} rebuilt from its desired state")))
-            }
+            ActionOutcome::Engine(_) => None,
         })
     }
 
@@ -844,7 +847,11 @@ pub(crate) mod ipv6_runtime {
         net: &ipv6::Ipv6Network,
     ) -> Result<(), ExecError> {
         let path = applier.netns_path(ns);
-        let sysctls = ipv6::ipv6_sysctls(leg);
+        let mut sysctls = ipv6::ipv6_sysctls(leg);
+        // Unsolicited neighbour advertisements when the gateway address
+        // appears: after a rebuild the VMs learn the new leg's MAC at once
+        // (the IPv6 counterpart of the gratuitous ARP of IPv4 addresses).
+        sysctls.push((format!("net.ipv6.conf.{leg}.ndisc_notify"), "1".into()));
         in_netns(&path, || -> std::io::Result<()> {
             for (k, v) in &sysctls {
                 let file = format!("/proc/sys/{}", k.replace('.', "/"));

@@ -219,6 +219,31 @@ impl Applier {
         .map(|_| ())
     }
 
+    /// Deletes host ends whose peer is gone. When the peer's namespace was
+    /// deleted (a reboot, `ip netns del`), the kernel tears the pair down
+    /// asynchronously, so a link listed a moment ago may vanish under us:
+    /// "not found" is fine, and the names must be free before re-creating them.
+    fn remove_vanishing_host_links(&self, names: &[String]) -> Result<(), ApplyError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            if let Err(e) = self.ip(&["link", "del", name]) {
+                log::debug!("link del {name}: {e} (already being removed)");
+            }
+        }
+        for _ in 0..100 {
+            if !self.links(None)?.iter().any(|l| names.contains(&l.ifname)) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(ApplyError::Io(format!(
+            "links {} are still present after deletion",
+            names.join(", ")
+        )))
+    }
+
     fn links(&self, namespace: Option<&str>) -> Result<Vec<IpLink>, ApplyError> {
         let out = match namespace {
             Some(ns) => self.ip(&["-n", ns, "-j", "addr", "show"])?,
@@ -303,6 +328,7 @@ impl Applier {
                 host.iter().map(|l| (l.ifname.as_str(), l)).collect();
             let inner_names: BTreeSet<&str> = inner.iter().map(|l| l.ifname.as_str()).collect();
             let mut batch = Vec::new();
+            let mut stale_host_ends = Vec::new();
             let mut bridges_made = BTreeSet::new();
             for leg in &plan.legs {
                 if !host_names.contains_key(leg.bridge.as_str())
@@ -315,9 +341,10 @@ impl Applier {
                     }
                 }
                 let host_end = host_names.get(leg.host_name.as_str());
-                if host_end.is_none() || !inner_names.contains(leg.inner_name.as_str()) {
+                let recreate = host_end.is_none() || !inner_names.contains(leg.inner_name.as_str());
+                if recreate {
                     if host_end.is_some() {
-                        batch.push(format!("link del {}", leg.host_name));
+                        stale_host_ends.push(leg.host_name.clone());
                     }
                     if inner_names.contains(leg.inner_name.as_str()) {
                         // An orphaned inner end: removed through the namespace below.
@@ -328,11 +355,15 @@ impl Applier {
                         leg.host_name, leg.inner_name
                     ));
                 }
-                if host_end.and_then(|l| l.master.as_deref()) != Some(leg.bridge.as_str()) {
+                // A re-created pair is a new link: it has no master yet.
+                if recreate
+                    || host_end.and_then(|l| l.master.as_deref()) != Some(leg.bridge.as_str())
+                {
                     batch.push(format!("link set {} master {}", leg.host_name, leg.bridge));
                 }
                 batch.push(format!("link set {} up", leg.host_name));
             }
+            self.remove_vanishing_host_links(&stale_host_ends)?;
             self.ip_batch(None, &batch)?;
         }
 

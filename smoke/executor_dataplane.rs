@@ -159,6 +159,21 @@ fn probe(ns: &str, ip: &str, port: u16) -> Result<String, String> {
     .unwrap()
 }
 
+/// [`probe`] retried for a few seconds until `want` arrives: right after a
+/// namespace is (re)built, neighbours may hold the old router MAC until the
+/// gratuitous ARP lands, which a loaded machine delays. The assertion is that
+/// connectivity comes back, not that it is back within one SYN.
+fn probe_expect(ns: &str, ip: &str, port: u16, want: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = probe(ns, ip, port);
+        if got.as_deref() == Ok(want) || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ping(ns: &str, ip: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip])
@@ -340,7 +355,7 @@ fn isolated_network_scenarios() {
 
     // 1. Source NAT: upstream sees the source-NAT address.
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7000),
+        probe_expect("nbe-vm1", "203.0.113.1", 7000, "up:7000 203.0.113.10"),
         Ok("up:7000 203.0.113.10".into())
     );
 
@@ -367,7 +382,7 @@ fn isolated_network_scenarios() {
         "portEnd": "80", "publicIp": "203.0.113.11", "sourceCidrs": ["0.0.0.0/0"]}]),
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.11", 80),
+        probe_expect("nbe-up", "203.0.113.11", 80, "vm2:80 203.0.113.1"),
         Ok("vm2:80 203.0.113.1".into())
     );
     assert!(
@@ -375,11 +390,11 @@ fn isolated_network_scenarios() {
         "only port 80 is open"
     );
     assert_eq!(
-        probe("nbe-vm2", "203.0.113.1", 7000),
+        probe_expect("nbe-vm2", "203.0.113.1", 7000, "up:7000 203.0.113.11"),
         Ok("up:7000 203.0.113.11".into())
     );
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7000),
+        probe_expect("nbe-vm1", "203.0.113.1", 7000, "up:7000 203.0.113.10"),
         Ok("up:7000 203.0.113.10".into())
     );
 
@@ -425,19 +440,19 @@ fn isolated_network_scenarios() {
         "udp forward removed"
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
+        probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1"),
         Ok("vm1:22 203.0.113.1".into())
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 8001),
+        probe_expect("nbe-up", "203.0.113.10", 8001, "vm1:8001 203.0.113.1"),
         Ok("vm1:8001 203.0.113.1".into())
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 8002),
+        probe_expect("nbe-up", "203.0.113.10", 8002, "vm1:8002 203.0.113.1"),
         Ok("vm1:8002 203.0.113.1".into())
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 9002),
+        probe_expect("nbe-up", "203.0.113.10", 9002, "vm1:7002 203.0.113.1"),
         Ok("vm1:7002 203.0.113.1".into())
     );
     exec(
@@ -450,7 +465,7 @@ fn isolated_network_scenarios() {
         "forward removed"
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 8000),
+        probe_expect("nbe-up", "203.0.113.10", 8000, "vm1:8000 203.0.113.1"),
         Ok("vm1:8000 203.0.113.1".into())
     );
 
@@ -462,7 +477,7 @@ fn isolated_network_scenarios() {
         "publicIp": "203.0.113.11", "sourceCidrs": ["203.0.113.1/32"]}]),
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.11", 80),
+        probe_expect("nbe-up", "203.0.113.11", 80, "vm2:80 203.0.113.1"),
         Ok("vm2:80 203.0.113.1".into())
     );
     assert!(
@@ -510,7 +525,7 @@ fn isolated_network_scenarios() {
         "denied by the egress rule"
     );
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7001),
+        probe_expect("nbe-vm1", "203.0.113.1", 7001, "up:7001 203.0.113.10"),
         Ok("up:7001 203.0.113.10".into())
     );
     fw(
@@ -524,7 +539,7 @@ fn isolated_network_scenarios() {
         "default deny"
     );
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7001),
+        probe_expect("nbe-vm1", "203.0.113.1", 7001, "up:7001 203.0.113.10"),
         Ok("up:7001 203.0.113.10".into())
     );
     fw(&engine, false, json!([]));
@@ -656,7 +671,7 @@ fn restart_safety() {
             "portEnd": "2222", "publicIp": "203.0.113.10"}]),
         );
         assert_eq!(
-            probe("nbe-up", "203.0.113.10", 2222),
+            probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1"),
             Ok("vm1:22 203.0.113.1".into())
         );
     }
@@ -706,11 +721,11 @@ fn restart_safety() {
         "{forwards} vs {acked}"
     );
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
+        probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1"),
         Ok("vm1:22 203.0.113.1".into())
     );
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7000),
+        probe_expect("nbe-vm1", "203.0.113.1", 7000, "up:7000 203.0.113.10"),
         Ok("up:7000 203.0.113.10".into())
     );
     drop(engine);
@@ -726,7 +741,7 @@ fn restart_safety() {
     }
     assert!(probe("nbe-up", "203.0.113.10", 2222).is_err());
     let engine = open_engine(dir.path());
-    let back = probe("nbe-up", "203.0.113.10", 2222);
+    let back = probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1");
     if back.is_err() {
         println!("host: {}", host_links());
         println!("ns: {}", output("ip", &["-n", "cs-net-42", "-o", "addr"]));
@@ -736,7 +751,7 @@ fn restart_safety() {
     }
     assert_eq!(back, Ok("vm1:22 203.0.113.1".into()));
     assert_eq!(
-        probe("nbe-vm1", "203.0.113.1", 7000),
+        probe_expect("nbe-vm1", "203.0.113.1", 7000, "up:7000 203.0.113.10"),
         Ok("up:7000 203.0.113.10".into())
     );
     assert_eq!(engine.network_count(), 1);
@@ -749,7 +764,7 @@ fn restart_safety() {
     );
     let engine = open_engine(dir.path());
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
+        probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1"),
         Ok("vm1:22 203.0.113.1".into())
     );
 
@@ -782,7 +797,7 @@ fn restart_safety() {
     assert_eq!(std::fs::read(&state_file).unwrap(), saved);
     assert_eq!(ruleset(&engine), before);
     assert_eq!(
-        probe("nbe-up", "203.0.113.10", 2222),
+        probe_expect("nbe-up", "203.0.113.10", 2222, "vm1:22 203.0.113.1"),
         Ok("vm1:22 203.0.113.1".into())
     );
     drop(broken);
@@ -919,15 +934,27 @@ fn http_kill9_mid_burst_then_reboot_converge() {
     );
     let public: SocketAddr = "203.0.113.10:2222".parse().unwrap();
     let upstream_server: SocketAddr = format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap();
+    // Connectivity must come back; after a restart or reboot the neighbours
+    // may need a moment (gratuitous ARP) before the first probe succeeds.
     let check = || {
+        let want_in = format!("vm1 {}", common::PUBLIC_GATEWAY);
+        let inbound = common::eventually(Duration::from_secs(10), || {
+            common::tcp_probe(&upstream, public)
+                .ok()
+                .filter(|answer| *answer == want_in)
+        });
         assert_eq!(
-            common::tcp_probe(&upstream, public).unwrap(),
-            format!("vm1 {}", common::PUBLIC_GATEWAY)
+            inbound,
+            Some(want_in.clone()),
+            "inbound through the forward"
         );
-        assert_eq!(
-            common::peer_of(&common::tcp_probe(&vm1, upstream_server).unwrap()),
-            "203.0.113.10"
-        );
+        let outbound = common::eventually(Duration::from_secs(10), || {
+            common::tcp_probe(&vm1, upstream_server)
+                .ok()
+                .map(|answer| common::peer_of(&answer))
+                .filter(|peer| peer == "203.0.113.10")
+        });
+        assert_eq!(outbound.as_deref(), Some("203.0.113.10"), "source NAT");
     };
     check();
 

@@ -5,8 +5,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
-/** Minimal JSON reader for assertions (keeps the module free of test dependencies). */
-final class Json {
+/** Minimal JSON reader and writer for the tests (keeps the module free of test dependencies). */
+public final class Json {
     private final String s;
     private int i;
 
@@ -15,7 +15,7 @@ final class Json {
     }
 
     /** Parses a document into Map / List / String / Double / Long / Boolean / null. */
-    static Object parse(String text) {
+    public static Object parse(String text) {
         Json p = new Json(text);
         p.ws();
         Object v = p.value();
@@ -27,7 +27,7 @@ final class Json {
     }
 
     /** Walks maps by String keys and lists by Integer indexes. */
-    static Object at(Object node, Object... path) {
+    public static Object at(Object node, Object... path) {
         Object cur = node;
         for (Object step : path) {
             if (step instanceof Integer && cur instanceof List) {
@@ -45,7 +45,7 @@ final class Json {
         return cur;
     }
 
-    static String str(Object node, Object... path) {
+    public static String str(Object node, Object... path) {
         Object v = at(node, path);
         if (!(v instanceof String)) {
             throw new AssertionError("not a string at " + List.of(path) + ": " + v);
@@ -54,7 +54,7 @@ final class Json {
     }
 
     @SuppressWarnings("unchecked")
-    static Map<String, Object> map(Object node, Object... path) {
+    public static Map<String, Object> map(Object node, Object... path) {
         Object v = at(node, path);
         if (!(v instanceof Map)) {
             throw new AssertionError("not an object at " + List.of(path) + ": " + v);
@@ -63,7 +63,7 @@ final class Json {
     }
 
     @SuppressWarnings("unchecked")
-    static List<Object> list(Object node, Object... path) {
+    public static List<Object> list(Object node, Object... path) {
         Object v = at(node, path);
         if (!(v instanceof List)) {
             throw new AssertionError("not an array at " + List.of(path) + ": " + v);
@@ -206,5 +206,78 @@ final class Json {
 
     private IllegalArgumentException error(String what) {
         return new IllegalArgumentException(what + " at " + i + " in " + s);
+    }
+
+    /** Serialises Map / List / String / Number / Boolean / null. */
+    public static String write(Object v) {
+        StringBuilder b = new StringBuilder();
+        write(b, v);
+        return b.toString();
+    }
+
+    private static void write(StringBuilder b, Object v) {
+        if (v == null) {
+            b.append("null");
+        } else if (v instanceof String) {
+            quote(b, (String) v);
+        } else if (v instanceof Number || v instanceof Boolean) {
+            b.append(v);
+        } else if (v instanceof Map) {
+            b.append('{');
+            boolean first = true;
+            for (Map.Entry<?, ?> e : ((Map<?, ?>) v).entrySet()) {
+                if (!first) {
+                    b.append(',');
+                }
+                first = false;
+                quote(b, String.valueOf(e.getKey()));
+                b.append(':');
+                write(b, e.getValue());
+            }
+            b.append('}');
+        } else if (v instanceof List) {
+            b.append('[');
+            boolean first = true;
+            for (Object o : (List<?>) v) {
+                if (!first) {
+                    b.append(',');
+                }
+                first = false;
+                write(b, o);
+            }
+            b.append(']');
+        } else {
+            throw new IllegalArgumentException("cannot write " + v.getClass());
+        }
+    }
+
+    private static void quote(StringBuilder b, String s) {
+        b.append('"');
+        for (int k = 0; k < s.length(); k++) {
+            char c = s.charAt(k);
+            switch (c) {
+                case '"': b.append("\\\""); break;
+                case '\\': b.append("\\\\"); break;
+                case '\n': b.append("\\n"); break;
+                case '\r': b.append("\\r"); break;
+                case '\t': b.append("\\t"); break;
+                default:
+                    if (c < 0x20) {
+                        b.append(String.format("\\u%04x", (int) c));
+                    } else {
+                        b.append(c);
+                    }
+            }
+        }
+        b.append('"');
+    }
+
+    /** A map from alternating keys and values (insertion order kept). */
+    public static Map<String, Object> obj(Object... kv) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        for (int k = 0; k < kv.length; k += 2) {
+            m.put((String) kv[k], kv[k + 1]);
+        }
+        return m;
     }
 }

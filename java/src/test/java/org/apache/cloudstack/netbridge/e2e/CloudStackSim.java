@@ -1,5 +1,7 @@
 package org.apache.cloudstack.netbridge.e2e;
 
+import org.apache.cloudstack.netbridge.Json;
+
 import java.util.LinkedHashMap;
 import java.util.Map;
 

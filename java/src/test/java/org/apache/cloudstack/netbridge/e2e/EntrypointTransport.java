@@ -1,5 +1,7 @@
 package org.apache.cloudstack.netbridge.e2e;
 
+import org.apache.cloudstack.netbridge.Json;
+
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;

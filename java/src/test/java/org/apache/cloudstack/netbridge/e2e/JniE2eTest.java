@@ -1,5 +1,7 @@
 package org.apache.cloudstack.netbridge.e2e;
 
+import org.apache.cloudstack.netbridge.Json;
+
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;

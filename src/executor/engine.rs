@@ -20,6 +20,15 @@ use crate::protocol::{validate, Command, ProtocolError};
 #[path = "guest.rs"]
 mod guest;
 
+/// Guest-service facts of a VPC tier taken at `implement-network` (issue 6
+/// hook into the guest services of issue 4).
+pub(crate) fn seed_tier(
+    tier: &mut super::state::NetworkState,
+    envelope: &crate::protocol::envelope::Envelope,
+) -> Result<(), ExecError> {
+    guest::seed(tier, envelope)
+}
+
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -130,6 +139,7 @@ impl Engine {
         reconcile::reconcile(&engine)?;
         // issue 6 hook: VPC namespaces and pbr tables.
         engine.vpc.reconcile(&engine.applier);
+        engine.vpc.reconcile_guest(&engine);
         Ok(engine)
     }
 

@@ -3,7 +3,8 @@
 //! VPC (port forwarding, static NAT, VPC source NAT, source-NAT move, ACLs,
 //! tier deletion, restart and executor reboot), policy routing through
 //! `custom-action`, IPv6 on an isolated network, and promote_secondaries.
-//! Namespaces and links use the prefix `nbw`.
+//! Guest services on tiers (DHCP, DNS, metadata, passwords, LB) use the
+//! prefix `nbr`; everything else `nbw`.
 
 mod common;
 
@@ -861,6 +862,24 @@ fn vpc_tier_guest_services_dhcp_dns_metadata_and_lb() {
     };
     assert_eq!(md(&vm1, "10.1.1.1"), (200, "i-vm1".to_string()));
     assert_eq!(md(&vm2, "10.1.2.1"), (200, "i-vm2".to_string()));
+    // Password server on the tier's extension IP.
+    api.vpc(
+        "save-password",
+        merged(
+            tier2(),
+            json!({"ip": "10.1.2.10", "password": "Pw-vm2-secret"}),
+        ),
+    );
+    let pw = http_request(
+        &vm2,
+        sa("10.1.2.1:8080"),
+        "GET",
+        "/",
+        &[("DomU_Request", "send_my_password")],
+    )
+    .map(|(_, b)| b.trim().to_string())
+    .unwrap_or_default();
+    assert_eq!(pw, "Pw-vm2-secret");
     // LB from upstream through the VPC's public addresses.
     assert_eq!(
         probe(&up, "203.0.113.22:80").as_deref(),

@@ -29,6 +29,12 @@ pub(crate) fn seed_tier(
     guest::seed(tier, envelope)
 }
 
+/// Name of a network's guest directory and runtime slot (issue 6 hook).
+#[cfg(test)]
+pub(crate) fn tier_guest_key(state: &super::state::NetworkState) -> String {
+    guest::tier_key(state)
+}
+
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {

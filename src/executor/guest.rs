@@ -18,7 +18,8 @@
 //! <state>/                 o+x added
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
-//!     <namespace>/         0711
+//!     <key>/               0711  key: the namespace, or for a VPC tier
+//!                                `cs-vpc-<id>-tier-<network_id>`
 //!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
 //!       haproxy/           0700  conf, pid file
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted

@@ -12,6 +12,14 @@
 //!   transitions; the VPC's public addresses are then re-derived from the
 //!   VPC source NAT plus every implemented tier's addresses (each tier one
 //!   owner), so removing a tier removes only what no other owner uses.
+//! - Guest services of a tier (DHCP/DNS dnsmasq on the tier's extension IP,
+//!   metadata and password server on it, haproxy for the tier's LB rules)
+//!   run inside the VPC namespace, one set per tier keyed
+//!   `cs-vpc-<id>-tier-<network_id>` (own files, leases, PID files, VM
+//!   data); the tier's guest state is part of its `NetworkState`, so it is
+//!   persisted with the VPC. They come up on tier implement and on start,
+//!   and stop exactly on tier shutdown/destroy and `shutdown-vpc`. LB public
+//!   addresses must be the VPC's; their ports are opened in the input chain.
 //! - A tier without `apply-network-acl` keeps CloudStack's default: ingress
 //!   into the tier denied, egress allowed.
 //! - Public addresses of tiers serve static NAT and port forwarding; inbound
@@ -1176,6 +1184,54 @@ mod tests {
         let once = d.clone();
         derive_addresses(&mut d).unwrap();
         assert_eq!(d, once);
+    }
+
+    #[test]
+    fn tier_lb_ports_open_only_on_vpc_addresses_and_tiers_have_own_keys() {
+        let mut d = doc();
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::AssignIp, assign("12", "203.0.113.22"));
+        let mut vms = Default::default();
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.22", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "80"}]},
+            {"id": "8", "publicIp": "203.0.113.99", "publicPort": "443", "privatePort": "443",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "443"}]}]});
+        crate::executor::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut t.guest,
+            &mut vms,
+            &Default::default(),
+        )
+        .unwrap();
+        derive_addresses(&mut d).unwrap();
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        // The address the VPC does not hold opens nothing.
+        assert_eq!(parts.input, ["ip daddr 203.0.113.22 tcp dport 80 accept"]);
+        let keys: Vec<String> = d
+            .tiers
+            .values()
+            .map(|t| {
+                let mut t = t.clone();
+                t.namespace = "cs-vpc-5".into();
+                crate::executor::engine::tier_guest_key(&t)
+            })
+            .collect();
+        assert_eq!(keys, ["cs-vpc-5-tier-11", "cs-vpc-5-tier-12"]);
+        // An isolated network keeps its namespace as the key.
+        assert_eq!(
+            crate::executor::engine::tier_guest_key(&tier_state(
+                "11",
+                "100",
+                "10.1.1.1",
+                "10.1.1.0/24"
+            )),
+            "cs-net-11"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! VPC (port forwarding, static NAT, VPC source NAT, source-NAT move, ACLs,
 //! tier deletion, restart and executor reboot), policy routing through
 //! `custom-action`, IPv6 on an isolated network, and promote_secondaries.
-//! Namespaces and links use the prefix `nbw`.
+//! Guest services on tiers (DHCP, DNS, metadata, passwords, LB) use the
+//! prefix `nbr`; everything else `nbw`.
 
 mod common;
 
@@ -664,4 +665,266 @@ fn isolated_network_ipv6_slaac_firewall_and_promote_secondaries() {
 
     send("destroy-network", isolated());
     assert!(host.namespaces().is_empty(), "{:?}", host.namespaces());
+}
+
+/// The executor's state dir must be reachable by the user dnsmasq drops
+/// to; the harness's temp dir is 0700.
+fn open_state_parent(host: &Host) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Running (a zombie counts as gone: daemons adopted after a restart may
+/// be reparented to this test process, which does not reap them).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Kills (by PID, after checking the command line names our state dir) the
+/// tier daemons an executor of this test left behind when the test fails.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(nets) = std::fs::read_dir(self.0.join("guest")) else {
+            return;
+        };
+        let marker = self.0.display().to_string();
+        for n in nets.flatten() {
+            for f in ["dnsmasq/dnsmasq.pid", "haproxy/haproxy.pid"] {
+                if let Some(pid) = read_pid(&n.path().join(f)) {
+                    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                        .unwrap_or(false);
+                    if ours {
+                        // SAFETY: plain syscall on a PID verified above.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn dig1(ns: &Path, server: &str, name: &str) -> Vec<String> {
+    eventually(std::time::Duration::from_secs(5), || {
+        dig(ns, server, name, "A").ok().filter(|a| !a.is_empty())
+    })
+    .unwrap_or_default()
+}
+
+fn tier_nic(t: Value, mac: &str, ip: &str, hostname: &str, gw: &str) -> Value {
+    merged(
+        t,
+        json!({"mac": mac, "ip": ip, "hostname": hostname, "default_nic": "true",
+            "netmask": "255.255.255.0", "gateway": gw, "dns": gw, "domain": "tier.test",
+            "extension_ip": gw, "nic_id": format!("nic-{hostname}")}),
+    )
+}
+
+/// Issue 6: DHCP, DNS, metadata and LB on VPC tiers, one set of services per
+/// tier inside `cs-vpc-5`; deleting tier 1 leaves tier 2's services alone.
+#[test]
+fn vpc_tier_guest_services_dhcp_dns_metadata_and_lb() {
+    if skip_unless_root("vpc_tier_guest_services_dhcp_dns_metadata_and_lb") {
+        return;
+    }
+    let mut tb = Testbed::new(
+        "nbr",
+        TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+    );
+    let vm1 = tb.vm("vm1").path();
+    let mac1 = tb.vm("vm1").mac().to_string();
+    let up = tb.upstream.path();
+    let prefix = tb.prefix.clone();
+    let host = tb.host(0);
+    let hn = host.netns.name.clone();
+    bridge(&hn, "breth1-101").unwrap();
+    let vm2ns = Netns::create(&format!("{prefix}-vm2")).unwrap();
+    veth(&hn, &format!("{prefix}w2"), &vm2ns.name, "eth0").unwrap();
+    attach(&hn, &format!("{prefix}w2"), "breth1-101").unwrap();
+    vm2ns
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:02:10"])
+        .unwrap();
+    vm2ns
+        .ip(&["addr", "add", "10.1.2.10/24", "dev", "eth0"])
+        .unwrap();
+    vm2ns
+        .ip(&["route", "add", "default", "via", "10.1.2.1"])
+        .unwrap();
+    let vm2 = vm2ns.path();
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let state = host.state_dir();
+    let api = Api {
+        host: &*host,
+        client: host.client(),
+    };
+    let _s = [
+        tcp_server(&vm2, sa("0.0.0.0:80"), "vm2-80"),
+        tcp_server(&vm1, sa("0.0.0.0:80"), "vm1-80"),
+    ];
+
+    api.vpc("implement-vpc", vpc_payload("203.0.113.10"));
+    for t in [tier1(), tier2()] {
+        api.vpc("implement-network", t);
+    }
+    api.vpc("assign-ip", public(tier2(), "203.0.113.22"));
+    api.vpc("assign-ip", public(tier1(), "203.0.113.21"));
+    let scope1 = json!({"dns": "10.1.1.1", "domain": "tier.test"});
+    let scope2 = json!({"dns": "10.1.2.1", "domain": "tier.test"});
+    for (t, scope) in [(tier1(), &scope1), (tier2(), &scope2)] {
+        api.vpc("config-dhcp-subnet", merged(t.clone(), scope.clone()));
+        api.vpc("config-dns-subnet", merged(t, scope.clone()));
+    }
+    api.vpc(
+        "prepare-nic",
+        tier_nic(tier1(), &mac1, "10.1.1.10", "vm1", "10.1.1.1"),
+    );
+    api.vpc(
+        "prepare-nic",
+        tier_nic(tier2(), "02:00:00:00:02:10", "10.1.2.10", "vm2", "10.1.2.1"),
+    );
+    api.vpc(
+        "save-vm-data",
+        merged(
+            tier1(),
+            json!({"ip": "10.1.1.10", "vm_data": [
+                {"dir": "metadata", "file": "instance-id", "content": "i-vm1"}]}),
+        ),
+    );
+    api.vpc(
+        "save-vm-data",
+        merged(
+            tier2(),
+            json!({"ip": "10.1.2.10", "vm_data": [
+                {"dir": "metadata", "file": "instance-id", "content": "i-vm2"}]}),
+        ),
+    );
+    let lb = |ip: &str, backend: &str| {
+        json!({"lb_rules": [{"id": "7", "name": "web", "publicIp": ip, "publicPort": "80",
+            "privatePort": "80", "protocol": "tcp", "algorithm": "roundrobin", "revoke": false,
+            "backends": [{"ip": backend, "port": "80", "revoked": false}]}]})
+    };
+    // An LB address the VPC does not hold is refused by name.
+    let r = api.send(
+        "apply-lb-rules",
+        vpc_details(),
+        merged(tier2(), lb("203.0.113.99", "10.1.2.10")),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.message(),
+        "invalid value for 'lb_rules': 203.0.113.99 is not assigned to the VPC"
+    );
+    api.vpc(
+        "apply-lb-rules",
+        merged(tier2(), lb("203.0.113.22", "10.1.2.10")),
+    );
+    api.vpc(
+        "apply-lb-rules",
+        merged(tier1(), lb("203.0.113.21", "10.1.1.10")),
+    );
+
+    // DHCP on both tiers (two dnsmasqs in one namespace), each from its
+    // own tier gateway.
+    let o1 = dhcp_discover(&vm1, "eth0", &mac1).unwrap();
+    assert_eq!(o1.address.to_string(), "10.1.1.10", "{o1:?}");
+    assert_eq!(
+        o1.server.map(|s| s.to_string()).as_deref(),
+        Some("10.1.1.1")
+    );
+    let o2 = dhcp_discover(&vm2, "eth0", "02:00:00:00:02:10").unwrap();
+    assert_eq!(o2.address.to_string(), "10.1.2.10", "{o2:?}");
+    assert_eq!(
+        o2.server.map(|s| s.to_string()).as_deref(),
+        Some("10.1.2.1")
+    );
+    // DNS on each tier's gateway.
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm1.tier.test"), vec!["10.1.1.10"]);
+    assert_eq!(dig1(&vm2, "10.1.2.1", "vm2.tier.test"), vec!["10.1.2.10"]);
+    // Metadata: each VM from its own tier's server.
+    let md = |ns: &Path, gw: &str| {
+        http_get(ns, sa(&format!("{gw}:80")), "/latest/meta-data/instance-id")
+            .map(|(c, b)| (c, b.trim().to_string()))
+            .unwrap_or((0, String::new()))
+    };
+    assert_eq!(md(&vm1, "10.1.1.1"), (200, "i-vm1".to_string()));
+    assert_eq!(md(&vm2, "10.1.2.1"), (200, "i-vm2".to_string()));
+    // Password server on the tier's extension IP.
+    api.vpc(
+        "save-password",
+        merged(
+            tier2(),
+            json!({"ip": "10.1.2.10", "password": "Pw-vm2-secret"}),
+        ),
+    );
+    let pw = http_request(
+        &vm2,
+        sa("10.1.2.1:8080"),
+        "GET",
+        "/",
+        &[("DomU_Request", "send_my_password")],
+    )
+    .map(|(_, b)| b.trim().to_string())
+    .unwrap_or_default();
+    assert_eq!(pw, "Pw-vm2-secret");
+    // LB from upstream through the VPC's public addresses.
+    assert_eq!(
+        probe(&up, "203.0.113.22:80").as_deref(),
+        Some("vm2-80 10.1.2.1"),
+        "LB to the tier 2 VM"
+    );
+    assert_eq!(
+        probe(&up, "203.0.113.21:80").as_deref(),
+        Some("vm1-80 10.1.1.1"),
+        "LB to the tier 1 VM"
+    );
+
+    // Deleting tier 1 stops exactly its daemons.
+    let t1 = state.join("guest/cs-vpc-5-tier-11");
+    let t2 = state.join("guest/cs-vpc-5-tier-12");
+    let t1_dns = read_pid(&t1.join("dnsmasq/dnsmasq.pid")).unwrap();
+    let t2_dns = read_pid(&t2.join("dnsmasq/dnsmasq.pid")).unwrap();
+    let t2_lb = read_pid(&t2.join("haproxy/haproxy.pid")).unwrap();
+    api.vpc("shutdown-network", tier1());
+    api.vpc("destroy-network", tier1());
+    assert!(!alive(t1_dns), "tier 1 dnsmasq stopped");
+    assert!(!t1.exists(), "tier 1 guest files removed");
+    assert!(alive(t2_dns) && alive(t2_lb), "tier 2 daemons untouched");
+    assert_eq!(
+        probe(&up, "203.0.113.22:80").as_deref(),
+        Some("vm2-80 10.1.2.1"),
+        "LB to tier 2 after tier 1 is gone"
+    );
+    assert_eq!(dig1(&vm2, "10.1.2.1", "vm2.tier.test"), vec!["10.1.2.10"]);
+
+    // Restart: tier 2's services are adopted and keep answering.
+    host.restart().unwrap();
+    let api = Api {
+        host: &*host,
+        client: host.client(),
+    };
+    assert_eq!(
+        probe(&up, "203.0.113.22:80").as_deref(),
+        Some("vm2-80 10.1.2.1"),
+        "LB to tier 2 after a restart"
+    );
+    assert_eq!(md(&vm2, "10.1.2.1"), (200, "i-vm2".to_string()));
+
+    // shutdown-vpc stops the rest.
+    api.vpc("shutdown-network", tier2());
+    api.vpc("shutdown-vpc", vpc_payload("203.0.113.10"));
+    assert!(!alive(t2_dns) && !alive(t2_lb), "tier 2 daemons stopped");
 }

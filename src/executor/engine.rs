@@ -20,6 +20,21 @@ use crate::protocol::{validate, Command, ProtocolError};
 #[path = "guest.rs"]
 mod guest;
 
+/// Guest-service facts of a VPC tier taken at `implement-network` (issue 6
+/// hook into the guest services of issue 4).
+pub(crate) fn seed_tier(
+    tier: &mut super::state::NetworkState,
+    envelope: &crate::protocol::envelope::Envelope,
+) -> Result<(), ExecError> {
+    guest::seed(tier, envelope)
+}
+
+/// Name of a network's guest directory and runtime slot (issue 6 hook).
+#[cfg(test)]
+pub(crate) fn tier_guest_key(state: &super::state::NetworkState) -> String {
+    guest::tier_key(state)
+}
+
 /// Errors of the executor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -130,6 +145,7 @@ impl Engine {
         reconcile::reconcile(&engine)?;
         // issue 6 hook: VPC namespaces and pbr tables.
         engine.vpc.reconcile(&engine.applier);
+        engine.vpc.reconcile_guest(&engine);
         Ok(engine)
     }
 

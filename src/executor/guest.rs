@@ -18,7 +18,8 @@
 //! <state>/                 o+x added
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
-//!     <namespace>/         0711
+//!     <key>/               0711  key: the namespace, or for a VPC tier
+//!                                `cs-vpc-<id>-tier-<network_id>`
 //!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
 //!       haproxy/           0700  conf, pid file
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
@@ -258,9 +259,32 @@ impl Engine {
                 NetworkState::new(&req, &self.config.guest_device)
             }
         };
+        let next = self.apply_guest(&mut slot.guest, command, envelope, &current, &namespace)?;
+        if let Err(e) = self.store.save(&next) {
+            log::error!("{namespace}: {command} applied but not persisted: {e}");
+            return Err(e.into());
+        }
+        slot.state = Some(next);
+        log::info!("{namespace}: {command} done");
+        Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// The pure update of one guest-service command plus, when the network
+    /// is implemented, the daemons; the caller persists the result. `key`
+    /// names the network's guest directory (its namespace for an isolated
+    /// network, see [`tier_key`] for a VPC tier).
+    fn apply_guest(
+        &self,
+        rt: &mut GuestRuntime,
+        command: Command,
+        envelope: &Envelope,
+        current: &NetworkState,
+        key: &str,
+    ) -> Result<NetworkState, ExecError> {
+        let namespace = current.namespace.as_str();
         let mut next = current.clone();
         seed_addresses(&mut next);
-        let store = self.guest_store(&mut slot.guest, &namespace)?;
+        let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
         let mut guest = next.guest.clone();
         let fx = store
@@ -271,28 +295,68 @@ impl Engine {
             // (dnsmasq answers names from leases): drop it with the NIC.
             let gone = removed_nics(&current.guest, &next.guest);
             if !gone.is_empty() {
-                self.drop_leases(&mut slot.guest, &namespace, &gone)?;
+                self.drop_leases(rt, namespace, key, &gone)?;
             }
             if fx.dnsmasq {
-                if let Err(e) = self.sync_dnsmasq(&mut slot.guest, &next) {
-                    log::error!("{namespace}: {command}: dnsmasq: {e}");
+                if let Err(e) = self.sync_dnsmasq(rt, &next, key) {
+                    log::error!("{key}: {command}: dnsmasq: {e}");
                     // Put the previous files back under the running daemon.
-                    let _ = self.sync_dnsmasq(&mut slot.guest, &current);
+                    let _ = self.sync_dnsmasq(rt, current, key);
                     return Err(e);
                 }
             }
             if fx.lb {
                 // A refused configuration leaves the running one in place.
-                self.sync_haproxy(&mut slot.guest, &next)?;
+                self.sync_haproxy(rt, &next, key)?;
             }
         }
-        if let Err(e) = self.store.save(&next) {
-            log::error!("{namespace}: {command} applied but not persisted: {e}");
-            return Err(e.into());
+        Ok(next)
+    }
+
+    /// A guest-service command on a VPC tier: `tier` is the tier's state
+    /// from the VPC document (namespace `cs-vpc-<id>`); the VPC engine
+    /// persists the returned state with the VPC. The tier's runtime lives
+    /// in an engine slot named by [`tier_key`] (its state stays `None`, so
+    /// it never counts as a network).
+    pub(crate) fn tier_guest_command(
+        &self,
+        command: Command,
+        envelope: &Envelope,
+        tier: &NetworkState,
+    ) -> Result<NetworkState, ExecError> {
+        let key = tier_key(tier);
+        let slot = self.slot(&key);
+        let mut slot = super::lock(&slot);
+        self.apply_guest(&mut slot.guest, command, envelope, tier, &key)
+    }
+
+    /// Guest services of an implemented tier up (implement, reconcile).
+    pub(crate) fn tier_guest_up(&self, tier: &NetworkState) -> Result<(), ExecError> {
+        let key = tier_key(tier);
+        let mut state = tier.clone();
+        seed_addresses(&mut state);
+        let slot = self.slot(&key);
+        let mut slot = super::lock(&slot);
+        self.guest_up_keyed(&mut slot.guest, &state, &key)
+    }
+
+    /// Guest services of one tier stopped exactly (its own PIDs only); with
+    /// `forget` (destroy) its guest files go too.
+    pub(crate) fn tier_guest_down(
+        &self,
+        tier: &NetworkState,
+        forget: bool,
+    ) -> Result<(), ExecError> {
+        let key = tier_key(tier);
+        let slot = self.slot(&key);
+        let r = {
+            let mut s = super::lock(&slot);
+            self.guest_down_keyed(&mut s.guest, &tier.namespace, &key, forget)
+        };
+        if forget && r.is_ok() {
+            super::lock(&self.slots).remove(&key);
         }
-        slot.state = Some(next);
-        log::info!("{namespace}: {command} done");
-        Ok(serde_json::json!({ "namespace": namespace }))
+        r
     }
 
     /// Removes the leases of `gone` (MAC, IP): dnsmasq keeps its lease
@@ -302,9 +366,10 @@ impl Engine {
         &self,
         rt: &mut GuestRuntime,
         namespace: &str,
+        key: &str,
         gone: &[(String, Ipv4Addr)],
     ) -> Result<(), ExecError> {
-        let paths = self.dnsmasq_paths(namespace)?;
+        let paths = self.dnsmasq_paths(key)?;
         let Ok(text) = fs::read_to_string(paths.leases()) else {
             return Ok(());
         };
@@ -312,7 +377,7 @@ impl Engine {
         if kept == text {
             return Ok(());
         }
-        let spec = run::dnsmasq_spec(&paths, Some(namespace), namespace);
+        let spec = run::dnsmasq_spec(&paths, Some(namespace), key);
         if let Some(d) = rt.dnsmasq.take().or_else(|| Daemon::adopt(spec)) {
             d.stop(GRACE)?;
         }
@@ -320,31 +385,41 @@ impl Engine {
         Ok(())
     }
 
-    fn sync_dnsmasq(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+    fn sync_dnsmasq(
+        &self,
+        rt: &mut GuestRuntime,
+        state: &NetworkState,
+        key: &str,
+    ) -> Result<(), ExecError> {
         let ns = state.namespace.as_str();
-        let paths = self.dnsmasq_paths(ns)?;
+        let paths = self.dnsmasq_paths(key)?;
         let files = dnsmasq::render(&state.guest, &paths);
         let (daemon, action) =
-            run::sync_dnsmasq(&paths, Some(ns), ns, files.as_ref(), rt.dnsmasq.take())?;
-        log::debug!("{ns}: dnsmasq {action:?}");
+            run::sync_dnsmasq(&paths, Some(ns), key, files.as_ref(), rt.dnsmasq.take())?;
+        log::debug!("{key}: dnsmasq {action:?}");
         rt.dnsmasq = daemon;
         Ok(())
     }
 
-    fn sync_haproxy(&self, rt: &mut GuestRuntime, state: &NetworkState) -> Result<(), ExecError> {
+    fn sync_haproxy(
+        &self,
+        rt: &mut GuestRuntime,
+        state: &NetworkState,
+        key: &str,
+    ) -> Result<(), ExecError> {
         let ns = state.namespace.as_str();
         run::reap_draining(&mut rt.draining);
-        let paths = self.haproxy_paths(ns);
+        let paths = self.haproxy_paths(key);
         let cfg = haproxy::render(&state.guest);
         let (daemon, action) = run::sync_haproxy(
             &paths,
             Some(ns),
-            ns,
+            key,
             cfg.as_deref(),
             rt.haproxy.take(),
             &mut rt.draining,
         )?;
-        log::debug!("{ns}: haproxy {action:?}");
+        log::debug!("{key}: haproxy {action:?}");
         rt.haproxy = daemon;
         Ok(())
     }
@@ -357,8 +432,17 @@ impl Engine {
         rt: &mut GuestRuntime,
         state: &NetworkState,
     ) -> Result<(), ExecError> {
+        self.guest_up_keyed(rt, state, &state.namespace)
+    }
+
+    fn guest_up_keyed(
+        &self,
+        rt: &mut GuestRuntime,
+        state: &NetworkState,
+        key: &str,
+    ) -> Result<(), ExecError> {
         let ns = state.namespace.as_str();
-        let store = self.guest_store(rt, ns)?;
+        let store = self.guest_store(rt, key)?;
         let want = state.guest.listen_ip();
         if rt.metadata.as_ref().map(|(ip, _)| *ip) != want {
             if let Some((_, old)) = rt.metadata.take() {
@@ -369,7 +453,7 @@ impl Engine {
                 let server =
                     MetadataServer::start(runtime.handle(), &ListenSpec::new(Some(ns), ip), store)?;
                 log::info!(
-                    "{ns}: metadata on {}, passwords on {}",
+                    "{key}: metadata on {}, passwords on {}",
                     server.metadata_addr,
                     server.password_addr
                 );
@@ -377,15 +461,15 @@ impl Engine {
             }
         }
         if rt.dnsmasq.is_none() {
-            let spec = run::dnsmasq_spec(&self.dnsmasq_paths(ns)?, Some(ns), ns);
+            let spec = run::dnsmasq_spec(&self.dnsmasq_paths(key)?, Some(ns), key);
             rt.dnsmasq = adopt_in_place(spec, ns);
         }
         if rt.haproxy.is_none() {
-            let spec = run::haproxy_spec(&self.haproxy_paths(ns), Some(ns), ns);
+            let spec = run::haproxy_spec(&self.haproxy_paths(key), Some(ns), key);
             rt.haproxy = adopt_in_place(spec, ns);
         }
-        self.sync_dnsmasq(rt, state)?;
-        self.sync_haproxy(rt, state)
+        self.sync_dnsmasq(rt, state, key)?;
+        self.sync_haproxy(rt, state, key)
     }
 
     /// Stops every guest service of a network exactly (tracked PIDs, or the
@@ -395,6 +479,16 @@ impl Engine {
         &self,
         rt: &mut GuestRuntime,
         namespace: &str,
+        forget: bool,
+    ) -> Result<(), ExecError> {
+        self.guest_down_keyed(rt, namespace, namespace, forget)
+    }
+
+    fn guest_down_keyed(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+        key: &str,
         forget: bool,
     ) -> Result<(), ExecError> {
         if let Some((_, server)) = rt.metadata.take() {
@@ -408,8 +502,8 @@ impl Engine {
             }
         };
         let dns_spec = self
-            .dnsmasq_paths(namespace)
-            .map(|p| run::dnsmasq_spec(&p, Some(namespace), namespace));
+            .dnsmasq_paths(key)
+            .map(|p| run::dnsmasq_spec(&p, Some(namespace), key));
         let dns = rt
             .dnsmasq
             .take()
@@ -417,7 +511,7 @@ impl Engine {
         if let Some(d) = dns {
             note(d.stop(GRACE));
         }
-        let lb_spec = run::haproxy_spec(&self.haproxy_paths(namespace), Some(namespace), namespace);
+        let lb_spec = run::haproxy_spec(&self.haproxy_paths(key), Some(namespace), key);
         let lb = rt.haproxy.take().or_else(|| Daemon::adopt(lb_spec));
         if let Some(d) = lb {
             note(d.stop(GRACE));
@@ -432,7 +526,7 @@ impl Engine {
             if let Some(store) = rt.store.take() {
                 store.destroy()?;
             }
-            let dir = self.guest_dir(namespace);
+            let dir = self.guest_dir(key);
             match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -440,6 +534,18 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Guest directory and engine-slot name of a network's guest services:
+/// its namespace for an isolated network; `<namespace>-tier-<id>` for a VPC
+/// tier, so each tier of a VPC namespace has its own dnsmasq files, leases,
+/// PID files and VM data.
+pub(crate) fn tier_key(state: &NetworkState) -> String {
+    if state.namespace == NetworkState::namespace_for(state.network_id) {
+        state.namespace.clone()
+    } else {
+        format!("{}-tier-{}", state.namespace, state.network_id)
     }
 }
 

@@ -12,6 +12,14 @@
 //!   transitions; the VPC's public addresses are then re-derived from the
 //!   VPC source NAT plus every implemented tier's addresses (each tier one
 //!   owner), so removing a tier removes only what no other owner uses.
+//! - Guest services of a tier (DHCP/DNS dnsmasq on the tier's extension IP,
+//!   metadata and password server on it, haproxy for the tier's LB rules)
+//!   run inside the VPC namespace, one set per tier keyed
+//!   `cs-vpc-<id>-tier-<network_id>` (own files, leases, PID files, VM
+//!   data); the tier's guest state is part of its `NetworkState`, so it is
+//!   persisted with the VPC. They come up on tier implement and on start,
+//!   and stop exactly on tier shutdown/destroy and `shutdown-vpc`. LB public
+//!   addresses must be the VPC's; their ports are opened in the input chain.
 //! - A tier without `apply-network-acl` keeps CloudStack's default: ingress
 //!   into the tier denied, egress allowed.
 //! - Public addresses of tiers serve static NAT and port forwarding; inbound
@@ -292,22 +300,18 @@ impl VpcEngine {
             Ok(e) => e,
             Err(e) => return Some(Err(e.into())),
         };
-        let applier = engine.applier();
         match command {
             Command::ImplementVpc | Command::ShutdownVpc | Command::UpdateVpcSourceNatIp => {
-                Some(self.vpc_command(applier, command, &envelope))
+                Some(self.vpc_command(engine, command, &envelope))
             }
             Command::ApplyNetworkAcl => Some(self.tier_command(engine, command, &envelope)),
             _ => match vpc_id_of(&envelope) {
                 Err(e) => Some(Err(e)),
                 Ok(Some(_)) => match NetworkRequest::parse(command, &envelope) {
                     Ok(Some(_)) => Some(self.tier_command(engine, command, &envelope)),
-                    // Guest services (DHCP, DNS, metadata, LB) run per
-                    // cs-net namespace; in a VPC namespace they are not
-                    // wired yet: say so instead of serving nothing.
-                    Ok(None) => Some(Err(ExecError::Unsupported(format!(
-                        "{command} on a VPC tier (guest services are not wired into VPC namespaces yet)"
-                    )))),
+                    // Guest services (DHCP, DNS, metadata, LB) of a tier run
+                    // inside the VPC namespace, one set per tier.
+                    Ok(None) => Some(self.tier_guest(engine, command, &envelope)),
                     Err(e) => Some(Err(e.into())),
                 },
                 Ok(None) => None,
@@ -317,10 +321,11 @@ impl VpcEngine {
 
     fn vpc_command(
         &self,
-        applier: &Applier,
+        engine: &super::engine::Engine,
         command: Command,
         env: &Envelope,
     ) -> Result<Value, ExecError> {
+        let applier = engine.applier();
         let p = model::parse_vpc_payload(&env.payload, vpc_link_for)?;
         let ns = format!("cs-vpc-{}", p.vpc_id);
         check_namespace(env, &ns)?;
@@ -377,7 +382,11 @@ impl VpcEngine {
             }
             _ => {
                 // shutdown-vpc: nothing of the VPC stays on the host; the
-                // tiers were shut down before (CloudStack's order).
+                // tiers were shut down before (CloudStack's order); any
+                // tier guest services still up stop here.
+                for t in next.tiers.values() {
+                    engine.tier_guest_down(t, true)?;
+                }
                 if let Some(plan) = slot.applied.take() {
                     applier.teardown(&ns, &plan.links.legs)?;
                 } else {
@@ -559,9 +568,12 @@ impl VpcEngine {
                     .map_err(|_| VpcError::invalid("cidr", "expected an IPv4 CIDR"))?;
                 next.vpc
                     .add_tier(&key, &planner::guest_inner_name(network_id), gw, cidr)?;
+                super::engine::seed_tier(&mut tier, env)?;
                 next.tiers.insert(key.clone(), tier);
             }
             NetworkCommand::Shutdown | NetworkCommand::Destroy => {
+                // This tier's daemons only: the other tiers' keep serving.
+                engine.tier_guest_down(&tier, matches!(req.command, NetworkCommand::Destroy))?;
                 next.vpc.remove_tier(&key);
                 self.radvd.stop(&ns, network_id);
                 if matches!(req.command, NetworkCommand::Destroy) {
@@ -575,8 +587,107 @@ impl VpcEngine {
             }
         }
         derive_addresses(&mut next)?;
+        let up = matches!(req.command, NetworkCommand::Implement { .. })
+            .then(|| next.tiers.get(&key).cloned())
+            .flatten();
         self.commit(applier, &mut slot, Some(&current), next, command)?;
+        if let Some(t) = up {
+            engine.tier_guest_up(&t)?;
+        }
         Ok(json!({ "namespace": ns }))
+    }
+
+    /// A guest-service command on a tier: the tier's guest state changes,
+    /// its daemons follow (when implemented), and the VPC document is saved.
+    fn tier_guest(
+        &self,
+        engine: &super::engine::Engine,
+        command: Command,
+        env: &Envelope,
+    ) -> Result<Value, ExecError> {
+        let vpc_id = vpc_id_of(env)?.ok_or_else(|| ProtocolError::MissingField("vpc_id".into()))?;
+        let ns = format!("cs-vpc-{vpc_id}");
+        check_namespace(env, &ns)?;
+        let network = crate::protocol::payload::NetworkFields::parse(&env.fields())?;
+        let slot = self.slot(&ns);
+        let mut slot = lock(&slot);
+        let Some(current) = slot.doc.clone() else {
+            return Err(ProtocolError::InvalidField {
+                field: "vpc_id".into(),
+                reason: format!("VPC {vpc_id} is not implemented on this host"),
+            }
+            .into());
+        };
+        let key = network.network_id.to_string();
+        let tier = match current.tiers.get(&key) {
+            Some(t) => t.clone(),
+            None => {
+                // Guest data may arrive before implement-network.
+                let req = NetworkRequest {
+                    network,
+                    devices: crate::protocol::payload::Devices::parse(env)?,
+                    command: NetworkCommand::Shutdown,
+                };
+                let mut t = NetworkState::new(&req, engine.guest_device());
+                t.namespace = ns.clone();
+                t
+            }
+        };
+        // An LB public address must be the VPC's before haproxy binds it.
+        if command == Command::ApplyLbRules && tier.implemented {
+            let mut probe = tier.guest.clone();
+            let mut vms = Default::default();
+            crate::executor::services::apply(
+                command,
+                &env.payload,
+                &mut probe,
+                &mut vms,
+                &Default::default(),
+            )?;
+            for r in probe.lb_rules.values() {
+                if !current.vpc.addresses.contains_key(&r.public_ip) {
+                    return Err(ProtocolError::InvalidField {
+                        field: "lb_rules".into(),
+                        reason: format!("{} is not assigned to the VPC", r.public_ip),
+                    }
+                    .into());
+                }
+            }
+        }
+        let updated = engine.tier_guest_command(command, env, &tier)?;
+        let lb_changed = updated.guest.lb_rules != tier.guest.lb_rules;
+        let mut next = current.clone();
+        next.tiers.insert(key, updated);
+        if lb_changed {
+            // Input-chain openings of the LB ports follow the rules.
+            self.commit(engine.applier(), &mut slot, Some(&current), next, command)?;
+        } else {
+            self.save(&next)?;
+            slot.doc = Some(next);
+        }
+        log::info!("{ns}: {command} on tier {} done", tier.network_id);
+        Ok(json!({ "namespace": ns }))
+    }
+
+    /// Start-up: guest services of every implemented tier back (daemons
+    /// adopted from their PID files when they survived).
+    pub(crate) fn reconcile_guest(&self, engine: &super::engine::Engine) {
+        let slots: Vec<Arc<Mutex<VpcSlot>>> = lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            let slot = lock(&slot);
+            let Some(doc) = slot.doc.as_ref().filter(|d| d.implemented) else {
+                continue;
+            };
+            for t in doc.tiers.values().filter(|t| t.implemented) {
+                if let Err(e) = engine.tier_guest_up(t) {
+                    log::error!(
+                        "reconcile: {} tier {}: guest services: {e}",
+                        t.namespace,
+                        t.network_id
+                    );
+                }
+            }
+        }
     }
 
     /// `custom-action` for isolated networks, tiers and VPCs, under the
@@ -792,6 +903,18 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
             parts.snat.push(format!(
                 "oifname \"{link}\" ip saddr {} snat ip to {}",
                 sn.private_ip, sn.public_ip
+            ));
+        }
+        // The tier's haproxy frontends listen on VPC public addresses: their
+        // ports are opened in the namespace's input chain (apply-lb-rules
+        // refuses other addresses; one released later just stops matching).
+        for r in t.guest.lb_rules.values() {
+            if !doc.vpc.addresses.contains_key(&r.public_ip) {
+                continue;
+            }
+            parts.input.push(format!(
+                "ip daddr {} tcp dport {} accept",
+                r.public_ip, r.public_port
             ));
         }
     }
@@ -1064,6 +1187,54 @@ mod tests {
     }
 
     #[test]
+    fn tier_lb_ports_open_only_on_vpc_addresses_and_tiers_have_own_keys() {
+        let mut d = doc();
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::AssignIp, assign("12", "203.0.113.22"));
+        let mut vms = Default::default();
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.22", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "80"}]},
+            {"id": "8", "publicIp": "203.0.113.99", "publicPort": "443", "privatePort": "443",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "443"}]}]});
+        crate::executor::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut t.guest,
+            &mut vms,
+            &Default::default(),
+        )
+        .unwrap();
+        derive_addresses(&mut d).unwrap();
+        let tiers: Vec<&NetworkState> = d.tiers.values().collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        // The address the VPC does not hold opens nothing.
+        assert_eq!(parts.input, ["ip daddr 203.0.113.22 tcp dport 80 accept"]);
+        let keys: Vec<String> = d
+            .tiers
+            .values()
+            .map(|t| {
+                let mut t = t.clone();
+                t.namespace = "cs-vpc-5".into();
+                crate::executor::engine::tier_guest_key(&t)
+            })
+            .collect();
+        assert_eq!(keys, ["cs-vpc-5-tier-11", "cs-vpc-5-tier-12"]);
+        // An isolated network keeps its namespace as the key.
+        assert_eq!(
+            crate::executor::engine::tier_guest_key(&tier_state(
+                "11",
+                "100",
+                "10.1.1.1",
+                "10.1.1.0/24"
+            )),
+            "cs-net-11"
+        );
+    }
+
+    #[test]
     fn tier_rules_render_into_the_vpc_ruleset() {
         let mut d = doc();
         let t = d.tiers.get_mut("11").unwrap();
@@ -1226,7 +1397,7 @@ mod tests {
             (
                 Command::PrepareNic,
                 json!({"network_id": "11", "vpc_id": "5"}),
-                "unsupported: prepare-nic on a VPC tier (guest services are not wired into VPC namespaces yet)",
+                "invalid value for 'vpc_id': VPC 5 is not implemented on this host",
             ),
         ];
         for (c, p, text) in cases {

@@ -293,11 +293,7 @@ impl Applier {
             self.apply_links(&plan.links, previous.map(|p| &p.links))?;
         }
         if let (true, Some(prev)) = (links_same, previous) {
-            // Appends alone when possible, else only the changed chains
-            // (both avoid re-registering the base chains' hooks).
-            let script = super::planner::delta(&prev.ruleset, &plan.ruleset)
-                .or_else(|| super::planner::chain_replace(&prev.ruleset, &plan.ruleset));
-            if let Some(script) = script {
+            if let Some(script) = super::planner::delta(&prev.ruleset, &plan.ruleset) {
                 if script.is_empty() {
                     return Ok(());
                 }

@@ -522,34 +522,6 @@ pub fn delta(old: &str, new: &str) -> Option<String> {
     Some(script)
 }
 
-/// When `new` has the same chains as `old` in the same order with the same
-/// declarations (only rules differ), the `nft` script that flushes each
-/// changed chain and adds its new rules; `None` otherwise. Base chains keep
-/// their hooks, so the transaction skips the kernel's wait for unregistering
-/// hooks that replacing the whole table costs, and stays one transaction:
-/// the result is rule for rule what loading `new` whole would give. An
-/// empty script means nothing changed.
-pub fn chain_replace(old: &str, new: &str) -> Option<String> {
-    let (a, b) = (chains(old)?, chains(new)?);
-    if a.len() != b.len() {
-        return None;
-    }
-    let mut script = String::new();
-    for (x, y) in a.iter().zip(&b) {
-        if x.name != y.name || x.header != y.header {
-            return None;
-        }
-        if x.rules == y.rules {
-            continue;
-        }
-        let _ = writeln!(script, "flush chain {TABLE} {}", y.name);
-        for rule in &y.rules {
-            let _ = writeln!(script, "add rule {TABLE} {} {rule}", y.name);
-        }
-    }
-    Some(script)
-}
-
 fn render_ingress(out: &mut String, r: &FwRule) {
     for src in cidr_options(&r.source_cidrs) {
         out.push_str("   ");
@@ -1012,32 +984,6 @@ mod tests {
         );
         assert_eq!(
             delta(&old, &old.replace("policy drop", "policy accept")),
-            None
-        );
-    }
-
-    #[test]
-    fn rule_changes_replace_only_the_changed_chains() {
-        let mut s = with_ips();
-        let rule = |port: &str| json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": port, "publicIp": "203.0.113.10"}]});
-        fw(&mut s, rule("22"));
-        let old = rules_of(&s);
-        fw(&mut s, rule("23"));
-        let new = rules_of(&s);
-        assert_eq!(delta(&old, &new), None);
-        assert_eq!(
-            chain_replace(&old, &new).unwrap(),
-            "flush chain inet nb in_203_0_113_10\nadd rule inet nb in_203_0_113_10 meta l4proto tcp ct original proto-dst 23 accept\n"
-        );
-        assert_eq!(chain_replace(&new, &new).unwrap(), "");
-        // A new per-IP chain or a changed declaration needs the full replace.
-        fw(
-            &mut s,
-            json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "22", "publicIp": "203.0.113.11"}]}),
-        );
-        assert_eq!(chain_replace(&new, &rules_of(&s)), None);
-        assert_eq!(
-            chain_replace(&old, &old.replace("policy drop", "policy accept")),
             None
         );
     }

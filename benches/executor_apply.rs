@@ -99,6 +99,21 @@ fn baseline(ns: &str, n: usize) -> Duration {
     start.elapsed()
 }
 
+fn fw_case(engine: &Engine, rules: usize, reps: usize) -> Duration {
+    // Every repetition changes the first rule's port, so each apply is
+    // a real rebuild (an identical document would be a no-op).
+    let samples: Vec<Duration> = (0..reps)
+        .map(|rep| {
+            let mut list = ingress_rules(rules, &public_ip(3));
+            list[0]["portStart"] = json!((100 + rep).to_string());
+            list[0]["portEnd"] = json!((100 + rep).to_string());
+            let doc = json!({"default_egress_allow": true, "rules": list});
+            time(engine, Cmd::ApplyFwRules, 3, json!({"fw_rules": doc}))
+        })
+        .collect();
+    report(&format!("apply-fw-rules {rules} rules"), samples)
+}
+
 fn run_bench() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(EngineConfig {
@@ -108,6 +123,23 @@ fn run_bench() {
     })
     .expect("engine");
 
+    // NBE_BENCH_ONLY_FW=1 runs only the apply-fw-rules cases (network 3
+    // implemented with its public IP) to keep iterations short.
+    if std::env::var_os("NBE_BENCH_ONLY_FW").is_some() {
+        time(&engine, Cmd::ImplementNetwork, 3, implement_payload(3));
+        time(
+            &engine,
+            Cmd::AssignIp,
+            3,
+            json!({"public_ip": public_ip(3), "public_vlan": "200",
+            "public_gateway": "198.51.100.1", "public_cidr": format!("{}/22", public_ip(3)), "source_nat": "true"}),
+        );
+        for (rules, reps) in [(1usize, 30usize), (100, 20), (1_000, 20), (10_000, 5)] {
+            fw_case(&engine, rules, reps);
+        }
+        let _ = engine.execute(Cmd::DestroyNetwork, &envelope(3, json!({})));
+        return;
+    }
     let n = 30u64;
     let implement: Vec<Duration> = (1..=n)
         .map(|i| time(&engine, Cmd::ImplementNetwork, i, implement_payload(i)))
@@ -170,21 +202,7 @@ fn run_bench() {
 
     let mut fw_p50 = Vec::new();
     for (rules, reps) in [(1usize, 30usize), (100, 20), (1_000, 10), (10_000, 5)] {
-        // Every repetition changes the first rule's port, so each apply is
-        // a real rebuild (an identical document would be a no-op).
-        let samples: Vec<Duration> = (0..reps)
-            .map(|rep| {
-                let mut list = ingress_rules(rules, &public_ip(3));
-                list[0]["portStart"] = json!((100 + rep).to_string());
-                list[0]["portEnd"] = json!((100 + rep).to_string());
-                let doc = json!({"default_egress_allow": true, "rules": list});
-                time(&engine, Cmd::ApplyFwRules, 3, json!({"fw_rules": doc}))
-            })
-            .collect();
-        fw_p50.push((
-            rules,
-            report(&format!("apply-fw-rules {rules} rules"), samples),
-        ));
+        fw_p50.push((rules, fw_case(&engine, rules, reps)));
     }
 
     let max: usize = std::env::var("NBE_BENCH_BASELINE_MAX")

@@ -114,6 +114,11 @@ public final class DnsEntryBenchmark {
                 a[i] = System.nanoTime() - t0;
             }
             double p50a = report("(a) add-dns-entry via JNI, executor work included", a);
+            // The records accumulate: does the executor's cost grow with the hosts file?
+            int k = Math.min(200, iterations);
+            report("    (a) first " + k + " (" + warmup + "+ records held)", Arrays.copyOfRange(a, 0, k));
+            report("    (a) last " + k + " (" + (warmup + iterations - k) + "+ records held)",
+                    Arrays.copyOfRange(a, iterations - k, iterations));
             // The records really reach dnsmasq: the last hostname resolves from a VM.
             Map<String, Object> last = entry(warmup + iterations - 1);
             Object answers = tb.request(Json.obj("op", "dig", "ns", "vm1",

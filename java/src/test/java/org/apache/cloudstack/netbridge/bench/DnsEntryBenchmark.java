@@ -14,7 +14,7 @@ import org.apache.cloudstack.netbridge.e2e.CloudStackSim;
 import org.apache.cloudstack.netbridge.e2e.ControlPlane;
 import org.apache.cloudstack.netbridge.e2e.EntrypointTransport;
 import org.apache.cloudstack.netbridge.e2e.JniTransport;
-import org.apache.cloudstack.netbridge.e2e.Json;
+import org.apache.cloudstack.netbridge.Json;
 import org.apache.cloudstack.netbridge.e2e.Scenario;
 import org.apache.cloudstack.netbridge.e2e.Testbed;
 import org.apache.cloudstack.netbridge.e2e.Transport;

@@ -2,16 +2,27 @@
 CARGO ?= cargo
 MVN ?= mvn -B -ntp
 
-.PHONY: demo test rust-test java-test lint bench
+.PHONY: deps demo test rust-test java-test lint bench
+
+# Host tools the data plane and its tests use; installed (Debian) only when missing.
+HOST_TOOLS = ip nft iptables dnsmasq haproxy radvd ping curl dig dhclient conntrack
+deps:
+	@missing=""; for t in $(HOST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing packages for:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    iproute2 nftables iptables dnsmasq-base haproxy radvd iputils-ping curl dnsutils isc-dhcp-client conntrack >/dev/null; \
+	fi
+	@python3 -c 'import cs' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check 'cs==5.2.0'
 
 # As root, the demo runs a real network lifecycle against executors in namespaces
 # (examples/testbed.rs); otherwise it shows the control plane only.
-demo:
+demo: deps
 	$(CARGO) build --bins --lib --example testbed
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true -DskipTests package
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true exec:java -Dexec.mainClass=org.apache.cloudstack.netbridge.demo.Demo -Dexec.classpathScope=test
 
-test: lint rust-test java-test
+test: deps lint rust-test java-test
 
 lint:
 	$(CARGO) fmt --all -- --check

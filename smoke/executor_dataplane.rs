@@ -164,14 +164,11 @@ fn probe(ns: &str, ip: &str, port: u16) -> Result<String, String> {
 /// gratuitous ARP lands, which a loaded machine delays. The assertion is that
 /// connectivity comes back, not that it is back within one SYN.
 fn probe_expect(ns: &str, ip: &str, port: u16, want: &str) -> Result<String, String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = probe(ns, ip, port);
-        if got.as_deref() == Ok(want) || std::time::Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::eventually(Duration::from_secs(10), || {
+        probe(ns, ip, port).ok().filter(|got| got == want)
+    })
+    // Not there in time: one more probe, so the failure shows what came back.
+    .map_or_else(|| probe(ns, ip, port), Ok)
 }
 
 fn ping(ns: &str, ip: &str) -> bool {

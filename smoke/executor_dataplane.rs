@@ -18,59 +18,7 @@ use netbridge::executor::{Engine, EngineConfig};
 use netbridge::protocol::Command as Cmd;
 use serde_json::{json, Value};
 
-const CHILD_ENV: &str = "NBE_SMOKE_CHILD";
 const ROLE_ENV: &str = "NBE_SMOKE_ROLE";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs `name` in a private mount+network namespace; returns false in the
-/// child (the caller then runs the body).
-fn isolate(name: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        // SAFETY: mount(2) with static, valid arguments in our own mount namespace.
-        let rc = unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                c"/run/netns".as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            std::fs::create_dir_all("/run/netns").unwrap();
-            // SAFETY: as above.
-            let rc = unsafe {
-                libc::mount(
-                    c"none".as_ptr(),
-                    c"/run/netns".as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            assert_eq!(rc, 0, "tmpfs on /run/netns");
-        }
-        return false;
-    }
-    if !is_root() {
-        println!("skipping {name}: needs root");
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--mount", "--net", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{name} failed in its private namespace");
-    true
-}
 
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
@@ -313,7 +261,7 @@ fn host_links() -> String {
 
 #[test]
 fn isolated_network_scenarios() {
-    if isolate("isolated_network_scenarios") {
+    if common::isolate("isolated_network_scenarios") {
         return;
     }
     topology();
@@ -652,7 +600,7 @@ fn restart_safety() {
         burst(Path::new(&dir));
         return;
     }
-    if isolate("restart_safety") {
+    if common::isolate("restart_safety") {
         return;
     }
     topology();
@@ -683,7 +631,7 @@ fn restart_safety() {
             "--test-threads=1",
         ])
         .env(ROLE_ENV, dir.path())
-        .env_remove(CHILD_ENV)
+        .env_remove(common::ISOLATED_CHILD_ENV)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -804,7 +752,7 @@ fn restart_safety() {
 
 #[test]
 fn parallel_networks_then_nothing_left() {
-    if isolate("parallel_networks_then_nothing_left") {
+    if common::isolate("parallel_networks_then_nothing_left") {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);

@@ -30,46 +30,6 @@ use netbridge::protocol::validate;
 use netbridge::protocol::Command as Cmd;
 use serde_json::{json, Value};
 
-const CHILD_ENV: &str = "NBV_SMOKE_CHILD";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// True in the parent (which ran the child and checked it); false in the
-/// isolated child, which then runs the test body.
-fn isolate(name: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        // SAFETY: mount(2) with static arguments, in our private mount namespace.
-        let rc = unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                c"/run/netns".as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "tmpfs on /run/netns");
-        return false;
-    }
-    if !is_root() {
-        println!("skip {name}: needs root");
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let status = Command::new("unshare")
-        .args(["--mount", "--net", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .status()
-        .expect("unshare");
-    assert!(status.success(), "{name} failed in its private namespace");
-    true
-}
-
 fn must(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -198,7 +158,7 @@ fn acl(doc: Value) -> TierAcl {
 
 #[test]
 fn vpc_two_tiers_through_the_engine_applier() {
-    if isolate("vpc_two_tiers_through_the_engine_applier") {
+    if common::isolate("vpc_two_tiers_through_the_engine_applier") {
         return;
     }
     must(&["ip", "link", "set", "lo", "up"]);
@@ -478,3 +438,5 @@ fn vpc_two_tiers_through_the_engine_applier() {
         Some("up:7000 203.0.113.20")
     );
 }
+
+mod common;

@@ -101,6 +101,47 @@ pub fn skip_unless_root(test: &str) -> bool {
     false
 }
 
+/// Environment variable that marks the re-executed child of [`isolate`].
+pub const ISOLATED_CHILD_ENV: &str = "NB_SMOKE_ISOLATED_CHILD";
+
+/// Runs test `name` of this binary again inside `unshare --mount --net`
+/// with a private tmpfs on `/run/netns`, so that network namespace plays a
+/// KVM host and everything the test makes vanishes with it, also on failure.
+/// True in the parent (after the child passed, or when not root: the test is
+/// skipped); false in the child, which then runs the test body.
+pub fn isolate(name: &str) -> bool {
+    if std::env::var_os(ISOLATED_CHILD_ENV).is_some() {
+        // Private mount namespace (unshare --propagation private): this tmpfs
+        // hides the machine's named namespaces from the test only.
+        std::fs::create_dir_all("/run/netns").expect("create /run/netns");
+        // SAFETY: mount(2) with static, valid arguments.
+        let rc = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/run/netns".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "tmpfs on /run/netns");
+        return false;
+    }
+    if skip_unless_root(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = Command::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "--"])
+        .arg(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ISOLATED_CHILD_ENV, "1")
+        .status()
+        .expect("run unshare");
+    assert!(status.success(), "{name} failed in its private namespace");
+    true
+}
+
 /// A per-run unique prefix: `base` (≤ 4 chars) plus 4 hex characters.
 /// Interface names built as `<prefix><suffix ≤ 7>` fit in 15 characters.
 pub fn unique_prefix(base: &str) -> String {

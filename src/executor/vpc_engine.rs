@@ -905,10 +905,17 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
                 sn.private_ip, sn.public_ip
             ));
         }
+        // UDP LB rules are DNAT to the tier's backends (issue 4), gated by
+        // the tier's ingress ACL in `forward` like port forwards.
+        for r in t.guest.udp_lb_rules() {
+            if doc.vpc.addresses.contains_key(&r.public_ip) {
+                parts.dnat.extend(super::services::nftlb::dnat_rule(r));
+            }
+        }
         // The tier's haproxy frontends listen on VPC public addresses: their
         // ports are opened in the namespace's input chain (apply-lb-rules
         // refuses other addresses; one released later just stops matching).
-        for r in t.guest.lb_rules.values() {
+        for r in t.guest.tcp_lb_rules() {
             if !doc.vpc.addresses.contains_key(&r.public_ip) {
                 continue;
             }

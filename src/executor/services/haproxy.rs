@@ -1,9 +1,9 @@
 //! haproxy configuration for a network's TCP load-balancing rules (pure).
 //!
 //! One `listen` section per rule, named `lb_<rule id>`; servers are named by
-//! their address so a reload keeps server identity stable. UDP rules never
-//! reach this renderer: [`super::model`] refuses them with
-//! [`super::ServicesError::Unsupported`].
+//! their address so a reload keeps server identity stable. UDP rules are
+//! skipped: nftables carries them ([`super::nftlb`]), so a network with only
+//! UDP rules runs no haproxy.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -41,9 +41,10 @@ pub fn reload_args(old_pid: u32) -> Vec<OsString> {
     vec!["-sf".into(), old_pid.to_string().into()]
 }
 
-/// Renders the configuration; `None` when there is no rule (no haproxy runs).
+/// Renders the configuration; `None` when there is no TCP rule (no haproxy
+/// runs).
 pub fn render(s: &GuestServices) -> Option<String> {
-    if s.lb_rules.is_empty() {
+    if s.tcp_lb_rules().next().is_none() {
         return None;
     }
     let mut c = String::with_capacity(256 + s.lb_rules.len() * 256);
@@ -52,7 +53,7 @@ pub fn render(s: &GuestServices) -> Option<String> {
          global\n    maxconn 4096\n\
          \ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n",
     );
-    for r in s.lb_rules.values() {
+    for r in s.tcp_lb_rules() {
         let _ = write!(
             c,
             "\nlisten lb_{}\n    bind {}:{}\n",
@@ -65,8 +66,8 @@ pub fn render(s: &GuestServices) -> Option<String> {
         };
         let _ = writeln!(c, "    balance {balance}");
         let extra = match r.protocol {
-            LbProtocol::Tcp => "",
             LbProtocol::TcpProxy => " send-proxy",
+            LbProtocol::Tcp | LbProtocol::Udp => "",
         };
         for b in &r.backends {
             let _ = writeln!(

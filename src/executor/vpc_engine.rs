@@ -1194,7 +1194,7 @@ mod tests {
     }
 
     #[test]
-    fn tier_lb_ports_open_only_on_vpc_addresses_and_tiers_have_own_keys() {
+    fn tier_lb_ports_open_and_udp_dnat_only_on_vpc_addresses_and_tiers_have_own_keys() {
         let mut d = doc();
         let t = d.tiers.get_mut("12").unwrap();
         run(t, Command::AssignIp, assign("12", "203.0.113.22"));
@@ -1205,7 +1205,13 @@ mod tests {
              "backends": [{"ip": "10.1.2.10", "port": "80"}]},
             {"id": "8", "publicIp": "203.0.113.99", "publicPort": "443", "privatePort": "443",
              "protocol": "tcp", "algorithm": "roundrobin",
-             "backends": [{"ip": "10.1.2.10", "port": "443"}]}]});
+             "backends": [{"ip": "10.1.2.10", "port": "443"}]},
+            {"id": "9", "publicIp": "203.0.113.22", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.2.11", "port": "53"}, {"ip": "10.1.2.10", "port": "53"}]},
+            {"id": "10", "publicIp": "203.0.113.99", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "53"}]}]});
         crate::executor::services::apply(
             Command::ApplyLbRules,
             lb.as_object().unwrap(),
@@ -1217,8 +1223,13 @@ mod tests {
         derive_addresses(&mut d).unwrap();
         let tiers: Vec<&NetworkState> = d.tiers.values().collect();
         let parts = ruleset_parts(&d, &tiers).unwrap();
-        // The address the VPC does not hold opens nothing.
+        // The address the VPC does not hold opens nothing; UDP rules open
+        // no input port: they are DNAT to the tier, gated by its ACL.
         assert_eq!(parts.input, ["ip daddr 203.0.113.22 tcp dport 80 accept"]);
+        assert_eq!(
+            parts.dnat,
+            ["ip daddr 203.0.113.22 udp dport 53 dnat ip to jhash ip saddr mod 2 seed 0x6e627564 map { 0 : 10.1.2.10 . 53, 1 : 10.1.2.11 . 53 }"]
+        );
         let keys: Vec<String> = d
             .tiers
             .values()

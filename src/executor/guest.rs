@@ -262,7 +262,7 @@ impl Engine {
         let next = self.apply_guest(&mut slot.guest, command, envelope, &current, &namespace)?;
         if next.implemented && udp_lb_changed(&current.guest, &next.guest) {
             // UDP LB is part of the network's ruleset: re-plan and load it.
-            if let Err(e) = self.apply_udp_lb(&mut *slot, &current, &next) {
+            if let Err(e) = self.apply_udp_lb(&mut slot, &current, &next) {
                 log::error!("{namespace}: {command}: UDP load balancing: {e}");
                 // haproxy follows the TCP rules of the state still in force.
                 let _ = self.sync_haproxy(&mut slot.guest, &current, &namespace);

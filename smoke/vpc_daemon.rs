@@ -1017,8 +1017,26 @@ fn vpc_tier_udp_load_balancing_behind_the_acl() {
     let again = udp_spread(&up, "203.0.113.21:53", 10);
     assert_eq!(again, src, "same client, same backend after a restart");
 
-    // Revoking the rule: silent again.
+    // Revoking the rule: silent again, also for a flow that was live (its
+    // conntrack entry is dropped with the rule).
+    let live = in_netns(&up, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("203.0.113.21:53")?;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(700)))?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .unwrap()
+    .unwrap();
+    let ask = |s: &std::net::UdpSocket| {
+        let mut buf = [0u8; 128];
+        (0..2).find_map(|_| {
+            s.send(b"who").ok()?;
+            s.recv(&mut buf).ok().map(|n| n > 0)
+        })
+    };
+    assert_eq!(ask(&live), Some(true), "the live flow is answered");
     api.vpc("apply-lb-rules", lb("source", true));
+    assert_eq!(ask(&live), None, "the live flow outlived its rule");
     assert_eq!(
         udp_spread(&up, "203.0.113.21:53", 2),
         std::collections::BTreeMap::from([("<none>".into(), 2)])

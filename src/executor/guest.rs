@@ -290,11 +290,22 @@ impl Engine {
         let plan = self.plan(next)?;
         self.applier.apply(&plan, slot.applied.as_ref())?;
         slot.applied = Some(plan);
-        let stale = stale_udp_flows(&current.guest, &next.guest);
-        if !stale.is_empty() {
-            forget_udp_flows(&self.applier.netns_path(&next.namespace), &stale);
-        }
+        self.forget_stale_udp_flows(&next.namespace, &current.guest, &next.guest);
         Ok(())
+    }
+
+    /// After a VPC tier's ruleset took its new UDP LB rules (issue 6 hook):
+    /// drops the conntrack entries of flows whose backend or rule is gone.
+    pub(crate) fn forget_stale_udp_flows(
+        &self,
+        namespace: &str,
+        old: &GuestServices,
+        new: &GuestServices,
+    ) {
+        let stale = stale_udp_flows(old, new);
+        if !stale.is_empty() {
+            forget_udp_flows(&self.applier.netns_path(namespace), &stale);
+        }
     }
 
     /// The pure update of one guest-service command plus, when the network

@@ -656,11 +656,14 @@ impl VpcEngine {
         }
         let updated = engine.tier_guest_command(command, env, &tier)?;
         let lb_changed = updated.guest.lb_rules != tier.guest.lb_rules;
+        let new_guest = lb_changed.then(|| updated.guest.clone());
         let mut next = current.clone();
         next.tiers.insert(key, updated);
-        if lb_changed {
-            // Input-chain openings of the LB ports follow the rules.
+        if let Some(new_guest) = new_guest {
+            // Input-chain openings of the LB ports and the UDP LB DNAT
+            // follow the rules; flows of revoked UDP backends go.
             self.commit(engine.applier(), &mut slot, Some(&current), next, command)?;
+            engine.forget_stale_udp_flows(&ns, &tier.guest, &new_guest);
         } else {
             self.save(&next)?;
             slot.doc = Some(next);

@@ -692,9 +692,15 @@ fn conntrack_delete_args(f: &UdpFlows) -> Vec<String> {
 
 /// Best effort: the rules are already in force; a flow left behind only
 /// lives until its conntrack timeout. `conntrack` exits 1 when nothing
-/// matched, which is no failure.
+/// matched, which is no failure. A namespace that tracks no flow at all
+/// (the per-namespace count in `/proc/sys/net`, read from the thread that
+/// entered it) needs no `conntrack` process.
 fn forget_udp_flows(netns: &Path, flows: &[UdpFlows]) {
     let result = crate::executor::applier::in_netns(netns, || {
+        let tracked = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count");
+        if tracked.is_ok_and(|n| n.trim() == "0") {
+            return;
+        }
         for f in flows {
             match std::process::Command::new("conntrack")
                 .args(conntrack_delete_args(f))

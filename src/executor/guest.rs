@@ -3,6 +3,11 @@
 //! password server, VM data store) brought up after `implement-network` and
 //! on reconcile, and stopped on shutdown/destroy.
 //!
+//! UDP load-balancing rules are no daemon's: they are part of the network's
+//! nftables ruleset (planner → `services::nftlb`), so `apply-lb-rules` that
+//! changes them re-plans and loads the ruleset here, then drops the
+//! conntrack entries of flows whose backend or rule was revoked.
+//!
 //! This is a child module of `engine` (declared there with `#[path]`) so the
 //! hook points in `engine.rs` stay one-line calls into here.
 //!

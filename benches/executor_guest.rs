@@ -2,8 +2,9 @@
 //! `cargo bench --bench executor_guest`). Runs in a private mount+network
 //! namespace like `executor_apply` and prints p50/p99 of `add-dhcp-entry`
 //! (dnsmasq SIGHUP), `save-vm-data` (encrypted 0600 file, fsync),
-//! `apply-lb-rules` (one rule, 3 backends, haproxy check + graceful reload)
-//! and `restore-network` with 1,000 VMs. Metadata requests per second are
+//! `apply-lb-rules` (one rule, 3 backends, haproxy check + graceful reload;
+//! and the same for a UDP rule: an nftables ruleset load) and
+//! `restore-network` with 1,000 VMs. Metadata requests per second are
 //! measured by `benches/services_metadata.rs` (same server).
 
 use std::os::unix::fs::PermissionsExt;
@@ -125,6 +126,23 @@ fn run_bench() {
         })
         .collect();
     report("apply-lb-rules (1 rule, 3 backends)", lb);
+
+    let udp: Vec<Duration> = (0..30u32)
+        .map(|rep| {
+            // A different backend port each time: a new ruleset every call
+            // (nftables DNAT, the whole table replaced in one transaction).
+            let port = (9000 + rep).to_string();
+            time(
+                &engine,
+                Cmd::ApplyLbRules,
+                json!({"lb_rules": [{"id": "2", "name": "dns", "publicIp": "198.51.100.7",
+                    "publicPort": "53", "privatePort": port, "protocol": "udp", "algorithm": "roundrobin",
+                    "backends": [{"ip": vm_ip(0), "port": port}, {"ip": vm_ip(1), "port": port},
+                                 {"ip": vm_ip(2), "port": port}]}]}),
+            )
+        })
+        .collect();
+    report("apply-lb-rules udp (1 rule, 3 backends)", udp);
 
     let vms: Vec<Value> = (0..1000u32)
         .map(|i| {

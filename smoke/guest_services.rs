@@ -1,13 +1,13 @@
 //! Guest services through the executor daemon (issue 4), root only: real
 //! DHCP client and `dig` in VM namespaces, metadata/password over HTTP,
-//! haproxy load balancing, shared networks, shutdown/restore and executor
-//! restart. Every request goes through the harness's signed TLS client.
+//! haproxy load balancing, UDP load balancing in nftables, shared networks,
+//! shutdown/restore and executor restart. Every request goes through the harness's signed TLS client.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -627,14 +627,14 @@ fn load_balancing_roundrobin_source_leastconn_and_revoke() {
     ok(host, ID, "apply-fw-rules", json!({"fw_rules": fw}));
     let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
 
-    // UDP is refused with a clear error and changes nothing.
-    let mut udp = lb("roundrobin", false, false);
+    // UDP with leastconn is refused with a clear error and changes nothing.
+    let mut udp = lb("leastconn", false, false);
     udp["lb_rules"][0]["protocol"] = json!("udp");
     let r = send(host, ID, "apply-lb-rules", udp);
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.message().contains("lb_rules[0].protocol"), "{}", r.body);
-    assert!(
-        r.message().contains("UDP load balancing is not supported"),
+    assert_eq!(
+        r.message(),
+        "unsupported: lb_rules[0].algorithm: leastconn is not supported for udp rules (UDP load balancing supports roundrobin, source)",
         "{}",
         r.body
     );
@@ -694,6 +694,221 @@ fn load_balancing_roundrobin_source_leastconn_and_revoke() {
     ));
     assert!(!runs(hpid, "haproxy"), "haproxy left running without rules");
     assert!(!hpid_file.exists());
+    ok(host, ID, "destroy-network", json!({}));
+}
+
+/// A UDP backend answering every datagram with its name, on a thread that
+/// lives as long as the test process.
+fn udp_backend(ns: &Path, bind: SocketAddr, name: &'static str) {
+    let sock = in_netns(ns, move || UdpSocket::bind(bind))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), peer);
+        }
+    });
+}
+
+/// A client socket in `ns` on `bind_ip` and a fresh source port: one new
+/// conntrack flow.
+fn udp_client(ns: &Path, bind_ip: &str) -> UdpSocket {
+    let addr: SocketAddr = format!("{bind_ip}:0").parse().unwrap();
+    let s = in_netns(ns, move || UdpSocket::bind(addr))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    s
+}
+
+/// One question on the socket's flow (resent on the same flow once); the
+/// answering backend's name. The answer must come from the public address
+/// (un-DNAT by conntrack).
+fn ask(s: &UdpSocket, vip: SocketAddr) -> Option<String> {
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        s.send_to(b"who", vip).ok()?;
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            assert_eq!(from, vip, "reply not translated back to the public address");
+            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    None
+}
+
+/// `n` flows, each from its own source port of `bind_ip`: who answered.
+fn udp_counts(ns: &Path, bind_ip: &str, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let who = ask(&udp_client(ns, bind_ip), vip).unwrap_or_else(|| "<none>".into());
+        *m.entry(who).or_insert(0) += 1;
+    }
+    m
+}
+
+fn udp_lb(algorithm: &str, revoke_b3: bool, revoke_rule: bool) -> Value {
+    json!({"lb_rules": [{"id": "21", "name": "dns", "publicIp": "203.0.113.10", "publicPort": "53",
+        "privatePort": "5353", "protocol": "udp", "algorithm": algorithm, "revoke": revoke_rule,
+        "backends": [
+            {"ip": "10.1.1.10", "port": "5353", "revoked": false},
+            {"ip": "10.1.1.11", "port": "5353", "revoked": false},
+            {"ip": "10.1.1.12", "port": "5353", "revoked": revoke_b3}]}]})
+}
+
+/// Issue 4 smoke test 4 for UDP: nftables DNAT in the namespace, gated by
+/// the firewall, three backends answering with their names.
+#[test]
+fn udp_load_balancing_in_nftables_firewall_revoke_and_restart() {
+    if skip_unless_root("udp_load_balancing_in_nftables_firewall_revoke_and_restart") {
+        return;
+    }
+    const ID: u32 = 4410;
+    const CLIENT: &str = "203.0.113.1";
+    const CLIENT2: &str = UPSTREAM_ADDR;
+    let mut tb = Testbed::new(
+        "nbu",
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
+            .vm("vm3", "10.1.1.12/24", Some("10.1.1.1")),
+    );
+    for (vm, name) in [("vm1", "b01"), ("vm2", "b02"), ("vm3", "b03")] {
+        let ip = tb.vm(vm).ip().to_string();
+        udp_backend(
+            &tb.vm(vm).path(),
+            format!("{ip}:5353").parse().unwrap(),
+            name,
+        );
+    }
+    let up = tb.upstream.path();
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let host = &*host;
+    ok(
+        host,
+        ID,
+        "implement-network",
+        json!({"extension_ip": "10.1.1.1"}),
+    );
+    ok(
+        host,
+        ID,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+    let vip: SocketAddr = "203.0.113.10:53".parse().unwrap();
+    let ns = format!("cs-net-{ID}");
+    let lb_chain = |host: &Host| {
+        host.exec(&["ip", "netns", "exec", &ns, "nft", "list", "ruleset"])
+            .unwrap()
+    };
+
+    // Rule in place, firewall closed (no ingress rule for the port): silent.
+    ok(
+        host,
+        ID,
+        "apply-lb-rules",
+        udp_lb("roundrobin", false, false),
+    );
+    let rules = lb_chain(host);
+    assert!(rules.contains("jump lb_udp"), "{rules}");
+    assert!(rules.contains("udp dport 53 dnat ip to numgen inc mod 3 map { 0 : 10.1.1.10 . 5353, 1 : 10.1.1.11 . 5353, 2 : 10.1.1.12 . 5353 }"), "{rules}");
+    assert_eq!(
+        udp_counts(&up, CLIENT, vip, 3),
+        BTreeMap::from([("<none>".into(), 3)])
+    );
+    // Only UDP rules: no haproxy.
+    let hpid_file = guest_dir(host, ID).join("haproxy/haproxy.pid");
+    assert!(!hpid_file.exists(), "haproxy runs for UDP rules only");
+
+    // Firewall open for udp/53: round robin over new flows, 10 each.
+    let fw = json!({"default_egress_allow": true, "cidr": "10.1.1.0/24", "rules": [
+        {"id": "1", "type": "ingress", "protocol": "udp", "portStart": "53", "portEnd": "53",
+         "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]}]});
+    ok(host, ID, "apply-fw-rules", json!({"fw_rules": fw}));
+    let rr = eventually(Duration::from_secs(10), || {
+        Some(udp_counts(&up, CLIENT, vip, 30)).filter(|m| !m.contains_key("<none>"))
+    })
+    .unwrap();
+    assert_eq!(
+        rr,
+        BTreeMap::from([("b01".into(), 10), ("b02".into(), 10), ("b03".into(), 10)])
+    );
+
+    // source: one client address, one backend, whatever its source port.
+    ok(host, ID, "apply-lb-rules", udp_lb("source", false, false));
+    for client in [CLIENT, CLIENT2] {
+        let m = udp_counts(&up, client, vip, 15);
+        assert_eq!(m.len(), 1, "{client}: {m:?}");
+        assert!(!m.contains_key("<none>"), "{client}: {m:?}");
+    }
+
+    // Revoking a backend removes it from the pool, also for a flow that
+    // was already going to it (its conntrack entry is dropped).
+    ok(
+        host,
+        ID,
+        "apply-lb-rules",
+        udp_lb("roundrobin", false, false),
+    );
+    let flows: Vec<UdpSocket> = (0..3).map(|_| udp_client(&up, CLIENT)).collect();
+    let on_b03 = flows
+        .iter()
+        .find(|s| ask(s, vip).as_deref() == Some("b03"))
+        .expect("one of three round-robin flows goes to b03");
+    ok(
+        host,
+        ID,
+        "apply-lb-rules",
+        udp_lb("roundrobin", true, false),
+    );
+    let moved = ask(on_b03, vip);
+    assert!(
+        matches!(moved.as_deref(), Some("b01") | Some("b02")),
+        "{moved:?}"
+    );
+    let two = udp_counts(&up, CLIENT, vip, 30);
+    assert_eq!(
+        two,
+        BTreeMap::from([("b01".into(), 15), ("b02".into(), 15)])
+    );
+
+    // Executor restart: the rules are re-created from the persisted state.
+    let host = tb.host(0);
+    host.restart().unwrap();
+    let host = &*host;
+    assert!(lb_chain(host).contains("numgen inc mod 2"));
+    assert_eq!(
+        udp_counts(&up, CLIENT, vip, 4),
+        BTreeMap::from([("b01".into(), 2), ("b02".into(), 2)])
+    );
+    // Reboot: namespace gone, rebuilt by reconcile with the UDP rule.
+    let host = tb.host(0);
+    host.kill9();
+    host.reboot().unwrap();
+    let host = &*host;
+    let back = eventually(Duration::from_secs(10), || {
+        Some(udp_counts(&up, CLIENT, vip, 4)).filter(|m| !m.contains_key("<none>"))
+    })
+    .unwrap();
+    assert_eq!(back, BTreeMap::from([("b01".into(), 2), ("b02".into(), 2)]));
+    assert!(!hpid_file.exists());
+
+    // Revoking the rule makes the port silent, also for a live flow.
+    let live = udp_client(&up, CLIENT);
+    assert!(ask(&live, vip).is_some());
+    ok(host, ID, "apply-lb-rules", udp_lb("roundrobin", true, true));
+    assert_eq!(ask(&live, vip), None);
+    assert_eq!(
+        udp_counts(&up, CLIENT, vip, 3),
+        BTreeMap::from([("<none>".into(), 3)])
+    );
+    assert!(!lb_chain(host).contains("lb_udp"));
     ok(host, ID, "destroy-network", json!({}));
 }
 

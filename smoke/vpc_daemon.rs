@@ -4,7 +4,7 @@
 //! tier deletion, restart and executor reboot), policy routing through
 //! `custom-action`, IPv6 on an isolated network, and promote_secondaries.
 //! Guest services on tiers (DHCP, DNS, metadata, passwords, LB) use the
-//! prefix `nbr`; everything else `nbw`.
+//! prefix `nbr`, UDP load balancing on a tier `nbu`; everything else `nbw`.
 
 mod common;
 
@@ -927,4 +927,120 @@ fn vpc_tier_guest_services_dhcp_dns_metadata_and_lb() {
     api.vpc("shutdown-network", tier2());
     api.vpc("shutdown-vpc", vpc_payload("203.0.113.10"));
     assert!(!alive(t2_dns) && !alive(t2_lb), "tier 2 daemons stopped");
+}
+
+/// `n` UDP flows (a fresh source port each) from `ns` to `addr`: which
+/// backend (first word of the answer) took each.
+fn udp_spread(ns: &Path, addr: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = udp_probe(ns, sa(addr))
+            .ok()
+            .and_then(|a| a.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "<none>".into());
+        *m.entry(who).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Issue 4 UDP load balancing on a VPC tier: nftables DNAT in `cs-vpc-5`,
+/// gated by the tier's ingress ACL (on the backends' port, as for port
+/// forwards), restored after an executor restart.
+#[test]
+fn vpc_tier_udp_load_balancing_behind_the_acl() {
+    if skip_unless_root("vpc_tier_udp_load_balancing_behind_the_acl") {
+        return;
+    }
+    let mut tb = Testbed::new(
+        "nbu",
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1")),
+    );
+    let _s = [
+        udp_server(&tb.vm("vm1").path(), sa("10.1.1.10:5353"), "b01"),
+        udp_server(&tb.vm("vm2").path(), sa("10.1.1.11:5353"), "b02"),
+    ];
+    let up = tb.upstream.path();
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let api = Api {
+        host: &*host,
+        client: host.client(),
+    };
+    api.vpc("implement-vpc", vpc_payload("203.0.113.10"));
+    api.vpc("implement-network", tier1());
+    api.vpc("assign-ip", public(tier1(), "203.0.113.21"));
+    let lb = |algorithm: &str, revoke: bool| {
+        merged(
+            tier1(),
+            json!({"lb_rules": [{"id": "31", "name": "dns", "publicIp": "203.0.113.21",
+                "publicPort": "53", "privatePort": "5353", "protocol": "udp",
+                "algorithm": algorithm, "revoke": revoke, "backends": [
+                    {"ip": "10.1.1.10", "port": "5353"}, {"ip": "10.1.1.11", "port": "5353"}]}]}),
+        )
+    };
+    api.vpc("apply-lb-rules", lb("roundrobin", false));
+    // No ACL on the tier: ingress denied, the port is silent.
+    assert_eq!(
+        udp_spread(&up, "203.0.113.21:53", 2),
+        std::collections::BTreeMap::from([("<none>".into(), 2)])
+    );
+    let acl = json!([
+        {"number": "1", "action": "allow", "trafficType": "ingress", "protocol": "udp",
+         "portStart": "5353", "portEnd": "5353", "sourceCidrs": ["0.0.0.0/0"]}]);
+    api.vpc(
+        "apply-network-acl",
+        merged(tier1(), json!({"acl_rules": acl})),
+    );
+    let rr = eventually(std::time::Duration::from_secs(10), || {
+        Some(udp_spread(&up, "203.0.113.21:53", 20)).filter(|m| !m.contains_key("<none>"))
+    })
+    .unwrap();
+    assert_eq!(
+        rr,
+        std::collections::BTreeMap::from([("b01".into(), 10), ("b02".into(), 10)])
+    );
+    api.vpc("apply-lb-rules", lb("source", false));
+    let src = udp_spread(&up, "203.0.113.21:53", 10);
+    assert_eq!(src.len(), 1, "{src:?}");
+    assert!(!src.contains_key("<none>"), "{src:?}");
+
+    // Restart: reconcile re-creates the DNAT from the VPC document.
+    host.restart().unwrap();
+    let api = Api {
+        host: &*host,
+        client: host.client(),
+    };
+    let again = udp_spread(&up, "203.0.113.21:53", 10);
+    assert_eq!(again, src, "same client, same backend after a restart");
+
+    // Revoking the rule: silent again, also for a flow that was live (its
+    // conntrack entry is dropped with the rule).
+    let live = in_netns(&up, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("203.0.113.21:53")?;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(700)))?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .unwrap()
+    .unwrap();
+    let ask = |s: &std::net::UdpSocket| {
+        let mut buf = [0u8; 128];
+        (0..2).find_map(|_| {
+            s.send(b"who").ok()?;
+            s.recv(&mut buf).ok().map(|n| n > 0)
+        })
+    };
+    assert_eq!(ask(&live), Some(true), "the live flow is answered");
+    api.vpc("apply-lb-rules", lb("source", true));
+    assert_eq!(ask(&live), None, "the live flow outlived its rule");
+    assert_eq!(
+        udp_spread(&up, "203.0.113.21:53", 2),
+        std::collections::BTreeMap::from([("<none>".into(), 2)])
+    );
+    api.vpc("shutdown-network", tier1());
+    api.vpc("shutdown-vpc", vpc_payload("203.0.113.10"));
 }

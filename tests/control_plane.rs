@@ -361,6 +361,12 @@ fn network_services_and_capabilities_are_validated_and_canonical() {
         r#"{"Lb":{"SupportedLBAlgorithms":"random"}}"#,
         "Invalid value 'random' for capability Lb.SupportedLBAlgorithms in detail network.service.capabilities; accepted values: comma list of roundrobin, leastconn, source",
     );
+    // Lb protocols: exactly what the executor carries out.
+    bad(
+        "network.service.capabilities",
+        r#"{"Lb":{"SupportedProtocols":"tcp,udp,sctp"}}"#,
+        "Invalid value 'tcp,udp,sctp' for capability Lb.SupportedProtocols in detail network.service.capabilities; accepted values: comma list of tcp, udp, tcp-proxy",
+    );
     bad(
         "network.service.capabilities",
         r#"{"SourceNat":{"RedundantRouter":1}}"#,

@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use netbridge::executor::services::dnsmasq::{self, DnsmasqAction, DnsmasqPaths};
-use netbridge::executor::services::haproxy;
 use netbridge::executor::services::model::{apply, GuestServices, LbAlgorithm, Options};
+use netbridge::executor::services::{haproxy, nftlb};
 use netbridge::executor::services::{ServicesError, VmDataSet};
 use netbridge::protocol::Command;
 use serde_json::{json, Value};
@@ -418,7 +418,7 @@ fn lb_rules_accumulate_revoke_and_render() {
 }
 
 #[test]
-fn lb_errors_name_the_field_udp_refused() {
+fn lb_errors_name_the_field_udp_leastconn_refused() {
     let mut s = GuestServices::default();
     let mut v = VmDataSet::new();
     run(
@@ -436,8 +436,9 @@ fn lb_errors_name_the_field_udp_refused() {
         (json!([{"id":"2 x","publicIp":"203.0.113.10","publicPort":"81"}]), "invalid value for 'lb_rules[0].id'"),
         (json!([{"id":"2","publicIp":"203.0.113.10","publicPort":"81","algorithm":"random"}]), "invalid value for 'lb_rules[0].algorithm'"),
         (json!([{"id":"2","publicIp":"203.0.113.10","publicPort":"81","backends":[{"ip":"10.0.0.1"}]}]), "missing required field 'lb_rules[0].backends[0].port'"),
-        (json!([{"id":"3","revoke":true},{"id":"2","publicIp":"203.0.113.10","publicPort":"53","protocol":"udp"}]),
-            "unsupported: lb_rules[1].protocol: UDP load balancing is not supported by this executor (TCP and tcp-proxy only)"),
+        (json!([{"id":"3","revoke":true},{"id":"2","publicIp":"203.0.113.10","publicPort":"53","protocol":"udp","algorithm":"leastconn"}]),
+            "unsupported: lb_rules[1].algorithm: leastconn is not supported for udp rules (UDP load balancing supports roundrobin, source)"),
+        (json!([{"id":"2","publicIp":"203.0.113.10","publicPort":"80","protocol":"sctp"}]), "invalid value for 'lb_rules[0].protocol'"),
     ];
     for (doc, want) in cases {
         let e = run(Command::ApplyLbRules, lb(doc), &mut s, &mut v)
@@ -446,6 +447,105 @@ fn lb_errors_name_the_field_udp_refused() {
         assert!(e.starts_with(want), "{e}");
         assert_eq!(s, before);
     }
+}
+
+/// UDP rules: kept beside the TCP ones (same address and port allowed),
+/// rendered by nftables only, revoked backends and rules leave.
+#[test]
+fn udp_lb_rules_go_to_nftables_not_haproxy() {
+    let mut s = GuestServices::default();
+    let mut v = VmDataSet::new();
+    let udp = |algorithm: &str, revoke_b3: bool, revoke: bool| {
+        lb(
+            json!([{"id":"9","name":"dns","publicIp":"203.0.113.10","publicPort":"53","privatePort":"5353",
+            "protocol":"udp","algorithm":algorithm,"revoke":revoke,"backends":[
+            {"ip":"10.1.1.10","port":"5353","revoked":false},{"ip":"10.1.1.11","port":"5353","revoked":false},
+            {"ip":"10.1.1.12","port":"5353","revoked":revoke_b3}]}]),
+        )
+    };
+    run(
+        Command::ApplyLbRules,
+        udp("roundrobin", false, false),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert!(haproxy::render(&s).is_none(), "only UDP rules: no haproxy");
+    assert_eq!(
+        nftlb::dnat_rules(&s),
+        ["ip daddr 203.0.113.10 udp dport 53 dnat ip to numgen inc mod 3 map { 0 : 10.1.1.10 . 5353, 1 : 10.1.1.11 . 5353, 2 : 10.1.1.12 . 5353 }"]
+    );
+    // A TCP rule on the same address and port accumulates beside it.
+    run(
+        Command::ApplyLbRules,
+        lb(
+            json!([{"id":"5","publicIp":"203.0.113.10","publicPort":"53","privatePort":"53",
+            "protocol":"tcp","backends":[{"ip":"10.1.1.10","port":"53"}]}]),
+        ),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    let cfg = haproxy::render(&s).unwrap();
+    assert!(
+        cfg.contains(
+            "listen lb_5
+"
+        ),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("lb_9"), "{cfg}");
+    assert_eq!(nftlb::dnat_rules(&s).len(), 1);
+    // source affinity, one backend revoked.
+    run(
+        Command::ApplyLbRules,
+        udp("source", true, false),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert_eq!(
+        nftlb::dnat_rules(&s),
+        ["ip daddr 203.0.113.10 udp dport 53 dnat ip to jhash ip saddr mod 2 seed 0x6e627564 map { 0 : 10.1.1.10 . 5353, 1 : 10.1.1.11 . 5353 }"]
+    );
+    // leastconn for UDP changes nothing.
+    let before = s.clone();
+    let e = run(
+        Command::ApplyLbRules,
+        udp("leastconn", false, false),
+        &mut s,
+        &mut v,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "unsupported: lb_rules[0].algorithm: leastconn is not supported for udp rules (UDP load balancing supports roundrobin, source)");
+    assert_eq!(s, before);
+    // A second UDP rule on the same address and port is a conflict.
+    let e = run(
+        Command::ApplyLbRules,
+        lb(
+            json!([{"id":"10","publicIp":"203.0.113.10","publicPort":"53","protocol":"udp",
+            "backends":[{"ip":"10.1.1.12","port":"53"}]}]),
+        ),
+        &mut s,
+        &mut v,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "invalid value for 'lb_rules[0].publicPort': 203.0.113.10:53 is already used by rule 9"
+    );
+    // Revoking the rule: no UDP rule left; the TCP one stays with haproxy.
+    run(
+        Command::ApplyLbRules,
+        udp("source", false, true),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert!(nftlb::dnat_rules(&s).is_empty());
+    assert!(haproxy::render(&s).is_some());
 }
 
 #[test]

@@ -3,6 +3,11 @@
 //! password server, VM data store) brought up after `implement-network` and
 //! on reconcile, and stopped on shutdown/destroy.
 //!
+//! UDP load-balancing rules are no daemon's: they are part of the network's
+//! nftables ruleset (planner → `services::nftlb`), so `apply-lb-rules` that
+//! changes them re-plans and loads the ruleset here, then drops the
+//! conntrack entries of flows whose backend or rule was revoked.
+//!
 //! This is a child module of `engine` (declared there with `#[path]`) so the
 //! hook points in `engine.rs` stay one-line calls into here.
 //!
@@ -260,6 +265,15 @@ impl Engine {
             }
         };
         let next = self.apply_guest(&mut slot.guest, command, envelope, &current, &namespace)?;
+        if next.implemented && udp_lb_changed(&current.guest, &next.guest) {
+            // UDP LB is part of the network's ruleset: re-plan and load it.
+            if let Err(e) = self.apply_udp_lb(&mut slot, &current, &next) {
+                log::error!("{namespace}: {command}: UDP load balancing: {e}");
+                // haproxy follows the TCP rules of the state still in force.
+                let _ = self.sync_haproxy(&mut slot.guest, &current, &namespace);
+                return Err(e);
+            }
+        }
         if let Err(e) = self.store.save(&next) {
             log::error!("{namespace}: {command} applied but not persisted: {e}");
             return Err(e.into());
@@ -267,6 +281,36 @@ impl Engine {
         slot.state = Some(next);
         log::info!("{namespace}: {command} done");
         Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// Loads the ruleset of `next` (its UDP LB rules changed), then drops
+    /// the conntrack entries of UDP flows whose backend or rule is gone, so
+    /// a client that keeps its source port is not held on a revoked backend.
+    fn apply_udp_lb(
+        &self,
+        slot: &mut super::Slot,
+        current: &NetworkState,
+        next: &NetworkState,
+    ) -> Result<(), ExecError> {
+        let plan = self.plan(next)?;
+        self.applier.apply(&plan, slot.applied.as_ref())?;
+        slot.applied = Some(plan);
+        self.forget_stale_udp_flows(&next.namespace, &current.guest, &next.guest);
+        Ok(())
+    }
+
+    /// After a VPC tier's ruleset took its new UDP LB rules (issue 6 hook):
+    /// drops the conntrack entries of flows whose backend or rule is gone.
+    pub(crate) fn forget_stale_udp_flows(
+        &self,
+        namespace: &str,
+        old: &GuestServices,
+        new: &GuestServices,
+    ) {
+        let stale = stale_udp_flows(old, new);
+        if !stale.is_empty() {
+            forget_udp_flows(&self.applier.netns_path(namespace), &stale);
+        }
     }
 
     /// The pure update of one guest-service command plus, when the network
@@ -583,6 +627,104 @@ fn same_netns(pid: u32, ns: &str) -> bool {
     }
 }
 
+/// Whether the UDP load-balancing rules (the ruleset's part) differ.
+fn udp_lb_changed(old: &GuestServices, new: &GuestServices) -> bool {
+    !old.udp_lb_rules().eq(new.udp_lb_rules())
+}
+
+/// A set of UDP conntrack entries: original destination, and the backend
+/// they were DNATed to (`None`: every backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UdpFlows {
+    public_ip: Ipv4Addr,
+    public_port: u16,
+    backend: Option<services::model::Backend>,
+}
+
+/// Flows that must not outlive an update (pure): all flows of a UDP rule
+/// that is gone, and those of each backend that left a rule's pool.
+fn stale_udp_flows(old: &GuestServices, new: &GuestServices) -> Vec<UdpFlows> {
+    let mut out = Vec::new();
+    for r in old.udp_lb_rules() {
+        let kept = new.lb_rules.get(&r.id).filter(|n| {
+            n.protocol.is_udp() && n.public_ip == r.public_ip && n.public_port == r.public_port
+        });
+        match kept {
+            None => out.push(UdpFlows {
+                public_ip: r.public_ip,
+                public_port: r.public_port,
+                backend: None,
+            }),
+            Some(n) => out.extend(
+                r.backends
+                    .iter()
+                    .filter(|b| !n.backends.contains(b))
+                    .map(|b| UdpFlows {
+                        public_ip: r.public_ip,
+                        public_port: r.public_port,
+                        backend: Some(*b),
+                    }),
+            ),
+        }
+    }
+    out
+}
+
+/// `conntrack -D` argument vector for one set of flows (typed values only).
+fn conntrack_delete_args(f: &UdpFlows) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "-D",
+        "-p",
+        "udp",
+        "--orig-dst",
+        &f.public_ip.to_string(),
+        "--orig-port-dst",
+        &f.public_port.to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    if let Some(b) = f.backend {
+        argv.extend([
+            "--reply-src".to_string(),
+            b.ip.to_string(),
+            "--reply-port-src".to_string(),
+            b.port.to_string(),
+        ]);
+    }
+    argv
+}
+
+/// Best effort: the rules are already in force; a flow left behind only
+/// lives until its conntrack timeout. `conntrack` exits 1 when nothing
+/// matched, which is no failure. A namespace that tracks no flow at all
+/// (the per-namespace count in `/proc/sys/net`, read from the thread that
+/// entered it) needs no `conntrack` process.
+fn forget_udp_flows(netns: &Path, flows: &[UdpFlows]) {
+    let result = crate::executor::applier::in_netns(netns, || {
+        let tracked = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count");
+        if tracked.is_ok_and(|n| n.trim() == "0") {
+            return;
+        }
+        for f in flows {
+            match std::process::Command::new("conntrack")
+                .args(conntrack_delete_args(f))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+            {
+                Ok(st) if matches!(st.code(), Some(0) | Some(1)) => {}
+                Ok(st) => log::warn!("conntrack -D for {f:?}: {st}"),
+                Err(e) => log::warn!("conntrack -D for {f:?}: {e}"),
+            }
+        }
+    });
+    if let Err(e) = result {
+        log::warn!("{}: dropping stale UDP flows: {e}", netns.display());
+    }
+}
+
 /// NICs present in `old` but not in `new` (MAC, IP).
 fn removed_nics(old: &GuestServices, new: &GuestServices) -> Vec<(String, Ipv4Addr)> {
     old.nics
@@ -691,13 +833,26 @@ mod tests {
                 Command::ApplyLbRules,
                 &body(
                     serde_json::json!({"lb_rules": [{"id": "1", "publicIp": "203.0.113.10",
-                    "publicPort": "53", "protocol": "udp", "algorithm": "roundrobin",
+                    "publicPort": "53", "protocol": "udp", "algorithm": "leastconn",
                     "backends": [{"ip": "10.1.1.5", "port": "53"}]}]}),
                 ),
             )
             .unwrap_err();
         assert_eq!(udp.http_status(), 400);
-        assert!(udp.to_string().contains("lb_rules[0].protocol"), "{udp}");
+        assert_eq!(
+            udp.to_string(),
+            "unsupported: lb_rules[0].algorithm: leastconn is not supported for udp rules (UDP load balancing supports roundrobin, source)"
+        );
+        // A UDP rule is kept (and persisted) like a TCP one.
+        e.execute(
+            Command::ApplyLbRules,
+            &body(
+                serde_json::json!({"lb_rules": [{"id": "2", "publicIp": "203.0.113.10",
+                "publicPort": "53", "protocol": "udp", "algorithm": "source",
+                "backends": [{"ip": "10.1.1.5", "port": "5353"}]}]}),
+            ),
+        )
+        .unwrap();
 
         let state = dir.path().join("state");
         let file = state.join("guest/cs-net-42/vmdata/10.1.1.5.vmdata");
@@ -727,6 +882,12 @@ mod tests {
         let g = &slot.state.as_ref().unwrap().guest;
         assert_eq!(g.nics.len(), 1, "the bad entry changed nothing");
         assert_eq!(g.dns_records.values().next().unwrap().hostname, "vm5");
+        let lb: Vec<&str> = g.lb_rules.keys().map(String::as_str).collect();
+        assert_eq!(lb, ["2"], "the refused udp+leastconn rule changed nothing");
+        assert_eq!(
+            services::nftlb::dnat_rules(g),
+            ["ip daddr 203.0.113.10 udp dport 53 dnat ip to 10.1.1.5:5353"]
+        );
         let store = e.guest_store(&mut slot.guest, "cs-net-42").unwrap();
         let vm = store.get("10.1.1.5".parse().unwrap()).unwrap();
         assert_eq!(
@@ -736,6 +897,77 @@ mod tests {
         // Destroy's guest part (the host part needs root): files gone.
         e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
         assert!(!state.join("guest/cs-net-42").exists());
+    }
+
+    fn udp_rule(id: &str, port: u16, backends: &[&str]) -> services::model::LbRule {
+        services::model::LbRule {
+            id: id.into(),
+            public_ip: "203.0.113.10".parse().unwrap(),
+            public_port: port,
+            protocol: services::model::LbProtocol::Udp,
+            algorithm: services::model::LbAlgorithm::Roundrobin,
+            backends: backends
+                .iter()
+                .map(|ip| services::model::Backend {
+                    ip: ip.parse().unwrap(),
+                    port: 5353,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stale_udp_flows_name_revoked_backends_and_rules() {
+        let mut old = GuestServices::default();
+        for r in [
+            udp_rule("1", 53, &["10.1.1.10", "10.1.1.11", "10.1.1.12"]),
+            udp_rule("2", 54, &["10.1.1.10"]),
+        ] {
+            old.lb_rules.insert(r.id.clone(), r);
+        }
+        let mut new = old.clone();
+        new.lb_rules
+            .insert("1".into(), udp_rule("1", 53, &["10.1.1.10", "10.1.1.11"]));
+        new.lb_rules.remove("2");
+        assert!(udp_lb_changed(&old, &new));
+        assert!(!udp_lb_changed(&old, &old.clone()));
+        let stale = stale_udp_flows(&old, &new);
+        assert_eq!(stale.len(), 2);
+        assert_eq!(
+            conntrack_delete_args(&stale[0]),
+            [
+                "-D",
+                "-p",
+                "udp",
+                "--orig-dst",
+                "203.0.113.10",
+                "--orig-port-dst",
+                "53",
+                "--reply-src",
+                "10.1.1.12",
+                "--reply-port-src",
+                "5353"
+            ]
+        );
+        assert_eq!(
+            conntrack_delete_args(&stale[1]),
+            [
+                "-D",
+                "-p",
+                "udp",
+                "--orig-dst",
+                "203.0.113.10",
+                "--orig-port-dst",
+                "54"
+            ]
+        );
+        // TCP rules are haproxy's: no ruleset change, no flow to drop.
+        let mut tcp = udp_rule("3", 80, &["10.1.1.10"]);
+        tcp.protocol = services::model::LbProtocol::Tcp;
+        let mut with_tcp = old.clone();
+        with_tcp.lb_rules.insert("3".into(), tcp);
+        assert!(!udp_lb_changed(&old, &with_tcp));
+        assert!(stale_udp_flows(&with_tcp, &old).is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Table layout (`table inet nb`):
 //! - `prerouting` (nat, dstnat): `jump pf_dnat` (port forwards), then
-//!   `jump sn_dnat` (static-NAT DNAT).
+//!   `jump sn_dnat` (static-NAT DNAT), then, only when the network has UDP
+//!   load-balancing rules, `jump lb_udp` (DNAT to the backends, rendered by
+//!   [`super::services::nftlb`]; gated by `fw_ingress` like port forwards).
 //! - `postrouting` (nat, srcnat): `jump sn_snat` (static-NAT SNAT), then
 //!   source NAT of the guest CIDR, only towards public legs.
 //! - `input` (filter, policy drop): lo, established/related, the guest leg,
@@ -350,9 +352,14 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
 
     // NAT. Forwards and static NAT live in their own regular chains so that
     // adding one is an append (see `delta`).
+    // UDP load balancing (issue 4): its own chain, only when there are rules.
+    let lb_udp = super::services::nftlb::dnat_rules(&state.guest);
     out.push_str(
-        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump pf_dnat\n    jump sn_dnat\n  }\n",
+        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump pf_dnat\n    jump sn_dnat\n",
     );
+    out.push_str(&super::services::nftlb::prerouting_jump(&lb_udp));
+    out.push_str("  }\n");
+    super::services::nftlb::render_chain(&mut out, &lb_udp);
     out.push_str("  chain pf_dnat {\n");
     for pf in &state.port_forwards {
         forward_rule(&mut out, pf);

@@ -656,11 +656,14 @@ impl VpcEngine {
         }
         let updated = engine.tier_guest_command(command, env, &tier)?;
         let lb_changed = updated.guest.lb_rules != tier.guest.lb_rules;
+        let new_guest = lb_changed.then(|| updated.guest.clone());
         let mut next = current.clone();
         next.tiers.insert(key, updated);
-        if lb_changed {
-            // Input-chain openings of the LB ports follow the rules.
+        if let Some(new_guest) = new_guest {
+            // Input-chain openings of the LB ports and the UDP LB DNAT
+            // follow the rules; flows of revoked UDP backends go.
             self.commit(engine.applier(), &mut slot, Some(&current), next, command)?;
+            engine.forget_stale_udp_flows(&ns, &tier.guest, &new_guest);
         } else {
             self.save(&next)?;
             slot.doc = Some(next);
@@ -905,10 +908,17 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
                 sn.private_ip, sn.public_ip
             ));
         }
+        // UDP LB rules are DNAT to the tier's backends (issue 4), gated by
+        // the tier's ingress ACL in `forward` like port forwards.
+        for r in t.guest.udp_lb_rules() {
+            if doc.vpc.addresses.contains_key(&r.public_ip) {
+                parts.dnat.extend(super::services::nftlb::dnat_rule(r));
+            }
+        }
         // The tier's haproxy frontends listen on VPC public addresses: their
         // ports are opened in the namespace's input chain (apply-lb-rules
         // refuses other addresses; one released later just stops matching).
-        for r in t.guest.lb_rules.values() {
+        for r in t.guest.tcp_lb_rules() {
             if !doc.vpc.addresses.contains_key(&r.public_ip) {
                 continue;
             }
@@ -1187,7 +1197,7 @@ mod tests {
     }
 
     #[test]
-    fn tier_lb_ports_open_only_on_vpc_addresses_and_tiers_have_own_keys() {
+    fn tier_lb_ports_open_and_udp_dnat_only_on_vpc_addresses_and_tiers_have_own_keys() {
         let mut d = doc();
         let t = d.tiers.get_mut("12").unwrap();
         run(t, Command::AssignIp, assign("12", "203.0.113.22"));
@@ -1198,7 +1208,13 @@ mod tests {
              "backends": [{"ip": "10.1.2.10", "port": "80"}]},
             {"id": "8", "publicIp": "203.0.113.99", "publicPort": "443", "privatePort": "443",
              "protocol": "tcp", "algorithm": "roundrobin",
-             "backends": [{"ip": "10.1.2.10", "port": "443"}]}]});
+             "backends": [{"ip": "10.1.2.10", "port": "443"}]},
+            {"id": "9", "publicIp": "203.0.113.22", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.2.11", "port": "53"}, {"ip": "10.1.2.10", "port": "53"}]},
+            {"id": "10", "publicIp": "203.0.113.99", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "53"}]}]});
         crate::executor::services::apply(
             Command::ApplyLbRules,
             lb.as_object().unwrap(),
@@ -1210,8 +1226,13 @@ mod tests {
         derive_addresses(&mut d).unwrap();
         let tiers: Vec<&NetworkState> = d.tiers.values().collect();
         let parts = ruleset_parts(&d, &tiers).unwrap();
-        // The address the VPC does not hold opens nothing.
+        // The address the VPC does not hold opens nothing; UDP rules open
+        // no input port: they are DNAT to the tier, gated by its ACL.
         assert_eq!(parts.input, ["ip daddr 203.0.113.22 tcp dport 80 accept"]);
+        assert_eq!(
+            parts.dnat,
+            ["ip daddr 203.0.113.22 udp dport 53 dnat ip to jhash ip saddr mod 2 seed 0x6e627564 map { 0 : 10.1.2.10 . 53, 1 : 10.1.2.11 . 53 }"]
+        );
         let keys: Vec<String> = d
             .tiers
             .values()

@@ -109,6 +109,7 @@ impl Service {
             };
         }
         const PROTO_FW: &[&str] = &["tcp", "udp", "icmp", "all"];
+        use crate::executor::services::{LB_ALGORITHMS, LB_PROTOCOLS};
         match self {
             Service::SourceNat => &[
                 cap!("SupportedSourceNatTypes", List(&["peraccount", "perzone"])),
@@ -127,13 +128,13 @@ impl Service {
                 cap!("SupportedTrafficDirection", List(&["ingress", "egress"])),
                 cap!("MultipleIps", Bool),
             ],
+            // Protocols and algorithms: exactly what the executor carries
+            // out (one list, in the executor's services module), so no
+            // extension can declare to CloudStack what netbridge cannot do.
             Service::Lb => &[
-                cap!(
-                    "SupportedLBAlgorithms",
-                    List(&["roundrobin", "leastconn", "source"]),
-                ),
+                cap!("SupportedLBAlgorithms", List(LB_ALGORITHMS)),
                 cap!("SupportedLBIsolation", List(&["dedicated", "shared"])),
-                cap!("SupportedProtocols", List(&["tcp", "udp", "tcp-proxy"])),
+                cap!("SupportedProtocols", List(LB_PROTOCOLS)),
                 cap!(
                     "SupportedStickinessMethods",
                     List(&["LbCookie", "AppCookie", "SourceBased"]),
@@ -791,6 +792,25 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("roundrobin, leastconn, source"), "{e}");
+        // Lb protocols and algorithms: what the executor carries out.
+        let e = parse_capabilities(r#"{"Lb":{"SupportedProtocols":"tcp,sctp"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "Invalid value 'tcp,sctp' for capability Lb.SupportedProtocols in detail network.service.capabilities; accepted values: comma list of tcp, udp, tcp-proxy");
+        let lb = parse_capabilities(
+            r#"{"Lb":{"SupportedProtocols":"TCP,udp,tcp-proxy","SupportedLBAlgorithms":"roundrobin,leastconn,source"}}"#,
+        )
+        .unwrap();
+        assert_eq!(lb[&Service::Lb]["SupportedProtocols"], "tcp,udp,tcp-proxy");
+        let spec = |name| Service::Lb.capability(name).unwrap().form;
+        assert_eq!(
+            spec("SupportedProtocols"),
+            ValueForm::List(crate::executor::services::LB_PROTOCOLS)
+        );
+        assert_eq!(
+            spec("SupportedLBAlgorithms"),
+            ValueForm::List(crate::executor::services::LB_ALGORITHMS)
+        );
         let e = parse_capabilities(r#"{"Lb":{"ElasticLb":true}}"#)
             .unwrap_err()
             .to_string();

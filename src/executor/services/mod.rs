@@ -1,6 +1,6 @@
 //! Guest services of a network (issue 4): DHCP/DNS through dnsmasq, TCP load
-//! balancing through haproxy, and the metadata/password server the executor
-//! serves itself.
+//! balancing through haproxy, UDP load balancing through nftables, and the
+//! metadata/password server the executor serves itself.
 //!
 //! Layers (pure first, I/O at the edges):
 //! - [`model`]: desired guest-service state of one network and the pure
@@ -8,6 +8,8 @@
 //! - [`vmdata`]: per-IP VM data (user data, meta-data files, password) and its
 //!   pure updates.
 //! - [`dnsmasq`], [`haproxy`]: pure renderers of daemon configuration files.
+//! - [`nftlb`]: pure renderer of the UDP load-balancing DNAT rules, part of
+//!   the network's nftables ruleset (the planner places them).
 //! - [`supervisor`]: runs a daemon inside a network namespace and tracks its
 //!   exact PID.
 //! - [`store`]: VM data persisted as one 0600 file per IP (atomic replace,
@@ -50,13 +52,33 @@
 //! adopt the daemons recorded in the PID files when `/proc` proves they are
 //! ours, and start them otherwise.
 //!
-//! Capabilities: TCP and `tcp-proxy` load balancing ([`LB_PROTOCOLS`]); UDP
-//! rules are refused with [`ServicesError::Unsupported`] naming the field.
+//! UDP rules (`protocol: udp`) never reach haproxy: they live in the same
+//! [`GuestServices::lb_rules`] (accumulated, revoked, persisted and restored
+//! like the TCP ones) and are rendered by [`nftlb`] into chain `lb_udp` of the
+//! network's ruleset, so the engine re-plans the ruleset when they change.
+//!
+//! # Capabilities
+//!
+//! What this executor carries out, in one place ([`LB_PROTOCOLS`],
+//! [`LB_ALGORITHMS`], [`lb_algorithms_for`]); the control plane accepts no
+//! other `Lb` capability value from an extension declaration:
+//!
+//! | protocol | via | algorithms |
+//! |---|---|---|
+//! | `tcp` | haproxy | `roundrobin`, `leastconn`, `source` |
+//! | `tcp-proxy` | haproxy (`send-proxy`) | `roundrobin`, `leastconn`, `source` |
+//! | `udp` | nftables DNAT | `roundrobin` (`numgen inc`, per new flow), `source` (`jhash ip saddr`) |
+//!
+//! `leastconn` has no meaning for UDP in nftables (nothing counts open
+//! flows per backend): a `udp` rule with `leastconn` is refused with
+//! [`ServicesError::Unsupported`] naming `lb_rules[i].algorithm`, and the
+//! call changes nothing.
 
 pub mod dnsmasq;
 pub mod haproxy;
 pub mod metadata;
 pub mod model;
+pub mod nftlb;
 pub mod run;
 pub mod store;
 pub mod supervisor;
@@ -68,11 +90,24 @@ use crate::protocol::ProtocolError;
 pub use model::{apply, Effects, GuestServices, Options};
 pub use vmdata::{VmData, VmDataSet};
 
-/// Load-balancing protocols this executor implements (for the capabilities
-/// it declares). `udp` is refused with a clear error.
-pub const LB_PROTOCOLS: &[&str] = &["tcp", "tcp-proxy"];
-/// Load-balancing algorithms implemented.
+/// Load-balancing protocols this executor implements: the only values the
+/// control plane accepts for `Lb.SupportedProtocols`.
+pub const LB_PROTOCOLS: &[&str] = &["tcp", "udp", "tcp-proxy"];
+/// Load-balancing algorithms implemented (for at least one protocol): the
+/// only values the control plane accepts for `Lb.SupportedLBAlgorithms`.
 pub const LB_ALGORITHMS: &[&str] = &["roundrobin", "leastconn", "source"];
+/// Algorithms of `udp` rules (nftables has no connection count).
+pub const LB_UDP_ALGORITHMS: &[&str] = &["roundrobin", "source"];
+
+/// Algorithms this executor carries out for `protocol` (one of
+/// [`LB_PROTOCOLS`]); empty for an unknown protocol.
+pub fn lb_algorithms_for(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "udp" => LB_UDP_ALGORITHMS,
+        "tcp" | "tcp-proxy" => LB_ALGORITHMS,
+        _ => &[],
+    }
+}
 
 /// Errors of the guest-services layer.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +115,8 @@ pub enum ServicesError {
     /// Bad input; the message names the field. Nothing was changed.
     #[error(transparent)]
     Invalid(#[from] ProtocolError),
-    /// Valid input this executor does not support (e.g. UDP load balancing).
+    /// Valid input this executor does not support (e.g. `leastconn` for a
+    /// UDP load-balancing rule). Nothing was changed.
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// File-system failure; `context` names the path or operation.

@@ -45,6 +45,15 @@ pub enum LbProtocol {
     Tcp,
     /// TCP with the PROXY protocol header towards the backends.
     TcpProxy,
+    /// UDP, balanced by nftables DNAT in the namespace (no haproxy).
+    Udp,
+}
+
+impl LbProtocol {
+    /// UDP rules are carried out by nftables, the others by haproxy.
+    pub fn is_udp(self) -> bool {
+        self == LbProtocol::Udp
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +132,16 @@ impl GuestServices {
     /// The address dnsmasq and the metadata server listen on.
     pub fn listen_ip(&self) -> Option<Ipv4Addr> {
         self.extension_ip.or(self.gateway)
+    }
+
+    /// The UDP rules (nftables), by rule id.
+    pub fn udp_lb_rules(&self) -> impl Iterator<Item = &LbRule> {
+        self.lb_rules.values().filter(|r| r.protocol.is_udp())
+    }
+
+    /// The TCP and tcp-proxy rules (haproxy), by rule id.
+    pub fn tcp_lb_rules(&self) -> impl Iterator<Item = &LbRule> {
+        self.lb_rules.values().filter(|r| !r.protocol.is_udp())
     }
 
     /// Whether a dnsmasq must run for this network.
@@ -513,12 +532,7 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
         {
             None | Some("tcp") => LbProtocol::Tcp,
             Some("tcp-proxy") => LbProtocol::TcpProxy,
-            Some("udp") => {
-                return Err(ServicesError::Unsupported(format!(
-                "{}: UDP load balancing is not supported by this executor (TCP and tcp-proxy only)",
-                f("protocol")
-            )))
-            }
+            Some("udp") => LbProtocol::Udp,
             Some(_) => return Err(invalid(&f("protocol"), "expected tcp, tcp-proxy or udp")),
         };
         let algorithm = match opt_str(obj, "algorithm")?
@@ -536,6 +550,15 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
                 ))
             }
         };
+        if protocol.is_udp() && algorithm == LbAlgorithm::Leastconn {
+            // nftables picks a backend per new flow; it keeps no count of
+            // open UDP "connections" to pick the least loaded one from.
+            return Err(ServicesError::Unsupported(format!(
+                "{}: leastconn is not supported for udp rules (UDP load balancing supports {})",
+                f("algorithm"),
+                super::LB_UDP_ALGORITHMS.join(", ")
+            )));
+        }
         let mut backends = Vec::new();
         let list = match obj.get("backends") {
             None | Some(Value::Null) => Vec::new(),
@@ -569,11 +592,13 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
                 backends.push(be);
             }
         }
-        if let Some(other) = s
-            .lb_rules
-            .values()
-            .find(|o| o.id != id && o.public_ip == public_ip && o.public_port == public_port)
-        {
+        if let Some(other) = s.lb_rules.values().find(|o| {
+            // A UDP and a TCP rule may share an address and port.
+            o.id != id
+                && o.public_ip == public_ip
+                && o.public_port == public_port
+                && o.protocol.is_udp() == protocol.is_udp()
+        }) {
             return Err(invalid(
                 &f("publicPort"),
                 format!(

@@ -82,6 +82,8 @@ pub(super) fn handles(command: Command) -> bool {
 pub(super) struct GuestRuntime {
     store: Option<Arc<MetadataStore>>,
     dnsmasq: Option<Daemon>,
+    /// The dnsmasq files last written (what `dnsmasq` was given).
+    dnsmasq_files: Option<dnsmasq::DnsmasqFiles>,
     haproxy: Option<Daemon>,
     /// Old haproxy processes finishing their connections after a reload.
     draining: Vec<Daemon>,
@@ -246,9 +248,11 @@ impl Engine {
         let network = NetworkFields::parse(&envelope.fields())?;
         let namespace = NetworkState::namespace_for(network.network_id);
         let slot = self.slot(&namespace);
-        let mut slot = super::lock(&slot);
+        let mut guard = super::lock(&slot);
+        let slot = &mut *guard;
+        let fresh;
         let current = match &slot.state {
-            Some(s) => s.clone(),
+            Some(s) => s,
             None => {
                 // Guest data may arrive before implement-network.
                 let req = NetworkRequest {
@@ -256,11 +260,14 @@ impl Engine {
                     devices: Devices::parse(envelope)?,
                     command: NetworkCommand::Shutdown,
                 };
-                NetworkState::new(&req, &self.config.guest_device)
+                fresh = NetworkState::new(&req, &self.config.guest_device);
+                &fresh
             }
         };
-        let next = self.apply_guest(&mut slot.guest, command, envelope, &current, &namespace)?;
-        if let Err(e) = self.store.save(&next) {
+        let next = self.apply_guest(&mut slot.guest, command, envelope, current, &namespace)?;
+        // Not fsynced: one per VM record would cost milliseconds (see
+        // `StateStore::save_unsynced`); the data plane's commands are.
+        if let Err(e) = self.store.save_unsynced(&next) {
             log::error!("{namespace}: {command} applied but not persisted: {e}");
             return Err(e.into());
         }
@@ -286,7 +293,7 @@ impl Engine {
         seed_addresses(&mut next);
         let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
-        let mut guest = next.guest.clone();
+        let mut guest = std::mem::take(&mut next.guest);
         let fx = store
             .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
         next.guest = guest;
@@ -394,10 +401,19 @@ impl Engine {
         let ns = state.namespace.as_str();
         let paths = self.dnsmasq_paths(key)?;
         let files = dnsmasq::render(&state.guest, &paths);
-        let (daemon, action) =
-            run::sync_dnsmasq(&paths, Some(ns), key, files.as_ref(), rt.dnsmasq.take())?;
+        // Taken: after a failure the files are read back from disk.
+        let known = rt.dnsmasq_files.take();
+        let (daemon, action) = run::sync_dnsmasq_known(
+            &paths,
+            Some(ns),
+            key,
+            files.as_ref(),
+            rt.dnsmasq.take(),
+            known,
+        )?;
         log::debug!("{key}: dnsmasq {action:?}");
         rt.dnsmasq = daemon;
+        rt.dnsmasq_files = files;
         Ok(())
     }
 
@@ -491,6 +507,7 @@ impl Engine {
         key: &str,
         forget: bool,
     ) -> Result<(), ExecError> {
+        rt.dnsmasq_files = None;
         if let Some((_, server)) = rt.metadata.take() {
             stop_metadata(server);
         }

@@ -33,9 +33,9 @@ import org.apache.cloudstack.netbridge.e2e.Transport;
  * per command ({@code ip netns exec <mgmt> netbridge-entrypoint …}, as the e2e tests run it; the
  * {@code ip netns exec} fork is part of (b)).
  *
- * <p>Every distinct IP adds a record on the executor and a slot (the whole envelope) in the
- * bridge's failover journal, which each command loads and rewrites: hence (a0), the same command
- * re-pointing one IP at a fixed size, and the first/last 200 calls of (a).
+ * <p>Every distinct IP adds a record on the executor (whose hosts file and state are rewritten
+ * whole) and an entry in the bridge's failover journal (one row, written alone): hence (a0), the
+ * same command re-pointing one IP at a fixed size, and the first/last 200 calls of (a).
  *
  * <pre>
  * cargo build --release --lib --bins &amp;&amp; cargo build --example testbed

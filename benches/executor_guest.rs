@@ -1,9 +1,10 @@
 //! Guest services through the engine with real daemons (root;
 //! `cargo bench --bench executor_guest`). Runs in a private mount+network
 //! namespace like `executor_apply` and prints p50/p99 of `add-dhcp-entry`
-//! (dnsmasq SIGHUP), `save-vm-data` (encrypted 0600 file, fsync),
-//! `apply-lb-rules` (one rule, 3 backends, haproxy check + graceful reload;
-//! and the same for a UDP rule: an nftables ruleset load) and
+//! (dnsmasq SIGHUP), `add-dns-entry` with few and 2,000 records held
+//! (`NBG_BENCH_ONLY_DNS=1` stops after it), `save-vm-data` (encrypted 0600
+//! file), `apply-lb-rules` (one rule, 3 backends, haproxy check + graceful
+//! reload; and the same for a UDP rule: an nftables ruleset load) and
 //! `restore-network` with 1,000 VMs. Metadata requests per second are
 //! measured by `benches/services_metadata.rs` (same server).
 
@@ -99,6 +100,26 @@ fn run_bench() {
         })
         .collect();
     report("add-dhcp-entry (dnsmasq HUP)", dhcp);
+
+    // add-dns-entry: does the cost grow with the records held?
+    let dns = |from: u32, n: u32| -> Vec<Duration> {
+        (from..from + n)
+            .map(|i| {
+                time(
+                    &engine,
+                    Cmd::AddDnsEntry,
+                    json!({"ip": format!("10.7.{}.{}", 100 + i / 250, 2 + i % 250),
+                        "hostname": format!("dns{i}")}),
+                )
+            })
+            .collect()
+    };
+    report("add-dns-entry (first 200 records)", dns(0, 200));
+    dns(200, 1800);
+    report("add-dns-entry (2,000+ records held)", dns(2000, 200));
+    if std::env::var_os("NBG_BENCH_ONLY_DNS").is_some() {
+        return;
+    }
 
     let vmd: Vec<Duration> = (0..200u32)
         .map(|i| {

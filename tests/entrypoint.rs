@@ -275,15 +275,17 @@ fn failover_replays_state_recorded_by_earlier_processes() {
         let r = e.cmd(command, &envelope(&det, dev.clone(), payload), "60");
         assert_eq!(r.code, 0, "{command}: {}", r.stderr);
     }
-    // The journal file is private and holds no secret.
-    let file = e.state().join("cs-net-42.json");
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(!text.contains(KEY) && !text.contains("VMSECRET"), "{text}");
+    // The journal files are private and hold no secret.
+    for name in ["cs-net-42.log", "cs-net-42.head"] {
+        let file = e.state().join(name);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(KEY) && !text.contains("VMSECRET"), "{text}");
+    }
 
     fakes[1].set_healthy(false);
     let current = serde_json::to_string(&dev).unwrap();
@@ -344,10 +346,12 @@ fn the_state_directory_can_come_from_the_registration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cs-net-42.json")).unwrap()).unwrap();
-    assert_eq!(state["host"], json!(h));
-    assert_eq!(state["entries"][0]["command"], json!("implement-network"));
+    let head: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cs-net-42.head")).unwrap()).unwrap();
+    assert_eq!(head["host"], json!(h));
+    let log = std::fs::read_to_string(dir.join("cs-net-42.log")).unwrap();
+    let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["r"]["c"], json!("implement-network"));
     // A relative directory is refused (exit 1), nothing is sent.
     det["bridge.state.dir"] = json!("relative/dir");
     let p = e.payload(&envelope(

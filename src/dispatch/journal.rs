@@ -19,10 +19,17 @@
 //! Stored envelopes never hold `physical-network-extension-details` (they
 //! carry the executor key and other hidden details); the current details are
 //! put back at replay time.
+//!
+//! Storage is incremental: a command changes only the entries its effect
+//! names ([`Change`]), and the host and pending drops ([`JournalHead`]) are
+//! read and written apart from the entries, so the bridge's cost per command
+//! does not grow with the network. Implementations: [`MemoryJournal`],
+//! [`FileJournal`] (entry point) and `registry::RegistryJournal` (in
+//! process).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -85,7 +92,7 @@ pub struct PendingDrop {
     pub last_attempt: u64,
 }
 
-enum Effect {
+pub(crate) enum Effect {
     Ignore,
     ClearAll,
     ClearNetwork(String),
@@ -228,30 +235,91 @@ fn effect(command: Command, payload: &Value) -> Effect {
         },
     }
 }
+/// One command to record, prepared once: its compaction effect, the entry
+/// it would store and whether it tears the whole network/VPC down. Every
+/// storage applies the same [`Effect`] (in memory, rows, a log).
+pub(crate) struct Change {
+    pub(crate) command: Command,
+    pub(crate) effect: Effect,
+    pub(crate) network_id: Option<String>,
+    /// The envelope without `physical-network-extension-details`.
+    pub(crate) stored: Value,
+    /// Nothing is left to replay afterwards: the host is forgotten too, so
+    /// the record (row, file) goes away with the network.
+    pub(crate) teardown: bool,
+}
+
+impl Change {
+    pub(crate) fn new(command: Command, envelope: &Value) -> Change {
+        let null = Value::Null;
+        let payload = envelope.get("payload").unwrap_or(&null);
+        let network_id = field(payload, "network_id");
+        let in_vpc = field(payload, "vpc_id").is_some();
+        let effect = effect(command, payload);
+        let mut stored = envelope.clone();
+        if let Some(obj) = stored.as_object_mut() {
+            obj.remove(PHYSICAL_DETAILS);
+        }
+        // A teardown's effect is always ClearAll, so nothing is left.
+        let teardown = match command {
+            Command::ShutdownVpc => true,
+            Command::DestroyNetwork | Command::ShutdownNetwork => !in_vpc,
+            _ => false,
+        };
+        Change {
+            command,
+            effect,
+            network_id,
+            stored,
+            teardown,
+        }
+    }
+
+    pub(crate) fn entry(&self, slot: Option<String>) -> JournalEntry {
+        JournalEntry {
+            command: self.command.to_string(),
+            slot,
+            network_id: self.network_id.clone(),
+            envelope: self.stored.clone(),
+        }
+    }
+
+    /// The host the journal names after this change.
+    pub(crate) fn host_after(&self, host: &str) -> Option<String> {
+        (!self.teardown).then(|| host.to_string())
+    }
+}
+
+/// Byte-wise successor of every string starting with `prefix`: the range
+/// `[prefix, successor)` holds exactly those strings (`None`: no upper
+/// bound). UTF-8 never contains 0xFF, so in practice this is the prefix with
+/// its last byte incremented.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
 
 impl JournalState {
     /// Records a command that succeeded, compacting as described above.
     /// `envelope` is the command's envelope (standard form).
     pub fn apply(&mut self, command: Command, envelope: &Value) {
-        let payload = envelope.get("payload").cloned().unwrap_or(Value::Null);
-        let network_id = field(&payload, "network_id");
-        let mut stored = envelope.clone();
-        if let Some(obj) = stored.as_object_mut() {
-            obj.remove(PHYSICAL_DETAILS);
-        }
-        let entry = |slot: Option<String>| JournalEntry {
-            command: command.to_string(),
-            slot,
-            network_id: network_id.clone(),
-            envelope: stored.clone(),
-        };
-        match effect(command, &payload) {
+        self.apply_change(&Change::new(command, envelope));
+    }
+
+    pub(crate) fn apply_change(&mut self, change: &Change) {
+        match &change.effect {
             Effect::Ignore => {}
             Effect::ClearAll => self.entries.clear(),
             Effect::ClearNetwork(net) => self
                 .entries
                 .retain(|e| e.network_id.as_deref() != Some(net.as_str())),
-            Effect::Append => self.entries.push(entry(None)),
+            Effect::Append => self.entries.push(change.entry(None)),
             Effect::Remove { exact, prefixes } => self.entries.retain(|e| match &e.slot {
                 Some(s) => !exact.contains(s) && !prefixes.iter().any(|p| s.starts_with(p)),
                 None => true,
@@ -269,16 +337,37 @@ impl JournalState {
                     .entries
                     .iter()
                     .position(|e| e.slot.as_deref() == Some(slot.as_str()));
+                let entry = change.entry(Some(slot.clone()));
                 match existing {
-                    Some(i) if !append => self.entries[i] = entry(Some(slot)),
+                    Some(i) if !*append => self.entries[i] = entry,
                     Some(i) => {
                         self.entries.remove(i);
-                        self.entries.push(entry(Some(slot)));
+                        self.entries.push(entry);
                     }
-                    None => self.entries.push(entry(Some(slot))),
+                    None => self.entries.push(entry),
                 }
             }
         }
+    }
+
+    /// Records a command that succeeded on `host` (what
+    /// [`CommandJournal::record`] does to storage).
+    pub fn record(&mut self, host: &str, command: Command, envelope: &Value) {
+        let change = Change::new(command, envelope);
+        self.apply_change(&change);
+        self.host = change.host_after(host);
+    }
+
+    /// The small part: host and pending drops.
+    pub fn head(&self) -> JournalHead {
+        JournalHead {
+            host: self.host.clone(),
+            pending_drops: self.pending_drops.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.host.is_none() && self.pending_drops.is_empty()
     }
 
     /// Tier network ids seen in the entries (for dropping a VPC elsewhere).
@@ -295,50 +384,54 @@ impl JournalState {
     }
 }
 
+/// Where a network's state lives and what former hosts still have to
+/// drop: the part of a journal every command reads, kept apart from the
+/// entries so that reading or changing it never touches them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JournalHead {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_drops: Vec<PendingDrop>,
+}
+
+impl JournalHead {
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none() && self.pending_drops.is_empty()
+    }
+}
+
 /// Storage of journals, keyed by namespace name (`cs-net-42`, `cs-vpc-7`).
-/// Implementations must make `update` atomic per key.
+/// Every operation is atomic per key (threads and, for shared storage,
+/// processes). Costs: `head`, `update_head` and `record` must not grow with
+/// the number of entries (they run on every command); `load` reads
+/// everything (only a move replays it).
 pub trait CommandJournal: Send + Sync {
-    /// The journal of `key` (empty when none).
+    /// The whole journal of `key`, entries in replay order (empty when none).
     fn load(&self, key: &str) -> Result<JournalState, JournalError>;
-    /// Read-modify-write of the journal of `key`.
-    fn update(
+    /// Host and pending drops of `key`, without the entries.
+    fn head(&self, key: &str) -> Result<JournalHead, JournalError>;
+    /// Read-modify-write of the head of `key`; entries are untouched.
+    fn update_head(
         &self,
         key: &str,
-        change: &mut dyn FnMut(&mut JournalState),
-    ) -> Result<JournalState, JournalError>;
-
-    /// Records a command that succeeded on `host`.
+        change: &mut dyn FnMut(&mut JournalHead),
+    ) -> Result<JournalHead, JournalError>;
+    /// Records a command that succeeded on `host`: applies its compaction
+    /// effect to the stored entries and names `host` (none after a
+    /// teardown). Same result as [`JournalState::record`] on the loaded
+    /// state.
     fn record(
         &self,
         key: &str,
         host: &str,
         command: Command,
         envelope: &Value,
-    ) -> Result<(), JournalError> {
-        self.update(key, &mut |s| {
-            s.host = Some(host.to_string());
-            s.apply(command, envelope);
-            // Nothing left to replay after a teardown: forget the host too,
-            // so the record (row/file) goes away with the network.
-            let in_vpc = envelope
-                .get("payload")
-                .and_then(|p| field(p, "vpc_id"))
-                .is_some();
-            let teardown = match command {
-                Command::ShutdownVpc => true,
-                Command::DestroyNetwork | Command::ShutdownNetwork => !in_vpc,
-                _ => false,
-            };
-            if teardown && s.entries.is_empty() {
-                s.host = None;
-            }
-        })
-        .map(|_| ())
-    }
+    ) -> Result<(), JournalError>;
 
     /// Notes that the state of `key` now lives on `host`.
     fn set_host(&self, key: &str, host: &str) -> Result<(), JournalError> {
-        self.update(key, &mut |s| s.host = Some(host.to_string()))
+        self.update_head(key, &mut |h| h.host = Some(host.to_string()))
             .map(|_| ())
     }
 }
@@ -353,6 +446,16 @@ impl MemoryJournal {
     pub fn new() -> MemoryJournal {
         MemoryJournal::default()
     }
+
+    fn with<T>(&self, key: &str, f: impl FnOnce(&mut JournalState) -> T) -> T {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(key.to_string()).or_default();
+        let out = f(state);
+        if state.is_empty() {
+            states.remove(key);
+        }
+        out
+    }
 }
 
 impl CommandJournal for MemoryJournal {
@@ -361,27 +464,103 @@ impl CommandJournal for MemoryJournal {
         Ok(states.get(key).cloned().unwrap_or_default())
     }
 
-    fn update(
+    fn head(&self, key: &str) -> Result<JournalHead, JournalError> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(states.get(key).map(JournalState::head).unwrap_or_default())
+    }
+
+    fn update_head(
         &self,
         key: &str,
-        change: &mut dyn FnMut(&mut JournalState),
-    ) -> Result<JournalState, JournalError> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(key.to_string()).or_default();
-        change(state);
-        Ok(state.clone())
+        change: &mut dyn FnMut(&mut JournalHead),
+    ) -> Result<JournalHead, JournalError> {
+        Ok(self.with(key, |s| {
+            let mut head = s.head();
+            change(&mut head);
+            s.host = head.host.clone();
+            s.pending_drops = head.pending_drops.clone();
+            head
+        }))
+    }
+
+    fn record(
+        &self,
+        key: &str,
+        host: &str,
+        command: Command,
+        envelope: &Value,
+    ) -> Result<(), JournalError> {
+        self.with(key, |s| s.record(host, command, envelope));
+        Ok(())
     }
 }
 
-/// A journal stored as one JSON file per network in a directory (for the
-/// entry point, which runs as a process per command). Files are mode 0600,
-/// replaced atomically (write then rename, not fsynced), and updated under an exclusive `flock` per key so
-/// concurrent processes do not lose records. VM passwords are not stored
+/// Journal keys are namespace names: short, `[A-Za-z0-9_-]` only (they
+/// become file names and associated data).
+pub(crate) fn check_key(key: &str) -> Result<(), JournalError> {
+    if key.is_empty()
+        || key.len() > 100
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(JournalError("invalid journal key".to_string()));
+    }
+    Ok(())
+}
+
+/// A journal stored as files per network in a directory (for the entry
+/// point, which runs as a process per command), all mode 0600:
+/// - `<key>.head`: host and pending drops (a few bytes; what a sticky
+///   `ensure-network-device` reads, without any lock), replaced atomically;
+/// - `<key>.log`: JSON lines, first the entries kept by the last compaction
+///   (`{"e": entry}`), then one line per recorded command (`{"r": …}`),
+///   appended; loading replays the records over the entries. When the log
+///   grows past twice its compacted size plus 64 KiB it is rewritten
+///   compacted, so a record costs one append (amortised) whatever the size
+///   of the network;
+/// - `.<key>.lock`: the `flock` that serialises writers of one key.
+///
+/// Nothing is fsynced (it would cost milliseconds per command): files are
+/// replaced by write-then-rename and appended whole lines, so a crash never
+/// leaves a torn file; a power loss may lose the latest records, and a line
+/// cut by a crash is skipped when loading. VM passwords are not stored
 /// (secrets only live in the encrypted registry), so a replay does not
-/// restore a password that the VM has not fetched yet.
+/// restore a password that the VM has not fetched yet. A `<key>.json` of
+/// earlier builds (one whole state per file) is converted on first use.
 #[derive(Debug)]
 pub struct FileJournal {
     dir: PathBuf,
+}
+
+/// Log growth allowed beyond twice the compacted size.
+const LOG_SLACK: u64 = 64 << 10;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileHead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending_drops: Vec<PendingDrop>,
+    /// Size of the log right after its last compaction.
+    #[serde(default)]
+    base: u64,
+}
+
+#[derive(Deserialize)]
+enum LogLine {
+    #[serde(rename = "e")]
+    Entry(JournalEntry),
+    #[serde(rename = "r")]
+    Record { c: String, v: Value },
+}
+
+#[derive(Serialize)]
+enum LogLineRef<'a> {
+    #[serde(rename = "e")]
+    Entry(&'a JournalEntry),
+    #[serde(rename = "r")]
+    Record { c: &'a str, v: &'a Value },
 }
 
 impl FileJournal {
@@ -406,32 +585,24 @@ impl FileJournal {
         &self.dir
     }
 
-    fn check_key(key: &str) -> Result<(), JournalError> {
-        if key.is_empty()
-            || key.len() > 100
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(JournalError("invalid journal key".to_string()));
-        }
-        Ok(())
+    fn head_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.head"))
     }
 
-    fn path(&self, key: &str) -> PathBuf {
+    fn log_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.log"))
+    }
+
+    fn legacy_path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.json"))
     }
 
-    fn read(&self, key: &str) -> Result<JournalState, JournalError> {
-        let path = self.path(key);
-        let mut text = String::new();
-        match File::open(&path) {
-            Ok(mut f) => f
-                .read_to_string(&mut text)
-                .map_err(|e| JournalError(format!("cannot read '{}': {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(JournalState::default())
-            }
+    /// The head file, `None` when absent.
+    fn read_head(&self, key: &str) -> Result<Option<FileHead>, JournalError> {
+        let path = self.head_path(key);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(JournalError(format!(
                     "cannot read '{}': {e}",
@@ -439,34 +610,146 @@ impl FileJournal {
                 )))
             }
         };
-        serde_json::from_str(&text)
+        serde_json::from_slice(&text)
+            .map(Some)
             .map_err(|e| JournalError(format!("corrupt journal '{}': {e}", path.display())))
     }
 
-    fn write(&self, key: &str, state: &JournalState) -> Result<(), JournalError> {
-        let path = self.path(key);
-        let tmp = self
-            .dir
-            .join(format!(".{key}.json.{}.tmp", std::process::id()));
+    /// The head, converting a legacy whole-state file first (under the
+    /// caller's lock).
+    fn head_locked(&self, key: &str) -> Result<FileHead, JournalError> {
+        if let Some(h) = self.read_head(key)? {
+            return Ok(h);
+        }
+        self.convert_legacy(key)?;
+        Ok(self.read_head(key)?.unwrap_or_default())
+    }
+
+    fn convert_legacy(&self, key: &str) -> Result<(), JournalError> {
+        let path = self.legacy_path(key);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(JournalError(format!(
+                    "cannot read '{}': {e}",
+                    path.display()
+                )))
+            }
+        };
+        let mut state: JournalState = serde_json::from_slice(&text)
+            .map_err(|e| JournalError(format!("corrupt journal '{}': {e}", path.display())))?;
+        redact_secrets(&mut state);
+        let base = self.write_log(key, &state.entries)?;
+        self.write_head(
+            key,
+            &FileHead {
+                host: state.host,
+                pending_drops: state.pending_drops,
+                base,
+            },
+        )?;
+        fs::remove_file(&path)
+            .map_err(|e| JournalError(format!("cannot remove '{}': {e}", path.display())))?;
+        log::info!("state journal of {key} converted to the incremental format");
+        Ok(())
+    }
+
+    /// Writes `head` atomically, or removes it (and the empty log) when
+    /// there is nothing left.
+    fn write_head(&self, key: &str, head: &FileHead) -> Result<(), JournalError> {
+        let path = self.head_path(key);
+        if head.host.is_none() && head.pending_drops.is_empty() && !self.log_path(key).exists() {
+            return remove_if_present(&path);
+        }
+        let text = serde_json::to_vec(head).map_err(|e| JournalError(e.to_string()))?;
+        replace(&self.dir, &path, &text)
+    }
+
+    /// Replaces the log with `entries` (compacted); returns its size.
+    fn write_log(&self, key: &str, entries: &[JournalEntry]) -> Result<u64, JournalError> {
+        let path = self.log_path(key);
+        if entries.is_empty() {
+            remove_if_present(&path)?;
+            return Ok(0);
+        }
+        let mut text = Vec::with_capacity(entries.len() * 256);
+        for e in entries {
+            serde_json::to_writer(&mut text, &LogLineRef::Entry(e))
+                .map_err(|e| JournalError(e.to_string()))?;
+            text.push(b'\n');
+        }
+        replace(&self.dir, &path, &text)?;
+        Ok(text.len() as u64)
+    }
+
+    /// Appends one line; returns the log's size afterwards.
+    fn append(&self, key: &str, line: &[u8]) -> Result<u64, JournalError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.log_path(key);
         let io =
             |e: std::io::Error| JournalError(format!("cannot write '{}': {e}", path.display()));
-        let text = serde_json::to_vec(state).map_err(|e| JournalError(e.to_string()))?;
         let mut f = OpenOptions::new()
-            .write(true)
+            .read(true)
+            .append(true)
             .create(true)
-            .truncate(true)
             .mode(0o600)
-            .open(&tmp)
+            .open(&path)
             .map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        // No fsync: it would cost milliseconds per command in the entry
-        // point. Write-then-rename never exposes a torn file; a power loss
-        // may lose the latest records (ext4 flushes replaced files on rename).
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            io(e)
-        })
+        let size = f.metadata().map_err(io)?.len();
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        if size > 0 {
+            // A line cut by a crash must not swallow this one.
+            let mut last = [0u8; 1];
+            f.read_exact_at(&mut last, size - 1).map_err(io)?;
+            if last[0] != b'\n' {
+                buf.push(b'\n');
+            }
+        }
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        f.write_all(&buf).map_err(io)?;
+        Ok(size + buf.len() as u64)
+    }
+
+    /// The entries: the log replayed (under the caller's lock).
+    fn read_entries(&self, key: &str) -> Result<Vec<JournalEntry>, JournalError> {
+        let path = self.log_path(key);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(JournalError(format!(
+                    "cannot read '{}': {e}",
+                    path.display()
+                )))
+            }
+        };
+        let mut state = JournalState::default();
+        for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<LogLine>(line) {
+                Ok(LogLine::Entry(e)) => state.entries.push(e),
+                Ok(LogLine::Record { c, v }) => match c.parse::<Command>() {
+                    Ok(command) => state.apply(command, &v),
+                    Err(_) => log::warn!(
+                        "{}: line {} names an unknown command; skipped",
+                        path.display(),
+                        n + 1
+                    ),
+                },
+                // Only a crash in the middle of an append cuts a line.
+                Err(e) => log::warn!(
+                    "{}: line {} unreadable ({e}); skipped",
+                    path.display(),
+                    n + 1
+                ),
+            }
+        }
+        redact_secrets(&mut state);
+        Ok(state.entries)
     }
 
     fn lock(&self, key: &str) -> Result<File, JournalError> {
@@ -491,27 +774,67 @@ impl FileJournal {
     }
 }
 
-/// Drops VM passwords from an entry before it reaches a plain file.
+fn remove_if_present(path: &Path) -> Result<(), JournalError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JournalError(format!(
+            "cannot remove '{}': {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Write-then-rename, mode 0600, not fsynced (see [`FileJournal`]). Callers
+/// hold the key's lock, so one temporary name per file is enough.
+fn replace(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| JournalError(format!("cannot write '{}': {e}", path.display()));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Drops VM passwords from the state before it reaches a plain file.
 fn redact_secrets(state: &mut JournalState) {
     state
         .entries
         .retain(|e| e.command != Command::SavePassword.as_str());
     for e in &mut state.entries {
-        let Some(payload) = e.envelope.get_mut("payload") else {
-            continue;
-        };
-        if let Some(vm_data) = payload.get_mut("vm_data") {
-            redact_vm_data(vm_data);
-        }
-        if let Some(vms) = payload
-            .get_mut("restore_data")
-            .and_then(|r| r.get_mut("vms"))
-            .and_then(Value::as_array_mut)
-        {
-            for vm in vms {
-                if let Some(vm_data) = vm.get_mut("vm_data") {
-                    redact_vm_data(vm_data);
-                }
+        redact_envelope(&mut e.envelope);
+    }
+}
+
+/// Drops VM passwords from an envelope (`vm_data` and `restore_data`).
+fn redact_envelope(envelope: &mut Value) {
+    let Some(payload) = envelope.get_mut("payload") else {
+        return;
+    };
+    if let Some(vm_data) = payload.get_mut("vm_data") {
+        redact_vm_data(vm_data);
+    }
+    if let Some(vms) = payload
+        .get_mut("restore_data")
+        .and_then(|r| r.get_mut("vms"))
+        .and_then(Value::as_array_mut)
+    {
+        for vm in vms {
+            if let Some(vm_data) = vm.get_mut("vm_data") {
+                redact_vm_data(vm_data);
             }
         }
     }
@@ -536,31 +859,101 @@ fn redact_vm_data(vm_data: &mut Value) {
 
 impl CommandJournal for FileJournal {
     fn load(&self, key: &str) -> Result<JournalState, JournalError> {
-        Self::check_key(key)?;
+        check_key(key)?;
         let _lock = self.lock(key)?;
-        self.read(key)
+        let head = self.head_locked(key)?;
+        Ok(JournalState {
+            host: head.host,
+            entries: self.read_entries(key)?,
+            pending_drops: head.pending_drops,
+        })
     }
 
-    fn update(
+    fn head(&self, key: &str) -> Result<JournalHead, JournalError> {
+        check_key(key)?;
+        // Replaced atomically: readable without the lock.
+        let head = match self.read_head(key)? {
+            Some(h) => h,
+            None if self.legacy_path(key).exists() => {
+                let _lock = self.lock(key)?;
+                self.head_locked(key)?
+            }
+            None => FileHead::default(),
+        };
+        Ok(JournalHead {
+            host: head.host,
+            pending_drops: head.pending_drops,
+        })
+    }
+
+    fn update_head(
         &self,
         key: &str,
-        change: &mut dyn FnMut(&mut JournalState),
-    ) -> Result<JournalState, JournalError> {
-        Self::check_key(key)?;
+        change: &mut dyn FnMut(&mut JournalHead),
+    ) -> Result<JournalHead, JournalError> {
+        check_key(key)?;
         let _lock = self.lock(key)?;
-        let mut state = self.read(key)?;
-        change(&mut state);
-        redact_secrets(&mut state);
-        if state.entries.is_empty() && state.host.is_none() && state.pending_drops.is_empty() {
-            match fs::remove_file(self.path(key)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(JournalError(format!("cannot remove journal: {e}"))),
-            }
-        } else {
-            self.write(key, &state)?;
+        let mut file = self.head_locked(key)?;
+        let mut head = JournalHead {
+            host: file.host.take(),
+            pending_drops: std::mem::take(&mut file.pending_drops),
+        };
+        change(&mut head);
+        file.host = head.host.clone();
+        file.pending_drops = head.pending_drops.clone();
+        self.write_head(key, &file)?;
+        Ok(head)
+    }
+
+    fn record(
+        &self,
+        key: &str,
+        host: &str,
+        command: Command,
+        envelope: &Value,
+    ) -> Result<(), JournalError> {
+        check_key(key)?;
+        let _lock = self.lock(key)?;
+        let mut head = self.head_locked(key)?;
+        let change = Change::new(command, envelope);
+        let new_host = change.host_after(host);
+        let mut head_changed = head.host != new_host;
+        head.host = new_host;
+        // The host first: the command was applied there whatever happens
+        // to the record.
+        if head_changed && !matches!(change.effect, Effect::ClearAll) {
+            self.write_head(key, &head)?;
+            head_changed = false;
         }
-        Ok(state)
+        match &change.effect {
+            Effect::Ignore => {}
+            Effect::ClearAll => {
+                remove_if_present(&self.log_path(key))?;
+                head.base = 0;
+                head_changed = true;
+            }
+            // Its effect only touches password entries, never stored here.
+            _ if command == Command::SavePassword => {}
+            _ => {
+                let mut stored = change.stored;
+                redact_envelope(&mut stored);
+                let line = serde_json::to_vec(&LogLineRef::Record {
+                    c: command.as_str(),
+                    v: &stored,
+                })
+                .map_err(|e| JournalError(e.to_string()))?;
+                let size = self.append(key, &line)?;
+                if size > head.base.saturating_mul(2).saturating_add(LOG_SLACK) {
+                    let entries = self.read_entries(key)?;
+                    head.base = self.write_log(key, &entries)?;
+                    head_changed = true;
+                }
+            }
+        }
+        if head_changed {
+            self.write_head(key, &head)?;
+        }
+        Ok(())
     }
 }
 
@@ -799,14 +1192,16 @@ mod tests {
                 {"dir": "password", "file": "vm_password", "content": "VMPASS2"}]})),
         )
         .unwrap();
-        let path = dir.path().join("state/cs-net-42.json");
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(
-            !text.contains("SECRET") && !text.contains("VMPASS"),
-            "{text}"
-        );
+        for name in ["cs-net-42.log", "cs-net-42.head"] {
+            let path = dir.path().join("state").join(name);
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(
+                !text.contains("SECRET") && !text.contains("VMPASS"),
+                "{text}"
+            );
+        }
         let s = j.load("cs-net-42").unwrap();
         assert_eq!(s.host.as_deref(), Some("h1"));
         assert_eq!(
@@ -814,8 +1209,207 @@ mod tests {
             vec!["implement-network", "save-vm-data@10.1.1.6"]
         );
         assert!(j.load("../etc").is_err());
-        j.update("cs-net-42", &mut |s| *s = JournalState::default())
+        assert!(j.head("../etc").is_err());
+        // A teardown leaves no file behind.
+        j.record(
+            "cs-net-42",
+            "h1",
+            Command::DestroyNetwork,
+            &env(json!({"network_id": "42"})),
+        )
+        .unwrap();
+        let left: Vec<String> = fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(j.load("cs-net-42").unwrap(), JournalState::default());
+    }
+
+    /// A random command sequence over few slots, as a state the tests can
+    /// compare with.
+    fn random_steps(n: usize, mut seed: u64) -> Vec<(&'static str, Command, Value)> {
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let commands = [
+            Command::ImplementNetwork,
+            Command::AssignIp,
+            Command::ReleaseIp,
+            Command::AddPortForward,
+            Command::ApplyFwRules,
+            Command::PrepareNic,
+            Command::ReleaseNic,
+            Command::AddDnsEntry,
+            Command::RemoveDnsEntry,
+            Command::SaveVmData,
+            Command::SaveUserdata,
+            Command::SavePassword,
+            Command::ApplyLbRules,
+            Command::RestoreNetwork,
+        ];
+        (0..n)
+            .map(|step| {
+                let c = commands[next(commands.len() as u64) as usize];
+                let mut p = json!({"network_id": "42", "ip": format!("10.1.1.{}", next(6)),
+                    "public_ip": format!("203.0.113.{}", next(3)), "public_port": "22",
+                    "protocol": "tcp", "tag": step.to_string(),
+                    "vm_data": [{"dir": "password", "file": "vm_password", "content": "PW"},
+                                {"dir": "userdata", "file": "user-data", "content": "u"}]});
+                if c == Command::SavePassword {
+                    p["password"] = json!("PW");
+                }
+                let host = if next(10) == 0 { "h2" } else { "h1" };
+                (host, c, env(p))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn file_journal_matches_the_rules_and_compacts_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = FileJournal::open(dir.path().join("state")).unwrap();
+        let log = dir.path().join("state/cs-net-42.log");
+        let mut model = JournalState::default();
+        let mut largest = 0;
+        for (n, (host, c, e)) in random_steps(3000, 0x2545_f491_4f6c_dd1d)
+            .into_iter()
+            .enumerate()
+        {
+            model.record(host, c, &e);
+            j.record("cs-net-42", host, c, &e).unwrap();
+            largest = largest.max(fs::metadata(&log).map(|m| m.len()).unwrap_or(0));
+            if n % 250 == 0 {
+                let mut expected = model.clone();
+                redact_secrets(&mut expected);
+                assert_eq!(j.load("cs-net-42").unwrap(), expected, "step {n}");
+                assert_eq!(j.head("cs-net-42").unwrap(), model.head());
+            }
+        }
+        let mut expected = model.clone();
+        redact_secrets(&mut expected);
+        assert_eq!(j.load("cs-net-42").unwrap(), expected);
+        // A few slots: the log is compacted instead of growing with every record.
+        let head: FileHead =
+            serde_json::from_slice(&fs::read(dir.path().join("state/cs-net-42.head")).unwrap())
+                .unwrap();
+        assert!(
+            largest <= head.base * 2 + LOG_SLACK + 4096,
+            "{largest} {}",
+            head.base
+        );
+        assert!(!fs::read_to_string(&log).unwrap().contains("PW"));
+    }
+
+    #[test]
+    fn file_journal_survives_a_cut_line_and_converts_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let j = FileJournal::open(&state).unwrap();
+        let mut legacy = JournalState::default();
+        legacy.record(
+            "h1",
+            Command::ImplementNetwork,
+            &env(json!({"network_id": "42"})),
+        );
+        legacy.record(
+            "h1",
+            Command::SavePassword,
+            &env(json!({"network_id": "42", "ip": "10.1.1.5", "password": "VMPASS"})),
+        );
+        legacy.pending_drops.push(PendingDrop {
+            host: "h0".into(),
+            network_ids: vec![],
+            last_attempt: 1,
+        });
+        fs::write(
+            state.join("cs-net-42.json"),
+            serde_json::to_vec(&legacy).unwrap(),
+        )
+        .unwrap();
+        let mut expected = legacy.clone();
+        redact_secrets(&mut expected);
+        assert_eq!(j.head("cs-net-42").unwrap(), legacy.head());
+        assert!(!state.join("cs-net-42.json").exists());
+        assert_eq!(j.load("cs-net-42").unwrap(), expected);
+        // A crash in the middle of an append: that record is lost, the
+        // others are not.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(state.join("cs-net-42.log"))
             .unwrap();
-        assert!(!path.exists());
+        f.write_all(br#"{"r":{"c":"add-dns-entry","v":{"payl"#)
+            .unwrap();
+        drop(f);
+        j.record(
+            "cs-net-42",
+            "h1",
+            Command::AddDnsEntry,
+            &env(json!({"network_id": "42", "ip": "10.1.1.9"})),
+        )
+        .unwrap();
+        assert_eq!(
+            commands(&j.load("cs-net-42").unwrap()),
+            vec!["implement-network", "add-dns-entry@10.1.1.9"]
+        );
+    }
+
+    #[test]
+    fn file_journal_writers_do_not_lose_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let state = state.clone();
+                s.spawn(move || {
+                    // Own handle per writer: the flock is what serialises them.
+                    let j = FileJournal::open(state).unwrap();
+                    for i in 0..60 {
+                        j.record(
+                            "cs-net-42",
+                            "h1",
+                            Command::AddDnsEntry,
+                            &env(json!({"network_id": "42", "ip": format!("10.{t}.0.{i}"),
+                                "hostname": "x".repeat(2000)})),
+                        )
+                        .unwrap();
+                        j.update_head("cs-net-42", &mut |h| {
+                            h.pending_drops.push(PendingDrop {
+                                host: format!("h{t}-{i}"),
+                                network_ids: vec![],
+                                last_attempt: 0,
+                            })
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let j = FileJournal::open(&state).unwrap();
+        let s = j.load("cs-net-42").unwrap();
+        assert_eq!(s.entries.len(), 240);
+        assert_eq!(s.pending_drops.len(), 240);
+        assert_eq!(s.host.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn memory_journal_forgets_empty_keys() {
+        let j = MemoryJournal::new();
+        j.set_host("cs-net-1", "h1").unwrap();
+        assert_eq!(j.head("cs-net-1").unwrap().host.as_deref(), Some("h1"));
+        j.update_head("cs-net-1", &mut |h| h.host = None).unwrap();
+        assert!(j.states.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(prefix_end(b"dns:42:"), Some(b"dns:42;".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
     }
 }

@@ -54,7 +54,9 @@ use tokio::time::Instant;
 
 pub use client::{Client, Reply, TransportError};
 pub use config::{ExecutorConfig, HostEntry, SecretKey, Transport};
-pub use journal::{CommandJournal, FileJournal, JournalError, JournalState, MemoryJournal};
+pub use journal::{
+    CommandJournal, FileJournal, JournalError, JournalHead, JournalState, MemoryJournal,
+};
 pub use netns::Netns;
 pub use placement::{cksum, placement_order, Scope};
 
@@ -585,16 +587,17 @@ impl Dispatcher {
         config: &ExecutorConfig,
     ) -> Result<String, DispatchError> {
         let key = env.scope.namespace();
-        let state = self.journal.load(&key)?;
+        // Only the head: the entries are read when the network moves.
+        let head = self.journal.head(&key)?;
         let current = env.current_host();
         let target = self.place(call, env, config, current.as_deref()).await?;
         if current.as_deref() == Some(target.name.as_str()) {
-            self.adopt(&key, &state, &target)?;
+            self.adopt(&key, &head, &target)?;
         } else {
-            self.relocate(call, env, config, &state, current.as_deref(), &target)
+            self.relocate(call, env, config, current.as_deref(), &target)
                 .await?;
         }
-        if !state.pending_drops.is_empty() {
+        if !head.pending_drops.is_empty() {
             self.retry_pending_drops(call, env, config, &target).await?;
         }
         Ok(env.scope.device_details(&target.name))
@@ -608,22 +611,22 @@ impl Dispatcher {
         body: Bytes,
     ) -> Result<String, DispatchError> {
         let key = env.scope.namespace();
-        let state = self.journal.load(&key)?;
+        let head = self.journal.head(&key)?;
         let named = env.network_details_host();
         let target = match named.as_deref().and_then(|h| config.host(h)) {
             // CloudStack's record of where the network lives is trusted.
             Some(h) => {
-                self.adopt(&key, &state, h)?;
+                self.adopt(&key, &head, h)?;
                 h.clone()
             }
             // No (or no longer configured) host: place as ensure would.
             None => {
-                let target = self.place(call, env, config, state.host.as_deref()).await?;
-                let from = named.or_else(|| state.host.clone());
+                let target = self.place(call, env, config, head.host.as_deref()).await?;
+                let from = named.or_else(|| head.host.clone());
                 if from.as_deref() == Some(target.name.as_str()) {
-                    self.adopt(&key, &state, &target)?;
+                    self.adopt(&key, &head, &target)?;
                 } else {
-                    self.relocate(call, env, config, &state, from.as_deref(), &target)
+                    self.relocate(call, env, config, from.as_deref(), &target)
                         .await?;
                 }
                 target
@@ -731,13 +734,13 @@ impl Dispatcher {
     fn adopt(
         &self,
         key: &str,
-        state: &JournalState,
+        head: &JournalHead,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
-        let listed_pending = state.pending_drops.iter().any(|p| p.host == target.name);
-        if state.host.as_deref() != Some(target.name.as_str()) || listed_pending {
+        let listed_pending = head.pending_drops.iter().any(|p| p.host == target.name);
+        if head.host.as_deref() != Some(target.name.as_str()) || listed_pending {
             let name = target.name.clone();
-            self.journal.update(key, &mut |s| {
+            self.journal.update_head(key, &mut |s| {
                 s.host = Some(name.clone());
                 s.pending_drops.retain(|p| p.host != name);
             })?;
@@ -754,11 +757,11 @@ impl Dispatcher {
         call: &Call,
         env: &Envelope,
         config: &ExecutorConfig,
-        state: &JournalState,
         from: Option<&str>,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
         let key = env.scope.namespace();
+        let state = self.journal.load(&key)?;
         let old = from.filter(|h| *h != target.name).map(str::to_string);
         let tiers = state.network_ids();
         let device = serde_json::from_str::<Value>(&env.scope.device_details(&target.name))
@@ -828,7 +831,7 @@ impl Dispatcher {
             }
         }
         let target_name = target.name.clone();
-        self.journal.update(&key, &mut |s| {
+        self.journal.update_head(&key, &mut |s| {
             s.host = Some(target_name.clone());
             // The network lives there again: never drop it there.
             s.pending_drops.retain(|p| p.host != target_name);
@@ -840,7 +843,7 @@ impl Dispatcher {
                     network_ids: tiers.clone(),
                     last_attempt: unix_now(),
                 };
-                self.journal.update(&key, &mut |s| {
+                self.journal.update_head(&key, &mut |s| {
                     s.pending_drops.retain(|p| p.host != pending.host);
                     s.pending_drops.push(pending.clone());
                 })?;
@@ -860,9 +863,9 @@ impl Dispatcher {
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
         let key = env.scope.namespace();
-        let state = self.journal.load(&key)?;
+        let head = self.journal.head(&key)?;
         let now = unix_now();
-        for p in state.pending_drops {
+        for p in head.pending_drops {
             if p.host == target.name
                 || now.saturating_sub(p.last_attempt)
                     < self.settings.pending_drop_interval.as_secs()
@@ -872,7 +875,7 @@ impl Dispatcher {
             let reached = self
                 .drop_on(call, env, config, &p.host, &p.network_ids)
                 .await;
-            self.journal.update(&key, &mut |s| {
+            self.journal.update_head(&key, &mut |s| {
                 if reached {
                     s.pending_drops.retain(|q| q.host != p.host);
                 } else if let Some(q) = s.pending_drops.iter_mut().find(|q| q.host == p.host) {

@@ -87,6 +87,8 @@ pub(super) fn handles(command: Command) -> bool {
 pub(super) struct GuestRuntime {
     store: Option<Arc<MetadataStore>>,
     dnsmasq: Option<Daemon>,
+    /// The dnsmasq files last written (what `dnsmasq` was given).
+    dnsmasq_files: Option<dnsmasq::DnsmasqFiles>,
     haproxy: Option<Daemon>,
     /// Old haproxy processes finishing their connections after a reload.
     draining: Vec<Daemon>,
@@ -251,9 +253,14 @@ impl Engine {
         let network = NetworkFields::parse(&envelope.fields())?;
         let namespace = NetworkState::namespace_for(network.network_id);
         let slot = self.slot(&namespace);
-        let mut slot = super::lock(&slot);
-        let current = match &slot.state {
-            Some(s) => s.clone(),
+        let mut guard = super::lock(&slot);
+        let slot = &mut *guard;
+        // Taken out (not cloned: a network may hold thousands of records)
+        // while the command runs, and put back on every path below.
+        let held = slot.state.take();
+        let fresh;
+        let current = match &held {
+            Some(s) => s,
             None => {
                 // Guest data may arrive before implement-network.
                 let req = NetworkRequest {
@@ -261,26 +268,49 @@ impl Engine {
                     devices: Devices::parse(envelope)?,
                     command: NetworkCommand::Shutdown,
                 };
-                NetworkState::new(&req, &self.config.guest_device)
+                fresh = NetworkState::new(&req, &self.config.guest_device);
+                &fresh
             }
         };
-        let next = self.apply_guest(&mut slot.guest, command, envelope, &current, &namespace)?;
-        if next.implemented && udp_lb_changed(&current.guest, &next.guest) {
-            // UDP LB is part of the network's ruleset: re-plan and load it.
-            if let Err(e) = self.apply_udp_lb(&mut slot, &current, &next) {
-                log::error!("{namespace}: {command}: UDP load balancing: {e}");
-                // haproxy follows the TCP rules of the state still in force.
-                let _ = self.sync_haproxy(&mut slot.guest, &current, &namespace);
+        match self.guest_step(slot, command, envelope, current, &namespace) {
+            Ok(next) => slot.state = Some(next),
+            Err(e) => {
+                slot.state = held;
                 return Err(e);
             }
         }
-        if let Err(e) = self.store.save(&next) {
+        log::info!("{namespace}: {command} done");
+        Ok(serde_json::json!({ "namespace": namespace }))
+    }
+
+    /// One guest-service command on `current`: the pure update and the
+    /// daemons, the network's ruleset when its UDP LB rules changed, then
+    /// the state file. The new state, or an error with the old one in force.
+    fn guest_step(
+        &self,
+        slot: &mut super::Slot,
+        command: Command,
+        envelope: &Envelope,
+        current: &NetworkState,
+        namespace: &str,
+    ) -> Result<NetworkState, ExecError> {
+        let next = self.apply_guest(&mut slot.guest, command, envelope, current, namespace)?;
+        if next.implemented && udp_lb_changed(&current.guest, &next.guest) {
+            // UDP LB is part of the network's ruleset: re-plan and load it.
+            if let Err(e) = self.apply_udp_lb(slot, current, &next) {
+                log::error!("{namespace}: {command}: UDP load balancing: {e}");
+                // haproxy follows the TCP rules of the state still in force.
+                let _ = self.sync_haproxy(&mut slot.guest, current, namespace);
+                return Err(e);
+            }
+        }
+        // Not fsynced: one per VM record would cost milliseconds (see
+        // `StateStore::save_unsynced`); the data plane's commands are.
+        if let Err(e) = self.store.save_unsynced(&next) {
             log::error!("{namespace}: {command} applied but not persisted: {e}");
             return Err(e.into());
         }
-        slot.state = Some(next);
-        log::info!("{namespace}: {command} done");
-        Ok(serde_json::json!({ "namespace": namespace }))
+        Ok(next)
     }
 
     /// Loads the ruleset of `next` (its UDP LB rules changed), then drops
@@ -330,7 +360,7 @@ impl Engine {
         seed_addresses(&mut next);
         let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
-        let mut guest = next.guest.clone();
+        let mut guest = std::mem::take(&mut next.guest);
         let fx = store
             .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
         next.guest = guest;
@@ -438,10 +468,19 @@ impl Engine {
         let ns = state.namespace.as_str();
         let paths = self.dnsmasq_paths(key)?;
         let files = dnsmasq::render(&state.guest, &paths);
-        let (daemon, action) =
-            run::sync_dnsmasq(&paths, Some(ns), key, files.as_ref(), rt.dnsmasq.take())?;
+        // Taken: after a failure the files are read back from disk.
+        let known = rt.dnsmasq_files.take();
+        let (daemon, action) = run::sync_dnsmasq_known(
+            &paths,
+            Some(ns),
+            key,
+            files.as_ref(),
+            rt.dnsmasq.take(),
+            known,
+        )?;
         log::debug!("{key}: dnsmasq {action:?}");
         rt.dnsmasq = daemon;
+        rt.dnsmasq_files = files;
         Ok(())
     }
 
@@ -535,6 +574,7 @@ impl Engine {
         key: &str,
         forget: bool,
     ) -> Result<(), ExecError> {
+        rt.dnsmasq_files = None;
         if let Some((_, server)) = rt.metadata.take() {
             stop_metadata(server);
         }

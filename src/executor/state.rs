@@ -319,6 +319,18 @@ impl StateStore {
 
     /// Atomic replace: temp file, fsync, rename, fsync of the directory.
     pub fn save(&self, state: &NetworkState) -> Result<(), StateError> {
+        self.write(state, true)
+    }
+
+    /// Atomic replace without the fsyncs (guest-service records, which
+    /// change per VM and must stay cheap): a killed executor still finds the
+    /// old or the new file, never a torn one; a power loss may lose changes
+    /// of the last seconds (the kernel's writeback interval).
+    pub fn save_unsynced(&self, state: &NetworkState) -> Result<(), StateError> {
+        self.write(state, false)
+    }
+
+    fn write(&self, state: &NetworkState, durable: bool) -> Result<(), StateError> {
         let path = self.path(&state.namespace);
         let tmp = self.dir.join(format!(".{}.json.tmp", state.namespace));
         let data = serde_json::to_vec(state).map_err(|e| StateError::Corrupt {
@@ -334,12 +346,16 @@ impl StateStore {
                 .open(&tmp)
                 .map_err(io_err(&tmp))?;
             f.write_all(&data).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+            if durable {
+                f.sync_all().map_err(io_err(&tmp))?;
+            }
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
+        if durable {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+        }
         Ok(())
     }
 

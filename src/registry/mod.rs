@@ -402,6 +402,27 @@ const MIGRATIONS: &[&str] = &[
         updated TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 3: the journal stored incrementally: a head per key and a row per
+    // entry (envelope sealed per row). Version-2 blobs are converted when the
+    // registry is opened (`journal::convert_blobs`), which needs the key.
+    r#"
+    CREATE TABLE journal_heads (
+        key TEXT PRIMARY KEY,
+        host TEXT,
+        pending_drops TEXT NOT NULL DEFAULT '',
+        updated TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE journal_entries (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        slot BLOB,
+        network_id TEXT,
+        sealed BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX journal_entries_order ON journal_entries(key, seq);
+    CREATE UNIQUE INDEX journal_entries_slot ON journal_entries(key, slot);
+    "#,
 ];
 
 /// The registry handle; `Send + Sync`.
@@ -561,11 +582,13 @@ impl Registry {
             // Still bounded if the background thread falls behind.
             conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         }
-        Ok(Registry {
+        let registry = Registry {
             conn: Mutex::new(conn),
             cipher,
             _checkpointer: checkpointer,
-        })
+        };
+        registry.convert_journal_blobs()?;
+        Ok(registry)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

@@ -210,17 +210,29 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
         }
     }
 
+    // Written piece by piece: this runs on every record change, over every
+    // record of the network.
     let mut hosts = String::with_capacity(64 + s.dns_records.len() * 48);
-    let fq = |h: &str| match &s.domain {
-        Some(d) => format!("{h} {h}.{d}"),
-        None => h.to_string(),
+    let domain = s.domain.as_deref();
+    let names = |out: &mut String, h: &str| {
+        out.push_str(h);
+        if let Some(d) = domain {
+            out.push(' ');
+            out.push_str(h);
+            out.push('.');
+            out.push_str(d);
+        }
+        out.push('\n');
     };
-    let _ = writeln!(hosts, "{ext} {}", fq(DATA_SERVER));
+    let _ = write!(hosts, "{ext} ");
+    names(&mut hosts, DATA_SERVER);
     for (ip, r) in &s.dns_records {
-        let names = fq(&r.hostname);
-        let _ = writeln!(hosts, "{ip} {names}");
+        push_ipv4(&mut hosts, *ip);
+        hosts.push(' ');
+        names(&mut hosts, &r.hostname);
         if let Some(v6) = r.ip6 {
-            let _ = writeln!(hosts, "{v6} {names}");
+            let _ = write!(hosts, "{v6} ");
+            names(&mut hosts, &r.hostname);
         }
     }
 
@@ -242,7 +254,44 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
     })
 }
 
+/// Dotted quad, as `Display` writes it, without the formatting machinery.
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + (octet / 10) % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+}
+
 /// Convenience for callers that keep only the directory.
 pub fn paths_in(dir: &Path) -> Result<DnsmasqPaths, ServicesError> {
     DnsmasqPaths::new(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_is_written_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.1.5",
+            "255.255.255.255",
+            "192.0.2.100",
+            "9.99.100.209",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ipv4(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+    }
 }

@@ -35,7 +35,8 @@ pub struct Nic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsRecord {
     pub hostname: String,
-    #[serde(default)]
+    // Omitted when absent: thousands of records are saved per change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
 }
 

@@ -94,6 +94,20 @@ pub fn sync_dnsmasq(
     new: Option<&DnsmasqFiles>,
     running: Option<Daemon>,
 ) -> Result<(Option<Daemon>, DnsmasqAction), ServicesError> {
+    sync_dnsmasq_known(paths, netns, label, new, running, None)
+}
+
+/// As [`sync_dnsmasq`], with `known`: the files this process last wrote
+/// there (they are compared instead of read back from disk, which costs
+/// as much as rendering on a network with thousands of records).
+pub fn sync_dnsmasq_known(
+    paths: &DnsmasqPaths,
+    netns: Option<&str>,
+    label: &str,
+    new: Option<&DnsmasqFiles>,
+    running: Option<Daemon>,
+    known: Option<DnsmasqFiles>,
+) -> Result<(Option<Daemon>, DnsmasqAction), ServicesError> {
     let spec = dnsmasq_spec(paths, netns, label);
     let mut running = running.or_else(|| Daemon::adopt(spec.clone()));
     if let Some(d) = running.as_mut() {
@@ -103,7 +117,7 @@ pub fn sync_dnsmasq(
         }
     }
     let old = if running.is_some() {
-        read_dnsmasq_files(paths)
+        known.or_else(|| read_dnsmasq_files(paths))
     } else {
         None
     };

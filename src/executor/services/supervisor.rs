@@ -46,6 +46,24 @@ pub struct Daemon {
     spec: DaemonSpec,
     pid: u32,
     child: Option<Child>,
+    /// Seen with a SIGHUP handler installed (see [`Daemon::hup`]).
+    hup_ready: bool,
+}
+
+/// Whether process `pid` has a handler for `sig` (`SigCgt` of
+/// `/proc/<pid>/status`).
+fn catches(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let Some(mask) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+    else {
+        return false;
+    };
+    (1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0
 }
 
 fn proc_err(spec: &DaemonSpec, what: impl std::fmt::Display) -> ServicesError {
@@ -166,6 +184,7 @@ impl Daemon {
             spec,
             pid,
             child: Some(child),
+            hup_ready: false,
         };
         super::store::replace_file(&d.spec.pid_file, format!("{pid}\n").as_bytes(), 0o644)?;
         log::info!("{}: started pid {pid}", d.spec.name);
@@ -182,6 +201,7 @@ impl Daemon {
                 spec,
                 pid,
                 child: None,
+                hup_ready: false,
             })
         } else {
             log::info!(
@@ -234,8 +254,19 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP (dnsmasq re-reads its hosts and option files).
+    /// SIGHUP (dnsmasq re-reads its hosts and option files). A daemon
+    /// started moments ago may not have installed its handler yet, and the
+    /// default action of SIGHUP would kill it: wait (bounded) for the
+    /// handler first, once per daemon.
     pub fn hup(&mut self) -> Result<(), ServicesError> {
+        if !self.hup_ready {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !catches(self.pid, libc::SIGHUP) && Instant::now() < deadline && self.is_running()
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.hup_ready = catches(self.pid, libc::SIGHUP);
+        }
         self.signal(libc::SIGHUP)
     }
 
@@ -289,5 +320,23 @@ impl Daemon {
         let extra = super::haproxy::reload_args(self.pid);
         let new = Self::spawn_with(spec, &extra)?;
         Ok((new, self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    #[test]
+    fn signal_handlers_are_read_from_proc() {
+        let me = std::process::id();
+        assert!(!catches(me, libc::SIGUSR2));
+        // SAFETY: installs a no-op handler for a signal nothing else uses here.
+        unsafe { libc::signal(libc::SIGUSR2, nothing as *const () as libc::sighandler_t) };
+        assert!(catches(me, libc::SIGUSR2));
+        assert!(!catches(u32::MAX, libc::SIGHUP));
+        assert!(!catches(me, 0));
     }
 }

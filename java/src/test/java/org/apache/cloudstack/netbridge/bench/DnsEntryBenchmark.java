@@ -33,9 +33,9 @@ import org.apache.cloudstack.netbridge.e2e.Transport;
  * per command ({@code ip netns exec <mgmt> netbridge-entrypoint …}, as the e2e tests run it; the
  * {@code ip netns exec} fork is part of (b)).
  *
- * <p>Every distinct IP adds a record on the executor and a slot (the whole envelope) in the
- * bridge's failover journal, which each command loads and rewrites: hence (a0), the same command
- * re-pointing one IP at a fixed size, and the first/last 200 calls of (a).
+ * <p>Every distinct IP adds a record on the executor (whose hosts file and state are rewritten
+ * whole) and an entry in the bridge's failover journal (one row, written alone): hence (a0), the
+ * same command re-pointing one IP at a fixed size, and the first/last 200 calls of (a).
  *
  * <pre>
  * cargo build --release --lib --bins &amp;&amp; cargo build --example testbed
@@ -44,7 +44,8 @@ import org.apache.cloudstack.netbridge.e2e.Transport;
  *     -Dnetbridge.executor.bin=$PWD/target/release/netbridge-executor
  * </pre>
  * System properties: {@code bench.iterations} (2000), {@code bench.warmup} (300),
- * {@code bench.procRuns} (200), {@code bench.entrypoint} (default
+ * {@code bench.procRuns} (200), {@code bench.prefix} (testbed namespace/link prefix, {@code nbq}),
+ * {@code bench.entrypoint} (default
  * {@code target/release/netbridge-entrypoint}), {@code netbridge.executor.bin} (the testbed's
  * executor; default the debug build).
  */
@@ -71,13 +72,14 @@ public final class DnsEntryBenchmark {
                 + "), load " + loadAverage() + " (1/5/15 min; shared machine)");
         System.out.println("  java     " + System.getProperty("java.vm.name") + " " + System.getProperty("java.version"));
 
-        Path dir = Files.createTempDirectory("nbq-dns-bench-");
-        try (Testbed tb = Testbed.start("nbq");
+        String prefix = System.getProperty("bench.prefix", "nbq");
+        Path dir = Files.createTempDirectory(prefix + "-dns-bench-");
+        try (Testbed tb = Testbed.start(prefix);
                 NetBridge b = NetBridge.open(NetBridgeConfig.builder().database(dir.resolve("bridge.db"))
                         .keyFile(dir.resolve("bridge.key")).logLevel("off")
                         .dispatchNetns(Path.of(tb.str("mgmt_netns"))).build())) {
             ControlPlane cp = new ControlPlane(b, s -> { });
-            cp.createExtension("nbq-dns-bench");
+            cp.createExtension(prefix + "-dns-bench");
             String key = tb.str("executor.key");
             cp.register(ControlPlane.registrationDetails(tb, key));
             JniTransport jni = new JniTransport(b, cp.extensionId, cp.physicalNetworkId);

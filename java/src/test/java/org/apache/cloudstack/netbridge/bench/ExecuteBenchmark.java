@@ -197,7 +197,9 @@ public final class ExecuteBenchmark {
                         call.run(i++);
                         done.incrementAndGet();
                     } catch (RuntimeException e) {
-                        failed.incrementAndGet();
+                        if (failed.getAndIncrement() == 0) {
+                            System.out.println("  first failure: " + e);
+                        }
                     }
                 }
             });

@@ -256,7 +256,7 @@ impl Applier {
     pub fn load_ruleset(&self, namespace: &str, ruleset: &str) -> Result<(), ApplyError> {
         if self.config.use_libnftables {
             if let Some(lib) = libnft::get() {
-                return lib.run(&self.netns_path(namespace), ruleset);
+                return lib.run(&self.netns_path(namespace), namespace, ruleset);
             }
         }
         self.run(
@@ -547,6 +547,10 @@ impl Applier {
                 .map(|l| format!("link del {}", l.host_name))
                 .collect();
             self.ip_batch(None, &batch)?;
+            // A kept nftables socket would keep the deleted namespace alive.
+            if let Some(lib) = libnft::loaded() {
+                lib.forget(namespace);
+            }
             if self.namespace_exists(namespace) {
                 self.ip(&["netns", "del", namespace])?;
             }
@@ -708,10 +712,22 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
 
 /// In-process nftables through `libnftables.so.1` (loaded once with
 /// `dlopen`): the same `nft -f` script and transaction, without a process
-/// spawn per command. The context is created on a thread that joined the
+/// spawn per command. A context is created on a thread that joined the
 /// namespace, so its netlink socket belongs to that namespace.
+///
+/// Contexts are kept, one per namespace, for the namespace's life: closing
+/// an nftables netlink socket makes the kernel flush its pending
+/// transaction clean-up (an RCU grace period, ~10 ms here) whenever an
+/// earlier transaction deleted anything, and every full ruleset replace
+/// does. Kept open, that clean-up runs in the background instead. A context
+/// is bound to the namespace's identity (the nsfs inode), so a namespace
+/// deleted and re-created by hand gets a fresh one; [`Lib::forget`] closes
+/// it before the namespace is removed (an open socket would keep a deleted
+/// namespace alive).
 mod libnft {
+    use std::collections::HashMap;
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
     use std::sync::{Mutex, OnceLock};
 
@@ -723,15 +739,29 @@ mod libnft {
     type Buffer = unsafe extern "C" fn(*mut c_void) -> c_int;
     type GetBuf = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 
+    /// A context kept for one namespace, identified by (device, inode) of
+    /// its nsfs file.
+    struct Ctx {
+        id: (u64, u64),
+        ptr: *mut c_void,
+    }
+
+    // SAFETY: the context is only used while holding `Lib::contexts`'s lock,
+    // so never from two threads at once; libnftables contexts are not tied
+    // to the thread that created them.
+    unsafe impl Send for Ctx {}
+
     pub struct Lib {
         ctx_new: CtxNew,
         ctx_free: CtxFree,
         run_buf: RunBuf,
         buffer_output: Buffer,
         buffer_error: Buffer,
+        get_output: GetBuf,
         get_error: GetBuf,
         /// libnftables keeps some process-wide state: one call at a time.
-        lock: Mutex<()>,
+        /// Also holds the kept contexts by namespace name.
+        contexts: Mutex<HashMap<String, Ctx>>,
     }
 
     static LIB: OnceLock<Option<Lib>> = OnceLock::new();
@@ -746,6 +776,11 @@ mod libnft {
             lib
         })
         .as_ref()
+    }
+
+    /// The already loaded library, without loading it.
+    pub fn loaded() -> Option<&'static Lib> {
+        LIB.get().and_then(Option::as_ref)
     }
 
     fn load() -> Option<Lib> {
@@ -776,47 +811,89 @@ mod libnft {
                 buffer_error: std::mem::transmute::<*mut c_void, Buffer>(sym(
                     c"nft_ctx_buffer_error",
                 )?),
+                get_output: std::mem::transmute::<*mut c_void, GetBuf>(sym(
+                    c"nft_ctx_get_output_buffer",
+                )?),
                 get_error: std::mem::transmute::<*mut c_void, GetBuf>(sym(
                     c"nft_ctx_get_error_buffer",
                 )?),
-                lock: Mutex::new(()),
+                contexts: Mutex::new(HashMap::new()),
             })
         }
     }
 
     impl Lib {
-        pub fn run(&self, netns: &Path, script: &str) -> Result<(), ApplyError> {
+        pub fn run(&self, netns: &Path, namespace: &str, script: &str) -> Result<(), ApplyError> {
             let script = CString::new(script)
                 .map_err(|_| ApplyError::Io("ruleset contains a NUL byte".into()))?;
+            let meta = std::fs::metadata(netns)
+                .map_err(|e| ApplyError::Io(format!("{}: {e}", netns.display())))?;
+            let id = (meta.dev(), meta.ino());
             in_netns(netns, || {
-                let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-                // SAFETY: a fresh context used only here and freed below;
-                // the error buffer is copied before the context is freed.
-                unsafe {
-                    let ctx = (self.ctx_new)(0);
-                    if ctx.is_null() {
-                        return Err(ApplyError::Io("nft_ctx_new failed".into()));
+                let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+                if contexts.get(namespace).is_some_and(|c| c.id != id) {
+                    // The namespace was re-created: the old socket is in the
+                    // old one.
+                    if let Some(old) = contexts.remove(namespace) {
+                        // SAFETY: a context we created and no longer hold.
+                        unsafe { (self.ctx_free)(old.ptr) };
                     }
-                    (self.buffer_output)(ctx);
-                    (self.buffer_error)(ctx);
-                    let rc = (self.run_buf)(ctx, script.as_ptr());
-                    let err = (self.get_error)(ctx);
+                }
+                let ptr = match contexts.get(namespace) {
+                    Some(c) => c.ptr,
+                    None => {
+                        // SAFETY: plain constructor; the buffers are owned by
+                        // the context.
+                        let ptr = unsafe { (self.ctx_new)(0) };
+                        if ptr.is_null() {
+                            return Err(ApplyError::Io("nft_ctx_new failed".into()));
+                        }
+                        // SAFETY: a valid, fresh context.
+                        unsafe {
+                            (self.buffer_output)(ptr);
+                            (self.buffer_error)(ptr);
+                        }
+                        contexts.insert(namespace.to_string(), Ctx { id, ptr });
+                        ptr
+                    }
+                };
+                // SAFETY: a live context used under the lock; the returned
+                // buffers are read before the next call on it, and reading
+                // them rewinds them for the next command.
+                let (rc, text) = unsafe {
+                    let rc = (self.run_buf)(ptr, script.as_ptr());
+                    let _ = (self.get_output)(ptr);
+                    let err = (self.get_error)(ptr);
                     let text = if err.is_null() {
                         String::new()
                     } else {
                         CStr::from_ptr(err).to_string_lossy().into_owned()
                     };
-                    (self.ctx_free)(ctx);
-                    if rc != 0 {
-                        return Err(ApplyError::Tool {
-                            program: "libnftables".into(),
-                            status: format!("rc {rc}"),
-                            stderr: super::stderr_text(text.as_bytes()),
-                        });
+                    (rc, text)
+                };
+                if rc != 0 {
+                    // Start the next command from a clean context.
+                    if let Some(old) = contexts.remove(namespace) {
+                        // SAFETY: as above.
+                        unsafe { (self.ctx_free)(old.ptr) };
                     }
-                    Ok(())
+                    return Err(ApplyError::Tool {
+                        program: "libnftables".into(),
+                        status: format!("rc {rc}"),
+                        stderr: super::stderr_text(text.as_bytes()),
+                    });
                 }
+                Ok(())
             })?
+        }
+
+        /// Closes the context kept for `namespace`, if any.
+        pub fn forget(&self, namespace: &str) {
+            let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = contexts.remove(namespace) {
+                // SAFETY: a context we created and no longer hold.
+                unsafe { (self.ctx_free)(old.ptr) };
+            }
         }
     }
 }

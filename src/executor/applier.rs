@@ -71,6 +71,8 @@ pub struct Applier {
     config: ApplierConfig,
     host_lock: Mutex<()>,
     vlan_support: AtomicU8,
+    /// libnftables contexts kept per namespace (see [`libnft`]).
+    nft: libnft::Contexts,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +117,7 @@ impl Applier {
             config,
             host_lock: Mutex::new(()),
             vlan_support: AtomicU8::new(VLAN_UNKNOWN),
+            nft: libnft::Contexts::default(),
         }
     }
 
@@ -256,7 +259,7 @@ impl Applier {
     pub fn load_ruleset(&self, namespace: &str, ruleset: &str) -> Result<(), ApplyError> {
         if self.config.use_libnftables {
             if let Some(lib) = libnft::get() {
-                return lib.run(&self.netns_path(namespace), namespace, ruleset);
+                return lib.run(&self.nft, &self.netns_path(namespace), namespace, ruleset);
             }
         }
         self.run(
@@ -548,9 +551,7 @@ impl Applier {
                 .collect();
             self.ip_batch(None, &batch)?;
             // A kept nftables socket would keep the deleted namespace alive.
-            if let Some(lib) = libnft::loaded() {
-                lib.forget(namespace);
-            }
+            self.nft.forget(namespace);
             if self.namespace_exists(namespace) {
                 self.ip(&["netns", "del", namespace])?;
             }
@@ -721,9 +722,9 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
 /// earlier transaction deleted anything, and every full ruleset replace
 /// does. Kept open, that clean-up runs in the background instead. A context
 /// is bound to the namespace's identity (the nsfs inode), so a namespace
-/// deleted and re-created by hand gets a fresh one; [`Lib::forget`] closes
-/// it before the namespace is removed (an open socket would keep a deleted
-/// namespace alive).
+/// deleted and re-created by hand gets a fresh one; [`Contexts::forget`]
+/// closes it before the namespace is removed (an open socket would keep a
+/// deleted namespace alive), and all close when the applier is dropped.
 mod libnft {
     use std::collections::HashMap;
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -746,10 +747,35 @@ mod libnft {
         ptr: *mut c_void,
     }
 
-    // SAFETY: the context is only used while holding `Lib::contexts`'s lock,
-    // so never from two threads at once; libnftables contexts are not tied
-    // to the thread that created them.
+    // SAFETY: the context is only used while holding `Contexts`'s lock, so
+    // never from two threads at once; libnftables contexts are not tied to
+    // the thread that created them.
     unsafe impl Send for Ctx {}
+
+    /// The contexts an applier keeps, by namespace name.
+    #[derive(Default)]
+    pub struct Contexts(Mutex<HashMap<String, Ctx>>);
+
+    impl Drop for Contexts {
+        fn drop(&mut self) {
+            let map = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Some(lib) = loaded() {
+                for (_, ctx) in map.drain() {
+                    lib.free(ctx);
+                }
+            }
+        }
+    }
+
+    impl Contexts {
+        /// Closes the context kept for `namespace`, if any.
+        pub fn forget(&self, namespace: &str) {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(ctx), Some(lib)) = (map.remove(namespace), loaded()) {
+                lib.free(ctx);
+            }
+        }
+    }
 
     pub struct Lib {
         ctx_new: CtxNew,
@@ -760,8 +786,7 @@ mod libnft {
         get_output: GetBuf,
         get_error: GetBuf,
         /// libnftables keeps some process-wide state: one call at a time.
-        /// Also holds the kept contexts by namespace name.
-        contexts: Mutex<HashMap<String, Ctx>>,
+        lock: Mutex<()>,
     }
 
     static LIB: OnceLock<Option<Lib>> = OnceLock::new();
@@ -817,28 +842,40 @@ mod libnft {
                 get_error: std::mem::transmute::<*mut c_void, GetBuf>(sym(
                     c"nft_ctx_get_error_buffer",
                 )?),
-                contexts: Mutex::new(HashMap::new()),
+                lock: Mutex::new(()),
             })
         }
     }
 
     impl Lib {
-        pub fn run(&self, netns: &Path, namespace: &str, script: &str) -> Result<(), ApplyError> {
+        fn free(&self, ctx: Ctx) {
+            let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: a context we created and no longer hold anywhere.
+            unsafe { (self.ctx_free)(ctx.ptr) };
+        }
+
+        pub fn run(
+            &self,
+            contexts: &Contexts,
+            netns: &Path,
+            namespace: &str,
+            script: &str,
+        ) -> Result<(), ApplyError> {
             let script = CString::new(script)
                 .map_err(|_| ApplyError::Io("ruleset contains a NUL byte".into()))?;
             let meta = std::fs::metadata(netns)
                 .map_err(|e| ApplyError::Io(format!("{}: {e}", netns.display())))?;
             let id = (meta.dev(), meta.ino());
             in_netns(netns, || {
-                let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+                let mut contexts = contexts.0.lock().unwrap_or_else(|p| p.into_inner());
                 if contexts.get(namespace).is_some_and(|c| c.id != id) {
                     // The namespace was re-created: the old socket is in the
                     // old one.
                     if let Some(old) = contexts.remove(namespace) {
-                        // SAFETY: a context we created and no longer hold.
-                        unsafe { (self.ctx_free)(old.ptr) };
+                        self.free(old);
                     }
                 }
+                let serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
                 let ptr = match contexts.get(namespace) {
                     Some(c) => c.ptr,
                     None => {
@@ -873,9 +910,9 @@ mod libnft {
                 };
                 if rc != 0 {
                     // Start the next command from a clean context.
+                    drop(serial);
                     if let Some(old) = contexts.remove(namespace) {
-                        // SAFETY: as above.
-                        unsafe { (self.ctx_free)(old.ptr) };
+                        self.free(old);
                     }
                     return Err(ApplyError::Tool {
                         program: "libnftables".into(),
@@ -885,15 +922,6 @@ mod libnft {
                 }
                 Ok(())
             })?
-        }
-
-        /// Closes the context kept for `namespace`, if any.
-        pub fn forget(&self, namespace: &str) {
-            let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = contexts.remove(namespace) {
-                // SAFETY: a context we created and no longer hold.
-                unsafe { (self.ctx_free)(old.ptr) };
-            }
         }
     }
 }

@@ -716,11 +716,12 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
 /// spawn per command. A context is created on a thread that joined the
 /// namespace, so its netlink socket belongs to that namespace.
 ///
-/// Contexts are kept, one per namespace, for the namespace's life: closing
-/// an nftables netlink socket makes the kernel flush its pending
-/// transaction clean-up (an RCU grace period, ~10 ms here) whenever an
-/// earlier transaction deleted anything, and every full ruleset replace
-/// does. Kept open, that clean-up runs in the background instead. A context
+/// Contexts are kept, one per namespace, for the few most recently changed
+/// namespaces: closing an nftables netlink socket makes the kernel flush
+/// its pending transaction clean-up (an RCU grace period, ~10 ms here)
+/// whenever a recent transaction deleted anything, and every full ruleset
+/// replace does. Kept open, that clean-up runs in the background instead,
+/// and an evicted context is closed on a background thread. A context
 /// is bound to the namespace's identity (the nsfs inode), so a namespace
 /// deleted and re-created by hand gets a fresh one; [`Contexts::forget`]
 /// closes it before the namespace is removed (an open socket would keep a
@@ -745,20 +746,28 @@ mod libnft {
     struct Ctx {
         id: (u64, u64),
         ptr: *mut c_void,
+        /// Use counter value of the last command (least recently used
+        /// goes first).
+        used: u64,
     }
+
+    /// Contexts kept at most. Each holds ~1.2 MB of heap (libnftables'
+    /// cache), so they go to the namespaces most recently changed; the
+    /// executor's RSS goal (≤ 40 MB with 100 networks) allows a few.
+    const KEPT: usize = 8;
 
     // SAFETY: the context is only used while holding `Contexts`'s lock, so
     // never from two threads at once; libnftables contexts are not tied to
     // the thread that created them.
     unsafe impl Send for Ctx {}
 
-    /// The contexts an applier keeps, by namespace name.
+    /// The contexts an applier keeps, by namespace name, and a use counter.
     #[derive(Default)]
-    pub struct Contexts(Mutex<HashMap<String, Ctx>>);
+    pub struct Contexts(Mutex<(HashMap<String, Ctx>, u64)>);
 
     impl Drop for Contexts {
         fn drop(&mut self) {
-            let map = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+            let (map, _) = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
             if let Some(lib) = loaded() {
                 for (_, ctx) in map.drain() {
                     lib.free(ctx);
@@ -770,8 +779,8 @@ mod libnft {
     impl Contexts {
         /// Closes the context kept for `namespace`, if any.
         pub fn forget(&self, namespace: &str) {
-            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let (Some(ctx), Some(lib)) = (map.remove(namespace), loaded()) {
+            let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(ctx), Some(lib)) = (guard.0.remove(namespace), loaded()) {
                 lib.free(ctx);
             }
         }
@@ -867,7 +876,10 @@ mod libnft {
                 .map_err(|e| ApplyError::Io(format!("{}: {e}", netns.display())))?;
             let id = (meta.dev(), meta.ino());
             in_netns(netns, || {
-                let mut contexts = contexts.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = contexts.0.lock().unwrap_or_else(|p| p.into_inner());
+                guard.1 += 1;
+                let used = guard.1;
+                let contexts = &mut guard.0;
                 if contexts.get(namespace).is_some_and(|c| c.id != id) {
                     // The namespace was re-created: the old socket is in the
                     // old one.
@@ -876,8 +888,11 @@ mod libnft {
                     }
                 }
                 let serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-                let ptr = match contexts.get(namespace) {
-                    Some(c) => c.ptr,
+                let ptr = match contexts.get_mut(namespace) {
+                    Some(c) => {
+                        c.used = used;
+                        c.ptr
+                    }
                     None => {
                         // SAFETY: plain constructor; the buffers are owned by
                         // the context.
@@ -890,7 +905,7 @@ mod libnft {
                             (self.buffer_output)(ptr);
                             (self.buffer_error)(ptr);
                         }
-                        contexts.insert(namespace.to_string(), Ctx { id, ptr });
+                        contexts.insert(namespace.to_string(), Ctx { id, ptr, used });
                         ptr
                     }
                 };
@@ -919,6 +934,26 @@ mod libnft {
                         status: format!("rc {rc}"),
                         stderr: super::stderr_text(text.as_bytes()),
                     });
+                }
+                drop(serial);
+                if contexts.len() > KEPT {
+                    let oldest = contexts
+                        .iter()
+                        .min_by_key(|(_, c)| c.used)
+                        .map(|(name, _)| name.clone());
+                    if let Some(old) = oldest.and_then(|name| contexts.remove(&name)) {
+                        // Closing may wait for the kernel's clean-up: not
+                        // in this command's time.
+                        std::thread::spawn(move || {
+                            if let Some(lib) = loaded() {
+                                lib.free(old);
+                                // SAFETY: no preconditions; returns freed
+                                // heap pages (the context's cache) to the
+                                // system.
+                                unsafe { libc::malloc_trim(0) };
+                            }
+                        });
+                    }
                 }
                 Ok(())
             })?

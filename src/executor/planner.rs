@@ -14,7 +14,10 @@
 //! - `fw_ingress`: a verdict map on `ct original ip daddr` (the public IP
 //!   before DNAT) jumping to one chain `in_<a>_<b>_<c>_<d>` per public IP;
 //!   each holds that IP's allow rules, matched on the original destination
-//!   port (`ct original proto-dst`). No match returns to the drop policy.
+//!   port (`ct original proto-dst`). TCP and UDP rules are elements of one
+//!   interval set per chain and protocol (`<chain>_tcp`, `<chain>_udp`:
+//!   source prefix . port interval, see [`ingress_chain`]); ICMP and
+//!   all-protocol rules are plain rules. No match returns to the drop policy.
 //! - `fw_egress`: listed egress rules (drop when `default_egress_allow`,
 //!   accept otherwise) and the opposite final verdict.
 //!
@@ -26,7 +29,7 @@
 //!
 //! Rules use single addresses and prefixes (`ip saddr 10.0.0.1` is an exact
 //! match), never anonymous sets per rule (they make the kernel transaction
-//! slow at 10,000 rules).
+//! slow at 10,000 rules); ingress rules share one named set instead.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,7 +1,8 @@
 //! Applier: installs a [`Plan`] on the host. Links and addresses are compared
 //! with what exists and changed through one batched `ip -batch -` call for the
-//! host side and one for the namespace; the ruleset is loaded with a single
-//! `nft -f -` whose process enters the namespace with `setns` before exec.
+//! host side and one for the namespace; the ruleset is loaded in one
+//! transaction through libnftables in process (module `libnft`), or else with
+//! a single `nft -f -` whose process enters the namespace with `setns`.
 //! Sysctls and gratuitous ARP are done from a short-lived thread that joined
 //! the namespace (no process). Every argument is a validated, planner-made
 //! value; no shell is ever involved.

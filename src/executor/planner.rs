@@ -462,8 +462,8 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
     out
 }
 
-/// One chain (or named set) of a rendered ruleset: name, declaration
-/// lines, rules (a set's other lines).
+/// One chain (or named set, map…) of a rendered ruleset: name,
+/// declaration lines, rules (a set's other lines).
 #[derive(Debug, PartialEq, Eq)]
 struct Chain<'a> {
     set: bool,
@@ -472,15 +472,19 @@ struct Chain<'a> {
     rules: Vec<&'a str>,
 }
 
-/// Splits a script made by [`ruleset`] into its chains and sets.
+/// Splits a script made by [`ruleset`] into its chains and other objects.
 fn chains(script: &str) -> Option<Vec<Chain<'_>>> {
     let mut out: Vec<Chain<'_>> = Vec::new();
     for line in script.lines() {
+        // `  chain <name> {`, or any other table object (`  set`, `  map`…),
+        // which `delta` compares whole.
         let block = line
-            .strip_prefix("  chain ")
-            .map(|l| (false, l))
-            .or_else(|| line.strip_prefix("  set ").map(|l| (true, l)));
-        if let Some((set, name)) = block.and_then(|(set, l)| Some((set, l.strip_suffix(" {")?))) {
+            .strip_prefix("  ")
+            .filter(|l| !l.starts_with(' '))
+            .and_then(|l| l.strip_suffix(" {"))
+            .and_then(|l| l.split_once(' '))
+            .map(|(kind, name)| (kind != "chain", name));
+        if let Some((set, name)) = block {
             out.push(Chain {
                 set,
                 name,

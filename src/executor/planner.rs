@@ -1228,6 +1228,18 @@ mod tests {
     }
 
     #[test]
+    fn delta_compares_sets_and_maps_whole() {
+        let base = "table inet nb {\n  map m {\n    type ipv4_addr : verdict\n    elements = { 10.0.0.1 : accept }\n  }\n  chain c {\n    accept\n  }\n}\n";
+        let appended = base.replace("    accept\n  }\n}", "    accept\n    drop\n  }\n}");
+        assert_eq!(delta(base, &appended).unwrap(), "add rule inet nb c drop\n");
+        let grown = base.replace(
+            "10.0.0.1 : accept }",
+            "10.0.0.1 : accept, 10.0.0.2 : drop }",
+        );
+        assert_eq!(delta(base, &grown), None, "a map line is not a rule");
+    }
+
+    #[test]
     fn overlapping_ingress_rules_become_disjoint_elements() {
         let mut b = BTreeMap::new();
         let net = |s: &str| {

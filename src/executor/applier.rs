@@ -1,7 +1,8 @@
 //! Applier: installs a [`Plan`] on the host. Links and addresses are compared
 //! with what exists and changed through one batched `ip -batch -` call for the
-//! host side and one for the namespace; the ruleset is loaded with a single
-//! `nft -f -` whose process enters the namespace with `setns` before exec.
+//! host side and one for the namespace; the ruleset is loaded in one
+//! transaction through libnftables in process (module `libnft`), or else with
+//! a single `nft -f -` whose process enters the namespace with `setns`.
 //! Sysctls and gratuitous ARP are done from a short-lived thread that joined
 //! the namespace (no process). Every argument is a validated, planner-made
 //! value; no shell is ever involved.
@@ -71,6 +72,8 @@ pub struct Applier {
     config: ApplierConfig,
     host_lock: Mutex<()>,
     vlan_support: AtomicU8,
+    /// libnftables contexts kept per namespace (see [`libnft`]).
+    nft: libnft::Contexts,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +118,7 @@ impl Applier {
             config,
             host_lock: Mutex::new(()),
             vlan_support: AtomicU8::new(VLAN_UNKNOWN),
+            nft: libnft::Contexts::default(),
         }
     }
 
@@ -256,7 +260,7 @@ impl Applier {
     pub fn load_ruleset(&self, namespace: &str, ruleset: &str) -> Result<(), ApplyError> {
         if self.config.use_libnftables {
             if let Some(lib) = libnft::get() {
-                return lib.run(&self.netns_path(namespace), ruleset);
+                return lib.run(&self.nft, &self.netns_path(namespace), namespace, ruleset);
             }
         }
         self.run(
@@ -547,6 +551,8 @@ impl Applier {
                 .map(|l| format!("link del {}", l.host_name))
                 .collect();
             self.ip_batch(None, &batch)?;
+            // A kept nftables socket would keep the deleted namespace alive.
+            self.nft.forget(namespace);
             if self.namespace_exists(namespace) {
                 self.ip(&["netns", "del", namespace])?;
             }
@@ -708,10 +714,23 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
 
 /// In-process nftables through `libnftables.so.1` (loaded once with
 /// `dlopen`): the same `nft -f` script and transaction, without a process
-/// spawn per command. The context is created on a thread that joined the
+/// spawn per command. A context is created on a thread that joined the
 /// namespace, so its netlink socket belongs to that namespace.
+///
+/// Contexts are kept, one per namespace, for the few most recently changed
+/// namespaces: closing an nftables netlink socket makes the kernel flush
+/// its pending transaction clean-up (an RCU grace period, ~10 ms here)
+/// whenever a recent transaction deleted anything, and every full ruleset
+/// replace does. Kept open, that clean-up runs in the background instead,
+/// and an evicted context is closed on a background thread. A context
+/// is bound to the namespace's identity (the nsfs inode), so a namespace
+/// deleted and re-created by hand gets a fresh one; [`Contexts::forget`]
+/// closes it before the namespace is removed (an open socket would keep a
+/// deleted namespace alive), and all close when the applier is dropped.
 mod libnft {
+    use std::collections::HashMap;
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
     use std::sync::{Mutex, OnceLock};
 
@@ -723,12 +742,58 @@ mod libnft {
     type Buffer = unsafe extern "C" fn(*mut c_void) -> c_int;
     type GetBuf = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 
+    /// A context kept for one namespace, identified by (device, inode) of
+    /// its nsfs file.
+    struct Ctx {
+        id: (u64, u64),
+        ptr: *mut c_void,
+        /// Use counter value of the last command (least recently used
+        /// goes first).
+        used: u64,
+    }
+
+    /// Contexts kept at most. Each holds ~1.2 MB of heap (libnftables'
+    /// cache), so they go to the namespaces most recently changed; the
+    /// executor's RSS goal (≤ 40 MB with 100 networks) allows a few.
+    const KEPT: usize = 8;
+
+    // SAFETY: the context is only used while holding `Contexts`'s lock, so
+    // never from two threads at once; libnftables contexts are not tied to
+    // the thread that created them.
+    unsafe impl Send for Ctx {}
+
+    /// The contexts an applier keeps, by namespace name, and a use counter.
+    #[derive(Default)]
+    pub struct Contexts(Mutex<(HashMap<String, Ctx>, u64)>);
+
+    impl Drop for Contexts {
+        fn drop(&mut self) {
+            let (map, _) = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Some(lib) = loaded() {
+                for (_, ctx) in map.drain() {
+                    lib.free(ctx);
+                }
+            }
+        }
+    }
+
+    impl Contexts {
+        /// Closes the context kept for `namespace`, if any.
+        pub fn forget(&self, namespace: &str) {
+            let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(ctx), Some(lib)) = (guard.0.remove(namespace), loaded()) {
+                lib.free(ctx);
+            }
+        }
+    }
+
     pub struct Lib {
         ctx_new: CtxNew,
         ctx_free: CtxFree,
         run_buf: RunBuf,
         buffer_output: Buffer,
         buffer_error: Buffer,
+        get_output: GetBuf,
         get_error: GetBuf,
         /// libnftables keeps some process-wide state: one call at a time.
         lock: Mutex<()>,
@@ -746,6 +811,11 @@ mod libnft {
             lib
         })
         .as_ref()
+    }
+
+    /// The already loaded library, without loading it.
+    pub fn loaded() -> Option<&'static Lib> {
+        LIB.get().and_then(Option::as_ref)
     }
 
     fn load() -> Option<Lib> {
@@ -776,6 +846,9 @@ mod libnft {
                 buffer_error: std::mem::transmute::<*mut c_void, Buffer>(sym(
                     c"nft_ctx_buffer_error",
                 )?),
+                get_output: std::mem::transmute::<*mut c_void, GetBuf>(sym(
+                    c"nft_ctx_get_output_buffer",
+                )?),
                 get_error: std::mem::transmute::<*mut c_void, GetBuf>(sym(
                     c"nft_ctx_get_error_buffer",
                 )?),
@@ -785,37 +858,105 @@ mod libnft {
     }
 
     impl Lib {
-        pub fn run(&self, netns: &Path, script: &str) -> Result<(), ApplyError> {
+        fn free(&self, ctx: Ctx) {
+            let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: a context we created and no longer hold anywhere.
+            unsafe { (self.ctx_free)(ctx.ptr) };
+        }
+
+        pub fn run(
+            &self,
+            contexts: &Contexts,
+            netns: &Path,
+            namespace: &str,
+            script: &str,
+        ) -> Result<(), ApplyError> {
             let script = CString::new(script)
                 .map_err(|_| ApplyError::Io("ruleset contains a NUL byte".into()))?;
+            let meta = std::fs::metadata(netns)
+                .map_err(|e| ApplyError::Io(format!("{}: {e}", netns.display())))?;
+            let id = (meta.dev(), meta.ino());
             in_netns(netns, || {
-                let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-                // SAFETY: a fresh context used only here and freed below;
-                // the error buffer is copied before the context is freed.
-                unsafe {
-                    let ctx = (self.ctx_new)(0);
-                    if ctx.is_null() {
-                        return Err(ApplyError::Io("nft_ctx_new failed".into()));
+                let mut guard = contexts.0.lock().unwrap_or_else(|p| p.into_inner());
+                guard.1 += 1;
+                let used = guard.1;
+                let contexts = &mut guard.0;
+                if contexts.get(namespace).is_some_and(|c| c.id != id) {
+                    // The namespace was re-created: the old socket is in the
+                    // old one.
+                    if let Some(old) = contexts.remove(namespace) {
+                        self.free(old);
                     }
-                    (self.buffer_output)(ctx);
-                    (self.buffer_error)(ctx);
-                    let rc = (self.run_buf)(ctx, script.as_ptr());
-                    let err = (self.get_error)(ctx);
+                }
+                let serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                let ptr = match contexts.get_mut(namespace) {
+                    Some(c) => {
+                        c.used = used;
+                        c.ptr
+                    }
+                    None => {
+                        // SAFETY: plain constructor; the buffers are owned by
+                        // the context.
+                        let ptr = unsafe { (self.ctx_new)(0) };
+                        if ptr.is_null() {
+                            return Err(ApplyError::Io("nft_ctx_new failed".into()));
+                        }
+                        // SAFETY: a valid, fresh context.
+                        unsafe {
+                            (self.buffer_output)(ptr);
+                            (self.buffer_error)(ptr);
+                        }
+                        contexts.insert(namespace.to_string(), Ctx { id, ptr, used });
+                        ptr
+                    }
+                };
+                // SAFETY: a live context used under the lock; the returned
+                // buffers are read before the next call on it, and reading
+                // them rewinds them for the next command.
+                let (rc, text) = unsafe {
+                    let rc = (self.run_buf)(ptr, script.as_ptr());
+                    let _ = (self.get_output)(ptr);
+                    let err = (self.get_error)(ptr);
                     let text = if err.is_null() {
                         String::new()
                     } else {
                         CStr::from_ptr(err).to_string_lossy().into_owned()
                     };
-                    (self.ctx_free)(ctx);
-                    if rc != 0 {
-                        return Err(ApplyError::Tool {
-                            program: "libnftables".into(),
-                            status: format!("rc {rc}"),
-                            stderr: super::stderr_text(text.as_bytes()),
+                    (rc, text)
+                };
+                if rc != 0 {
+                    // Start the next command from a clean context.
+                    drop(serial);
+                    if let Some(old) = contexts.remove(namespace) {
+                        self.free(old);
+                    }
+                    return Err(ApplyError::Tool {
+                        program: "libnftables".into(),
+                        status: format!("rc {rc}"),
+                        stderr: super::stderr_text(text.as_bytes()),
+                    });
+                }
+                drop(serial);
+                if contexts.len() > KEPT {
+                    let oldest = contexts
+                        .iter()
+                        .min_by_key(|(_, c)| c.used)
+                        .map(|(name, _)| name.clone());
+                    if let Some(old) = oldest.and_then(|name| contexts.remove(&name)) {
+                        // Closing may wait for the kernel's clean-up: not
+                        // in this command's time.
+                        std::thread::spawn(move || {
+                            if let Some(lib) = loaded() {
+                                lib.free(old);
+                                // SAFETY: no preconditions; returns freed
+                                // heap pages (the context's cache) to the
+                                // system.
+                                unsafe { libc::malloc_trim(0) };
+                            }
                         });
                     }
-                    Ok(())
                 }
+                Ok(())
             })?
         }
     }

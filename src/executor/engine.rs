@@ -196,12 +196,18 @@ impl Engine {
     /// (flat form for `custom-action`). Returns extra output fields that the
     /// daemon merges into `{"status":"success","message":…}`.
     pub fn execute(&self, command: Command, body: &[u8]) -> Result<serde_json::Value, ExecError> {
-        // issue 6 hook: VPC commands, tiers, ACLs and custom actions.
-        if let Some(answer) = self.vpc.execute(self, command, body) {
+        let started = std::time::Instant::now();
+        // issue 6 hook: VPC commands, tiers, ACLs and custom actions
+        // (`custom-action` has its own body form).
+        if command == Command::CustomAction {
+            if let Some(answer) = self.vpc.execute(self, command, body) {
+                return answer;
+            }
+        }
+        let envelope = Envelope::parse(body)?;
+        if let Some(answer) = self.vpc.execute_envelope(self, command, &envelope) {
             return answer;
         }
-        let started = std::time::Instant::now();
-        let envelope = Envelope::parse(body)?;
         // Guest-service hook (issue 4).
         if guest::handles(command) {
             return self.execute_guest(command, &envelope);

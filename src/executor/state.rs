@@ -317,7 +317,13 @@ impl StateStore {
         self.dir.join(format!("{namespace}.json"))
     }
 
-    /// Atomic replace: temp file, fsync, rename, fsync of the directory.
+    /// Atomic replace: temp file, fsync, rename; the directory is fsynced
+    /// when the file is new. Replacing an existing file skips that second
+    /// fsync (it cost ~2/3 of a command's persistence time, 8 of 12 ms with
+    /// the disk busy): the new content is on disk before the rename, so the
+    /// file is always one complete state, and a `kill -9` loses nothing; only
+    /// a power loss within the file system's next journal commit (≤ 5 s on
+    /// ext4) can bring back the previous state of that network.
     pub fn save(&self, state: &NetworkState) -> Result<(), StateError> {
         self.write(state, true)
     }
@@ -332,6 +338,7 @@ impl StateStore {
 
     fn write(&self, state: &NetworkState, durable: bool) -> Result<(), StateError> {
         let path = self.path(&state.namespace);
+        let new_file = !path.exists();
         let tmp = self.dir.join(format!(".{}.json.tmp", state.namespace));
         let data = serde_json::to_vec(state).map_err(|e| StateError::Corrupt {
             path: path.display().to_string(),
@@ -351,7 +358,7 @@ impl StateStore {
             }
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        if durable {
+        if durable && new_file {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io_err(&self.dir))?;

@@ -300,18 +300,30 @@ impl VpcEngine {
             Ok(e) => e,
             Err(e) => return Some(Err(e.into())),
         };
+        self.execute_envelope(engine, command, &envelope)
+    }
+
+    /// [`VpcEngine::execute`] for a command other than `custom-action`
+    /// whose envelope the engine already parsed (a 10,000-rule document is
+    /// parsed once).
+    pub(crate) fn execute_envelope(
+        &self,
+        engine: &super::engine::Engine,
+        command: Command,
+        envelope: &Envelope,
+    ) -> Option<Result<Value, ExecError>> {
         match command {
             Command::ImplementVpc | Command::ShutdownVpc | Command::UpdateVpcSourceNatIp => {
-                Some(self.vpc_command(engine, command, &envelope))
+                Some(self.vpc_command(engine, command, envelope))
             }
-            Command::ApplyNetworkAcl => Some(self.tier_command(engine, command, &envelope)),
-            _ => match vpc_id_of(&envelope) {
+            Command::ApplyNetworkAcl => Some(self.tier_command(engine, command, envelope)),
+            _ => match vpc_id_of(envelope) {
                 Err(e) => Some(Err(e)),
-                Ok(Some(_)) => match NetworkRequest::parse(command, &envelope) {
-                    Ok(Some(_)) => Some(self.tier_command(engine, command, &envelope)),
+                Ok(Some(_)) => match NetworkRequest::parse(command, envelope) {
+                    Ok(Some(_)) => Some(self.tier_command(engine, command, envelope)),
                     // Guest services (DHCP, DNS, metadata, LB) of a tier run
                     // inside the VPC namespace, one set per tier.
-                    Ok(None) => Some(self.tier_guest(engine, command, &envelope)),
+                    Ok(None) => Some(self.tier_guest(engine, command, envelope)),
                     Err(e) => Some(Err(e.into())),
                 },
                 Ok(None) => None,

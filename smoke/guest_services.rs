@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -711,10 +712,14 @@ fn udp_backend(ns: &Path, bind: SocketAddr, name: &'static str) {
     });
 }
 
-/// A client socket in `ns` on `bind_ip` and a fresh source port: one new
-/// conntrack flow.
+/// A client socket in `ns` on `bind_ip` and a source port never used before
+/// in this run: one new conntrack flow. (A kernel-chosen ephemeral port may
+/// repeat one whose conntrack entry, and so its backend, is still alive from
+/// an earlier step, which would blur the counts.)
 fn udp_client(ns: &Path, bind_ip: &str) -> UdpSocket {
-    let addr: SocketAddr = format!("{bind_ip}:0").parse().unwrap();
+    static NEXT_PORT: AtomicU16 = AtomicU16::new(41000);
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    let addr: SocketAddr = format!("{bind_ip}:{port}").parse().unwrap();
     let s = in_netns(ns, move || UdpSocket::bind(addr))
         .unwrap()
         .unwrap();

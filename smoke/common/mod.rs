@@ -1782,14 +1782,33 @@ pub fn tcp_probe(ns: &Path, addr: SocketAddr) -> Result<String, ProbeError> {
 }
 
 /// Sends one datagram (up to 3 tries) and returns the answer, trimmed.
+/// Each probe is a new flow: its source port was never used by an earlier
+/// probe of this run (a repeated kernel ephemeral port could meet a conntrack
+/// entry of an earlier probe that is still alive, e.g. one load-balanced to
+/// another backend).
 pub fn udp_probe(ns: &Path, addr: SocketAddr) -> Result<String, ProbeError> {
+    static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
     in_netns(ns, move || -> Result<String, ProbeError> {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap_or(addr)
+        let unspecified: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
         } else {
-            "[::]:0".parse().unwrap_or(addr)
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         };
-        let s = UdpSocket::bind(bind).map_err(|e| classify(&e))?;
+        let mut bound = None;
+        for _ in 0..16 {
+            let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+            // 45000..60999, then around again (far more than a run uses).
+            let port = 45_000 + u16::try_from(n % 16_000).unwrap_or(0);
+            match UdpSocket::bind(SocketAddr::new(unspecified, port)) {
+                Ok(s) => {
+                    bound = Some(s);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(classify(&e)),
+            }
+        }
+        let s = bound.ok_or_else(|| ProbeError::Other("no free UDP source port".into()))?;
         s.connect(addr).map_err(|e| classify(&e))?;
         s.set_read_timeout(Some(Duration::from_millis(700)))
             .map_err(|e| classify(&e))?;

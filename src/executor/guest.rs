@@ -43,11 +43,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Engine, ExecError};
+use crate::executor::record_log;
 use crate::executor::services::metadata::{ListenSpec, MetadataServer};
 use crate::executor::services::store::MetadataStore;
 use crate::executor::services::supervisor::{Daemon, DaemonSpec};
 use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
-use crate::executor::state::NetworkState;
+use crate::executor::state::{NetworkState, StateError};
 use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
 use crate::protocol::Command;
@@ -93,6 +94,8 @@ pub(super) struct GuestRuntime {
     /// Old haproxy processes finishing their connections after a reload.
     draining: Vec<Daemon>,
     metadata: Option<(Ipv4Addr, MetadataServer)>,
+    /// Lines in the network's record log (`None`: not counted yet).
+    record_log_lines: Option<usize>,
 }
 
 /// The runtime the metadata servers of every network run on. Never dropped
@@ -304,13 +307,49 @@ impl Engine {
                 return Err(e);
             }
         }
-        // Not fsynced: one per VM record would cost milliseconds (see
-        // `StateStore::save_unsynced`); the data plane's commands are.
-        if let Err(e) = self.store.save_unsynced(&next) {
+        if let Err(e) = self.persist_guest(&mut slot.guest, current, &next) {
             log::error!("{namespace}: {command} applied but not persisted: {e}");
             return Err(e.into());
         }
         Ok(next)
+    }
+
+    /// Persists `next` after a guest command on `current` (which differ in
+    /// `guest` only: `apply_guest` changes nothing else). A change of
+    /// records only appends one line to the network's record log, whatever
+    /// the number of records held; anything else, a network without a
+    /// state file yet, or a log past its compaction threshold rewrites the
+    /// state file and then drops the log. Not fsynced: one per VM record
+    /// would cost milliseconds (see `StateStore::save_unsynced`); the data
+    /// plane's commands are.
+    fn persist_guest(
+        &self,
+        rt: &mut GuestRuntime,
+        current: &NetworkState,
+        next: &NetworkState,
+    ) -> Result<(), StateError> {
+        let path = self.store.path(&next.namespace);
+        let log_path = record_log::log_path(&path);
+        let lines = *rt
+            .record_log_lines
+            .get_or_insert_with(|| record_log::count_lines(&path));
+        if let Some(ops) = record_log::delta(&current.guest, &next.guest) {
+            if path.exists() {
+                if ops.is_empty() {
+                    return Ok(());
+                }
+                if !record_log::needs_compaction(lines + 1, &next.guest) {
+                    record_log::append(&log_path, &ops)?;
+                    rt.record_log_lines = Some(lines + 1);
+                    return Ok(());
+                }
+            }
+        }
+        self.store.save_unsynced(next)?;
+        // Only after the state file holds every record (see `record_log`).
+        record_log::remove(&log_path)?;
+        rt.record_log_lines = Some(0);
+        Ok(())
     }
 
     /// Loads the ruleset of `next` (its UDP LB rules changed), then drops
@@ -937,6 +976,78 @@ mod tests {
         // Destroy's guest part (the host part needs root): files gone.
         e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
         assert!(!state.join("guest/cs-net-42").exists());
+    }
+
+    #[test]
+    fn record_changes_go_to_the_log_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let add = |e: &Engine, i: u32| {
+            let ip = format!("10.1.1.{}", 10 + i % 200);
+            e.execute(
+                Command::AddDnsEntry,
+                &body(serde_json::json!({"ip": ip, "hostname": format!("vm{i}"),
+                    "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"})),
+            )
+            .unwrap();
+        };
+        add(&e, 0);
+        let state = dir.path().join("state/networks/cs-net-42.json");
+        let log = record_log::log_path(&state);
+        let first = fs::read(&state).unwrap();
+        assert!(!log.exists(), "the first command writes the state file");
+        for i in 1..20 {
+            add(&e, i);
+        }
+        e.execute(
+            Command::RemoveDnsEntry,
+            &body(serde_json::json!({"ip": "10.1.1.15"})),
+        )
+        .unwrap();
+        assert_eq!(fs::read(&state).unwrap(), first, "records only: no rewrite");
+        assert_eq!(record_log::count_lines(&state), 20);
+        assert_eq!(
+            fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(e);
+
+        let e = engine(dir.path());
+        {
+            let slot = e.slot("cs-net-42");
+            let slot = super::super::lock(&slot);
+            let g = &slot.state.as_ref().unwrap().guest;
+            assert_eq!(g.dns_records.len(), 19);
+            assert!(!g.dns_records.contains_key(&"10.1.1.15".parse().unwrap()));
+            assert_eq!(
+                g.dns_records[&"10.1.1.29".parse().unwrap()].hostname,
+                "vm19"
+            );
+        }
+        // Past 2 x records + 64 lines (here 2 x 19 or 20 + 64) the log is
+        // folded into the state file.
+        for _ in 0..50 {
+            add(&e, 180);
+            e.execute(
+                Command::RemoveDnsEntry,
+                &body(serde_json::json!({"ip": "10.1.1.190"})),
+            )
+            .unwrap();
+        }
+        add(&e, 129);
+        assert!(record_log::count_lines(&state) < 20);
+        assert_ne!(fs::read(&state).unwrap(), first);
+        drop(e);
+        let e = engine(dir.path());
+        let slot = e.slot("cs-net-42");
+        let slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.dns_records.len(), 20);
+        assert!(!g.dns_records.contains_key(&"10.1.1.190".parse().unwrap()));
+        assert_eq!(
+            g.dns_records[&"10.1.1.139".parse().unwrap()].hostname,
+            "vm129"
+        );
     }
 
     fn udp_rule(id: &str, port: u16, backends: &[&str]) -> services::model::LbRule {

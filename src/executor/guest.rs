@@ -94,6 +94,9 @@ pub(super) struct GuestRuntime {
     /// Old haproxy processes finishing their connections after a reload.
     draining: Vec<Daemon>,
     metadata: Option<(Ipv4Addr, MetadataServer)>,
+    /// `hosts.d` holds the record shards of the state last synced (else
+    /// the next sync rewrites every shard).
+    shards_synced: bool,
     /// Lines in the network's record log (`None`: not counted yet).
     record_log_lines: Option<usize>,
 }
@@ -411,10 +414,10 @@ impl Engine {
                 self.drop_leases(rt, namespace, key, &gone)?;
             }
             if fx.dnsmasq {
-                if let Err(e) = self.sync_dnsmasq(rt, &next, key) {
+                if let Err(e) = self.sync_dnsmasq(rt, &next, key, Some(&current.guest)) {
                     log::error!("{key}: {command}: dnsmasq: {e}");
                     // Put the previous files back under the running daemon.
-                    let _ = self.sync_dnsmasq(rt, current, key);
+                    let _ = self.sync_dnsmasq(rt, current, key, None);
                     return Err(e);
                 }
             }
@@ -498,15 +501,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Brings dnsmasq's files and process to `state`. With `old` (the
+    /// guest state whose files are on disk) only the record shards that
+    /// differ are written; without it, every shard.
     fn sync_dnsmasq(
         &self,
         rt: &mut GuestRuntime,
         state: &NetworkState,
         key: &str,
+        old: Option<&GuestServices>,
     ) -> Result<(), ExecError> {
         let ns = state.namespace.as_str();
         let paths = self.dnsmasq_paths(key)?;
         let files = dnsmasq::render(&state.guest, &paths);
+        let synced = std::mem::take(&mut rt.shards_synced);
+        if files.is_some() {
+            let changed = old
+                .filter(|_| synced)
+                .and_then(|o| dnsmasq::changed_shards(o, &state.guest));
+            run::write_record_shards(&paths, &state.guest, changed.as_ref())?;
+        }
         // Taken: after a failure the files are read back from disk.
         let known = rt.dnsmasq_files.take();
         let (daemon, action) = run::sync_dnsmasq_known(
@@ -519,6 +533,7 @@ impl Engine {
         )?;
         log::debug!("{key}: dnsmasq {action:?}");
         rt.dnsmasq = daemon;
+        rt.shards_synced = files.is_some();
         rt.dnsmasq_files = files;
         Ok(())
     }
@@ -590,7 +605,7 @@ impl Engine {
             let spec = run::haproxy_spec(&self.haproxy_paths(key), Some(ns), key);
             rt.haproxy = adopt_in_place(spec, ns);
         }
-        self.sync_dnsmasq(rt, state, key)?;
+        self.sync_dnsmasq(rt, state, key, None)?;
         self.sync_haproxy(rt, state, key)
     }
 
@@ -614,6 +629,7 @@ impl Engine {
         forget: bool,
     ) -> Result<(), ExecError> {
         rt.dnsmasq_files = None;
+        rt.shards_synced = false;
         if let Some((_, server)) = rt.metadata.take() {
             stop_metadata(server);
         }

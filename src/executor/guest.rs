@@ -403,8 +403,16 @@ impl Engine {
         let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
         let mut guest = std::mem::take(&mut next.guest);
-        let fx = store
-            .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
+        // `guest` is a copy dropped on error, and so is the store's set.
+        let mut apply = |vms: &mut services::VmDataSet| {
+            services::model::apply_to_copy(command, &envelope.payload, &mut guest, vms, &opts)
+        };
+        let fx = if services::model::touches_vm_data(command) {
+            store.update(apply)?
+        } else {
+            // No copy and no diff of every VM's data for a record command.
+            apply(&mut services::VmDataSet::default())?
+        };
         next.guest = guest;
         if next.implemented {
             // A removed NIC's granted lease would keep its name resolving

@@ -171,6 +171,36 @@ pub struct Effects {
 /// Applies one guest-service command to the network's state. On error neither
 /// `state` nor `vms` is changed. Commands that are not guest-service commands
 /// return [`ServicesError::Unsupported`].
+/// Whether `command` reads or changes VM data (the others leave the
+/// [`VmDataSet`] alone, so a caller may skip loading and diffing it).
+pub fn touches_vm_data(command: Command) -> bool {
+    use Command as C;
+    matches!(
+        command,
+        C::ReleaseNic
+            | C::SaveVmData
+            | C::SaveUserdata
+            | C::SavePassword
+            | C::SaveSshkey
+            | C::SaveHypervisorHostname
+            | C::RestoreNetwork
+    )
+}
+
+/// As [`apply`], on the caller's copies: after an error `state` and `vms`
+/// may hold part of the change, so the caller must discard them (the
+/// engine works on copies it drops on error; this saves [`apply`]'s own
+/// copy of every record).
+pub fn apply_to_copy(
+    command: Command,
+    payload: &Payload,
+    state: &mut GuestServices,
+    vms: &mut VmDataSet,
+    opts: &Options,
+) -> Result<Effects, ServicesError> {
+    apply_in_place(command, payload, state, vms, opts)
+}
+
 pub fn apply(
     command: Command,
     payload: &Payload,

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,7 +113,21 @@ pub fn write_record_shards(
                 _ => Ok(()),
             };
         }
-        replace_file(&path, text.as_bytes(), 0o644)
+        // Rewritten in place, not replaced by rename: creating a temporary
+        // file per command cost ~0.15 ms (ext4 inode allocation next to the
+        // inode the rename frees). dnsmasq reads a `hostsdir` file when it
+        // is closed after writing (IN_CLOSE_WRITE), so it sees the whole
+        // content; after a crash mid-write the next start rewrites every
+        // shard.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| ServicesError::io(format!("open {}", path.display()), e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| ServicesError::io(format!("write {}", path.display()), e))
     };
     if let Some(shards) = changed {
         return shards.iter().try_for_each(|sh| write(*sh));

@@ -354,6 +354,27 @@ fn dnsmasq_dhcp_and_dns_with_real_clients() {
     run::write_record_shards(&paths, &s, Some(&changed)).unwrap();
     assert_ne!(dig(&v1, "vm3.cs42.example", "A"), "10.1.1.12");
     assert_eq!(dig(&v1, "vm1.cs42.example", "A"), "10.1.1.10");
+    // A record alone in its shard: the file is created, then deleted.
+    for (cmd, payload) in [
+        (
+            Cmd::AddDnsEntry,
+            json!({"ip":"10.1.1.40","hostname":"solo"}),
+        ),
+        (Cmd::RemoveDnsEntry, json!({"ip":"10.1.1.40"})),
+    ] {
+        let before = s.clone();
+        apply(cmd, &p(payload), &mut s, &mut v, &Options::default()).unwrap();
+        let changed = dnsmasq::changed_shards(&before, &s).unwrap();
+        run::write_record_shards(&paths, &s, Some(&changed)).unwrap();
+        let file = paths.hosts_dir().join("10.1.1.32");
+        if cmd == Cmd::AddDnsEntry {
+            assert!(file.exists());
+            assert_eq!(dig(&v1, "solo.cs42.example", "A"), "10.1.1.40");
+        } else {
+            assert!(!file.exists());
+            assert_ne!(dig(&v1, "solo.cs42.example", "A"), "10.1.1.40");
+        }
+    }
 
     // Executor restart: the daemon is adopted from its PID file, not duplicated.
     drop(daemon);

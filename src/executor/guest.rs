@@ -1177,11 +1177,12 @@ mod tests {
             nic("bb", "10.0.0.2"),
             nic("cc", "10.0.0.3"),
         ] {
-            old.nics.insert(n.mac.clone(), n);
+            old.nics.insert(n.mac.clone(), Arc::new(n));
         }
         let mut new = old.clone();
         new.nics.remove("aa");
-        new.nics.insert("bb".into(), nic("bb", "10.0.0.9"));
+        new.nics
+            .insert("bb".into(), Arc::new(nic("bb", "10.0.0.9")));
         let gone = removed_nics(&old, &new);
         assert_eq!(
             gone,

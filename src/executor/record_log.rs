@@ -24,6 +24,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +64,7 @@ pub fn delta(old: &GuestServices, new: &GuestServices) -> Option<Vec<RecordOp>> 
         &old.nics,
         &new.nics,
         &mut ops,
-        |_, n| RecordOp::Nic(n.clone()),
+        |_, n| RecordOp::Nic(Nic::clone(n)),
         |k| RecordOp::NicRemoved(k.clone()),
     );
     diff_maps(
@@ -72,7 +73,7 @@ pub fn delta(old: &GuestServices, new: &GuestServices) -> Option<Vec<RecordOp>> 
         &mut ops,
         |ip, r| RecordOp::Dns {
             ip: *ip,
-            record: r.clone(),
+            record: DnsRecord::clone(r),
         },
         |ip| RecordOp::DnsRemoved(*ip),
     );
@@ -152,13 +153,13 @@ pub fn apply(guest: &mut GuestServices, ops: Vec<RecordOp>) {
     for op in ops {
         match op {
             RecordOp::Nic(nic) => {
-                guest.nics.insert(nic.mac.clone(), nic);
+                guest.nics.insert(nic.mac.clone(), Arc::new(nic));
             }
             RecordOp::NicRemoved(mac) => {
                 guest.nics.remove(&mac);
             }
             RecordOp::Dns { ip, record } => {
-                guest.dns_records.insert(ip, record);
+                guest.dns_records.insert(ip, Arc::new(record));
             }
             RecordOp::DnsRemoved(ip) => {
                 guest.dns_records.remove(&ip);
@@ -294,10 +295,10 @@ mod tests {
         };
         g.nics.insert(
             "02:00:00:00:00:01".into(),
-            nic("02:00:00:00:00:01", [10, 1, 1, 11]),
+            Arc::new(nic("02:00:00:00:00:01", [10, 1, 1, 11])),
         );
         g.dns_records
-            .insert(Ipv4Addr::new(10, 1, 1, 11), rec("vm11"));
+            .insert(Ipv4Addr::new(10, 1, 1, 11), Arc::new(rec("vm11")));
         g
     }
 
@@ -307,9 +308,10 @@ mod tests {
         let mut new = old.clone();
         assert_eq!(delta(&old, &new), Some(vec![]));
         new.dns_records
-            .insert(Ipv4Addr::new(10, 1, 1, 12), rec("vm12"));
+            .insert(Ipv4Addr::new(10, 1, 1, 12), Arc::new(rec("vm12")));
         new.dns_records.remove(&Ipv4Addr::new(10, 1, 1, 11));
-        new.nics.get_mut("02:00:00:00:00:01").unwrap().hostname = Some("renamed".into());
+        Arc::make_mut(new.nics.get_mut("02:00:00:00:00:01").unwrap()).hostname =
+            Some("renamed".into());
         let ops = delta(&old, &new).unwrap();
         assert_eq!(ops.len(), 3);
         let mut replayed = old.clone();

@@ -397,10 +397,10 @@ mod tests {
         for (ip, name) in pairs {
             g.dns_records.insert(
                 ip.parse().unwrap(),
-                super::super::model::DnsRecord {
+                std::sync::Arc::new(super::super::model::DnsRecord {
                     hostname: (*name).into(),
                     ip6: None,
-                },
+                }),
             );
         }
         g

@@ -194,7 +194,13 @@ pub fn append(path: &Path, ops: &[RecordOp]) -> Result<(), StateError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| io_err(path, e))?;
-    f.write_all(&line).map_err(|e| io_err(path, e))
+    let before = f.metadata().map_err(|e| io_err(path, e))?.len();
+    f.write_all(&line).map_err(|e| {
+        // A partial line (disk full) would swallow the next command's
+        // line: cut it off again (the command fails, unacknowledged).
+        let _ = f.set_len(before);
+        io_err(path, e)
+    })
 }
 
 /// Removes the log (after the state file took its records).

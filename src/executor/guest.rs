@@ -12,7 +12,8 @@
 //! hook points in `engine.rs` stay one-line calls into here.
 //!
 //! The guest-service state (`services::GuestServices`) is a field of the network's
-//! persisted [`NetworkState`], so it is saved atomically with it. VM data
+//! persisted [`NetworkState`], so it is saved atomically with it (a change
+//! of records only as one line of the network's record log). VM data
 //! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
 //!
 //! Layout under the state directory. dnsmasq drops root and then re-reads its
@@ -21,11 +22,14 @@
 //! 0700 directories and 0600 files the executor alone reads:
 //! ```text
 //! <state>/                 o+x added
+//!   networks/<ns>.log      0600  record log of an isolated network (see
+//!                                [`crate::executor::record_log`])
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier
 //!                                `cs-vpc-<id>-tier-<network_id>`
 //!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!         hosts.d/         0755  DNS record shards (`hostsdir`), 0644
 //!       haproxy/           0700  conf, pid file
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
 //! ```

@@ -285,6 +285,7 @@ fn dnsmasq_dhcp_and_dns_with_real_clients() {
     let (mut s, mut v) = state();
     let paths = DnsmasqPaths::new(lab.path("dnsmasq")).unwrap();
     let files = dnsmasq::render(&s, &paths).unwrap();
+    run::write_record_shards(&paths, &s, None).unwrap();
     let (daemon, action) = run::sync_dnsmasq(&paths, Some(&r), "t", Some(&files), None).unwrap();
     assert_eq!(action, DnsmasqAction::Start);
     let mut daemon = daemon.unwrap();
@@ -315,7 +316,9 @@ fn dnsmasq_dhcp_and_dns_with_real_clients() {
     assert_eq!(dig(&v2, "data-server", "A"), "10.1.1.1");
     assert_eq!(dig(&v1, "up.example.org", "A"), "198.51.100.7");
 
-    // A new DNS entry only needs SIGHUP: same PID, new name resolves.
+    // A new DNS entry is one new shard file in `hostsdir`: no signal, same
+    // PID, and the name resolves as soon as the file is in place.
+    let before = s.clone();
     apply(
         Cmd::AddDnsEntry,
         &p(json!({"ip":"10.1.1.12","hostname":"vm3"})),
@@ -325,20 +328,52 @@ fn dnsmasq_dhcp_and_dns_with_real_clients() {
     )
     .unwrap();
     let files = dnsmasq::render(&s, &paths).unwrap();
+    let changed = dnsmasq::changed_shards(&before, &s).unwrap();
+    run::write_record_shards(&paths, &s, Some(&changed)).unwrap();
     let (d, action) = run::sync_dnsmasq(&paths, Some(&r), "t", Some(&files), Some(daemon)).unwrap();
-    assert_eq!(action, DnsmasqAction::Hup);
+    assert_eq!(action, DnsmasqAction::Nothing);
     daemon = d.unwrap();
     assert_eq!(daemon.pid(), pid);
-    let end = Instant::now() + Duration::from_secs(10);
-    while dig(&v1, "vm3.cs42.example", "A") != "10.1.1.12" {
-        assert!(
-            Instant::now() < end,
-            "vm3 never resolved after SIGHUP ({:?}): {}\n{}",
-            exec(&v1, "dig", &["@10.1.1.1", "vm3.cs42.example"]).1 + &exec(&r, "ss", &["-lnup"]).1,
-            std::fs::read_to_string(paths.dir.join("dnsmasq.log")).unwrap_or_default(),
-            std::fs::read_to_string(paths.hosts()).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        dig(&v1, "vm3.cs42.example", "A"),
+        "10.1.1.12",
+        "{}",
+        std::fs::read_to_string(paths.dir.join("dnsmasq.log")).unwrap_or_default()
+    );
+    // Removing it deletes the shard's last record: gone at once too.
+    let before = s.clone();
+    apply(
+        Cmd::RemoveDnsEntry,
+        &p(json!({"ip":"10.1.1.12"})),
+        &mut s,
+        &mut v,
+        &Options::default(),
+    )
+    .unwrap();
+    let changed = dnsmasq::changed_shards(&before, &s).unwrap();
+    run::write_record_shards(&paths, &s, Some(&changed)).unwrap();
+    assert_ne!(dig(&v1, "vm3.cs42.example", "A"), "10.1.1.12");
+    assert_eq!(dig(&v1, "vm1.cs42.example", "A"), "10.1.1.10");
+    // A record alone in its shard: the file is created, then deleted.
+    for (cmd, payload) in [
+        (
+            Cmd::AddDnsEntry,
+            json!({"ip":"10.1.1.40","hostname":"solo"}),
+        ),
+        (Cmd::RemoveDnsEntry, json!({"ip":"10.1.1.40"})),
+    ] {
+        let before = s.clone();
+        apply(cmd, &p(payload), &mut s, &mut v, &Options::default()).unwrap();
+        let changed = dnsmasq::changed_shards(&before, &s).unwrap();
+        run::write_record_shards(&paths, &s, Some(&changed)).unwrap();
+        let file = paths.hosts_dir().join("10.1.1.32");
+        if cmd == Cmd::AddDnsEntry {
+            assert!(file.exists());
+            assert_eq!(dig(&v1, "solo.cs42.example", "A"), "10.1.1.40");
+        } else {
+            assert!(!file.exists());
+            assert_ne!(dig(&v1, "solo.cs42.example", "A"), "10.1.1.40");
+        }
     }
 
     // Executor restart: the daemon is adopted from its PID file, not duplicated.

@@ -96,6 +96,7 @@ fn dnsmasq_main_config_binds_extension_ip_static_only() {
         "dhcp-leasefile=/var/lib/netbridge/net-42/dnsmasq/leases",
         "dhcp-hostsfile=/var/lib/netbridge/net-42/dnsmasq/dhcp-hosts",
         "addn-hosts=/var/lib/netbridge/net-42/dnsmasq/hosts",
+        "hostsdir=/var/lib/netbridge/net-42/dnsmasq/hosts.d",
     ] {
         assert!(lines.contains(&want), "missing {want:?} in\n{}", f.conf);
     }
@@ -115,10 +116,16 @@ fn router_only_for_default_nics_and_hosts_files() {
     );
     // No tags in the reloadable file (dnsmasq crashes on SIGHUP otherwise).
     assert!(!f.dhcp_hosts.contains("set:"));
+    assert_eq!(f.hosts, "10.1.1.1 data-server data-server.cs42.example\n");
+    // The records: one shard file per 16 addresses in `hostsdir`.
+    let shards = dnsmasq::render_records(&s);
     assert_eq!(
-        f.hosts,
-        "10.1.1.1 data-server data-server.cs42.example\n\
-         10.1.1.10 vm1 vm1.cs42.example\n\
+        shards.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+        ["10.1.1.0"]
+    );
+    assert_eq!(
+        shards[&Ipv4Addr::new(10, 1, 1, 0)],
+        "10.1.1.10 vm1 vm1.cs42.example\n\
          10.1.1.11 vm2 vm2.cs42.example\n\
          2001:db8::11 vm2 vm2.cs42.example\n"
     );
@@ -585,8 +592,8 @@ fn restore_network_rebuilds_and_keeps_passwords() {
     assert_eq!(d.password.as_ref().unwrap().expose(), "pw-10");
     assert_eq!(d.meta["instance-id"], "i-1");
     assert_eq!(d.userdata.as_deref(), Some(&b"ud1"[..]));
-    let f = dnsmasq::render(&s, &paths()).unwrap();
-    assert!(f.hosts.contains("10.1.1.20 vm20 vm20.cs42.example\n"));
+    assert!(dnsmasq::render_shard(&s, Ipv4Addr::new(10, 1, 1, 20))
+        .contains("10.1.1.20 vm20 vm20.cs42.example\n"));
     // A bad VM deep in the list names itself and changes nothing.
     let before = (s.clone(), v.clone());
     let e = run(
@@ -677,7 +684,8 @@ fn prepare_nic_reassigning_an_ip_drops_the_stale_lease() {
     assert!(!s.nics.contains_key("52:54:00:00:00:0a"));
     let f = dnsmasq::render(&s, &paths()).unwrap();
     assert_eq!(f.dhcp_hosts.matches("10.1.1.10,").count(), 1);
-    assert!(f.hosts.contains("10.1.1.10 vm9 vm9.cs42.example\n"));
+    assert!(dnsmasq::render_shard(&s, Ipv4Addr::new(10, 1, 1, 10))
+        .contains("10.1.1.10 vm9 vm9.cs42.example\n"));
 }
 
 #[test]
@@ -704,4 +712,34 @@ fn nic_netmask_gives_the_dhcp_range_when_no_cidr_was_sent() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("'netmask'"), "{e}");
+}
+
+#[test]
+fn a_dns_record_alone_changes_one_shard_and_signals_nothing() {
+    let (mut s, mut v) = network();
+    let p = paths();
+    let before = s.clone();
+    let a = dnsmasq::render(&s, &p);
+    run(
+        Command::AddDnsEntry,
+        json!({"ip":"10.1.1.40","hostname":"web"}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    let b = dnsmasq::render(&s, &p);
+    // hostsdir picks the new shard file up (inotify): no SIGHUP.
+    assert_eq!(
+        dnsmasq::plan_change(a.as_ref(), b.as_ref()),
+        DnsmasqAction::Nothing
+    );
+    let changed = dnsmasq::changed_shards(&before, &s).unwrap();
+    assert_eq!(
+        changed.into_iter().collect::<Vec<_>>(),
+        [Ipv4Addr::new(10, 1, 1, 32)]
+    );
+    assert_eq!(
+        dnsmasq::render_shard(&s, Ipv4Addr::new(10, 1, 1, 32)),
+        "10.1.1.40 web web.cs42.example\n"
+    );
 }

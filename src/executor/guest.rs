@@ -12,7 +12,8 @@
 //! hook points in `engine.rs` stay one-line calls into here.
 //!
 //! The guest-service state (`services::GuestServices`) is a field of the network's
-//! persisted [`NetworkState`], so it is saved atomically with it. VM data
+//! persisted [`NetworkState`], so it is saved atomically with it (a change
+//! of records only as one line of the network's record log). VM data
 //! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
 //!
 //! Layout under the state directory. dnsmasq drops root and then re-reads its
@@ -21,11 +22,14 @@
 //! 0700 directories and 0600 files the executor alone reads:
 //! ```text
 //! <state>/                 o+x added
+//!   networks/<ns>.log      0600  record log of an isolated network (see
+//!                                [`crate::executor::record_log`])
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier
 //!                                `cs-vpc-<id>-tier-<network_id>`
 //!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!         hosts.d/         0755  DNS record shards (`hostsdir`), 0644
 //!       haproxy/           0700  conf, pid file
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
 //! ```
@@ -43,11 +47,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Engine, ExecError};
+use crate::executor::record_log;
 use crate::executor::services::metadata::{ListenSpec, MetadataServer};
 use crate::executor::services::store::MetadataStore;
 use crate::executor::services::supervisor::{Daemon, DaemonSpec};
 use crate::executor::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
-use crate::executor::state::NetworkState;
+use crate::executor::state::{NetworkState, StateError};
 use crate::protocol::envelope::Envelope;
 use crate::protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
 use crate::protocol::Command;
@@ -93,6 +98,11 @@ pub(super) struct GuestRuntime {
     /// Old haproxy processes finishing their connections after a reload.
     draining: Vec<Daemon>,
     metadata: Option<(Ipv4Addr, MetadataServer)>,
+    /// `hosts.d` holds the record shards of the state last synced (else
+    /// the next sync rewrites every shard).
+    shards_synced: bool,
+    /// Lines in the network's record log (`None`: not counted yet).
+    record_log_lines: Option<usize>,
 }
 
 /// The runtime the metadata servers of every network run on. Never dropped
@@ -304,13 +314,49 @@ impl Engine {
                 return Err(e);
             }
         }
-        // Not fsynced: one per VM record would cost milliseconds (see
-        // `StateStore::save_unsynced`); the data plane's commands are.
-        if let Err(e) = self.store.save_unsynced(&next) {
+        if let Err(e) = self.persist_guest(&mut slot.guest, current, &next) {
             log::error!("{namespace}: {command} applied but not persisted: {e}");
             return Err(e.into());
         }
         Ok(next)
+    }
+
+    /// Persists `next` after a guest command on `current` (which differ in
+    /// `guest` only: `apply_guest` changes nothing else). A change of
+    /// records only appends one line to the network's record log, whatever
+    /// the number of records held; anything else, a network without a
+    /// state file yet, or a log past its compaction threshold rewrites the
+    /// state file and then drops the log. Not fsynced: one per VM record
+    /// would cost milliseconds (see `StateStore::save_unsynced`); the data
+    /// plane's commands are.
+    fn persist_guest(
+        &self,
+        rt: &mut GuestRuntime,
+        current: &NetworkState,
+        next: &NetworkState,
+    ) -> Result<(), StateError> {
+        let path = self.store.path(&next.namespace);
+        let log_path = record_log::log_path(&path);
+        let lines = *rt
+            .record_log_lines
+            .get_or_insert_with(|| record_log::count_lines(&path));
+        if let Some(ops) = record_log::delta(&current.guest, &next.guest) {
+            if path.exists() {
+                if ops.is_empty() {
+                    return Ok(());
+                }
+                if !record_log::needs_compaction(lines + 1, &next.guest) {
+                    record_log::append(&log_path, &ops)?;
+                    rt.record_log_lines = Some(lines + 1);
+                    return Ok(());
+                }
+            }
+        }
+        self.store.save_unsynced(next)?;
+        // Only after the state file holds every record (see `record_log`).
+        record_log::remove(&log_path)?;
+        rt.record_log_lines = Some(0);
+        Ok(())
     }
 
     /// Loads the ruleset of `next` (its UDP LB rules changed), then drops
@@ -361,8 +407,16 @@ impl Engine {
         let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
         let mut guest = std::mem::take(&mut next.guest);
-        let fx = store
-            .update(|vms| services::apply(command, &envelope.payload, &mut guest, vms, &opts))?;
+        // `guest` is a copy dropped on error, and so is the store's set.
+        let mut apply = |vms: &mut services::VmDataSet| {
+            services::model::apply_to_copy(command, &envelope.payload, &mut guest, vms, &opts)
+        };
+        let fx = if services::model::touches_vm_data(command) {
+            store.update(apply)?
+        } else {
+            // No copy and no diff of every VM's data for a record command.
+            apply(&mut services::VmDataSet::default())?
+        };
         next.guest = guest;
         if next.implemented {
             // A removed NIC's granted lease would keep its name resolving
@@ -372,10 +426,10 @@ impl Engine {
                 self.drop_leases(rt, namespace, key, &gone)?;
             }
             if fx.dnsmasq {
-                if let Err(e) = self.sync_dnsmasq(rt, &next, key) {
+                if let Err(e) = self.sync_dnsmasq(rt, &next, key, Some(&current.guest)) {
                     log::error!("{key}: {command}: dnsmasq: {e}");
                     // Put the previous files back under the running daemon.
-                    let _ = self.sync_dnsmasq(rt, current, key);
+                    let _ = self.sync_dnsmasq(rt, current, key, None);
                     return Err(e);
                 }
             }
@@ -459,15 +513,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Brings dnsmasq's files and process to `state`. With `old` (the
+    /// guest state whose files are on disk) only the record shards that
+    /// differ are written; without it, every shard.
     fn sync_dnsmasq(
         &self,
         rt: &mut GuestRuntime,
         state: &NetworkState,
         key: &str,
+        old: Option<&GuestServices>,
     ) -> Result<(), ExecError> {
         let ns = state.namespace.as_str();
         let paths = self.dnsmasq_paths(key)?;
         let files = dnsmasq::render(&state.guest, &paths);
+        let synced = std::mem::take(&mut rt.shards_synced);
+        if files.is_some() {
+            let changed = old
+                .filter(|_| synced)
+                .and_then(|o| dnsmasq::changed_shards(o, &state.guest));
+            run::write_record_shards(&paths, &state.guest, changed.as_ref())?;
+        }
         // Taken: after a failure the files are read back from disk.
         let known = rt.dnsmasq_files.take();
         let (daemon, action) = run::sync_dnsmasq_known(
@@ -480,6 +545,7 @@ impl Engine {
         )?;
         log::debug!("{key}: dnsmasq {action:?}");
         rt.dnsmasq = daemon;
+        rt.shards_synced = files.is_some();
         rt.dnsmasq_files = files;
         Ok(())
     }
@@ -551,7 +617,7 @@ impl Engine {
             let spec = run::haproxy_spec(&self.haproxy_paths(key), Some(ns), key);
             rt.haproxy = adopt_in_place(spec, ns);
         }
-        self.sync_dnsmasq(rt, state, key)?;
+        self.sync_dnsmasq(rt, state, key, None)?;
         self.sync_haproxy(rt, state, key)
     }
 
@@ -575,6 +641,7 @@ impl Engine {
         forget: bool,
     ) -> Result<(), ExecError> {
         rt.dnsmasq_files = None;
+        rt.shards_synced = false;
         if let Some((_, server)) = rt.metadata.take() {
             stop_metadata(server);
         }
@@ -939,6 +1006,78 @@ mod tests {
         assert!(!state.join("guest/cs-net-42").exists());
     }
 
+    #[test]
+    fn record_changes_go_to_the_log_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let add = |e: &Engine, i: u32| {
+            let ip = format!("10.1.1.{}", 10 + i % 200);
+            e.execute(
+                Command::AddDnsEntry,
+                &body(serde_json::json!({"ip": ip, "hostname": format!("vm{i}"),
+                    "cidr": "10.1.1.0/24", "gateway": "10.1.1.1"})),
+            )
+            .unwrap();
+        };
+        add(&e, 0);
+        let state = dir.path().join("state/networks/cs-net-42.json");
+        let log = record_log::log_path(&state);
+        let first = fs::read(&state).unwrap();
+        assert!(!log.exists(), "the first command writes the state file");
+        for i in 1..20 {
+            add(&e, i);
+        }
+        e.execute(
+            Command::RemoveDnsEntry,
+            &body(serde_json::json!({"ip": "10.1.1.15"})),
+        )
+        .unwrap();
+        assert_eq!(fs::read(&state).unwrap(), first, "records only: no rewrite");
+        assert_eq!(record_log::count_lines(&state), 20);
+        assert_eq!(
+            fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(e);
+
+        let e = engine(dir.path());
+        {
+            let slot = e.slot("cs-net-42");
+            let slot = super::super::lock(&slot);
+            let g = &slot.state.as_ref().unwrap().guest;
+            assert_eq!(g.dns_records.len(), 19);
+            assert!(!g.dns_records.contains_key(&"10.1.1.15".parse().unwrap()));
+            assert_eq!(
+                g.dns_records[&"10.1.1.29".parse().unwrap()].hostname,
+                "vm19"
+            );
+        }
+        // Past 2 x records + 64 lines (here 2 x 19 or 20 + 64) the log is
+        // folded into the state file.
+        for _ in 0..50 {
+            add(&e, 180);
+            e.execute(
+                Command::RemoveDnsEntry,
+                &body(serde_json::json!({"ip": "10.1.1.190"})),
+            )
+            .unwrap();
+        }
+        add(&e, 129);
+        assert!(record_log::count_lines(&state) < 20);
+        assert_ne!(fs::read(&state).unwrap(), first);
+        drop(e);
+        let e = engine(dir.path());
+        let slot = e.slot("cs-net-42");
+        let slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.dns_records.len(), 20);
+        assert!(!g.dns_records.contains_key(&"10.1.1.190".parse().unwrap()));
+        assert_eq!(
+            g.dns_records[&"10.1.1.139".parse().unwrap()].hostname,
+            "vm129"
+        );
+    }
+
     fn udp_rule(id: &str, port: u16, backends: &[&str]) -> services::model::LbRule {
         services::model::LbRule {
             id: id.into(),
@@ -1042,11 +1181,12 @@ mod tests {
             nic("bb", "10.0.0.2"),
             nic("cc", "10.0.0.3"),
         ] {
-            old.nics.insert(n.mac.clone(), n);
+            old.nics.insert(n.mac.clone(), Arc::new(n));
         }
         let mut new = old.clone();
         new.nics.remove("aa");
-        new.nics.insert("bb".into(), nic("bb", "10.0.0.9"));
+        new.nics
+            .insert("bb".into(), Arc::new(nic("bb", "10.0.0.9")));
         let gone = removed_nics(&old, &new);
         assert_eq!(
             gone,

@@ -11,6 +11,8 @@
 //!   links and one for the namespace.
 //! - [`state`]: desired state and its pure per-command transitions, persisted
 //!   with atomic file replace (`<state_dir>/networks/cs-net-<id>.json`, 0600).
+//! - [`record_log`]: append-only log of guest records next to a state
+//!   file, so saving one VM's record does not rewrite the whole state.
 //! - `reconcile`: on start, re-installs every persisted network.
 //! - [`daemon`]: tokio HTTPS server, request authentication, metrics, config.
 //! - `vpc_engine`: the engine's issue-6 glue: VPC namespaces and tiers,
@@ -21,6 +23,7 @@ pub mod daemon;
 pub mod engine;
 pub mod planner;
 mod reconcile;
+pub mod record_log;
 pub mod services;
 pub mod state;
 pub mod vpc;

@@ -368,6 +368,8 @@ impl StateStore {
 
     pub fn remove(&self, namespace: &str) -> Result<(), StateError> {
         let path = self.path(namespace);
+        // Its record log first: a new network of that name starts clean.
+        super::record_log::remove(&super::record_log::log_path(&path))?;
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -395,7 +397,13 @@ impl StateStore {
                     reason: e.to_string(),
                 })
             }) {
-                Ok(s) if format!("{}.json", s.namespace) == name => states.push(s),
+                Ok(mut s) if format!("{}.json", s.namespace) == name => {
+                    // Guest records saved since the file was written.
+                    match super::record_log::replay(&path, &mut s.guest) {
+                        Ok(_) => states.push(s),
+                        Err(e) => errors.push(e),
+                    }
+                }
                 Ok(_) => errors.push(StateError::Corrupt {
                     path: path.display().to_string(),
                     reason: "namespace does not match the file name".into(),

@@ -3,9 +3,18 @@
 //! Layout of the network's directory `dir`:
 //! - `dnsmasq.conf`: the main configuration. Changing it needs a restart
 //!   (dnsmasq reads it once).
-//! - `hosts` (`addn-hosts`) and `dhcp-hosts` (`dhcp-hostsfile`): DNS records
-//!   and static leases. dnsmasq re-reads these on SIGHUP, so adding or
-//!   removing an ordinary VM never restarts it.
+//! - `hosts` (`addn-hosts`): the `data-server` name. `dhcp-hosts`
+//!   (`dhcp-hostsfile`): static leases. dnsmasq re-reads these on SIGHUP,
+//!   so adding or removing an ordinary VM never restarts it.
+//! - `hosts.d/` (`hostsdir`): the DNS records, in shards of
+//!   [`SHARD_SIZE`] consecutive addresses, one file per shard named by its
+//!   first address. dnsmasq watches the directory (inotify): a new,
+//!   replaced or deleted file takes effect without SIGHUP, and its old
+//!   records are dropped. So a record change rewrites one small file,
+//!   whatever the number of records. The file is renamed into place before
+//!   the command returns; dnsmasq handles the queued inotify event before
+//!   the DNS queries of the same poll round, so a query sent after the
+//!   command returned sees the change.
 //! - `leases`, `dnsmasq.pid`, `dnsmasq.log`: this network's own files.
 //!
 //! dnsmasq 2.86-2.90 crashes (SIGSEGV) on SIGHUP when a `dhcp-hostsfile`
@@ -16,8 +25,10 @@
 //! `set-dhcp-options`) get a per-MAC tag `m<mac-hex>` via `dhcp-mac` in the
 //! main configuration. Changing such a NIC restarts dnsmasq.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::model::{GuestServices, Nic};
@@ -55,6 +66,10 @@ impl DnsmasqPaths {
     }
     pub fn hosts(&self) -> PathBuf {
         self.dir.join("hosts")
+    }
+    /// The DNS record shards (`hostsdir`).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.join("hosts.d")
     }
     pub fn dhcp_hosts(&self) -> PathBuf {
         self.dir.join("dhcp-hosts")
@@ -143,6 +158,7 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
     let _ = writeln!(c, "dhcp-leasefile={dir}/leases");
     let _ = writeln!(c, "addn-hosts={dir}/hosts");
     let _ = writeln!(c, "dhcp-hostsfile={dir}/dhcp-hosts");
+    let _ = writeln!(c, "hostsdir={dir}/hosts.d");
     if s.dns_enabled {
         c.push_str("port=53\n");
         for d in &s.dns {
@@ -210,31 +226,10 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
         }
     }
 
-    // Written piece by piece: this runs on every record change, over every
-    // record of the network.
-    let mut hosts = String::with_capacity(64 + s.dns_records.len() * 48);
-    let domain = s.domain.as_deref();
-    let names = |out: &mut String, h: &str| {
-        out.push_str(h);
-        if let Some(d) = domain {
-            out.push(' ');
-            out.push_str(h);
-            out.push('.');
-            out.push_str(d);
-        }
-        out.push('\n');
-    };
+    // The records live in `hosts.d` (see [`render_shard`]).
+    let mut hosts = String::with_capacity(64);
     let _ = write!(hosts, "{ext} ");
-    names(&mut hosts, DATA_SERVER);
-    for (ip, r) in &s.dns_records {
-        push_ipv4(&mut hosts, *ip);
-        hosts.push(' ');
-        names(&mut hosts, &r.hostname);
-        if let Some(v6) = r.ip6 {
-            let _ = write!(hosts, "{v6} ");
-            names(&mut hosts, &r.hostname);
-        }
-    }
+    push_names(&mut hosts, DATA_SERVER, s.domain.as_deref());
 
     let mut dh = String::with_capacity(s.nics.len() * 48);
     for nic in s.nics.values() {
@@ -252,6 +247,105 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
         hosts,
         dhcp_hosts: dh,
     })
+}
+
+/// Addresses per record shard file (a power of two).
+pub const SHARD_SIZE: u32 = 16;
+
+/// The shard (its first address) holding the record of `ip`.
+pub fn shard_of(ip: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) & !(SHARD_SIZE - 1))
+}
+
+/// `name` and, with a domain, `name.domain`, then a newline.
+fn push_names(out: &mut String, name: &str, domain: Option<&str>) {
+    out.push_str(name);
+    if let Some(d) = domain {
+        out.push(' ');
+        out.push_str(name);
+        out.push('.');
+        out.push_str(d);
+    }
+    out.push('\n');
+}
+
+/// The hosts lines of the records in `shard` (empty: no file).
+pub fn render_shard(s: &GuestServices, shard: Ipv4Addr) -> String {
+    let first = shard_of(shard);
+    let last = Ipv4Addr::from(u32::from(first) | (SHARD_SIZE - 1));
+    let domain = s.domain.as_deref();
+    let mut out = String::new();
+    for (ip, r) in s.dns_records.range(first..=last) {
+        push_ipv4(&mut out, *ip);
+        out.push(' ');
+        push_names(&mut out, &r.hostname, domain);
+        if let Some(v6) = r.ip6 {
+            let _ = write!(out, "{v6} ");
+            push_names(&mut out, &r.hostname, domain);
+        }
+    }
+    out
+}
+
+/// Every non-empty shard of the network.
+pub fn all_shards(s: &GuestServices) -> BTreeSet<Ipv4Addr> {
+    s.dns_records.keys().map(|ip| shard_of(*ip)).collect()
+}
+
+/// Every shard rendered (a full rewrite; also what a reader of the
+/// directory should find).
+pub fn render_records(s: &GuestServices) -> BTreeMap<Ipv4Addr, String> {
+    all_shards(s)
+        .into_iter()
+        .map(|sh| (sh, render_shard(s, sh)))
+        .collect()
+}
+
+/// The shards whose content differs between `old` and `new`, or `None`
+/// when every shard must be rewritten (the domain, part of every line,
+/// changed). One walk over both record maps, comparing only.
+pub fn changed_shards(old: &GuestServices, new: &GuestServices) -> Option<BTreeSet<Ipv4Addr>> {
+    if old.domain != new.domain {
+        return None;
+    }
+    let mut out = BTreeSet::new();
+    let mut o = old.dns_records.iter().peekable();
+    let mut n = new.dns_records.iter().peekable();
+    loop {
+        let ip = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some((oi, _)), None) => {
+                let ip = **oi;
+                o.next();
+                ip
+            }
+            (None, Some((ni, _))) => {
+                let ip = **ni;
+                n.next();
+                ip
+            }
+            (Some((oi, ov)), Some((ni, nv))) => {
+                let (oi, ni) = (**oi, **ni);
+                if oi < ni {
+                    o.next();
+                    oi
+                } else if ni < oi {
+                    n.next();
+                    ni
+                } else {
+                    let same = ov == nv;
+                    o.next();
+                    n.next();
+                    if same {
+                        continue;
+                    }
+                    oi
+                }
+            }
+        };
+        out.insert(shard_of(ip));
+    }
+    Some(out)
 }
 
 /// Dotted quad, as `Display` writes it, without the formatting machinery.
@@ -288,10 +382,70 @@ mod tests {
             "192.0.2.100",
             "9.99.100.209",
         ] {
-            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            let ip: Ipv4Addr = ip.parse().unwrap();
             let mut s = String::new();
             push_ipv4(&mut s, ip);
             assert_eq!(s, ip.to_string());
         }
+    }
+
+    fn records(pairs: &[(&str, &str)]) -> GuestServices {
+        let mut g = GuestServices {
+            domain: Some("cs.test".into()),
+            ..Default::default()
+        };
+        for (ip, name) in pairs {
+            g.dns_records.insert(
+                ip.parse().unwrap(),
+                std::sync::Arc::new(super::super::model::DnsRecord {
+                    hostname: (*name).into(),
+                    ip6: None,
+                }),
+            );
+        }
+        g
+    }
+
+    #[test]
+    fn shards_hold_sixteen_consecutive_addresses() {
+        let g = records(&[("10.1.1.15", "a"), ("10.1.1.16", "b"), ("10.1.1.31", "c")]);
+        let shards: Vec<String> = all_shards(&g).iter().map(|s| s.to_string()).collect();
+        assert_eq!(shards, ["10.1.1.0", "10.1.1.16"]);
+        assert_eq!(
+            render_shard(&g, "10.1.1.0".parse().unwrap()),
+            "10.1.1.15 a a.cs.test\n"
+        );
+        assert_eq!(
+            render_shard(&g, "10.1.1.20".parse().unwrap()),
+            "10.1.1.16 b b.cs.test\n10.1.1.31 c c.cs.test\n"
+        );
+        assert_eq!(render_shard(&g, "10.1.2.0".parse().unwrap()), "");
+        assert_eq!(render_records(&g).len(), 2);
+    }
+
+    #[test]
+    fn changed_shards_name_only_what_differs() {
+        let old = records(&[("10.1.1.15", "a"), ("10.1.1.16", "b"), ("10.1.1.40", "d")]);
+        assert_eq!(changed_shards(&old, &old), Some(BTreeSet::new()));
+        let new = records(&[("10.1.1.15", "a"), ("10.1.1.17", "b2"), ("10.1.1.40", "e")]);
+        let got: Vec<String> = changed_shards(&old, &new)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(got, ["10.1.1.16", "10.1.1.32"]);
+        let mut other = old.clone();
+        other.domain = None;
+        assert_eq!(changed_shards(&old, &other), None);
+    }
+
+    #[test]
+    fn hosts_file_holds_only_the_data_server_and_conf_names_the_dir() {
+        let mut g = records(&[("10.1.1.15", "a")]);
+        g.dns_enabled = true;
+        g.extension_ip = Some("10.1.1.2".parse().unwrap());
+        let f = render(&g, &paths_in(Path::new("/x/dnsmasq")).unwrap()).unwrap();
+        assert_eq!(f.hosts, "10.1.1.2 data-server data-server.cs.test\n");
+        assert!(f.conf.contains("\nhostsdir=/x/dnsmasq/hosts.d\n"));
     }
 }

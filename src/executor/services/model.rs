@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -116,11 +117,14 @@ pub struct GuestServices {
     pub dhcp_enabled: bool,
     #[serde(default)]
     pub dns_enabled: bool,
-    /// NICs by MAC.
+    /// NICs by MAC. Values are shared (`Arc`): the engine copies the
+    /// network's state for each all-or-nothing update, and a copy then
+    /// costs the map's nodes, not every record; unchanged records compare
+    /// by pointer.
     #[serde(default)]
-    pub nics: BTreeMap<String, Nic>,
+    pub nics: BTreeMap<String, Arc<Nic>>,
     #[serde(default)]
-    pub dns_records: BTreeMap<Ipv4Addr, DnsRecord>,
+    pub dns_records: BTreeMap<Ipv4Addr, Arc<DnsRecord>>,
     /// Extra DHCP options by `nic_id`: option code → value.
     #[serde(default)]
     pub nic_options: BTreeMap<String, BTreeMap<u8, String>>,
@@ -171,6 +175,36 @@ pub struct Effects {
 /// Applies one guest-service command to the network's state. On error neither
 /// `state` nor `vms` is changed. Commands that are not guest-service commands
 /// return [`ServicesError::Unsupported`].
+/// Whether `command` reads or changes VM data (the others leave the
+/// [`VmDataSet`] alone, so a caller may skip loading and diffing it).
+pub fn touches_vm_data(command: Command) -> bool {
+    use Command as C;
+    matches!(
+        command,
+        C::ReleaseNic
+            | C::SaveVmData
+            | C::SaveUserdata
+            | C::SavePassword
+            | C::SaveSshkey
+            | C::SaveHypervisorHostname
+            | C::RestoreNetwork
+    )
+}
+
+/// As [`apply`], on the caller's copies: after an error `state` and `vms`
+/// may hold part of the change, so the caller must discard them (the
+/// engine works on copies it drops on error; this saves [`apply`]'s own
+/// copy of every record).
+pub fn apply_to_copy(
+    command: Command,
+    payload: &Payload,
+    state: &mut GuestServices,
+    vms: &mut VmDataSet,
+    opts: &Options,
+) -> Result<Effects, ServicesError> {
+    apply_in_place(command, payload, state, vms, opts)
+}
+
 pub fn apply(
     command: Command,
     payload: &Payload,
@@ -221,16 +255,16 @@ fn apply_in_place(
                 if let Some(h) = &nic.hostname {
                     s.dns_records.insert(
                         nic.ip,
-                        DnsRecord {
+                        Arc::new(DnsRecord {
                             hostname: h.clone(),
                             ip6: nic.ip6,
-                        },
+                        }),
                     );
                 }
             }
             // One address belongs to one MAC: drop a stale lease for it.
             s.nics.retain(|m, n| n.ip != nic.ip || *m == nic.mac);
-            s.nics.insert(nic.mac.clone(), nic);
+            s.nics.insert(nic.mac.clone(), Arc::new(nic));
             s.dhcp_enabled = true;
             Ok(DHCP)
         }
@@ -282,7 +316,8 @@ fn apply_in_place(
             let ip = validate::ipv4("ip", &req_str(p, "ip")?)?;
             let hostname = validate::hostname("hostname", &req_str(p, "hostname")?, false)?;
             let ip6 = validate::opt_ipv6(p, "ip6_address")?;
-            s.dns_records.insert(ip, DnsRecord { hostname, ip6 });
+            s.dns_records
+                .insert(ip, Arc::new(DnsRecord { hostname, ip6 }));
             s.dns_enabled = true;
             Ok(DHCP)
         }
@@ -431,7 +466,7 @@ fn nic_key(p: &Payload) -> Result<(Option<String>, Option<Ipv4Addr>), ServicesEr
 }
 
 /// Removes the NIC named by MAC, else by IP. Exactly that one.
-fn remove_nic(s: &mut GuestServices, mac: Option<&str>, ip: Option<Ipv4Addr>) -> Option<Nic> {
+fn remove_nic(s: &mut GuestServices, mac: Option<&str>, ip: Option<Ipv4Addr>) -> Option<Arc<Nic>> {
     match (mac, ip) {
         (Some(m), _) => s.nics.remove(m),
         (None, Some(ip)) => {
@@ -683,10 +718,10 @@ fn restore(
                 nic_id: old.and_then(|n| n.nic_id.clone()),
                 gateway: old.and_then(|n| n.gateway),
             };
-            nics.insert(mac, nic);
+            nics.insert(mac, Arc::new(nic));
         }
         if let Some(h) = hostname {
-            records.insert(ip, DnsRecord { hostname: h, ip6 });
+            records.insert(ip, Arc::new(DnsRecord { hostname: h, ip6 }));
         }
         // Start from the stored data so the pending password survives.
         let mut one = VmDataSet::new();

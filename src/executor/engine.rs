@@ -419,6 +419,20 @@ impl Engine {
         slots.iter().filter(|s| lock(s).state.is_some()).count() + self.vpc.summaries().len()
     }
 
+    /// [`Engine::network_count`] without waiting: `None` when a network or
+    /// VPC is busy with a command (its lock is held), so health checks can
+    /// answer on the spot in the common case and fall back to waiting.
+    pub fn try_network_count(&self) -> Option<usize> {
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        let mut n = 0;
+        for slot in &slots {
+            if slot.try_lock().ok()?.state.is_some() {
+                n += 1;
+            }
+        }
+        Some(n + self.vpc.try_count()?)
+    }
+
     /// The nftables table currently installed for a network (diagnostics and
     /// tests); `None` when the namespace does not exist.
     pub fn installed_ruleset(&self, network_id: u64) -> Result<Option<String>, ExecError> {

@@ -190,6 +190,19 @@ impl VpcEngine {
     }
 
     /// Number of VPCs held, and their summaries.
+    /// Number of VPCs held, `None` when one of them is busy (see
+    /// `Engine::try_network_count`).
+    pub(crate) fn try_count(&self) -> Option<usize> {
+        let slots: Vec<Arc<Mutex<VpcSlot>>> = lock(&self.slots).values().cloned().collect();
+        let mut n = 0;
+        for slot in &slots {
+            if slot.try_lock().ok()?.doc.is_some() {
+                n += 1;
+            }
+        }
+        Some(n)
+    }
+
     pub(crate) fn summaries(&self) -> Vec<Value> {
         let slots: Vec<Arc<Mutex<VpcSlot>>> = lock(&self.slots).values().cloned().collect();
         slots

@@ -36,6 +36,12 @@ const COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// The engine's network count, or the last known one when the engine is busy.
 async fn network_count(st: &Arc<AppState>) -> usize {
     use std::sync::atomic::Ordering;
+    // Fast path without a thread hop: health probes sit on the bridge's
+    // per-command path (sticky placement).
+    if let Some(n) = st.engine.try_network_count() {
+        st.network_count.store(n, Ordering::Relaxed);
+        return n;
+    }
     let engine = st.engine.clone();
     let task = tokio::task::spawn_blocking(move || engine.network_count());
     match tokio::time::timeout(COUNT_WAIT, task).await {

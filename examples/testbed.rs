@@ -28,7 +28,7 @@
 //! on `quit`, SIGTERM/SIGINT/SIGHUP, or when a bound is reached.
 //!
 //! Usage: `testbed [--prefix nbt] [--per-host-certs] [--max-requests 2000]
-//! [--max-seconds 1800]`. By default both executors share one certificate
+//! [--max-seconds 1800] [--executor-log-level debug]`. By default both executors share one certificate
 //! (one pinned fingerprint); `--per-host-certs` gives each its own and
 //! `executor.fingerprint` becomes a comma list.
 //! (root; the prefix base is at most 4 lower-case letters).
@@ -74,6 +74,9 @@ struct Args {
     shared_cert: bool,
     max_requests: u64,
     max_seconds: u64,
+    /// The executors' `--log-level` (debug by default: the tests read the
+    /// logs; benchmarks pass `warn`, as a production host would run).
+    executor_log_level: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         shared_cert: true,
         max_requests: 2000,
         max_seconds: 1800,
+        executor_log_level: "debug".to_string(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -110,6 +114,12 @@ fn parse_args() -> Result<Args, String> {
                 a.max_seconds = value
                     .parse()
                     .map_err(|_| "--max-seconds: a number".to_string())?
+            }
+            "--executor-log-level" => {
+                if !["error", "warn", "info", "debug", "trace"].contains(&value.as_str()) {
+                    return Err("--executor-log-level: error, warn, info, debug or trace".into());
+                }
+                a.executor_log_level = value.clone();
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -254,7 +264,7 @@ fn host_addr(i: usize) -> String {
     format!("172.16.200.{}", 11 + i)
 }
 
-fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
+fn build(prefix: &str, shared_cert: bool, log_level: &str) -> Result<World, String> {
     let options = TopologyOptions::default()
         .hosts(2)
         .vm("vm1", "10.1.1.10/24", Some(GUEST_GATEWAY))
@@ -292,6 +302,7 @@ fn build(prefix: &str, shared_cert: bool) -> Result<World, String> {
             let tls = tb.host(0).ensure_tls()?;
             tb.host(i).tls = Some(tls);
         }
+        tb.host(i).options.log_level = log_level.to_string();
         tb.host(i).start_executor()?;
     }
     let up = tb.upstream.path();
@@ -668,7 +679,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     let started = Instant::now();
-    let mut world = match build(&args.prefix, args.shared_cert) {
+    let mut world = match build(&args.prefix, args.shared_cert, &args.executor_log_level) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("testbed: setup failed: {e}");

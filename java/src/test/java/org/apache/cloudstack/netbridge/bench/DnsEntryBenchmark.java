@@ -74,7 +74,7 @@ public final class DnsEntryBenchmark {
 
         String prefix = System.getProperty("bench.prefix", "nbq");
         Path dir = Files.createTempDirectory(prefix + "-dns-bench-");
-        try (Testbed tb = Testbed.start(prefix);
+        try (Testbed tb = Testbed.start(prefix, "--executor-log-level", "warn");
                 NetBridge b = NetBridge.open(NetBridgeConfig.builder().database(dir.resolve("bridge.db"))
                         .keyFile(dir.resolve("bridge.key")).logLevel("off")
                         .dispatchNetns(Path.of(tb.str("mgmt_netns"))).build())) {

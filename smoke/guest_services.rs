@@ -582,19 +582,42 @@ fn lb(algorithm: &str, revoke_b3: bool, revoke_rule: bool) -> Value {
 }
 
 /// Issue 4 smoke test 4: haproxy with three backends from the public side.
+/// Three VMs (10.1.1.10–12) behind gateway 10.1.1.1: the load-balancing
+/// backends.
+fn three_vm_testbed(prefix: &str) -> Testbed {
+    Testbed::new(
+        prefix,
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
+            .vm("vm3", "10.1.1.12/24", Some("10.1.1.1")),
+    )
+}
+
+/// `implement-network` plus the source-NAT public IP 203.0.113.10.
+fn implement_with_public_ip(host: &Host, id: u32) {
+    ok(
+        host,
+        id,
+        "implement-network",
+        json!({"extension_ip": "10.1.1.1"}),
+    );
+    ok(
+        host,
+        id,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+}
+
 #[test]
 fn load_balancing_roundrobin_source_leastconn_and_revoke() {
     if skip_unless_root("load_balancing_roundrobin_source_leastconn_and_revoke") {
         return;
     }
     const ID: u32 = 4402;
-    let mut tb = Testbed::new(
-        "nbg",
-        TopologyOptions::default()
-            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
-            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
-            .vm("vm3", "10.1.1.12/24", Some("10.1.1.1")),
-    );
+    let mut tb = three_vm_testbed("nbg");
     for (vm, name) in [("vm1", "b01"), ("vm2", "b02"), ("vm3", "b03")] {
         let ip = tb.vm(vm).ip().to_string();
         holding_backend(
@@ -609,19 +632,7 @@ fn load_balancing_roundrobin_source_leastconn_and_revoke() {
     let _reaper = Reaper(host.state_dir());
     host.start_executor().unwrap();
     let host = &*host;
-    ok(
-        host,
-        ID,
-        "implement-network",
-        json!({"extension_ip": "10.1.1.1"}),
-    );
-    ok(
-        host,
-        ID,
-        "assign-ip",
-        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
-            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
-    );
+    implement_with_public_ip(host, ID);
     let fw = json!({"default_egress_allow": true, "cidr": "10.1.1.0/24", "rules": [
         {"id": "1", "type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "80",
          "publicIp": "203.0.113.10", "sourceCidrs": ["0.0.0.0/0"]}]});
@@ -772,13 +783,7 @@ fn udp_load_balancing_in_nftables_firewall_revoke_and_restart() {
     const ID: u32 = 4410;
     const CLIENT: &str = "203.0.113.1";
     const CLIENT2: &str = UPSTREAM_ADDR;
-    let mut tb = Testbed::new(
-        "nbu",
-        TopologyOptions::default()
-            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
-            .vm("vm2", "10.1.1.11/24", Some("10.1.1.1"))
-            .vm("vm3", "10.1.1.12/24", Some("10.1.1.1")),
-    );
+    let mut tb = three_vm_testbed("nbu");
     for (vm, name) in [("vm1", "b01"), ("vm2", "b02"), ("vm3", "b03")] {
         let ip = tb.vm(vm).ip().to_string();
         udp_backend(
@@ -793,19 +798,7 @@ fn udp_load_balancing_in_nftables_firewall_revoke_and_restart() {
     let _reaper = Reaper(host.state_dir());
     host.start_executor().unwrap();
     let host = &*host;
-    ok(
-        host,
-        ID,
-        "implement-network",
-        json!({"extension_ip": "10.1.1.1"}),
-    );
-    ok(
-        host,
-        ID,
-        "assign-ip",
-        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
-            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
-    );
+    implement_with_public_ip(host, ID);
     let vip: SocketAddr = "203.0.113.10:53".parse().unwrap();
     let ns = format!("cs-net-{ID}");
     let lb_chain = |host: &Host| {

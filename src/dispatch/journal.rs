@@ -958,7 +958,7 @@ impl CommandJournal for FileJournal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -1227,9 +1227,9 @@ mod tests {
         assert_eq!(j.load("cs-net-42").unwrap(), JournalState::default());
     }
 
-    /// A random command sequence over few slots, as a state the tests can
-    /// compare with.
-    fn random_steps(n: usize, mut seed: u64) -> Vec<(&'static str, Command, Value)> {
+    /// A deterministic pseudo-random command sequence over few slots (also
+    /// used by the registry journal's tests): (host, command, envelope).
+    pub(crate) fn random_steps(n: usize, mut seed: u64) -> Vec<(&'static str, Command, Value)> {
         let mut next = |m: u64| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -1240,7 +1240,9 @@ mod tests {
             Command::ImplementNetwork,
             Command::AssignIp,
             Command::ReleaseIp,
+            Command::AddStaticNat,
             Command::AddPortForward,
+            Command::DeletePortForward,
             Command::ApplyFwRules,
             Command::PrepareNic,
             Command::ReleaseNic,
@@ -1251,6 +1253,7 @@ mod tests {
             Command::SavePassword,
             Command::ApplyLbRules,
             Command::RestoreNetwork,
+            Command::CustomAction,
         ];
         (0..n)
             .map(|step| {

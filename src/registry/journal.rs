@@ -708,40 +708,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = RegistryJournal::new(open(dir.path()));
         let mut model = JournalState::default();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let commands = [
-            Command::ImplementNetwork,
-            Command::AssignIp,
-            Command::ReleaseIp,
-            Command::AddStaticNat,
-            Command::AddPortForward,
-            Command::DeletePortForward,
-            Command::ApplyFwRules,
-            Command::PrepareNic,
-            Command::ReleaseNic,
-            Command::AddDnsEntry,
-            Command::RemoveDnsEntry,
-            Command::SaveVmData,
-            Command::SaveUserdata,
-            Command::SavePassword,
-            Command::ApplyLbRules,
-            Command::RestoreNetwork,
-            Command::CustomAction,
-        ];
-        for step in 0..600 {
-            let c = commands[next(commands.len() as u64) as usize];
-            let ip = format!("10.1.1.{}", next(6));
-            let pip = format!("203.0.113.{}", next(3));
-            let p = json!({"network_id": "42", "ip": ip, "public_ip": pip,
-                "public_port": "22", "protocol": "tcp", "tag": step.to_string()});
-            let host = if next(10) == 0 { "h2" } else { "h1" };
-            let e = env(p);
+        let steps = crate::dispatch::journal::tests::random_steps(600, 0x9e37_79b9_7f4a_7c15);
+        for (step, (host, c, e)) in steps.into_iter().enumerate() {
             model.record(host, c, &e);
             j.record("cs-net-42", host, c, &e).unwrap();
             if step % 50 == 0 || step > 580 {

@@ -42,7 +42,7 @@ import org.apache.cloudstack.netbridge.NetBridgeConfig;
  *     -Dexec.classpathScope=test -Dexec.mainClass=org.apache.cloudstack.netbridge.bench.ExecuteBenchmark
  * </pre>
  * System properties: {@code bench.executor} (path of netbridge-executor; default
- * {@code ../target/release/netbridge-executor}), {@code bench.entrypoint} (likewise; (b) the same
+ * {@code target/release/netbridge-executor} of the repository), {@code bench.entrypoint} (likewise; (b) the same
  * command as a process per command, skipped when absent), {@code bench.procRuns} (200),
  * {@code bench.iterations} (3000),
  * {@code bench.threads} (16), {@code bench.networks} (100), {@code bench.seconds} (5).
@@ -60,10 +60,12 @@ public final class ExecuteBenchmark {
         int networks = Integer.getInteger("bench.networks", 100);
         int seconds = Integer.getInteger("bench.seconds", 5);
         int procRuns = Integer.getInteger("bench.procRuns", 200);
-        Path entry = Path.of(System.getProperty("bench.entrypoint", "../target/release/netbridge-entrypoint"))
-                .toAbsolutePath().normalize();
-        Path executor = Path.of(System.getProperty("bench.executor", "../target/release/netbridge-executor"))
-                .toAbsolutePath().normalize();
+        // Defaults resolve against the repository, whether Maven runs from it or from java/.
+        Path release = org.apache.cloudstack.netbridge.e2e.Testbed.repoRoot().resolve("target/release");
+        Path entry = Path.of(System.getProperty("bench.entrypoint",
+                release.resolve("netbridge-entrypoint").toString())).toAbsolutePath().normalize();
+        Path executor = Path.of(System.getProperty("bench.executor",
+                release.resolve("netbridge-executor").toString())).toAbsolutePath().normalize();
 
         System.out.println("netbridge execute benchmark: JNI -> HTTPS -> netbridge-executor");
         System.out.println("  native   " + NetBridge.nativeVersion());

@@ -409,7 +409,7 @@ impl Engine {
         let mut guest = std::mem::take(&mut next.guest);
         // `guest` is a copy dropped on error, and so is the store's set.
         let mut apply = |vms: &mut services::VmDataSet| {
-            services::model::apply_to_copy(command, &envelope.payload, &mut guest, vms, &opts)
+            services::model::apply_in_place(command, &envelope.payload, &mut guest, vms, &opts)
         };
         let fx = if services::model::touches_vm_data(command) {
             store.update(apply)?

@@ -191,20 +191,6 @@ pub fn touches_vm_data(command: Command) -> bool {
     )
 }
 
-/// As [`apply`], on the caller's copies: after an error `state` and `vms`
-/// may hold part of the change, so the caller must discard them (the
-/// engine works on copies it drops on error; this saves [`apply`]'s own
-/// copy of every record).
-pub fn apply_to_copy(
-    command: Command,
-    payload: &Payload,
-    state: &mut GuestServices,
-    vms: &mut VmDataSet,
-    opts: &Options,
-) -> Result<Effects, ServicesError> {
-    apply_in_place(command, payload, state, vms, opts)
-}
-
 pub fn apply(
     command: Command,
     payload: &Payload,
@@ -231,7 +217,11 @@ const VMDATA: Effects = Effects {
     lb: false,
 };
 
-fn apply_in_place(
+/// As [`apply`], on the caller's copies: after an error `state` and `vms`
+/// may hold part of the change, so the caller must discard them (the
+/// engine works on copies it drops on error; this saves [`apply`]'s own
+/// copy of every record).
+pub fn apply_in_place(
     command: Command,
     p: &Payload,
     s: &mut GuestServices,

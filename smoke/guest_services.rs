@@ -124,13 +124,15 @@ fn dhclient(ns: &Path, dir: &Path) -> String {
     let lease = dir.join("dhclient.leases");
     let pid = dir.join("dhclient.pid");
     let (l, p) = (lease.display().to_string(), pid.display().to_string());
-    let r = run_in(
+    // In the foreground (`-d`) dhclient stays our child: its PID is known
+    // from the start and it is stopped (dropped) by that PID once the lease
+    // is written.
+    let client = NsProcess::spawn(
         ns,
-        None,
         &[
             "dhclient",
+            "-d",
             "-4",
-            "-1",
             "-sf",
             "/bin/true",
             "-lf",
@@ -139,17 +141,15 @@ fn dhclient(ns: &Path, dir: &Path) -> String {
             &p,
             "eth0",
         ],
-        Duration::from_secs(40),
-    );
-    // dhclient stays in the background after binding: stop exactly it.
-    if let Some(pid) = read_pid(&pid) {
-        if runs(pid, "dhclient") {
-            // SAFETY: plain syscall on the PID dhclient wrote for us.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-    }
-    r.unwrap();
-    std::fs::read_to_string(&lease).unwrap_or_default()
+    )
+    .expect("start dhclient");
+    let text = eventually(Duration::from_secs(60), || {
+        std::fs::read_to_string(&lease)
+            .ok()
+            .filter(|t| t.contains("fixed-address") && t.trim_end().ends_with('}'))
+    });
+    drop(client);
+    text.expect("no DHCP lease within 60 s")
 }
 
 /// A DNS server in the upstream namespace answering one name.

@@ -20,6 +20,7 @@ use netbridge::executor::services::haproxy::{self, HaproxyPaths};
 use netbridge::executor::services::metadata::{bind_in_netns, ListenSpec, MetadataServer};
 use netbridge::executor::services::model::{apply, GuestServices, Options};
 use netbridge::executor::services::run::{self, HaproxyAction};
+use netbridge::executor::services::sockets;
 use netbridge::executor::services::store::MetadataStore;
 use netbridge::executor::services::supervisor::{identify, Daemon, DaemonSpec};
 use netbridge::executor::services::VmDataSet;
@@ -616,7 +617,35 @@ fn metadata_and_password_by_source_address() {
     assert!(MetadataStore::open(lab.path("vmdata"), Some([8u8; 32])).is_err());
 
     rt.block_on(server.shutdown());
+    // A process forked elsewhere in this test binary may still hold a copy
+    // of the listening descriptor until it execs (close-on-exec): the port
+    // is closed once the kernel has released the socket.
+    wait_for("metadata listener released", || {
+        !tcp_listeners_in(&r).iter().any(|(a, _)| *a == sa4(md))
+    });
     assert!(connect_in(&v1, md).is_err(), "metadata port still open");
+}
+
+/// The listening TCP sockets of namespace `ns`.
+fn tcp_listeners_in(ns: &str) -> Vec<(std::net::SocketAddrV4, u64)> {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let table = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // SAFETY: per-thread setns on a valid namespace fd.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap()
+        })
+        .join()
+        .unwrap()
+    });
+    sockets::parse_listeners(&table)
+}
+
+fn sa4(a: SocketAddr) -> std::net::SocketAddrV4 {
+    match a {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => panic!("IPv4 expected: {a}"),
+    }
 }
 
 /// Backend answering its name on every connection, inside `ns`.
@@ -678,7 +707,7 @@ fn backends(algo: &str, revoked3: bool) -> Value {
 }
 
 fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(60);
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -708,7 +737,8 @@ fn haproxy_roundrobin_source_revoke() {
         run::sync_haproxy(&paths, Some(&r), "t", cfg.as_deref(), None, &mut draining).unwrap();
     assert_eq!(a, HaproxyAction::Start);
     let d = d.unwrap();
-    wait_for("haproxy listening", || ask(&v1, vip).is_some());
+    // Started means serving: the frontend answers at once.
+    assert!(ask(&v1, vip).is_some(), "haproxy not serving after start");
     let rr = counts(&v1, vip, 30);
     assert_eq!(
         rr.values().copied().collect::<Vec<_>>(),

@@ -41,6 +41,16 @@ pub fn reload_args(old_pid: u32) -> Vec<OsString> {
     vec!["-sf".into(), old_pid.to_string().into()]
 }
 
+/// The frontend addresses of a rendered configuration (its `bind` lines):
+/// haproxy is ready once its own process listens on all of them.
+pub fn binds(config: &str) -> Vec<std::net::SocketAddrV4> {
+    config
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("bind "))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
 /// Renders the configuration; `None` when there is no TCP rule (no haproxy
 /// runs).
 pub fn render(s: &GuestServices) -> Option<String> {

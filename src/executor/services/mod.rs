@@ -11,7 +11,9 @@
 //! - [`nftlb`]: pure renderer of the UDP load-balancing DNAT rules, part of
 //!   the network's nftables ruleset (the planner places them).
 //! - [`supervisor`]: runs a daemon inside a network namespace and tracks its
-//!   exact PID.
+//!   exact process (pidfd).
+//! - [`sockets`]: which addresses a daemon's own process listens on (its
+//!   readiness).
 //! - [`store`]: VM data persisted as one 0600 file per IP (atomic replace,
 //!   optionally AES-256-GCM encrypted).
 //! - [`metadata`]: the HTTP metadata and password services bound inside a
@@ -80,6 +82,7 @@ pub mod metadata;
 pub mod model;
 pub mod nftlb;
 pub mod run;
+pub mod sockets;
 pub mod store;
 pub mod supervisor;
 pub mod validate;

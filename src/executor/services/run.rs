@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::dnsmasq::{self, DnsmasqAction, DnsmasqFiles, DnsmasqPaths};
-use super::haproxy::HaproxyPaths;
+use super::haproxy::{self, HaproxyPaths};
+use super::sockets;
 use super::store::replace_file;
 use super::supervisor::{Daemon, DaemonSpec};
 use super::GuestServices;
@@ -20,6 +21,9 @@ use super::ServicesError;
 pub const DNSMASQ_PROGRAM: &str = "/usr/sbin/dnsmasq";
 pub const HAPROXY_PROGRAM: &str = "/usr/sbin/haproxy";
 const GRACE: Duration = Duration::from_secs(5);
+/// How long a started haproxy may take to listen on its frontends (a
+/// loaded host can take seconds; a daemon that cannot bind exits sooner).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Directory readable by the unprivileged user dnsmasq drops to (it re-reads
 /// the hosts files on SIGHUP after dropping root).
@@ -265,14 +269,21 @@ pub fn sync_haproxy(
         }
         return Err(e);
     }
-    match running {
+    let (mut new, action) = match running {
         Some(d) => {
             let (new, old) = d.reload_haproxy(spec)?;
             draining.push(old);
-            Ok((Some(new), HaproxyAction::Reload))
+            (new, HaproxyAction::Reload)
         }
-        None => Ok((Some(Daemon::spawn(spec)?), HaproxyAction::Start)),
+        None => (Daemon::spawn(spec)?, HaproxyAction::Start),
+    };
+    // The rules are applied once the new process serves every frontend, not
+    // when it was merely started.
+    if let Err(e) = sockets::wait_listening(&mut new, &haproxy::binds(cfg), READY_TIMEOUT) {
+        let _ = new.stop(GRACE);
+        return Err(e);
     }
+    Ok((Some(new), action))
 }
 
 /// Drops draining processes that have exited (reaping them).

@@ -6,14 +6,16 @@
 //!   so it neither shares the executor's signals nor dies with it.
 //! - Daemons run in the foreground: the child's PID is the daemon's PID. It
 //!   is written to `pid_file` so a restarted executor can find it again.
-//! - Before any signal the PID is re-identified: our own child must not have
-//!   exited; an adopted PID must still run `program` with `marker` among its
-//!   arguments in the expected namespace. A stale or reused PID is never
-//!   signalled.
+//! - Every daemon is held by a pidfd opened while its identity is certain
+//!   (our own unreaped child, or an adopted PID that runs `program` with
+//!   `marker` among its arguments in the expected namespace, checked before
+//!   and after opening). Signals go through the pidfd and exit is observed on
+//!   it, so a reused PID is never signalled and a daemon that is still
+//!   exiting (empty `/proc/<pid>/cmdline`) is never taken for gone.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -45,6 +47,8 @@ pub struct DaemonSpec {
 pub struct Daemon {
     spec: DaemonSpec,
     pid: u32,
+    /// Refers to exactly this process for its whole life.
+    pidfd: OwnedFd,
     child: Option<Child>,
     /// Seen with a SIGHUP handler installed (see [`Daemon::hup`]).
     hup_ready: bool,
@@ -114,6 +118,48 @@ pub fn identify(pid: u32, spec: &DaemonSpec) -> bool {
     }
 }
 
+/// `pidfd_open(2)`: a descriptor for process `pid` that stays bound to it
+/// even after the PID number is reused.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(fd)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to exit (a pidfd
+/// becomes readable when its process has terminated); true when it has.
+fn pidfd_wait(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            return true;
+        }
+        if rc == 0 {
+            return false;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 fn read_pid_file(path: &Path) -> Option<u32> {
     fs::read_to_string(path)
         .ok()?
@@ -180,9 +226,21 @@ impl Daemon {
             .map_err(|e| proc_err(&spec, format!("spawn {}: {e}", spec.program.display())))?;
         drop(ns_file);
         let pid = child.id();
+        // Our child cannot be reaped by anyone else while we hold it, so the
+        // PID is certainly still this process.
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(proc_err(&spec, format!("pidfd_open {pid}: {e}")));
+            }
+        };
         let d = Daemon {
             spec,
             pid,
+            pidfd,
             child: Some(child),
             hup_ready: false,
         };
@@ -195,11 +253,19 @@ impl Daemon {
     /// still runs exactly `spec`. A stale PID file is removed.
     pub fn adopt(spec: DaemonSpec) -> Option<Daemon> {
         let pid = read_pid_file(&spec.pid_file)?;
-        if identify(pid, &spec) {
+        // Identify, open, identify again: if the second check still holds,
+        // the pidfd was opened on the right process (not a PID reused in
+        // between).
+        let pidfd = identify(pid, &spec)
+            .then(|| pidfd_open(pid).ok())
+            .flatten()
+            .filter(|_| identify(pid, &spec));
+        if let Some(pidfd) = pidfd {
             log::info!("{}: adopted running pid {pid}", spec.name);
             Some(Daemon {
                 spec,
                 pid,
+                pidfd,
                 child: None,
                 hup_ready: false,
             })
@@ -231,13 +297,21 @@ impl Daemon {
 
     /// Whether the process still runs (reaping it when it is our child).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => identify(self.pid, &self.spec),
+        if pidfd_wait(&self.pidfd, Duration::ZERO) {
+            self.reap();
+            return false;
+        }
+        true
+    }
+
+    /// Collects our child's exit status once it has terminated.
+    fn reap(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.try_wait();
         }
     }
 
-    /// Sends `sig` after re-identifying the PID.
+    /// Sends `sig` through the pidfd (never to a reused PID).
     pub fn signal(&mut self, sig: libc::c_int) -> Result<(), ServicesError> {
         if !self.is_running() {
             return Err(proc_err(
@@ -245,10 +319,17 @@ impl Daemon {
                 format!("pid {} is no longer running", self.pid),
             ));
         }
-        let pid = libc::pid_t::try_from(self.pid)
-            .map_err(|_| proc_err(&self.spec, "pid out of range"))?;
-        // SAFETY: plain kill(2) on a PID just verified to be this daemon.
-        if unsafe { libc::kill(pid, sig) } != 0 {
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
             return Err(proc_err(&self.spec, std::io::Error::last_os_error()));
         }
         Ok(())
@@ -292,18 +373,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Waits until the process is gone; true when it is.
+    /// Waits until the process has terminated; true when it has.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            if !self.is_running() {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if pidfd_wait(&self.pidfd, timeout) {
+            self.reap();
+            return true;
         }
+        false
     }
 
     /// Stop then start with `spec` (a changed main configuration).
@@ -328,6 +404,71 @@ mod tests {
     use super::*;
 
     extern "C" fn nothing(_: libc::c_int) {}
+
+    fn sleeper(dir: &Path) -> DaemonSpec {
+        DaemonSpec {
+            name: "sleeper".into(),
+            program: PathBuf::from("/bin/sleep"),
+            args: vec!["1000".into()],
+            netns: None,
+            pid_file: dir.join("sleeper.pid"),
+            log_file: None,
+            marker: "1000".into(),
+        }
+    }
+
+    /// `Z` (exited, not yet reaped) or no process at all.
+    fn terminated(pid: u32) -> bool {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[test]
+    fn adopted_daemon_is_stopped_only_once_it_has_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = sleeper(dir.path());
+        let first = Daemon::spawn(spec.clone()).unwrap();
+        let pid = first.pid();
+        // A restarted executor: the process is no longer its child's handle.
+        let mut parent_side = first.child;
+        let adopted = Daemon::adopt(spec.clone()).expect("adopted from the pid file");
+        assert_eq!(adopted.pid(), pid);
+        adopted.stop(Duration::from_secs(30)).unwrap();
+        assert!(
+            terminated(pid),
+            "stop() returned while pid {pid} still runs"
+        );
+        assert!(!spec.pid_file.exists());
+        if let Some(c) = parent_side.as_mut() {
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = sleeper(dir.path());
+        // Our own PID runs a different program: not the daemon.
+        fs::write(&spec.pid_file, format!("{}\n", std::process::id())).unwrap();
+        assert!(Daemon::adopt(spec.clone()).is_none());
+        assert!(!spec.pid_file.exists(), "stale pid file removed");
+    }
+
+    #[test]
+    fn exit_is_seen_on_the_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::spawn(sleeper(dir.path())).unwrap();
+        assert!(d.is_running());
+        d.signal(libc::SIGKILL).unwrap();
+        assert!(d.wait_exit(Duration::from_secs(30)));
+        assert!(!d.is_running());
+        assert!(d.signal(libc::SIGTERM).is_err(), "no signal after exit");
+    }
 
     #[test]
     fn signal_handlers_are_read_from_proc() {

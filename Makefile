@@ -1,6 +1,10 @@
 # The two entry points for a newcomer: `make demo` and `make test`.
 CARGO ?= cargo
 MVN ?= mvn -B -ntp
+# The real CloudStack API client the HTTP API tests drive lives in a private
+# virtual environment (Debian's own Python refuses system-wide pip installs).
+VENV ?= $(CURDIR)/.venv
+export NETBRIDGE_PYTHON := $(VENV)/bin/python3
 
 .PHONY: deps demo test rust-test java-test lint bench
 
@@ -13,7 +17,8 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 nftables iptables dnsmasq-base haproxy radvd iputils-ping curl dnsutils isc-dhcp-client conntrack >/dev/null; \
 	fi
-	@python3 -c 'import cs' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check 'cs==5.2.0'
+	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+	@$(NETBRIDGE_PYTHON) -c 'import cs' 2>/dev/null || { python3 -m venv --clear $(VENV) && $(NETBRIDGE_PYTHON) -m pip install -q --disable-pip-version-check 'cs==5.2.0'; }
 
 # As root, the demo runs a real network lifecycle against executors in namespaces
 # (examples/testbed.rs); otherwise it shows the control plane only.

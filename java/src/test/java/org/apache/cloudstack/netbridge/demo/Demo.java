@@ -25,9 +25,11 @@ import org.apache.cloudstack.netbridge.e2e.Testbed;
  * <p>As root (with {@code target/debug/examples/testbed} built), it drives a real isolated
  * network: two emulated KVM hosts run the executor in namespaces; the demo creates and registers
  * the extension, generates offerings, implements the network, assigns the source-NAT address,
- * enables static NAT, port forwarding and firewall rules, and proves each step with a packet
- * (the upstream server reports the address it saw; connections from outside reach or are
- * refused), then tears everything down. Pass {@code --failover} to also kill the network's host
+ * enables static NAT, port forwarding, firewall, DHCP/DNS/metadata and load balancing, and proves
+ * each step with a packet (the upstream server reports the address it saw; connections from
+ * outside reach or are refused). Then updateRegisteredExtension rotates executor.key and moves
+ * the registration's hosts, each taking effect on the very next command (proven with packets),
+ * and everything is torn down. Pass {@code --failover} to also kill the network's host
  * and watch it move. Exits non-zero when a step or its proof fails.
  *
  * <p>Otherwise it shows the control plane only: create, register, rotate executor details,
@@ -42,6 +44,8 @@ public final class Demo {
     }
 
     public static void main(String[] args) throws IOException {
+        Path log = logToFile();
+        System.out.println("(library log records: " + log + ")");
         boolean failover = List.of(args).contains("--failover");
         args = Stream.of(args).filter(a -> !a.startsWith("--")).toArray(String[]::new);
         String reason = Testbed.unavailableReason();
@@ -141,6 +145,30 @@ public final class Demo {
                 if (failover) {
                     s.failover();
                 }
+
+                String newKey = "demo-rotated-key-" + UUID.randomUUID();
+                System.out.println("\n== updateRegisteredExtension rotates executor.key (no restart anywhere)");
+                s.rotateKey(newKey, () -> {
+                    String json = cp.updateDetails(ControlPlane.registrationDetails(tb, newKey));
+                    System.out.println("   updateRegisteredExtension ->");
+                    System.out.println(json);
+                    if (json.contains(newKey)) {
+                        throw new AssertionError("the hidden executor.key was returned");
+                    }
+                    System.out.println("   proof: the new executor.key is stored (hidden: not in the answer)");
+                });
+
+                int from = s.placedHost();
+                int to = from == 1 ? 2 : 1;
+                System.out.println("\n== updateRegisteredExtension moves hosts: only host " + to + " (" + tb.hostAddr(to)
+                        + ") serves the physical network from now on; executor.key not re-sent, kept because hidden");
+                s.moveHosts(() -> {
+                    String json = b.updateRegisteredExtension().extensionId(cp.extensionId)
+                            .resourceId(cp.physicalNetworkId).resourceType("PhysicalNetwork")
+                            .details(moved(ControlPlane.registrationDetails(tb, newKey), tb.hostAddr(to))).call();
+                    System.out.println("   updateRegisteredExtension ->");
+                    System.out.println(json);
+                });
                 System.out.println("\n== unregisterExtension while the network exists");
                 try {
                     cp.unregister();
@@ -173,6 +201,31 @@ public final class Demo {
                 deleteTree(dir);
             }
         }
+    }
+
+    /** Registration details without the hidden key (kept by the store) and with one host. */
+    private static Map<String, String> moved(Map<String, String> details, String host) {
+        Map<String, String> d = new LinkedHashMap<>(details);
+        d.remove("executor.key");
+        d.put("hosts", host);
+        return d;
+    }
+
+    /**
+     * The library's log records go to a file so that the demo's output reads as steps and
+     * proofs.
+     */
+    private static Path logToFile() throws IOException {
+        Path file = Testbed.repoRoot().resolve("target").resolve("netbridge-demo.log");
+        Files.createDirectories(file.getParent());
+        java.util.logging.FileHandler handler = new java.util.logging.FileHandler(file.toString(), false);
+        handler.setFormatter(new java.util.logging.SimpleFormatter());
+        java.util.logging.Logger root = java.util.logging.Logger.getLogger("");
+        for (java.util.logging.Handler h : root.getHandlers()) {
+            root.removeHandler(h);
+        }
+        root.addHandler(handler);
+        return file;
     }
 
     private static String step(NetBridge b, String command, Map<String, String> p) {

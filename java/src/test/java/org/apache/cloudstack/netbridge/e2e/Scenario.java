@@ -328,6 +328,24 @@ public final class Scenario {
         connectivity(20);
     }
 
+    /**
+     * The operator moves the network by changing the registration's {@code hosts}: the very next
+     * command places it on the remaining host, replays its state there, removes it from the old
+     * one, and traffic flows through the new router.
+     */
+    public void moveHosts(ThrowingRunnable updateRegistration) throws Exception {
+        int from = placedHost();
+        updateRegistration.run();
+        long t0 = System.nanoTime();
+        Map<String, Object> d = cs.ensure();
+        log.accept(String.format("   next command: ensure-network-device -> %s (%.2f s: move and state replay)",
+                Json.write(d), (System.nanoTime() - t0) / 1e9));
+        check(placedHost() > 0 && placedHost() != from, "network placed on host " + placedHost() + ", no longer on host " + from);
+        check(tb.namespaces(placedHost()).contains(nsName()), "router namespace " + nsName() + " now on host " + placedHost());
+        check(!tb.namespaces(from).contains(nsName()), "host " + from + " no longer holds " + nsName());
+        connectivity(60);
+    }
+
     /** destroy-network; nothing is left on either host. */
     public void destroy() throws Exception {
         log.accept("== destroy-network");

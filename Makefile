@@ -23,7 +23,7 @@ deps:
 # As root, the demo runs a real network lifecycle against executors in namespaces
 # (examples/testbed.rs); otherwise it shows the control plane only.
 demo: deps
-	$(CARGO) build --bins --lib --example testbed
+	$(CARGO) build --workspace --bins --lib --example testbed
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true -DskipTests package
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true exec:java -Dexec.mainClass=org.apache.cloudstack.netbridge.demo.Demo -Dexec.classpathScope=test
 
@@ -31,15 +31,19 @@ test: deps lint rust-test java-test
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The suites run the workspace's binaries (netbridge, netbridge-executor,
+# netbridge-entrypoint), which Cargo only builds for their own crate's tests.
 rust-test:
-	$(CARGO) test --no-fail-fast --lib --bins --tests
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast --lib --bins --tests
 
 # The end-to-end suites (e2e/, root only) need the binaries and the testbed program.
 java-test:
-	$(CARGO) build --lib --bins --example testbed
+	$(CARGO) build --workspace --lib --bins --example testbed
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true test
 
 bench:
-	$(CARGO) bench
+	$(CARGO) build --workspace --release --bins
+	$(CARGO) bench --workspace

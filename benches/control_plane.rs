@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use netbridge::api::{Api, ApiConfig, Params};
+use netbridge_control::api::{Api, ApiConfig, Params};
 
 const EXTENSIONS: usize = 1_000;
 const REGISTRATIONS: usize = 10;

@@ -7,16 +7,15 @@
 //! Run: `cargo bench --bench dispatch_roundtrip` (optional env:
 //! `NB_BENCH_N` in-process iterations, `NB_BENCH_PROC_N` process runs).
 
-#[path = "../tests/dispatch_support/mod.rs"]
-mod dispatch_support;
+use netbridge_testbed::stand_in as dispatch_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dispatch_support::*;
-use netbridge::api::{ApiConfig, Params};
-use netbridge::bridge::{Bridge, BridgeConfig};
-use netbridge::dispatch::{Dispatcher, MemoryJournal};
+use netbridge_control::api::{ApiConfig, Params};
+use netbridge_control::bridge::{Bridge, BridgeConfig};
+use netbridge_control::dispatch::{Dispatcher, MemoryJournal};
 use serde_json::json;
 
 const KEY: &str = "bench-key";
@@ -195,10 +194,10 @@ fn main() {
     std::fs::write(&payload, &dns).expect("payload");
     let ensure_payload = dir.path().join("ensure.json");
     std::fs::write(&ensure_payload, &ensure).expect("payload");
-    let bin = env!("CARGO_BIN_EXE_netbridge-entrypoint");
+    let bin = netbridge_testbed::workspace_bin("netbridge-entrypoint");
     let run = |command: &str, file: &std::path::Path| {
         let t = Instant::now();
-        let out = std::process::Command::new(bin)
+        let out = std::process::Command::new(&bin)
             .args([command, file.to_str().unwrap_or_default(), "60"])
             .env("NETBRIDGE_STATE_DIR", dir.path().join("state"))
             .output()

@@ -11,8 +11,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netbridge::executor::{Engine, EngineConfig};
-use netbridge::protocol::Command as Cmd;
+use netbridge_executor::{Engine, EngineConfig};
+use netbridge_protocol::Command as Cmd;
 use serde_json::{json, Value};
 
 const CHILD_ENV: &str = "NBE_BENCH_CHILD";

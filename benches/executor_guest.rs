@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netbridge::executor::{Engine, EngineConfig};
-use netbridge::protocol::Command as Cmd;
+use netbridge_executor::{Engine, EngineConfig};
+use netbridge_protocol::Command as Cmd;
 use serde_json::{json, Value};
 
 const CHILD_ENV: &str = "NBG_BENCH_CHILD";

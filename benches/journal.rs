@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netbridge::dispatch::{CommandJournal, FileJournal};
-use netbridge::protocol::Command;
-use netbridge::registry::{Registry, RegistryJournal};
+use netbridge_control::dispatch::{CommandJournal, FileJournal};
+use netbridge_control::registry::{Registry, RegistryJournal};
+use netbridge_protocol::Command;
 use serde_json::{json, Value};
 
 fn envelope(i: usize) -> Value {

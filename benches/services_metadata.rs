@@ -10,10 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netbridge::executor::services::metadata::{ListenSpec, MetadataServer};
-use netbridge::executor::services::model::{apply, GuestServices, Options};
-use netbridge::executor::services::store::MetadataStore;
-use netbridge::protocol::Command as Cmd;
+use netbridge_executor::services::metadata::{ListenSpec, MetadataServer};
+use netbridge_executor::services::model::{apply, GuestServices, Options};
+use netbridge_executor::services::store::MetadataStore;
+use netbridge_protocol::Command as Cmd;
 use serde_json::json;
 
 struct Ns(String);

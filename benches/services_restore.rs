@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use netbridge::executor::services::dnsmasq::{self, DnsmasqPaths};
-use netbridge::executor::services::haproxy;
-use netbridge::executor::services::model::{apply, GuestServices, Options};
-use netbridge::executor::services::run;
-use netbridge::executor::services::store::MetadataStore;
-use netbridge::protocol::Command;
+use netbridge_executor::services::dnsmasq::{self, DnsmasqPaths};
+use netbridge_executor::services::haproxy;
+use netbridge_executor::services::model::{apply, GuestServices, Options};
+use netbridge_executor::services::run;
+use netbridge_executor::services::store::MetadataStore;
+use netbridge_protocol::Command;
 use serde_json::{json, Map, Value};
 
 fn p(v: Value) -> Map<String, Value> {

@@ -33,9 +33,6 @@
 //! `executor.fingerprint` becomes a comma list.
 //! (root; the prefix base is at most 4 lower-case letters).
 
-#[path = "../smoke/common/mod.rs"]
-mod common;
-
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -45,7 +42,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use netbridge_testbed::*;
 use serde_json::{json, Value};
 
 const MGMT_ADDR: &str = "172.16.200.1";
@@ -148,7 +145,7 @@ impl Fakes {
         })?
         .map_err(|e| format!("fake executors: {e}"))?;
         let config = Arc::new(
-            netbridge::executor::daemon::tls::server_config(&tls.cert, &tls.key)
+            netbridge_executor::daemon::tls::server_config(&tls.cert, &tls.key)
                 .map_err(|e| format!("fake TLS executor: {e}"))?,
         );
         tls_garbage

@@ -1,5 +1,5 @@
-//! Root smoke tests of the executor data plane with real packets (issue 3,
-//! scenarios 1-7). Each test re-executes this binary inside
+//! Root smoke tests of the executor data plane with real packets
+//! (scenarios 1-7). Each test re-executes this binary inside
 //! `unshare --mount --net --propagation private` with a fresh tmpfs on
 //! `/run/netns`: the child's network namespace plays the KVM host, and every
 //! namespace, bridge and veth it makes (prefix `nbe`) vanishes with it, also
@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use netbridge::executor::applier::{in_netns, ApplierConfig};
-use netbridge::executor::{Engine, EngineConfig};
-use netbridge::protocol::Command as Cmd;
+use netbridge_executor::applier::{in_netns, ApplierConfig};
+use netbridge_executor::{Engine, EngineConfig};
+use netbridge_protocol::Command as Cmd;
 use serde_json::{json, Value};
 
 const ROLE_ENV: &str = "NBE_SMOKE_ROLE";
@@ -112,7 +112,7 @@ fn probe(ns: &str, ip: &str, port: u16) -> Result<String, String> {
 /// gratuitous ARP lands, which a loaded machine delays. The assertion is that
 /// connectivity comes back, not that it is back within one SYN.
 fn probe_expect(ns: &str, ip: &str, port: u16, want: &str) -> Result<String, String> {
-    common::eventually(Duration::from_secs(10), || {
+    netbridge_testbed::eventually(Duration::from_secs(10), || {
         probe(ns, ip, port).ok().filter(|got| got == want)
     })
     // Not there in time: one more probe, so the failure shows what came back.
@@ -261,7 +261,7 @@ fn host_links() -> String {
 
 #[test]
 fn isolated_network_scenarios() {
-    if common::isolate("isolated_network_scenarios") {
+    if netbridge_testbed::isolate("isolated_network_scenarios") {
         return;
     }
     topology();
@@ -600,7 +600,7 @@ fn restart_safety() {
         burst(Path::new(&dir));
         return;
     }
-    if common::isolate("restart_safety") {
+    if netbridge_testbed::isolate("restart_safety") {
         return;
     }
     topology();
@@ -631,7 +631,7 @@ fn restart_safety() {
             "--test-threads=1",
         ])
         .env(ROLE_ENV, dir.path())
-        .env_remove(common::ISOLATED_CHILD_ENV)
+        .env_remove(netbridge_testbed::ISOLATED_CHILD_ENV)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -752,7 +752,7 @@ fn restart_safety() {
 
 #[test]
 fn parallel_networks_then_nothing_left() {
-    if common::isolate("parallel_networks_then_nothing_left") {
+    if netbridge_testbed::isolate("parallel_networks_then_nothing_left") {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
@@ -815,9 +815,8 @@ fn parallel_networks_then_nothing_left() {
     assert_eq!(engine.networks(), json!([]));
 }
 
-/// The shared harness of helper "daemon" (real `netbridge-executor` over
-/// signed HTTPS, hosts with their own mount namespaces).
-mod common;
+// Through the real daemon (`netbridge-executor` over signed HTTPS, hosts
+// with their own mount namespaces), driven by the testbed library.
 
 /// Scenario 7 through the daemon: `kill -9` of the executor process in the
 /// middle of a burst of signed commands, start again, and the network has
@@ -826,24 +825,24 @@ mod common;
 #[test]
 fn http_kill9_mid_burst_then_reboot_converge() {
     use std::sync::atomic::{AtomicU32, Ordering};
-    if common::skip_unless_root("http_kill9_mid_burst_then_reboot_converge") {
+    if netbridge_testbed::skip_unless_root("http_kill9_mid_burst_then_reboot_converge") {
         return;
     }
-    let mut tb = common::Testbed::new(
+    let mut tb = netbridge_testbed::Testbed::new(
         "nbk",
-        common::TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
+        netbridge_testbed::TopologyOptions::default().vm("vm1", "10.1.1.10/24", Some("10.1.1.1")),
     );
     let vm1 = tb.vm("vm1").path();
     let upstream = tb.upstream.path();
     let host = tb.host(0);
     host.start_executor().unwrap();
     let details = json!({"host": "h1", "namespace": "cs-net-42"});
-    let body = |host: &common::Host, extra: Value| {
-        common::envelope(
+    let body = |host: &netbridge_testbed::Host, extra: Value| {
+        netbridge_testbed::envelope(
             host,
             details.clone(),
-            common::merged(
-                common::network_payload(42, 100, "10.1.1.1", "10.1.1.0/24"),
+            netbridge_testbed::merged(
+                netbridge_testbed::network_payload(42, 100, "10.1.1.1", "10.1.1.0/24"),
                 extra,
             ),
         )
@@ -857,7 +856,7 @@ fn http_kill9_mid_burst_then_reboot_converge() {
         (
             "assign-ip",
             json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
-            "public_gateway": common::PUBLIC_GATEWAY, "public_cidr": "203.0.113.0/24", "source_nat": "true"}),
+            "public_gateway": netbridge_testbed::PUBLIC_GATEWAY, "public_cidr": "203.0.113.0/24", "source_nat": "true"}),
         ),
         ("add-port-forward", pf_to_vm1(2222)),
         (
@@ -871,20 +870,24 @@ fn http_kill9_mid_burst_then_reboot_converge() {
         let r = host.client().command(command, &body(host, extra));
         assert_eq!(r.status, 200, "{command}: {}", r.body);
     }
-    let _ssh = common::tcp_server(&vm1, "10.1.1.10:22".parse().unwrap(), "vm1");
-    let _up = common::tcp_server(
+    let _ssh = netbridge_testbed::tcp_server(&vm1, "10.1.1.10:22".parse().unwrap(), "vm1");
+    let _up = netbridge_testbed::tcp_server(
         &upstream,
-        format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap(),
+        format!("{}:7000", netbridge_testbed::UPSTREAM_ADDR)
+            .parse()
+            .unwrap(),
         "up",
     );
     let public: SocketAddr = "203.0.113.10:2222".parse().unwrap();
-    let upstream_server: SocketAddr = format!("{}:7000", common::UPSTREAM_ADDR).parse().unwrap();
+    let upstream_server: SocketAddr = format!("{}:7000", netbridge_testbed::UPSTREAM_ADDR)
+        .parse()
+        .unwrap();
     // Connectivity must come back; after a restart or reboot the neighbours
     // may need a moment (gratuitous ARP) before the first probe succeeds.
     let check = || {
-        let want_in = format!("vm1 {}", common::PUBLIC_GATEWAY);
-        let inbound = common::eventually(Duration::from_secs(10), || {
-            common::tcp_probe(&upstream, public)
+        let want_in = format!("vm1 {}", netbridge_testbed::PUBLIC_GATEWAY);
+        let inbound = netbridge_testbed::eventually(Duration::from_secs(10), || {
+            netbridge_testbed::tcp_probe(&upstream, public)
                 .ok()
                 .filter(|answer| *answer == want_in)
         });
@@ -893,10 +896,10 @@ fn http_kill9_mid_burst_then_reboot_converge() {
             Some(want_in.clone()),
             "inbound through the forward"
         );
-        let outbound = common::eventually(Duration::from_secs(10), || {
-            common::tcp_probe(&vm1, upstream_server)
+        let outbound = netbridge_testbed::eventually(Duration::from_secs(10), || {
+            netbridge_testbed::tcp_probe(&vm1, upstream_server)
                 .ok()
-                .map(|answer| common::peer_of(&answer))
+                .map(|answer| netbridge_testbed::peer_of(&answer))
                 .filter(|peer| peer == "203.0.113.10")
         });
         assert_eq!(outbound.as_deref(), Some("203.0.113.10"), "source NAT");
@@ -920,7 +923,7 @@ fn http_kill9_mid_burst_then_reboot_converge() {
                 acked.fetch_add(1, Ordering::SeqCst);
             }
         });
-        let reached = common::eventually(Duration::from_secs(60), || {
+        let reached = netbridge_testbed::eventually(Duration::from_secs(60), || {
             (acked.load(Ordering::SeqCst) >= 25).then_some(())
         });
         assert!(reached.is_some(), "the burst did not progress");

@@ -2,10 +2,8 @@
 //! request authentication, TLS pinning, key rotation without restart, and
 //! injection attempts. Every refusal must leave the host unchanged.
 
-mod common;
-
-use common::*;
-use netbridge::protocol::signing;
+use netbridge_protocol::signing;
+use netbridge_testbed::*;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
@@ -234,13 +232,15 @@ fn tls_pins_the_certificate_and_refuses_plain_http() {
     assert_eq!(health.status, 200, "{}", health.body);
     let h = health.json();
     assert_eq!(h["host"], "h1");
-    assert_eq!(h["version"], netbridge::build_id());
+    assert_eq!(h["version"], netbridge_protocol::build_id());
     assert!(h["uptime_secs"].is_u64(), "{h}");
     assert_eq!(h["networks"], 0);
 
     // `fingerprint --cert` agrees with what gen-cert printed; colon form pins too.
     let fp = run(&[
-        env!("CARGO_BIN_EXE_netbridge-executor"),
+        &netbridge_testbed::workspace_bin("netbridge-executor")
+            .display()
+            .to_string(),
         "fingerprint",
         "--cert",
         &tls.cert.display().to_string(),
@@ -299,7 +299,9 @@ fn private_mounts_give_each_host_its_own_run_netns() {
     // executor would reconcile (and remove) other hosts' namespaces.
     let key = tb.hosts[0].key_file.display().to_string();
     let err = run(&[
-        env!("CARGO_BIN_EXE_netbridge-executor"),
+        &netbridge_testbed::workspace_bin("netbridge-executor")
+            .display()
+            .to_string(),
         "--netns",
         &tb.hosts[0].netns.name,
         "--insecure-http",

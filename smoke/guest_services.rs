@@ -1,9 +1,7 @@
-//! Guest services through the executor daemon (issue 4), root only: real
+//! Guest services through the executor daemon, root only: real
 //! DHCP client and `dig` in VM namespaces, metadata/password over HTTP,
 //! haproxy load balancing, UDP load balancing in nftables, shared networks,
 //! shutdown/restore and executor restart. Every request goes through the harness's signed TLS client.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use common::*;
+use netbridge_testbed::*;
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "smoke.test";
@@ -175,7 +173,7 @@ fn upstream_dns(up: &Path, dir: &Path) -> NsProcess {
     .unwrap()
 }
 
-/// Issue 4 smoke tests 1, 2, 3, 6 and 7 on one isolated network.
+/// DHCP, DNS, metadata, passwords, restore and restart on one isolated network.
 #[test]
 fn dhcp_dns_metadata_passwords_restore_and_restart() {
     if skip_unless_root("dhcp_dns_metadata_passwords_restore_and_restart") {
@@ -581,7 +579,7 @@ fn lb(algorithm: &str, revoke_b3: bool, revoke_rule: bool) -> Value {
             {"ip": "10.1.1.12", "port": "8080", "revoked": revoke_b3}]}]})
 }
 
-/// Issue 4 smoke test 4: haproxy with three backends from the public side.
+/// Load balancing: haproxy with three backends from the public side.
 /// Three VMs (10.1.1.10–12) behind gateway 10.1.1.1: the load-balancing
 /// backends.
 fn three_vm_testbed(prefix: &str) -> Testbed {
@@ -773,7 +771,7 @@ fn udp_lb(algorithm: &str, revoke_b3: bool, revoke_rule: bool) -> Value {
             {"ip": "10.1.1.12", "port": "5353", "revoked": revoke_b3}]}]})
 }
 
-/// Issue 4 smoke test 4 for UDP: nftables DNAT in the namespace, gated by
+/// UDP load balancing: nftables DNAT in the namespace, gated by
 /// the firewall, three backends answering with their names.
 #[test]
 fn udp_load_balancing_in_nftables_firewall_revoke_and_restart() {
@@ -910,7 +908,7 @@ fn udp_load_balancing_in_nftables_firewall_revoke_and_restart() {
     ok(host, ID, "destroy-network", json!({}));
 }
 
-/// Issue 4 smoke test 5: a shared network, services on a dedicated
+/// A shared network, services on a dedicated
 /// `extension_ip`, default route via the gateway, no NAT.
 #[test]
 fn shared_network_services_on_dedicated_extension_ip() {

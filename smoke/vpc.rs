@@ -1,4 +1,4 @@
-//! Root smoke test of the issue-6 building blocks driven through the
+//! Root smoke test of the VPC building blocks driven through the
 //! engine's applier, with real packets: a two-tier VPC planned by
 //! `VpcState::plan` (tiers from the engine's `NetworkState`s) and installed
 //! by `executor::applier::Applier` — port forwarding and static NAT into the
@@ -17,17 +17,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use netbridge::executor::applier::{in_netns, Applier, ApplierConfig};
-use netbridge::executor::planner::{guest_inner_name, public_inner_name};
-use netbridge::executor::state::NetworkState;
-use netbridge::executor::vpc::acl::{parse_acl_rules, TierAcl};
-use netbridge::executor::vpc::model::{
+use netbridge_executor::applier::{in_netns, Applier, ApplierConfig};
+use netbridge_executor::planner::{guest_inner_name, public_inner_name};
+use netbridge_executor::state::NetworkState;
+use netbridge_executor::vpc::acl::{parse_acl_rules, TierAcl};
+use netbridge_executor::vpc::model::{
     parse_vpc_payload, vpc_sysctls, Owner, PublicIp, VpcRulesetParts, VpcState,
 };
-use netbridge::protocol::envelope::Envelope;
-use netbridge::protocol::payload::NetworkRequest;
-use netbridge::protocol::validate;
-use netbridge::protocol::Command as Cmd;
+use netbridge_protocol::envelope::Envelope;
+use netbridge_protocol::payload::NetworkRequest;
+use netbridge_protocol::validate;
+use netbridge_protocol::Command as Cmd;
 use serde_json::{json, Value};
 
 fn must(args: &[&str]) -> String {
@@ -158,7 +158,7 @@ fn acl(doc: Value) -> TierAcl {
 
 #[test]
 fn vpc_two_tiers_through_the_engine_applier() {
-    if common::isolate("vpc_two_tiers_through_the_engine_applier") {
+    if netbridge_testbed::isolate("vpc_two_tiers_through_the_engine_applier") {
         return;
     }
     must(&["ip", "link", "set", "lo", "up"]);
@@ -438,5 +438,3 @@ fn vpc_two_tiers_through_the_engine_applier() {
         Some("up:7000 203.0.113.20")
     );
 }
-
-mod common;

@@ -1,4 +1,4 @@
-//! Root smoke tests of issue 6 through the executor daemon (TLS, signed
+//! Root smoke tests of VPCs, ACLs, custom actions and IPv6 through the executor daemon (TLS, signed
 //! requests, the harness of `smoke/common`), with real packets: a two-tier
 //! VPC (port forwarding, static NAT, VPC source NAT, source-NAT move, ACLs,
 //! tier deletion, restart and executor reboot), policy routing through
@@ -6,12 +6,10 @@
 //! Guest services on tiers (DHCP, DNS, metadata, passwords, LB) use the
 //! prefix `nbr`, UDP load balancing on a tier `nbu`; everything else `nbw`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
-use common::*;
+use netbridge_testbed::*;
 use serde_json::{json, Value};
 
 const VPC: &str = "5";
@@ -732,7 +730,7 @@ fn tier_nic(t: Value, mac: &str, ip: &str, hostname: &str, gw: &str) -> Value {
     )
 }
 
-/// Issue 6: DHCP, DNS, metadata and LB on VPC tiers, one set of services per
+/// DHCP, DNS, metadata and LB on VPC tiers, one set of services per
 /// tier inside `cs-vpc-5`; deleting tier 1 leaves tier 2's services alone.
 #[test]
 fn vpc_tier_guest_services_dhcp_dns_metadata_and_lb() {
@@ -943,7 +941,7 @@ fn udp_spread(ns: &Path, addr: &str, n: usize) -> std::collections::BTreeMap<Str
     m
 }
 
-/// Issue 4 UDP load balancing on a VPC tier: nftables DNAT in `cs-vpc-5`,
+/// UDP load balancing on a VPC tier: nftables DNAT in `cs-vpc-5`,
 /// gated by the tier's ingress ACL (on the backends' port, as for port
 /// forwards), restored after an executor restart.
 #[test]

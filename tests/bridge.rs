@@ -1,16 +1,16 @@
 //! The bridge in process (`Bridge` = API + shared dispatcher, registry
 //! journal) against fake executors on 127.0.0.1 with real TLS and HMAC.
 
-mod dispatch_support;
+use netbridge_testbed::stand_in as dispatch_support;
 
 use std::path::Path;
 use std::time::Duration;
 
 use dispatch_support::*;
-use netbridge::api::{ApiConfig, Params};
-use netbridge::bridge::{Bridge, BridgeConfig};
-use netbridge::dispatch::{ErrorKind, Netns, Settings};
-use netbridge::registry::BindingTarget;
+use netbridge_control::api::{ApiConfig, Params};
+use netbridge_control::bridge::{Bridge, BridgeConfig};
+use netbridge_control::dispatch::{ErrorKind, Netns, Settings};
+use netbridge_control::registry::BindingTarget;
 use serde_json::{json, Value};
 
 const PN: &str = "5f0e2a1b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";

@@ -1,19 +1,19 @@
 //! `netbridge exec`: the script contract (stdout, exit 0/1/2/3) through the
 //! in-process bridge, with envelope or registry details.
 
-mod dispatch_support;
+use netbridge_testbed::stand_in as dispatch_support;
 
 use std::process::{Command, Output};
 
 use dispatch_support::*;
-use netbridge::api::{Api, ApiConfig, Params};
-use netbridge::registry::BindingTarget;
+use netbridge_control::api::{Api, ApiConfig, Params};
+use netbridge_control::registry::BindingTarget;
 use serde_json::{json, Value};
 
 const PN: &str = "5f0e2a1b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
 
 fn exec(state: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_netbridge"))
+    Command::new(netbridge_testbed::workspace_bin("netbridge"))
         .arg("--state-dir")
         .arg(state)
         .arg("exec")

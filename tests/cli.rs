@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_netbridge");
+static BIN: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| netbridge_testbed::workspace_bin("netbridge"));
 
 struct Run {
     code: Option<i32>,
@@ -62,7 +63,7 @@ impl Run {
 }
 
 fn netbridge(state: &Path, args: &[&str]) -> Run {
-    let out: Output = Command::new(BIN)
+    let out: Output = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(state)
         .args(args)
@@ -282,7 +283,7 @@ fn database_and_key_file_options_are_honoured() {
     let state = dir.path().join("unused");
     let db = dir.path().join("elsewhere").join("custom.db");
     let key = dir.path().join("elsewhere").join("custom.key");
-    let run = Command::new(BIN)
+    let run = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(&state)
         .arg("--database")

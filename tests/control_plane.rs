@@ -1,7 +1,7 @@
 //! Control-plane API tests: every rule and error text of control-plane.md.
 
-use netbridge::api::{Api, ApiConfig, ApiError, Params};
-use netbridge::registry::{BindingTarget, ResourceType};
+use netbridge_control::api::{Api, ApiConfig, ApiError, Params};
+use netbridge_control::registry::{BindingTarget, ResourceType};
 use serde_json::Value;
 
 const PN1: &str = "7b6b8a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use netbridge::api::{Api, ApiConfig, Params};
+use netbridge_control::api::{Api, ApiConfig, Params};
 
 const SECRET: &str = "n0t-in-any-log-7c1e";
 

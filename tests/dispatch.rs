@@ -1,13 +1,13 @@
 //! The in-process Dispatcher against fake executors on 127.0.0.1 with real
 //! TLS and HMAC verification.
 
-mod dispatch_support;
+use netbridge_testbed::stand_in as dispatch_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_support::*;
-use netbridge::dispatch::{Dispatcher, ErrorKind, MemoryJournal, Settings};
+use netbridge_control::dispatch::{Dispatcher, ErrorKind, MemoryJournal, Settings};
 use serde_json::{json, Value};
 
 const KEY: &str = "k1-shared-secret";
@@ -50,7 +50,7 @@ fn ensure(
     details: &Value,
     current: &str,
     payload: Value,
-) -> Result<String, netbridge::dispatch::DispatchError> {
+) -> Result<String, netbridge_control::dispatch::DispatchError> {
     let mut payload = payload;
     payload["current_details"] = Value::String(current.to_string());
     d.execute(
@@ -177,7 +177,7 @@ fn send(
     host: &str,
     command: &str,
     payload: Value,
-) -> Result<String, netbridge::dispatch::DispatchError> {
+) -> Result<String, netbridge_control::dispatch::DispatchError> {
     d.execute(
         command,
         &envelope(details, device(host, "cs-net-42"), payload),

@@ -1,7 +1,7 @@
 //! `netbridge-entrypoint` run as a process per command, exactly as
 //! CloudStack 4.23 runs its extension script, against fake executors.
 
-mod dispatch_support;
+use netbridge_testbed::stand_in as dispatch_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +10,8 @@ use dispatch_support::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "entry-key";
-const BIN: &str = env!("CARGO_BIN_EXE_netbridge-entrypoint");
+static BIN: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| netbridge_testbed::workspace_bin("netbridge-entrypoint"));
 
 struct Run {
     code: i32,
@@ -43,7 +44,7 @@ impl Env {
         p
     }
     fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .args(args)
             .env("NETBRIDGE_STATE_DIR", self.state())
             .env_remove("NETBRIDGE_LOG")
@@ -335,7 +336,7 @@ fn the_state_directory_can_come_from_the_registration() {
         device(&h, "cs-net-42"),
         json!({"network_id": "42"}),
     ));
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["implement-network", path(&p), "60"])
         .env_remove("NETBRIDGE_STATE_DIR")
         .output()
@@ -359,7 +360,7 @@ fn the_state_directory_can_come_from_the_registration() {
         device(&h, "cs-net-42"),
         json!({"network_id": "42"}),
     ));
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["implement-network", path(&p), "60"])
         .env_remove("NETBRIDGE_STATE_DIR")
         .output()

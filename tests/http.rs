@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use netbridge::api::http::{sign, AUTH_ERROR_TEXT};
+use netbridge_control::api::http::{sign, AUTH_ERROR_TEXT};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_netbridge");
+static BIN: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| netbridge_testbed::workspace_bin("netbridge"));
 
 struct Key {
     apikey: String,
@@ -25,7 +26,7 @@ fn create_key(state: &Path) -> Key {
 }
 
 fn create_named_key(state: &Path, name: &str) -> Key {
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(state)
         .args(["keys", "create", "--name", name])
@@ -61,7 +62,7 @@ impl Server {
     }
 
     fn spawn(state: &Path, stderr: Stdio, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(&*BIN)
             .arg("--state-dir")
             .arg(state)
             .args(extra)
@@ -206,7 +207,10 @@ fn cloudstack_python_client_round_trip() {
     let python = managed.clone().unwrap_or_else(|| "python3".into());
     let probe = Command::new(&python).arg("--version").output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        assert!(managed.is_none(), "NETBRIDGE_PYTHON={python:?} does not run");
+        assert!(
+            managed.is_none(),
+            "NETBRIDGE_PYTHON={python:?} does not run"
+        );
         println!("SKIP cloudstack_python_client_round_trip: python3 not available");
         return;
     }
@@ -483,7 +487,7 @@ fn oversized_and_non_form_bodies_are_refused() {
 fn serve_refuses_a_keys_file_readable_by_others_or_missing() {
     use std::os::unix::fs::PermissionsExt;
     let state = state_dir();
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(state.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -499,7 +503,7 @@ fn serve_refuses_a_keys_file_readable_by_others_or_missing() {
     create_key(state.path());
     let keys = state.path().join("api-keys.toml");
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(state.path())
         .args(["serve", "--listen", "127.0.0.1:0"])

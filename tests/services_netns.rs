@@ -15,16 +15,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netbridge::executor::services::dnsmasq::{self, DnsmasqAction, DnsmasqPaths};
-use netbridge::executor::services::haproxy::{self, HaproxyPaths};
-use netbridge::executor::services::metadata::{bind_in_netns, ListenSpec, MetadataServer};
-use netbridge::executor::services::model::{apply, GuestServices, Options};
-use netbridge::executor::services::run::{self, HaproxyAction};
-use netbridge::executor::services::sockets;
-use netbridge::executor::services::store::MetadataStore;
-use netbridge::executor::services::supervisor::{identify, Daemon, DaemonSpec};
-use netbridge::executor::services::VmDataSet;
-use netbridge::protocol::Command as Cmd;
+use netbridge_executor::services::dnsmasq::{self, DnsmasqAction, DnsmasqPaths};
+use netbridge_executor::services::haproxy::{self, HaproxyPaths};
+use netbridge_executor::services::metadata::{bind_in_netns, ListenSpec, MetadataServer};
+use netbridge_executor::services::model::{apply, GuestServices, Options};
+use netbridge_executor::services::run::{self, HaproxyAction};
+use netbridge_executor::services::sockets;
+use netbridge_executor::services::store::MetadataStore;
+use netbridge_executor::services::supervisor::{identify, Daemon, DaemonSpec};
+use netbridge_executor::services::VmDataSet;
+use netbridge_protocol::Command as Cmd;
 use serde_json::{json, Value};
 
 fn is_root() -> bool {

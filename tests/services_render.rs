@@ -2,11 +2,11 @@
 
 use std::net::Ipv4Addr;
 
-use netbridge::executor::services::dnsmasq::{self, DnsmasqAction, DnsmasqPaths};
-use netbridge::executor::services::model::{apply, GuestServices, LbAlgorithm, Options};
-use netbridge::executor::services::{haproxy, nftlb};
-use netbridge::executor::services::{ServicesError, VmDataSet};
-use netbridge::protocol::Command;
+use netbridge_executor::services::dnsmasq::{self, DnsmasqAction, DnsmasqPaths};
+use netbridge_executor::services::model::{apply, GuestServices, LbAlgorithm, Options};
+use netbridge_executor::services::{haproxy, nftlb};
+use netbridge_executor::services::{ServicesError, VmDataSet};
+use netbridge_protocol::Command;
 use serde_json::{json, Value};
 
 fn payload(v: Value) -> serde_json::Map<String, Value> {

@@ -1,4 +1,4 @@
-//! Root tests of the issue-6 building blocks in network namespaces this test
+//! Root tests of the VPC building blocks in network namespaces this test
 //! creates (prefix `nbv`, removed by Drop guards): ACL chains loaded with real
 //! `nft -f` and proven with packets, policy-routing actions against a real
 //! namespace, radvd giving a VM a SLAAC address.
@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netbridge::executor::vpc::acl::{parse_acl_rules, TierAcl};
-use netbridge::executor::vpc::actions::{
+use netbridge_executor::vpc::acl::{parse_acl_rules, TierAcl};
+use netbridge_executor::vpc::actions::{
     parse_custom_action, ActionRunner, BuiltinAction, ParsedAction,
 };
-use netbridge::executor::vpc::ipv6::{
+use netbridge_executor::vpc::ipv6::{
     render_ipv6_forward_rules, render_radvd_conf, Ipv6Network, RaIntervals,
 };
-use netbridge::executor::vpc::model::{parse_public_ip, vpc_sysctls, VpcRulesetParts, VpcState};
-use netbridge::executor::vpc::pbr::PbrTables;
+use netbridge_executor::vpc::model::{parse_public_ip, vpc_sysctls, VpcRulesetParts, VpcState};
+use netbridge_executor::vpc::pbr::PbrTables;
 use serde_json::{json, Value};
 
 fn is_root() -> bool {
@@ -664,7 +664,7 @@ fn radvd_gives_a_vm_a_slaac_address_and_inbound_v6_is_refused() {
     assert_eq!(tcp_from(&o, &format!("[{addr}]:80")), None);
 }
 
-fn public_ip(ip: &str) -> netbridge::executor::vpc::model::PublicIp {
+fn public_ip(ip: &str) -> netbridge_executor::vpc::model::PublicIp {
     parse_public_ip(
         json!({"public_ip": ip, "public_cidr": "203.0.113.0/24",
                "public_gateway": "203.0.113.1", "public_vlan": "untagged"})
@@ -709,7 +709,7 @@ fn addrs_on(ns: &Netns, dev: &str) -> Vec<String> {
 
 #[test]
 fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
-    use netbridge::executor::vpc::model::Owner;
+    use netbridge_executor::vpc::model::Owner;
     require_root!("snat_move_and_tier_removal_keep_other_paths_with_real_packets");
     let r = Netns::new("sr");
     let a = Netns::new("sa");
@@ -897,7 +897,7 @@ fn every_rendered_form_is_accepted_by_nft_and_radvd() {
     text.push_str(
         "  }\n  chain input {\n    type filter hook input priority filter; policy drop;\n",
     );
-    for rule in netbridge::executor::vpc::ipv6::render_ipv6_input_rules("vt31") {
+    for rule in netbridge_executor::vpc::ipv6::render_ipv6_input_rules("vt31") {
         text.push_str(&format!("    {rule}\n"));
     }
     text.push_str("  }\n}\n");

@@ -1,0 +1,586 @@
+//! `netbridge`: command-line door onto the control-plane API.
+//!
+//! - `netbridge api <command> key=value …`: one API call, cmk-style, printing
+//!   the API's JSON; non-zero exit on an API error.
+//! - `netbridge serve`: CloudStack's API wire format over HTTP.
+//! - `netbridge keys create|list`: admin key pairs for `serve`.
+//! - `netbridge exec <command> <payload-file> [timeout-seconds]`: one network
+//!   command through the in-process bridge, with the script contract of
+//!   `netbridge-entrypoint` (stdout, exit 0 / 1 configuration or usage /
+//!   2 unreachable or timeout / 3 executor failure). Details from the
+//!   envelope, or with `--extension-id` and `--physical-network-id` from the
+//!   registry (which then also keeps the network's binding). The command
+//!   journal lives in the registry of `--state-dir`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use netbridge_control::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOptions};
+use netbridge_control::api::{Api, ApiConfig, ApiError};
+use netbridge_control::bridge::{Bridge, BridgeConfig};
+use netbridge_control::dispatch::DispatchError;
+
+/// Exit status of a command the API refused.
+const EXIT_API_ERROR: u8 = 1;
+/// Exit status of a usage or local setup problem (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netbridge",
+    version = netbridge_control::VERSION,
+    about = "netbridge control plane: CloudStack-style API from the command line and over HTTP"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Debug)]
+struct GlobalOpts {
+    /// State directory with the database, the secret key file and the API keys file
+    /// (default: $NETBRIDGE_STATE_DIR, else /var/lib/netbridge)
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// SQLite database file (default: <state-dir>/netbridge.db)
+    #[arg(long, global = true, value_name = "FILE")]
+    database: Option<PathBuf>,
+    /// Key file encrypting secrets at rest (default: <state-dir>/secret.key)
+    #[arg(long, global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Log level on stderr: off, error, warn, info, debug, trace (default: warn; info for serve)
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_level)]
+    log_level: Option<log::LevelFilter>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one API command: netbridge api createExtension name=x type=NetworkOrchestrator
+    Api {
+        /// Print the offerings of the response (generateNetworkOfferings) as cmk
+        /// command lines instead of JSON
+        #[arg(long)]
+        cmk: bool,
+        /// API command name, e.g. listExtensions
+        command: String,
+        /// Parameters as key=value; map parameters as details[0].key=k details[0].value=v
+        #[arg(value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
+    /// Serve the CloudStack API wire format over HTTP (signed requests only)
+    Serve(ServeArgs),
+    /// Run one network command on its executor (script contract of netbridge-entrypoint)
+    Exec(ExecArgs),
+    /// Manage the admin API keys accepted by `serve`
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed)
+    #[arg(long, default_value = http::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    listen: std::net::SocketAddr,
+    /// API keys file (default: <state-dir>/api-keys.toml); must be mode 0600 or stricter
+    #[arg(long, value_name = "FILE")]
+    keys_file: Option<PathBuf>,
+    /// Largest accepted request body in bytes
+    #[arg(long, default_value_t = http::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(usize))]
+    max_body_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// Command name, e.g. implement-network
+    command: String,
+    /// The payload envelope file, as CloudStack writes it
+    payload_file: PathBuf,
+    /// Time budget in seconds (1..86400)
+    #[arg(default_value_t = DEFAULT_EXEC_TIMEOUT_SECS)]
+    timeout_seconds: u64,
+    /// Take the executor details from this extension's registration (with
+    /// --physical-network-id) instead of the envelope
+    #[arg(long, value_name = "UUID", requires = "physical_network_id")]
+    extension_id: Option<String>,
+    /// Physical network of the registration (with --extension-id)
+    #[arg(long, value_name = "UUID", requires = "extension_id")]
+    physical_network_id: Option<String>,
+    /// Run executor traffic inside this network namespace (e.g. /run/netns/mgmt)
+    #[arg(long, value_name = "PATH")]
+    dispatch_netns: Option<PathBuf>,
+}
+
+/// Default `exec` time budget.
+const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 60;
+const MAX_EXEC_TIMEOUT_SECS: u64 = 86_400;
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Generate an apikey/secretkey pair into the keys file; the secret is printed once
+    Create {
+        /// Label for the key, shown in logs ([A-Za-z0-9._-], at most 64)
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// API keys file (default: <state-dir>/api-keys.toml)
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+    },
+    /// List key names and api keys (never secrets)
+    List {
+        /// API keys file (default: <state-dir>/api-keys.toml)
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+    },
+}
+
+fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
+    text.parse::<log::LevelFilter>().map_err(|_| {
+        format!("unknown log level '{text}' (use off, error, warn, info, debug or trace)")
+    })
+}
+
+fn init_logging(level: log::LevelFilter) {
+    env_logger::Builder::new()
+        .filter_level(level)
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+impl GlobalOpts {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(ApiConfig::default_state_dir)
+    }
+
+    fn api_config(&self) -> ApiConfig {
+        let defaults = ApiConfig::in_dir(self.state_dir());
+        ApiConfig {
+            database: self.database.clone().unwrap_or(defaults.database),
+            key_file: self.key_file.clone().unwrap_or(defaults.key_file),
+        }
+    }
+
+    fn keys_file(&self, explicit: &Option<PathBuf>) -> PathBuf {
+        explicit
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join(http::KEYS_FILE_NAME))
+    }
+}
+
+/// A local problem before any API call: message for stderr.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// Splits `key=value` arguments at the first `=` (values may contain more).
+fn parse_kv_args(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => Err(format!(
+                "invalid argument '{}': expected key=value",
+                netbridge_protocol::sanitize_for_message(arg)
+            )),
+        })
+        .collect()
+}
+
+/// Creates the state directory (0700) when the defaults point into it.
+fn ensure_dir_for(file: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Failure(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_api(global: &GlobalOpts) -> Result<Api, ApiError> {
+    let config = global.api_config();
+    for file in [&config.database, &config.key_file] {
+        ensure_dir_for(file).map_err(|Failure(text)| ApiError::internal(text))?;
+    }
+    Api::open(config)
+}
+
+fn print_json(value: &serde_json::Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot render the response: {e}"),
+    }
+}
+
+/// Prints an API error like cmk: the error JSON on stdout, a line on stderr.
+fn report_api_error(command: &str, error: &ApiError) -> ExitCode {
+    print_json(&error.to_response());
+    eprintln!(
+        "error: {} failed with error code {}: {}",
+        netbridge_protocol::sanitize_for_message(command),
+        error.code,
+        error.text
+    );
+    ExitCode::from(EXIT_API_ERROR)
+}
+
+fn run_api(global: &GlobalOpts, command: &str, raw: &[String], cmk: bool) -> ExitCode {
+    let pairs = match parse_kv_args(raw) {
+        Ok(p) => p,
+        Err(text) => {
+            eprintln!("error: {text}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let params = match http::to_api_params(&pairs, Duplicates::Reject) {
+        Ok(p) => p,
+        Err(e) => return report_api_error(command, &e),
+    };
+    let api = match open_api(global) {
+        Ok(api) => api,
+        Err(e) => return report_api_error(command, &e),
+    };
+    match api.call(command, &params) {
+        Ok(value) if cmk => match offerings_as_cmk(&value) {
+            Some(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            None => {
+                print_json(&value);
+                eprintln!("note: --cmk: the response holds no offerings, printed as JSON");
+                ExitCode::SUCCESS
+            }
+        },
+        Ok(value) => {
+            print_json(&value);
+            ExitCode::SUCCESS
+        }
+        Err(e) => report_api_error(command, &e),
+    }
+}
+
+/// `cmk <command> k=v …` lines for every `offering` (with `command` and
+/// `params`) of a response; `None` when there is none.
+fn offerings_as_cmk(response: &serde_json::Value) -> Option<Vec<String>> {
+    let body = response.as_object()?.values().next()?;
+    let offerings = body.get("offering")?.as_array()?;
+    let lines: Vec<String> = offerings
+        .iter()
+        .filter_map(|o| {
+            let command = o.get("command")?.as_str()?;
+            let params = o.get("params")?.as_object()?;
+            let mut line = format!("cmk {}", shell_word(command));
+            for (key, value) in params {
+                let value = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                line.push(' ');
+                line.push_str(&shell_word(&format!("{key}={value}")));
+            }
+            Some(line)
+        })
+        .collect();
+    (!lines.is_empty()).then_some(lines)
+}
+
+/// Quotes a word for a POSIX shell when it holds anything but plain characters
+/// (the lines are meant to be pasted by an operator; we never run a shell).
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._,:/=@+-%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+fn run_serve(global: &GlobalOpts, args: &ServeArgs) -> Result<(), Failure> {
+    if args.max_body_bytes == 0 {
+        return Err(Failure("--max-body-bytes must be at least 1".into()));
+    }
+    let keys_path = global.keys_file(&args.keys_file);
+    let keys = KeyStore::load(&keys_path)?;
+    let api = Arc::new(open_api(global).map_err(|e| Failure(e.text))?);
+    if !args.listen.ip().is_loopback() {
+        log::warn!(
+            "listening on non-loopback address {}: the API is reachable from the network (plain HTTP)",
+            args.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| http::HttpError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let bound = listener.local_addr()?;
+        // Installed before the address is announced, so an early SIGHUP
+        // reloads instead of killing the server.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // Tests and scripts read this line to learn a port picked with :0.
+        println!("listening on http://{bound}/client/api");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        log::info!("serving {} key(s) from {}", keys.len(), keys_path.display());
+        let options = ServeOptions {
+            max_body_bytes: args.max_body_bytes,
+        };
+        let ring = KeyRing::new(keys);
+        tokio::spawn(reload_keys_on_hangup(hup, ring.clone(), keys_path.clone()));
+        http::serve(listener, api, ring, options, shutdown_signal()).await?;
+        log::info!("stopped");
+        Ok::<(), Failure>(())
+    })
+}
+
+/// SIGHUP re-reads the keys file; a bad file keeps the keys in force.
+async fn reload_keys_on_hangup(mut hup: tokio::signal::unix::Signal, ring: KeyRing, path: PathBuf) {
+    while hup.recv().await.is_some() {
+        match KeyStore::load(&path) {
+            Ok(store) => {
+                log::info!("reloaded {} key(s) from {}", store.len(), path.display());
+                ring.replace(store);
+            }
+            Err(e) => log::error!("keys not reloaded, previous keys stay in force: {e}"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn run_keys(global: &GlobalOpts, action: &KeysCmd) -> Result<(), Failure> {
+    match action {
+        KeysCmd::Create { name, keys_file } => {
+            let path = global.keys_file(keys_file);
+            let key = http::create_key(&path, name)?;
+            println!("{}", serde_json::to_string_pretty(&key)?);
+            eprintln!(
+                "note: key '{}' added to {}; the secret key is shown only this once",
+                key.name,
+                path.display()
+            );
+            Ok(())
+        }
+        KeysCmd::List { keys_file } => {
+            let path = global.keys_file(keys_file);
+            let store = KeyStore::load(&path)?;
+            let list: Vec<serde_json::Value> = store
+                .public_view()
+                .into_iter()
+                .map(|(name, apikey)| serde_json::json!({"name": name, "apikey": apikey}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
+        }
+    }
+}
+
+/// `exec` failure in the script form: the error JSON on stdout, the text on
+/// stderr, exit 1/2/3 by kind.
+fn exec_failure(command: &str, err: &DispatchError) -> ExitCode {
+    eprintln!(
+        "netbridge exec: {}: {err}",
+        netbridge_protocol::sanitize_for_message(command)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"status": "error", "message": err.to_string()})
+    );
+    ExitCode::from(err.exit_code() as u8)
+}
+
+fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
+    let config_error =
+        |text: String| exec_failure(&args.command, &DispatchError::Configuration(text));
+    if !(1..=MAX_EXEC_TIMEOUT_SECS).contains(&args.timeout_seconds) {
+        return config_error(format!(
+            "invalid timeout-seconds '{}': expected a whole number of seconds from 1 to {MAX_EXEC_TIMEOUT_SECS}",
+            args.timeout_seconds
+        ));
+    }
+    let payload = match read_payload(&args.payload_file) {
+        Ok(p) => p,
+        Err(text) => return config_error(text),
+    };
+    let api = global.api_config();
+    for file in [&api.database, &api.key_file] {
+        if let Err(Failure(text)) = ensure_dir_for(file) {
+            return config_error(text);
+        }
+    }
+    let mut config = BridgeConfig::new(api);
+    config.dispatch_netns = args.dispatch_netns.clone();
+    let bridge = match Bridge::open(config) {
+        Ok(b) => b,
+        Err(e) => return config_error(e.to_string()),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout_seconds);
+    let result = match (&args.extension_id, &args.physical_network_id) {
+        (Some(ext), Some(pn)) => {
+            bridge.execute_registered(ext, pn, &args.command, &payload, timeout)
+        }
+        _ => bridge.execute(&args.command, &payload, timeout),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => exec_failure(&args.command, &e),
+    }
+}
+
+fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read payload file '{shown}': {e}"))?;
+    let limit = netbridge_control::dispatch::MAX_ENVELOPE_BYTES;
+    let mut data = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read payload file '{shown}': {e}"))?;
+    if data.len() > limit {
+        return Err(format!(
+            "payload file '{shown}' is larger than {limit} bytes"
+        ));
+    }
+    Ok(data)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `exec` keeps the script contract: usage errors exit 1 (2 means
+        // "executor unreachable" there).
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "exec") => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        Err(e) => e.exit(),
+    };
+    let default_level = match cli.command {
+        Cmd::Serve(_) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    init_logging(cli.global.log_level.unwrap_or(default_level));
+    let outcome = match &cli.command {
+        Cmd::Api {
+            command,
+            params,
+            cmk,
+        } => return run_api(&cli.global, command, params, *cmk),
+        Cmd::Exec(args) => return run_exec(&cli.global, args),
+        Cmd::Serve(args) => run_serve(&cli.global, args),
+        Cmd::Keys { action } => run_keys(&cli.global, action),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(text)) => {
+            eprintln!("error: {text}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_split_at_first_equals() {
+        let args = vec![
+            "name=a=b".to_string(),
+            "details[0].value=x=y=z".to_string(),
+            "empty=".to_string(),
+        ];
+        assert_eq!(
+            parse_kv_args(&args),
+            Ok(vec![
+                ("name".into(), "a=b".into()),
+                ("details[0].value".into(), "x=y=z".into()),
+                ("empty".into(), "".into()),
+            ])
+        );
+        assert_eq!(
+            parse_kv_args(&["novalue".to_string()]),
+            Err("invalid argument 'novalue': expected key=value".to_string())
+        );
+        assert_eq!(
+            parse_kv_args(&["=v".to_string()]),
+            Err("invalid argument '=v': expected key=value".to_string())
+        );
+    }
+
+    #[test]
+    fn offerings_print_as_cmk_lines() {
+        let response = serde_json::json!({"generatenetworkofferingsresponse": {
+            "count": 1,
+            "offering": [{
+                "command": "createNetworkOffering",
+                "params": {
+                    "name": "ext isolated",
+                    "guestiptype": "Isolated",
+                    "serviceProviderList[0].service": "Dhcp",
+                    "displaytext": "it's"
+                }
+            }]
+        }});
+        assert_eq!(
+            offerings_as_cmk(&response),
+            Some(vec![
+                "cmk createNetworkOffering 'displaytext=it'\\''s' guestiptype=Isolated \
+                 'name=ext isolated' 'serviceProviderList[0].service=Dhcp'"
+                    .to_string()
+            ])
+        );
+        assert_eq!(offerings_as_cmk(&serde_json::json!({"x": {}})), None);
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,431 @@
+//! HTTP routes: signed commands, health, networks and metrics.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::auth::{Authenticator, SignedParts};
+use super::metrics::Metrics;
+use crate::{Engine, ExecError};
+use netbridge_protocol::{sanitize_for_message, signing, Command};
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub host: String,
+    pub body_limit: usize,
+    /// Last known network count: health must answer promptly even while a
+    /// long command holds a network's lock.
+    pub network_count: std::sync::atomic::AtomicUsize,
+}
+
+/// How long health and metrics wait for a fresh network count.
+const COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The engine's network count, or the last known one when the engine is busy.
+async fn network_count(st: &Arc<AppState>) -> usize {
+    use std::sync::atomic::Ordering;
+    // Fast path without a thread hop: health probes sit on the bridge's
+    // per-command path (sticky placement).
+    if let Some(n) = st.engine.try_network_count() {
+        st.network_count.store(n, Ordering::Relaxed);
+        return n;
+    }
+    let engine = st.engine.clone();
+    let task = tokio::task::spawn_blocking(move || engine.network_count());
+    match tokio::time::timeout(COUNT_WAIT, task).await {
+        Ok(Ok(n)) => {
+            st.network_count.store(n, Ordering::Relaxed);
+            n
+        }
+        _ => st.network_count.load(Ordering::Relaxed),
+    }
+}
+
+/// `{"status":"error","message":…}` with the given HTTP status.
+pub fn error_response(status: u16, message: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(json!({"status": "error", "message": message.into()})),
+    )
+        .into_response()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/commands/{command}", post(command))
+        .route("/v1/health", get(health))
+        .route("/v1/networks", get(networks))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    // A non-ASCII value is present but unusable: it then fails as malformed.
+    headers.get(name).map(|v| v.to_str().unwrap_or(""))
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Reads the body (bounded) and checks the signature before any handler runs.
+async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<super::tls::PeerAddr>>()
+        .map(|c| c.0 .0.to_string())
+        .unwrap_or_else(|| "?".to_string());
+    let (parts, body) = req.into_parts();
+    let too_large = || format!("request body too large (limit {} bytes)", st.body_limit);
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.body_limit as u64) {
+        st.metrics.rejected("body_too_large");
+        return error_response(413, too_large());
+    }
+    let bytes = match axum::body::to_bytes(body, st.body_limit).await {
+        Ok(b) => b,
+        Err(e) if is_length_limit(&e) => {
+            st.metrics.rejected("body_too_large");
+            return error_response(413, too_large());
+        }
+        Err(e) => {
+            st.metrics.rejected("body_unreadable");
+            return error_response(400, format!("could not read request body: {e}"));
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| parts.uri.path());
+    let signed = SignedParts {
+        method: parts.method.as_str(),
+        path,
+        timestamp: header(&parts.headers, signing::HEADER_TIMESTAMP),
+        nonce: header(&parts.headers, signing::HEADER_NONCE),
+        signature: header(&parts.headers, signing::HEADER_SIGNATURE),
+        body: &bytes,
+    };
+    if let Err(e) = st.auth.check(&signed, now_secs()) {
+        st.metrics.auth_failure(e.reason());
+        log::warn!(
+            "refused {} {} from {peer}: {e}",
+            parts.method,
+            sanitize_for_message(path)
+        );
+        return error_response(e.http_status(), format!("authentication failed: {e}"));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn command(
+    State(st): State<Arc<AppState>>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Bytes,
+) -> Response {
+    let Ok(Path(name)) = name else {
+        st.metrics.rejected("unknown_command");
+        return error_response(400, "command name is not valid UTF-8");
+    };
+    let command: Command = match name.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            st.metrics.rejected("unknown_command");
+            return error_response(400, format!("{e}"));
+        }
+    };
+    let engine = st.engine.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || engine.execute(command, &body)).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Ok(output)) => {
+            st.metrics.command(command.as_str(), true, elapsed);
+            log::info!("{command}: success in {} ms", elapsed.as_millis());
+            (StatusCode::OK, Json(success_body(command, output))).into_response()
+        }
+        Ok(Err(e)) => {
+            st.metrics.command(command.as_str(), false, elapsed);
+            if matches!(e, ExecError::Apply(_) | ExecError::State(_)) {
+                st.metrics.apply_error(command.as_str());
+                log::error!("{command}: {e}");
+            } else {
+                log::info!("{command}: refused: {e}");
+            }
+            error_response(e.http_status(), e.to_string())
+        }
+        Err(join) => {
+            st.metrics.command(command.as_str(), false, elapsed);
+            st.metrics.apply_error(command.as_str());
+            log::error!("{command}: engine task failed: {join}");
+            error_response(500, format!("internal error while running {command}"))
+        }
+    }
+}
+
+/// `{"status":"success","message":…}` plus the engine's output fields. The
+/// engine may supply its own `message`; `status` is always ours.
+pub fn success_body(command: Command, output: Value) -> Value {
+    let mut body = Map::new();
+    body.insert("status".into(), json!("success"));
+    body.insert("message".into(), json!(format!("{command} succeeded")));
+    match output {
+        Value::Object(fields) => {
+            for (k, v) in fields {
+                if k != "status" {
+                    body.insert(k, v);
+                }
+            }
+        }
+        Value::Null => {}
+        other => {
+            body.insert("output".into(), other);
+        }
+    }
+    Value::Object(body)
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let count = network_count(&st).await;
+    Json(json!({
+        "host": st.host,
+        "version": netbridge_protocol::build_id(),
+        "uptime_secs": st.started.elapsed().as_secs(),
+        "networks": count,
+    }))
+    .into_response()
+}
+
+async fn networks(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.networks()).await {
+        Ok(list) => Json(json!({"networks": list})).into_response(),
+        Err(_) => error_response(500, "internal error while listing networks"),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let count = network_count(&st).await;
+    let text = st.metrics.render(
+        count,
+        st.started.elapsed().as_secs(),
+        &netbridge_protocol::build_id(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    error_response(
+        404,
+        format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            sanitize_for_message(req.uri().path())
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error_response(
+        405,
+        format!(
+            "method {} not allowed on {}",
+            req.method(),
+            sanitize_for_message(req.uri().path())
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::applier::ApplierConfig;
+    use crate::daemon::auth::KeyStore;
+    use crate::EngineConfig;
+    use std::os::unix::fs::PermissionsExt;
+    use tower::ServiceExt;
+
+    const KEY: &[u8] = b"unit-test-key-0123456789abcdef";
+
+    /// A daemon whose engine sees an empty, private netns directory, so
+    /// nothing on the machine is touched.
+    fn app(dir: &std::path::Path) -> (Router, Arc<AppState>) {
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, KEY).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let netns_dir = dir.join("netns");
+        std::fs::create_dir_all(&netns_dir).unwrap();
+        let engine = Engine::open_with(
+            EngineConfig {
+                state_dir: dir.join("state"),
+                guest_device: "eth1".into(),
+                public_device: "eth1".into(),
+            },
+            ApplierConfig {
+                netns_dir,
+                ..ApplierConfig::default()
+            },
+        )
+        .unwrap();
+        let state = Arc::new(AppState {
+            engine: Arc::new(engine),
+            auth: Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            host: "unit".into(),
+            body_limit: 4096,
+            network_count: std::sync::atomic::AtomicUsize::new(0),
+        });
+        (router(state.clone()), state)
+    }
+
+    fn signed(method: &str, path: &str, body: &[u8]) -> Request {
+        let s = signing::sign(KEY, method, path, now_secs(), body);
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(signing::HEADER_TIMESTAMP, s.timestamp.to_string())
+            .header(signing::HEADER_NONCE, s.nonce)
+            .header(signing::HEADER_SIGNATURE, s.signature)
+            .body(Body::from(body.to_vec()))
+            .unwrap()
+    }
+
+    async fn answer(router: &Router, req: Request) -> (u16, Value) {
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    #[tokio::test]
+    async fn unsigned_requests_get_401_json_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let req = Request::builder()
+            .uri("/v1/health")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = answer(&router, req).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            json!({"status": "error", "message": "authentication failed: request is not signed (missing header 'x-netbridge-timestamp')"})
+        );
+        assert_eq!(state.metrics.auth_failures_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn signed_health_networks_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, _) = app(dir.path());
+        let (status, body) = answer(&router, signed("GET", "/v1/health", b"")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["host"], "unit");
+        assert_eq!(body["version"], netbridge_protocol::build_id());
+        assert_eq!(body["networks"], 0);
+        assert!(body["uptime_secs"].is_u64());
+        let (status, body) = answer(&router, signed("GET", "/v1/networks", b"")).await;
+        assert_eq!((status, body), (200, json!({"networks": []})));
+        let (status, body) = answer(&router, signed("GET", "/metrics", b"")).await;
+        assert_eq!(status, 200);
+        assert!(body
+            .as_str()
+            .unwrap()
+            .contains("netbridge_executor_networks 0\n"));
+    }
+
+    #[tokio::test]
+    async fn unknown_command_oversized_body_and_unknown_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let (status, body) = answer(&router, signed("POST", "/v1/commands/rm%20-rf", b"{}")).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["message"], "unknown command 'rm -rf'");
+        let big = vec![b' '; 5000];
+        let (status, body) = answer(&router, signed("POST", "/v1/commands/assign-ip", &big)).await;
+        assert_eq!(status, 413);
+        assert_eq!(body["message"], "request body too large (limit 4096 bytes)");
+        let (status, body) = answer(&router, signed("GET", "/v2/x", b"")).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["message"], "no such endpoint: GET /v2/x");
+        // Bad input reaches the engine, which names the field; the metrics
+        // count the command as an error.
+        let (status, body) =
+            answer(&router, signed("POST", "/v1/commands/assign-ip", b"[1]")).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["status"], "error");
+        let text = state.metrics.render(0, 0, "v");
+        assert!(
+            text.contains(
+                "netbridge_executor_commands_total{command=\"assign-ip\",result=\"error\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn success_body_merges_output_but_keeps_status() {
+        let body = success_body(
+            Command::EnsureNetworkDevice,
+            json!({"host": "h1", "namespace": "cs-net-42", "status": "bogus"}),
+        );
+        assert_eq!(body["status"], "success");
+        assert_eq!(body["host"], "h1");
+        assert_eq!(body["namespace"], "cs-net-42");
+        let body = success_body(Command::AssignIp, Value::Null);
+        assert_eq!(
+            body,
+            json!({"status": "success", "message": "assign-ip succeeded"})
+        );
+    }
+}

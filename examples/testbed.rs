@@ -1,6 +1,6 @@
 //! End-to-end testbed (test support, not a product binary).
 //!
-//! Builds the topology of `testbed.md` with the smoke harness: two emulated
+//! Builds the topology of `docs/testbed.md` with the smoke harness: two emulated
 //! KVM hosts, each running the real `netbridge-executor` (TLS, pinned
 //! certificate, HMAC key) in its own network and mount namespace; the guest
 //! and public segments span both hosts; an upstream namespace with reporting

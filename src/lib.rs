@@ -1,5 +1,5 @@
 //! Shared smoke-test harness: namespaces, bridges and veths with Drop guards,
-//! the testbed topology of `testbed.md`, executor processes, a signing HTTP(S)
+//! the testbed topology of `docs/testbed.md`, executor processes, a signing HTTP(S)
 //! client and small packet probes. Everything runs inside namespaces created
 //! here; nothing touches the root namespace's links or addresses.
 //!
@@ -1053,7 +1053,7 @@ pub fn write_secret(path: &Path, data: &[u8]) -> Result<(), String> {
     f.write_all(data).map_err(|e| e.to_string())
 }
 
-/// The whole topology of testbed.md.
+/// The whole topology of docs/testbed.md.
 ///
 /// ```text
 ///  [upstream] up0: 203.0.113.1/24, 198.51.100.1/24

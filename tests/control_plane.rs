@@ -1,4 +1,4 @@
-//! Control-plane API tests: every rule and error text of control-plane.md.
+//! Control-plane API tests: every rule and error text of docs/control-plane.md.
 
 use netbridge_control::api::{Api, ApiConfig, ApiError, Params};
 use netbridge_control::registry::{BindingTarget, ResourceType};

@@ -1,7 +1,7 @@
 //! `netbridge-entrypoint <command> <payload-file> <timeout-seconds>`: the
 //! drop-in for the extension script of CloudStack 4.23.
 //!
-//! Script contract (protocol.md): stdout is the command's result (one line of
+//! Script contract (docs/protocol.md): stdout is the command's result (one line of
 //! JSON for `ensure-network-device`, the action's output or "OK" for
 //! `custom-action`, the executor's JSON answer otherwise); exit 0 success,
 //! 1 usage/configuration error, 2 executor unreachable or timed out, 3 the

@@ -8,7 +8,7 @@ import java.util.Map;
 
 /** Helpers for tests that drive the real API through JNI. */
 final class Api {
-    /** Reference NetworkOrchestrator services and capabilities (control-plane.md). */
+    /** Reference NetworkOrchestrator services and capabilities (docs/control-plane.md). */
     static final String SERVICES = "Dhcp,Dns,UserData,SourceNat,StaticNat,PortForwarding,Firewall,Lb,NetworkACL,CustomAction";
     static final String CAPABILITIES = "{\"SourceNat\":{\"SupportedSourceNatTypes\":\"peraccount\"},"
             + "\"Lb\":{\"SupportedLBAlgorithms\":\"roundrobin,leastconn,source\",\"SupportedProtocols\":\"tcp,udp\"}}";

@@ -72,7 +72,7 @@ public final class EntrypointTransport implements Transport {
         if (r.getKey() != 0) {
             throw new CommandFailure(r.getKey(), out);
         }
-        // protocol.md: a JSON object whose status is not success is a failure even with exit 0.
+        // docs/protocol.md: a JSON object whose status is not success is a failure even with exit 0.
         if (out.startsWith("{")) {
             Object status = Json.map(Json.parse(out)).get("status");
             if (status instanceof String && !"success".equalsIgnoreCase((String) status)) {

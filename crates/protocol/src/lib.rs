@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod envelope;
 pub mod payload;
 pub mod rules;
+pub mod secrets;
 pub mod signing;
 pub mod validate;
 

@@ -31,13 +31,9 @@ use super::RegistryError;
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
-/// Whether a detail key names secret material (see the module docs).
+/// Whether a detail key names secret material: the protocol's one rule.
 pub fn is_hidden_key(key: &str) -> bool {
-    let key = key.trim().to_ascii_lowercase();
-    matches!(key.as_str(), "password" | "sshkey" | "executor.key")
-        || key.ends_with(".key")
-        || key.ends_with(".secret")
-        || key.ends_with(".password")
+    netbridge_protocol::secrets::is_secret_key(key)
 }
 
 /// A decrypted secret value. `Debug`/`Display` never show it.

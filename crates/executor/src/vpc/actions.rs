@@ -870,17 +870,7 @@ impl ActionRunner {
     }
 }
 
-/// Whether a detail/field name holds a secret (`password`, `sshkey`,
-/// `executor.key`, anything ending in `.key`, `.secret`, `.password`).
-pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    matches!(
-        k.as_str(),
-        "password" | "sshkey" | "executor.key" | "vm_password"
-    ) || k.ends_with(".key")
-        || k.ends_with(".secret")
-        || k.ends_with(".password")
-}
+pub use netbridge_protocol::secrets::is_secret_key;
 
 /// A copy of `v` with every secret value replaced by `"<redacted>"`, for
 /// `dump-config` answers and logs. `vm_data` entries of the `password` dir

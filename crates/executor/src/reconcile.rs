@@ -32,7 +32,7 @@ pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
     // during a migration).
     for ns in engine.applier().namespaces() {
         let ours = ns
-            .strip_prefix("cs-net-")
+            .strip_prefix(netbridge_protocol::namespace::NETWORK_PREFIX)
             .is_some_and(|id| netbridge_protocol::validate::id("namespace", id).is_ok());
         if ours && !held.contains(&ns) {
             log::warn!(

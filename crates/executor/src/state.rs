@@ -83,7 +83,7 @@ pub enum Transition {
 
 impl NetworkState {
     pub fn namespace_for(network_id: u64) -> String {
-        format!("cs-net-{network_id}")
+        netbridge_protocol::namespace::network(network_id)
     }
 
     /// An empty, not yet implemented network.

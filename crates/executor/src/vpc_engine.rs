@@ -111,7 +111,7 @@ fn vpc_id_of(env: &Envelope) -> Result<Option<u64>, ExecError> {
         .get("namespace")
         .and_then(|v| v.as_str())
     {
-        if let Some(id) = ns.strip_prefix("cs-vpc-") {
+        if let Some(id) = ns.strip_prefix(netbridge_protocol::namespace::VPC_PREFIX) {
             return Ok(Some(validate::id(
                 "network-extension-details.namespace",
                 id,
@@ -230,7 +230,7 @@ impl VpcEngine {
         let held: Vec<String> = lock(&self.slots).keys().cloned().collect();
         for ns in applier.namespaces() {
             let ours = ns
-                .strip_prefix("cs-vpc-")
+                .strip_prefix(netbridge_protocol::namespace::VPC_PREFIX)
                 .is_some_and(|id| validate::id("namespace", id).is_ok());
             if ours && !held.contains(&ns) {
                 log::warn!("reconcile: removing {ns}, which no persisted VPC owns");
@@ -352,7 +352,7 @@ impl VpcEngine {
     ) -> Result<Value, ExecError> {
         let applier = engine.applier();
         let p = model::parse_vpc_payload(&env.payload, vpc_link_for)?;
-        let ns = format!("cs-vpc-{}", p.vpc_id);
+        let ns = netbridge_protocol::namespace::vpc(&p.vpc_id);
         check_namespace(env, &ns)?;
         let public_device = netbridge_protocol::payload::Devices::parse(env)?
             .public
@@ -542,7 +542,7 @@ impl VpcEngine {
     ) -> Result<Value, ExecError> {
         let applier = engine.applier();
         let vpc_id = vpc_id_of(env)?.ok_or_else(|| ProtocolError::MissingField("vpc_id".into()))?;
-        let ns = format!("cs-vpc-{vpc_id}");
+        let ns = netbridge_protocol::namespace::vpc(vpc_id);
         check_namespace(env, &ns)?;
         let slot = self.slot(&ns);
         let mut slot = lock(&slot);
@@ -631,7 +631,7 @@ impl VpcEngine {
         env: &Envelope,
     ) -> Result<Value, ExecError> {
         let vpc_id = vpc_id_of(env)?.ok_or_else(|| ProtocolError::MissingField("vpc_id".into()))?;
-        let ns = format!("cs-vpc-{vpc_id}");
+        let ns = netbridge_protocol::namespace::vpc(vpc_id);
         check_namespace(env, &ns)?;
         let network = netbridge_protocol::payload::NetworkFields::parse(&env.fields())?;
         let slot = self.slot(&ns);
@@ -727,7 +727,7 @@ impl VpcEngine {
     ) -> Result<Value, ExecError> {
         let parsed = actions::parse_custom_action(body)?;
         let ns = parsed.namespace();
-        let answer = if ns.starts_with("cs-vpc-") {
+        let answer = if ns.starts_with(netbridge_protocol::namespace::VPC_PREFIX) {
             let slot = self.slot(&ns);
             let mut slot = lock(&slot);
             self.vpc_action(engine, &ns, body, &mut slot)?

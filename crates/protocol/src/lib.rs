@@ -5,6 +5,7 @@
 
 pub mod capabilities;
 pub mod envelope;
+pub mod namespace;
 pub mod payload;
 pub mod rules;
 pub mod secrets;

@@ -80,8 +80,10 @@ impl Scope {
     /// Also the journal key.
     pub fn namespace(&self) -> String {
         match &self.vpc_id {
-            Some(v) => format!("cs-vpc-{v}"),
-            None => format!("cs-net-{}", self.network_id.as_deref().unwrap_or_default()),
+            Some(v) => netbridge_protocol::namespace::vpc(v),
+            None => netbridge_protocol::namespace::network(
+                self.network_id.as_deref().unwrap_or_default(),
+            ),
         }
     }
 

@@ -150,11 +150,11 @@ impl CustomAction {
     /// (VPCs and their tiers), else `cs-net-<network_id>`.
     pub fn namespace(&self) -> String {
         if let Some(v) = scalar_str(self.raw.get("vpc_id")).filter(|v| valid_id(v)) {
-            return format!("cs-vpc-{v}");
+            return netbridge_protocol::namespace::vpc(v);
         }
         match &self.target {
-            ActionTarget::Network(n) => format!("cs-net-{n}"),
-            ActionTarget::Vpc(v) => format!("cs-vpc-{v}"),
+            ActionTarget::Network(n) => netbridge_protocol::namespace::network(n),
+            ActionTarget::Vpc(v) => netbridge_protocol::namespace::vpc(v),
         }
     }
 

@@ -251,7 +251,7 @@ impl VpcState {
 
     /// The namespace of the VPC and all its tiers.
     pub fn namespace(&self) -> String {
-        format!("cs-vpc-{}", self.vpc_id)
+        netbridge_protocol::namespace::vpc(&self.vpc_id)
     }
 
     /// Adds `owner` to a public address (creating it). The same address

@@ -949,7 +949,7 @@ fn list_extensions(ctx: &Ctx<'_>, req: &Req<'_>) -> Res {
         .get("type")
         .map(|t| {
             ExtensionType::parse(t.trim())
-                .ok_or_else(|| ApiError::param(format!("Invalid type specified - {}", q(t))))
+                .ok_or_else(|| ApiError::internal(format!("Invalid type specified - {}", q(t))))
         })
         .transpose()?;
     let resource_type = req

@@ -289,7 +289,11 @@ fn create_extension_errors() {
         "Value greater than max allowed length 255 for param: description",
     );
     // 255 characters (not bytes: Java counts UTF-16 units) pass.
-    fx.create(&"é".repeat(255), "Orchestrator", &[("description", &"d".repeat(255))]);
+    fx.create(
+        &"é".repeat(255),
+        "Orchestrator",
+        &[("description", &"d".repeat(255))],
+    );
     fx.err(
         "createExtension",
         &[("name", "a\u{0}b"), ("type", "Orchestrator")],

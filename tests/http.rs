@@ -785,3 +785,359 @@ fn sighup_reloads_the_keys_file() {
     assert_eq!(last.status, 200, "{}", last.body);
     assert_eq!(call(&first).status, 200);
 }
+
+/// A signed JSON call through `serve`.
+fn call_api(server: &Server, key: &Key, params: &[(&str, &str)]) -> Reply {
+    let mut list = vec![("response", "json"), ("apiKey", key.apikey.as_str())];
+    list.extend_from_slice(params);
+    let p = signed(&key.secretkey, pairs(&list));
+    request(
+        server.addr,
+        "POST",
+        "/client/api",
+        Some("application/x-www-form-urlencoded"),
+        encode(&p).as_bytes(),
+    )
+}
+
+fn ok_api(server: &Server, key: &Key, params: &[(&str, &str)]) -> Value {
+    let r = call_api(server, key, params);
+    assert_eq!(r.status, 200, "{params:?}: {}", r.body);
+    r.json()
+}
+
+#[test]
+fn every_control_plane_error_through_http() {
+    let state = state_dir();
+    let key = create_key(state.path());
+    let server = Server::start(state.path());
+    let pn = "7a7a7a7a-0000-4000-8000-000000000001";
+    let pn2 = "7a7a7a7a-0000-4000-8000-000000000002";
+    let missing = "7a7a7a7a-0000-4000-8000-0000000000ff";
+    let create = |name: &str, ty: &str, services: &str| -> String {
+        let v = ok_api(
+            &server,
+            &key,
+            &[
+                ("command", "createExtension"),
+                ("name", name),
+                ("type", ty),
+                ("details[0].key", "network.services"),
+                ("details[0].value", services),
+            ],
+        );
+        v["createextensionresponse"]["extension"]["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let net = create("net", "NetworkOrchestrator", "SourceNat,StaticNat,Dhcp,Dns");
+    let orch = create("orch", "Orchestrator", "Dhcp");
+    let reg = |ext: &str, pn: &str| {
+        ok_api(
+            &server,
+            &key,
+            &[
+                ("command", "registerExtension"),
+                ("extensionid", ext),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+        );
+    };
+    reg(&net, pn);
+    reg(&net, pn2);
+    ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "generateNetworkOfferings"),
+            ("extensionid", &net),
+            ("offeringtype", "isolated"),
+        ],
+    );
+    // A network using the provider on pn2, as the bridge records it after
+    // ensure-network-device (another process sharing the store).
+    let registry = netbridge::registry::Registry::open(
+        &state.path().join("netbridge.db"),
+        &state.path().join("secret.key"),
+    )
+    .expect("registry");
+    registry
+        .bind(
+            &netbridge::registry::BindingTarget::Network("42".into()),
+            &net,
+            pn2,
+            r#"{"host":"h1"}"#,
+        )
+        .expect("bind");
+
+    // (parameters, errorcode, cserrorcode, errortext), every error of the
+    // control-plane contract.
+    let cases: Vec<(Vec<(&str, &str)>, u16, u32, String)> = vec![
+        (
+            vec![("command", "createExtension"), ("name", "net"), ("type", "NetworkOrchestrator")],
+            530,
+            4250,
+            "Extension by name already exists".into(),
+        ),
+        (
+            vec![("command", "createExtension"), ("name", "x"), ("type", "Bogus")],
+            530,
+            4250,
+            "Invalid type specified - Bogus".into(),
+        ),
+        (
+            vec![
+                ("command", "createExtension"),
+                ("name", "x"),
+                ("type", "Orchestrator"),
+                ("state", "Sleeping"),
+            ],
+            431,
+            4350,
+            "Invalid state specified".into(),
+        ),
+        (
+            vec![
+                ("command", "updateExtension"),
+                ("id", &net),
+                ("details[0].key", "network.services"),
+                ("details[0].value", "Dhcp,Dns"),
+            ],
+            530,
+            4250,
+            "Cannot remove service SourceNat from extension 'net' as it is used by a network/VPC offering".into(),
+        ),
+        (
+            vec![("command", "deleteExtension"), ("id", &net)],
+            530,
+            4250,
+            "Extension has associated resources, unregister them to delete the extension".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn),
+                ("resourcetype", "Host"),
+            ],
+            431,
+            4350,
+            "Currently only [Cluster, PhysicalNetwork] can be used to register an extension".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", missing),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            "Invalid extension specified".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &orch),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            "Only extensions of type NetworkOrchestrator can be registered with a physical network. Extension 'orch' is of type Orchestrator.".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            530,
+            4250,
+            format!("Extension 'net' is already registered with physical network {pn}"),
+        ),
+        (
+            vec![
+                ("command", "unregisterExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn2),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            530,
+            4250,
+            format!("Cannot unregister extension 'net' from physical network {pn2}. Provider is used by 1 existing network service(s)"),
+        ),
+        (
+            vec![
+                ("command", "updateRegisteredExtension"),
+                ("extensionid", &orch),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            format!("Extension 'orch' is not registered with resource {pn} (PhysicalNetwork)"),
+        ),
+        (
+            vec![("command", "updateExtension")],
+            431,
+            4350,
+            "Unable to execute API command updateextension due to missing parameter id".into(),
+        ),
+        (
+            vec![("command", "listExtensions"), ("id", "1 OR 1=1")],
+            431,
+            4350,
+            "Invalid parameter id value=1 OR 1=1 due to incorrect long value format, or entity does not exist or due to incorrect parameter annotation for the field in api cmd class.".into(),
+        ),
+    ];
+    let before = ok_api(&server, &key, &[("command", "listExtensions")]);
+    for (params, code, cs_code, text) in &cases {
+        let command = params[0].1;
+        let r = call_api(&server, &key, params);
+        r.assert_error_of(
+            &format!("{}response", command.to_ascii_lowercase()),
+            *code,
+            *cs_code,
+            text,
+        );
+    }
+    // Nothing changed.
+    assert_eq!(
+        ok_api(&server, &key, &[("command", "listExtensions")]),
+        before
+    );
+
+    // Authentication failures: 401 under the command's key; an unknown
+    // command with a valid key: 401 under `errorresponse`.
+    let wrong = Key {
+        apikey: key.apikey.clone(),
+        secretkey: "wrong".into(),
+    };
+    call_api(&server, &wrong, &[("command", "listExtensions")]).assert_error_of(
+        "listextensionsresponse",
+        401,
+        9999,
+        AUTH_ERROR_TEXT,
+    );
+    call_api(&server, &key, &[("command", "launchMissiles")]).assert_error_of(
+        "errorresponse",
+        401,
+        9999,
+        AUTH_ERROR_TEXT,
+    );
+}
+
+#[test]
+fn a_job_survives_a_restart_and_any_process_sharing_the_store_reports_it() {
+    let state = state_dir();
+    let key = create_key(state.path());
+    let mut server = Server::start(state.path());
+    let pn = "7b7b7b7b-0000-4000-8000-000000000001";
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "createExtension"),
+            ("name", "jobs"),
+            ("type", "NetworkOrchestrator"),
+            ("details[0].key", "network.services"),
+            ("details[0].value", "Dhcp,Dns"),
+        ],
+    );
+    let ext = v["createextensionresponse"]["extension"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "registerExtension"),
+            ("extensionid", &ext),
+            ("resourceid", pn),
+            ("resourcetype", "PhysicalNetwork"),
+        ],
+    );
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "listNetworkServiceProviders"),
+            ("physicalnetworkid", pn),
+        ],
+    );
+    let provider = v["listnetworkserviceprovidersresponse"]["networkserviceprovider"][0]["id"]
+        .as_str()
+        .expect("provider")
+        .to_string();
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "updateNetworkServiceProvider"),
+            ("id", &provider),
+            ("state", "Disabled"),
+        ],
+    );
+    let job = v["updatenetworkserviceproviderresponse"]["jobid"]
+        .as_str()
+        .expect("jobid")
+        .to_string();
+
+    // Another process sharing the store (the CLI) reports the job; it
+    // waits for the job's real end, bounded, by asking the store.
+    let query = |what: &str| -> Value {
+        let out = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["api", "queryAsyncJobResult", &format!("jobid={what}")])
+            .output()
+            .expect("run netbridge api");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = query(&job);
+    while seen["queryasyncjobresultresponse"]["jobstatus"] == 0
+        && std::time::Instant::now() < deadline
+    {
+        seen = query(&job);
+    }
+    let result = &seen["queryasyncjobresultresponse"];
+    assert_eq!(result["jobstatus"], 1, "{seen}");
+    assert_eq!(
+        result["jobresult"]["networkserviceprovider"]["state"],
+        "Disabled"
+    );
+
+    // Restart the server (stop it by its PID, start a new one on the same
+    // store): the job is still answered, identically.
+    let before = ok_api(
+        &server,
+        &key,
+        &[("command", "queryAsyncJobResult"), ("jobid", &job)],
+    );
+    drop(server);
+    server = Server::start(state.path());
+    let after = ok_api(
+        &server,
+        &key,
+        &[("command", "queryAsyncJobResult"), ("jobid", &job)],
+    );
+    assert_eq!(before, after);
+    assert_eq!(after["queryasyncjobresultresponse"]["jobstatus"], 1);
+    let jobs = ok_api(&server, &key, &[("command", "listAsyncJobs")]);
+    assert_eq!(jobs["listasyncjobsresponse"]["count"], 1, "{jobs}");
+    assert_eq!(
+        jobs["listasyncjobsresponse"]["asyncjobs"][0]["jobid"],
+        job.as_str()
+    );
+}

@@ -786,6 +786,9 @@ fn sighup_reloads_the_keys_file() {
     assert_eq!(call(&first).status, 200);
 }
 
+/// (parameters, errorcode, cserrorcode, errortext).
+type ErrorCase<'a> = (Vec<(&'a str, &'a str)>, u16, u32, String);
+
 /// A signed JSON call through `serve`.
 fn call_api(server: &Server, key: &Key, params: &[(&str, &str)]) -> Reply {
     let mut list = vec![("response", "json"), ("apiKey", key.apikey.as_str())];
@@ -874,7 +877,7 @@ fn every_control_plane_error_through_http() {
 
     // (parameters, errorcode, cserrorcode, errortext), every error of the
     // control-plane contract.
-    let cases: Vec<(Vec<(&str, &str)>, u16, u32, String)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             vec![("command", "createExtension"), ("name", "net"), ("type", "NetworkOrchestrator")],
             530,

@@ -47,8 +47,18 @@ impl Run {
             self.stderr
         );
         let v = self.json();
-        assert_eq!(v["errorresponse"]["errorcode"], code, "{v}");
-        let text = v["errorresponse"]["errortext"].as_str().unwrap_or("");
+        // CloudStack's shape: `<command>response` (or `errorresponse` for an
+        // unknown command) with uuidList, errorcode, cserrorcode, errortext.
+        let err = v
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.values().next())
+            .cloned()
+            .unwrap_or_else(|| panic!("one top-level key: {v}"));
+        assert_eq!(err["errorcode"], code, "{v}");
+        assert_eq!(err["uuidList"], serde_json::json!([]), "{v}");
+        assert!(err["cserrorcode"].is_u64(), "{v}");
+        let text = err["errortext"].as_str().unwrap_or("");
         assert!(
             text.contains(text_part),
             "errortext {text:?} lacks {text_part:?}"
@@ -174,7 +184,7 @@ fn api_errors_exit_non_zero_with_the_errortext() {
     let state = dir.path();
 
     netbridge(state, &["api", "createExtension", "name=bad", "type=Bogus"])
-        .api_error(431, "Invalid type specified - Bogus");
+        .api_error(530, "Invalid type specified - Bogus");
 
     netbridge(state, &["api", "noSuchCommand"]).api_error(432, "noSuchCommand");
 
@@ -381,4 +391,130 @@ fn generated_offerings_print_as_cmk_lines_and_validate_through_the_cli() {
         ],
     )
     .api_error(431, "perzone");
+}
+
+#[test]
+fn output_formats_async_jobs_and_a_closed_pipe() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path();
+    netbridge(
+        state,
+        &[
+            "api",
+            "createExtension",
+            "name=tbl",
+            "type=NetworkOrchestrator",
+            "details[0].key=network.services",
+            "details[0].value=Dhcp,Dns",
+        ],
+    )
+    .ok();
+    let pn = "9c9c9c9c-0000-4000-8000-000000000001";
+    let listed = netbridge(state, &["api", "listExtensions", "name=tbl"]).ok();
+    let ext = listed["listextensionsresponse"]["extension"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    netbridge(
+        state,
+        &[
+            "api",
+            "registerExtension",
+            &format!("extensionid={ext}"),
+            &format!("resourceid={pn}"),
+            "resourcetype=PhysicalNetwork",
+        ],
+    )
+    .ok();
+
+    // A table as an admin reads it: one row per object, id and name first.
+    let t = netbridge(
+        state,
+        &["api", "--output", "table", "listNetworkServiceProviders"],
+    );
+    assert_eq!(t.code, Some(0), "{}", t.stderr);
+    let lines: Vec<&str> = t.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("+-") && lines[2].starts_with("+-"),
+        "{}",
+        t.stdout
+    );
+    assert!(lines[1].starts_with("| id "), "{}", t.stdout);
+    assert!(
+        lines[1].contains("| name ") && lines[1].contains("| servicelist "),
+        "{}",
+        t.stdout
+    );
+    assert!(
+        lines[3].contains("| tbl ") && lines[3].contains("Dhcp, Dns"),
+        "{}",
+        t.stdout
+    );
+    assert_eq!(lines.len(), 5, "{}", t.stdout);
+
+    // An async command waits for its job and prints the job's answer.
+    let provider = netbridge(state, &["api", "listNetworkServiceProviders"]).ok()
+        ["listnetworkserviceprovidersresponse"]["networkserviceprovider"][0]["id"]
+        .as_str()
+        .expect("provider")
+        .to_string();
+    let job = netbridge(
+        state,
+        &[
+            "api",
+            "updateNetworkServiceProvider",
+            &format!("id={provider}"),
+            "state=Disabled",
+        ],
+    )
+    .ok();
+    let job = &job["queryasyncjobresultresponse"];
+    assert_eq!(job["jobstatus"], 1, "{job}");
+    assert_eq!(
+        job["jobresult"]["networkserviceprovider"]["state"],
+        "Disabled"
+    );
+    // A failing job: exit 1, its error in the text output.
+    let failed = netbridge(
+        state,
+        &[
+            "api",
+            "-o",
+            "text",
+            "updateNetworkServiceProvider",
+            &format!("id={provider}"),
+            "servicelist=Lb",
+        ],
+    );
+    assert_eq!(failed.code, Some(1), "{}", failed.stdout);
+    assert!(failed.stdout.contains("jobstatus = 2"), "{}", failed.stdout);
+    assert!(
+        failed
+            .stdout
+            .contains("errortext=Service Lb in parameter servicelist"),
+        "{}",
+        failed.stdout
+    );
+
+    // `| head`: the reader has gone away (the pipe's read end is closed
+    // before netbridge starts, so its first write fails with EPIPE);
+    // netbridge exits quietly: no panic, nothing on stderr.
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two new descriptors, each owned exactly once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = Command::new(&*BIN)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["api", "listApis"])
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(0));
 }

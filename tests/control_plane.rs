@@ -31,6 +31,24 @@ const REF_CAPS: &str = r#"{
   "CustomAction": {"Supported": "true"}
 }"#;
 
+/// CloudStack's (errorcode, cserrorcode) for an error text: the extension
+/// manager's own refusals are CloudRuntimeExceptions (530, 4250), every
+/// other problem an InvalidParameterValueException (431, 4350).
+fn expected_codes(text: &str) -> (u16, u32) {
+    let manager_refusal = text == "Extension by name already exists"
+        || text.starts_with("Invalid type specified - ")
+        || text.contains("' is already registered with ")
+        || text == "Extension has associated resources, unregister them to delete the extension"
+        || text.starts_with("Cannot unregister extension '")
+        || text.starts_with("Cannot remove service ")
+        || text.starts_with("Cannot delete extension '");
+    if manager_refusal {
+        (530, 4250)
+    } else {
+        (431, 4350)
+    }
+}
+
 struct Fx {
     api: Api,
     dir: tempfile::TempDir,
@@ -50,12 +68,32 @@ impl Fx {
         Fx { api, dir }
     }
 
+    /// One call; an asynchronous command's job is waited for and answered
+    /// as the synchronous form would be (its result, or its error).
     fn call(&self, cmd: &str, params: &[(&str, &str)]) -> Result<Value, ApiError> {
         let p: Params = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        self.api.call(cmd, &p)
+        let answer = self.api.call(cmd, &p)?;
+        let key = format!("{}response", cmd.to_ascii_lowercase());
+        let Some(job) = answer[&key]["jobid"].as_str() else {
+            return Ok(answer);
+        };
+        let done = self
+            .api
+            .wait_for_job(job, std::time::Duration::from_secs(60))?;
+        let done = &done["queryasyncjobresultresponse"];
+        let result = done["jobresult"].clone();
+        match done["jobstatus"].as_i64() {
+            Some(1) => Ok(serde_json::json!({ key: result })),
+            Some(2) => Err(ApiError {
+                code: u16::try_from(result["errorcode"].as_u64().unwrap_or(0)).unwrap_or(0),
+                cs_code: u32::try_from(result["cserrorcode"].as_u64().unwrap_or(0)).unwrap_or(0),
+                text: result["errortext"].as_str().unwrap_or("").to_string(),
+            }),
+            other => panic!("job {job} not done: {other:?} {done}"),
+        }
     }
 
     fn ok(&self, cmd: &str, params: &[(&str, &str)]) -> Value {
@@ -65,17 +103,19 @@ impl Fx {
         }
     }
 
-    /// Asserts a 431 with exactly `text`.
+    /// Asserts an error with exactly `text`, and CloudStack's codes for it
+    /// (see [`expected_codes`]).
     fn err(&self, cmd: &str, params: &[(&str, &str)], text: &str) {
         let e = self.call(cmd, params).unwrap_err();
         assert_eq!(e.text, text, "{cmd}");
-        assert_eq!(e.code, 431, "{cmd}");
+        assert_eq!((e.code, e.cs_code), expected_codes(text), "{cmd}: {text}");
     }
 
-    /// Asserts a 431 whose text starts with `prefix`; returns the text.
+    /// Asserts an error whose text starts with `prefix` and CloudStack's
+    /// codes for it; returns the text.
     fn err_starts(&self, cmd: &str, params: &[(&str, &str)], prefix: &str) -> String {
         let e = self.call(cmd, params).unwrap_err();
-        assert_eq!(e.code, 431, "{cmd}: {e:?}");
+        assert_eq!((e.code, e.cs_code), expected_codes(&e.text), "{cmd}: {e:?}");
         assert!(e.text.starts_with(prefix), "{cmd}: got {:?}", e.text);
         e.text
     }
@@ -158,11 +198,17 @@ fn create_extension_response_shape_and_defaults() {
     assert_eq!(e["description"], "d");
     assert_eq!(e["type"], "NetworkOrchestrator");
     assert_eq!(e["state"], "Enabled");
-    assert_eq!(e["path"], "my_net/my_net.sh");
+    // Absolute under CloudStack's extensions directory; empty maps and
+    // lists are left out, as CloudStack does.
+    assert_eq!(
+        e["path"],
+        "/usr/share/cloudstack-management/extensions/my_net/my_net.sh"
+    );
     assert_eq!(e["pathready"], true);
     assert_eq!(e["isuserdefined"], true);
-    assert_eq!(e["details"], serde_json::json!({}));
-    assert_eq!(e["resources"], serde_json::json!([]));
+    assert!(e.get("details").is_none(), "{e}");
+    assert!(e.get("resources").is_none(), "{e}");
+    assert!(e.get("orchestratorrequirespreparevm").is_none(), "{e}");
     let id = e["id"].as_str().unwrap();
     assert_eq!(id.len(), 36);
     let created = e["created"].as_str().unwrap();
@@ -176,7 +222,10 @@ fn create_extension_response_shape_and_defaults() {
         &[("state", "Disabled"), ("path", "x2/run.sh")],
     );
     assert_eq!(e["state"], "Disabled");
-    assert_eq!(e["path"], "x2/run.sh");
+    assert_eq!(
+        e["path"],
+        "/usr/share/cloudstack-management/extensions/x2/run.sh"
+    );
 }
 
 #[test]
@@ -222,13 +271,14 @@ fn create_extension_errors() {
         &[("name", "t")],
         "Unable to execute API command createextension due to missing parameter type",
     );
+    // CloudStack's string length limit (255) and text.
     let long = "n".repeat(256);
     fx.err(
         "createExtension",
         &[("name", &long), ("type", "Orchestrator")],
-        "Invalid parameter name: longer than 255 characters",
+        "Value greater than max allowed length 255 for param: name",
     );
-    let long_desc = "d".repeat(4097);
+    let long_desc = "d".repeat(256);
     fx.err(
         "createExtension",
         &[
@@ -236,7 +286,13 @@ fn create_extension_errors() {
             ("type", "Orchestrator"),
             ("description", &long_desc),
         ],
-        "Invalid parameter description: longer than 4096 characters",
+        "Value greater than max allowed length 255 for param: description",
+    );
+    // 255 characters (not bytes: Java counts UTF-16 units) pass.
+    fx.create(
+        &"é".repeat(255),
+        "Orchestrator",
+        &[("description", &"d".repeat(255))],
     );
     fx.err(
         "createExtension",
@@ -252,9 +308,10 @@ fn create_extension_errors() {
         ],
         "Invalid parameter path:",
     );
-    // Nothing was created by the failures.
+    // Nothing was created by the failures (the two above are "dup" and
+    // the 255-character name).
     let r = fx.ok("listExtensions", &[]);
-    assert_eq!(r["listextensionsresponse"]["count"], 1);
+    assert_eq!(r["listextensionsresponse"]["count"], 2);
 }
 
 #[test]
@@ -271,7 +328,7 @@ fn injection_strings_are_plain_data() {
     assert_eq!(got["description"], "$(reboot) `id` ; rm -rf /");
     assert_eq!(
         got["path"],
-        "x____drop_table_extensions__--/x____drop_table_extensions__--.sh"
+        "/usr/share/cloudstack-management/extensions/x____drop_table_extensions__--/x____drop_table_extensions__--.sh"
     );
     let r = fx.ok("listExtensions", &[("keyword", "%' OR 1=1 --")]);
     assert_eq!(r["listextensionsresponse"], serde_json::json!({}));
@@ -460,8 +517,9 @@ fn parameter_names_are_case_insensitive_and_unknown_command_is_refused() {
     assert_eq!(e.code, 432);
     assert_eq!(e.text, "Unsupported API command: launchMissiles");
     assert_eq!(
-        e.to_response(),
-        serde_json::json!({"errorresponse": {"errorcode": 432, "errortext": "Unsupported API command: launchMissiles"}})
+        e.to_response(Some("launchMissiles")),
+        serde_json::json!({"errorresponse": {"uuidList": [], "errorcode": 432, "cserrorcode": 9999,
+            "errortext": "Unsupported API command: launchMissiles"}})
     );
 }
 
@@ -505,10 +563,10 @@ fn update_extension_replaces_visible_details_and_keeps_hidden() {
             ("details[0].d", "4"),
         ],
     );
-    assert_eq!(
-        r["updateextensionresponse"]["extension"]["details"],
-        serde_json::json!({})
-    );
+    // An empty map is left out, as CloudStack does.
+    assert!(r["updateextensionresponse"]["extension"]
+        .get("details")
+        .is_none());
     let full = fx.api.registry().extension_details_full(id).unwrap();
     assert_eq!(full.get("password"), Some(SECRET));
     assert!(full.visible.is_empty());
@@ -840,10 +898,9 @@ fn provider_lifecycle_follows_registration_and_services() {
             ("resourcetype", "PhysicalNetwork"),
         ],
     );
-    assert_eq!(
-        r["unregisterextensionresponse"]["extension"]["resources"],
-        serde_json::json!([])
-    );
+    assert!(r["unregisterextensionresponse"]["extension"]
+        .get("resources")
+        .is_none());
 }
 
 #[test]
@@ -855,7 +912,8 @@ fn extension_without_services_gets_empty_provider() {
         .to_string();
     fx.register(&id, "PhysicalNetwork", PN2, &[]);
     let p = fx.providers(PN2);
-    assert_eq!(p[0]["servicelist"], serde_json::json!([]));
+    // No services: the empty list is left out, as CloudStack does.
+    assert!(p[0].get("servicelist").is_none(), "{}", p[0]);
 }
 
 #[test]
@@ -980,7 +1038,7 @@ fn update_registered_extension_exact_semantics() {
 
     // cleanupdetails=true: everything goes, details ignored.
     let e = upd(&[("cleanupdetails", "true"), ("details[0].hosts", "10.9.9.9")]);
-    assert_eq!(resource(&e, PN1)["details"], serde_json::json!({}));
+    assert!(resource(&e, PN1).get("details").is_none());
     let f = full();
     assert!(f.visible.is_empty() && f.hidden.is_empty());
     // cleanupdetails=false with details behaves as details.
@@ -1599,7 +1657,10 @@ fn more_bad_input() {
     // Unicode names are fine; the default path keeps only safe characters.
     let e = fx.create("Ωmega Net", "NetworkOrchestrator", &[]);
     assert_eq!(e["name"], "Ωmega Net");
-    assert_eq!(e["path"], "_mega_net/_mega_net.sh");
+    assert_eq!(
+        e["path"],
+        "/usr/share/cloudstack-management/extensions/_mega_net/_mega_net.sh"
+    );
     // Empty detail values are values.
     let e = fx.create(
         "empty",

@@ -111,21 +111,49 @@ impl Reply {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 
-    fn assert_error(&self, code: u16, text_part: &str) {
+    /// The `X-Description` header, if any.
+    fn description(&self) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("x-description")
+                .then(|| value.trim().to_string())
+        })
+    }
+
+    /// CloudStack's error answer: status = `errorcode` = `code`, one
+    /// top-level key (`<command>response`, or `errorresponse` when no known
+    /// command was identified) holding `uuidList`, `errorcode`,
+    /// `cserrorcode` and `errortext`, and `X-Description` = the text.
+    fn assert_error(&self, code: u16, text_part: &str) -> Value {
         assert_eq!(self.status, code, "status; body {}", self.body);
         let v = self.json();
-        let err = &v["errorresponse"];
+        let (key, err) = v
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.iter().next())
+            .unwrap_or_else(|| panic!("one top-level key: {v}"));
+        assert!(key.ends_with("response"), "{key}");
         assert_eq!(err["errorcode"], code, "errorcode in {v}");
+        assert_eq!(err["uuidList"], serde_json::json!([]), "uuidList in {v}");
+        assert!(err["cserrorcode"].is_u64(), "cserrorcode in {v}");
         let text = err["errortext"].as_str().unwrap_or("");
         assert!(
             text.contains(text_part),
             "errortext {text:?} lacks {text_part:?}"
         );
-        assert_eq!(
-            v.as_object().map(|o| o.len()),
-            Some(1),
-            "one top-level key: {v}"
-        );
+        assert_eq!(self.description().as_deref(), Some(text), "X-Description");
+        v
+    }
+
+    /// As [`Reply::assert_error`], under the key `key`; returns the fields.
+    fn assert_error_of(&self, key: &str, code: u16, cs_code: u32, text: &str) -> Value {
+        let v = self.assert_error(code, text);
+        let err = v[key].clone();
+        assert!(err.is_object(), "key {key} in {v}");
+        assert_eq!(err["cserrorcode"], cs_code, "cserrorcode in {v}");
+        assert_eq!(err["errortext"], text, "{v}");
+        err
     }
 }
 
@@ -194,6 +222,19 @@ fn signed(secret: &str, mut p: Vec<(String, String)>) -> Vec<(String, String)> {
     p
 }
 
+/// The Python with the `cs` client: `NETBRIDGE_PYTHON`, else the
+/// repository's `.venv`, else `python3`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETBRIDGE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
 fn state_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
@@ -204,7 +245,7 @@ fn cloudstack_python_client_round_trip() {
     // `make` points NETBRIDGE_PYTHON at the virtual environment holding the
     // `cs` client; there its absence is a failure, not a skip.
     let managed = std::env::var_os("NETBRIDGE_PYTHON");
-    let python = managed.clone().unwrap_or_else(|| "python3".into());
+    let python = python();
     let probe = Command::new(&python).arg("--version").output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
         assert!(
@@ -355,8 +396,9 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
     let key = create_key(state.path());
     let server = Server::start(state.path());
 
-    // A well-signed request for a command nobody implements passes
-    // authentication and gets the dispatcher's 432, not a 401.
+    // A well-signed request for a command nobody implements: with API-key
+    // authentication CloudStack refuses it as unverifiable (401), under
+    // `errorresponse` since no command was identified.
     let mut p = pairs(&[
         ("command", "noSuchCommand"),
         ("response", "json"),
@@ -373,9 +415,30 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
         None,
         b"",
     );
-    r.assert_error(432, "noSuchCommand");
+    r.assert_error_of("errorresponse", 401, 9999, AUTH_ERROR_TEXT);
 
-    // The same through a POST form body.
+    // A known command with the same (encoding-heavy) parameters passes
+    // through the query string and through a POST form body.
+    let mut p = pairs(&[
+        ("command", "listExtensions"),
+        ("response", "json"),
+        ("apiKey", &key.apikey),
+        ("signatureVersion", "3"),
+        ("expires", "2999-01-01T00:00:00+0000"),
+        ("keyword", "a b+c&d=e/é*"),
+    ]);
+    p = signed(&key.secretkey, p);
+    let r = request(
+        server.addr,
+        "GET",
+        &format!("/client/api?{}", encode(&p)),
+        None,
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"listextensionsresponse": {}}))
+    );
     let r = request(
         server.addr,
         "POST",
@@ -383,13 +446,16 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
         Some("application/x-www-form-urlencoded"),
         encode(&p).as_bytes(),
     );
-    r.assert_error(432, "noSuchCommand");
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"listextensionsresponse": {}}))
+    );
 
     // Parameter names are case-insensitive, as in CloudStack.
     let q = signed(
         &key.secretkey,
         pairs(&[
-            ("COMMAND", "noSuchCommand"),
+            ("COMMAND", "listExtensions"),
             ("Response", "json"),
             ("APIKEY", &key.apikey),
         ]),
@@ -401,7 +467,7 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
         None,
         b"",
     );
-    r.assert_error(432, "noSuchCommand");
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // Signed, but no command.
     let q = signed(
@@ -415,13 +481,19 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
         None,
         b"",
     );
-    r.assert_error(432, "Invalid request, no command sent");
+    r.assert_error_of(
+        "errorresponse",
+        432,
+        9999,
+        "Invalid request, no command sent",
+    );
 
     // Signed, but a control character in a value.
     let q = signed(
         &key.secretkey,
         pairs(&[
-            ("command", "noSuchCommand"),
+            ("command", "listExtensions"),
+            ("response", "json"),
             ("apiKey", &key.apikey),
             ("name", "a\u{1}b"),
         ]),
@@ -433,28 +505,51 @@ fn signed_requests_reach_the_dispatcher_through_query_and_form() {
         None,
         b"",
     );
-    r.assert_error(
+    r.assert_error_of(
+        "listextensionsresponse",
         431,
+        4350,
         "Received value containing illegal ASCII non-printable characters for parameter name",
     );
 
-    // Only JSON responses.
-    let q = signed(
-        &key.secretkey,
-        pairs(&[
-            ("command", "noSuchCommand"),
-            ("apiKey", &key.apikey),
-            ("response", "xml"),
-        ]),
-    );
-    let r = request(
-        server.addr,
-        "GET",
-        &format!("/client/api?{}", encode(&q)),
-        None,
-        b"",
-    );
-    r.assert_error(431, "only response=json is supported");
+    // Without `response` (or with `response=xml`) CloudStack answers XML,
+    // errors included.
+    for extra in [None, Some("xml")] {
+        let mut list = vec![
+            ("command", "createExtension"),
+            ("apiKey", key.apikey.as_str()),
+        ];
+        if let Some(kind) = extra {
+            list.push(("response", kind));
+        }
+        let q = signed(&key.secretkey, pairs(&list));
+        let r = request(
+            server.addr,
+            "GET",
+            &format!("/client/api?{}", encode(&q)),
+            None,
+            b"",
+        );
+        assert_eq!(r.status, 431, "{}", r.body);
+        assert!(
+            r.headers
+                .to_ascii_lowercase()
+                .contains("content-type: text/xml"),
+            "{}",
+            r.headers
+        );
+        assert_eq!(
+            r.body,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><createextensionresponse cloud-stack-version=\"4.23.0.0\">\
+             <cserrorcode>4350</cserrorcode><errorcode>431</errorcode>\
+             <errortext>Unable to execute API command createextension due to missing parameter name</errortext>\
+             </createextensionresponse>"
+        );
+        assert_eq!(
+            r.description().as_deref(),
+            Some("Unable to execute API command createextension due to missing parameter name")
+        );
+    }
 }
 
 #[test]
@@ -467,20 +562,93 @@ fn oversized_and_non_form_bodies_are_refused() {
     let r = request(
         server.addr,
         "POST",
-        "/client/api",
+        "/client/api?response=json&command=listExtensions",
         Some("application/x-www-form-urlencoded"),
         &big,
     );
-    r.assert_error(413, "Request body larger than 1048576 bytes");
+    r.assert_error_of(
+        "listextensionsresponse",
+        413,
+        9999,
+        "Request body larger than 1048576 bytes",
+    );
 
     let r = request(
         server.addr,
         "POST",
-        "/client/api",
+        "/client/api?response=json",
         Some("application/json"),
         br#"{"command":"listExtensions"}"#,
     );
     r.assert_error(415, "send parameters as application/x-www-form-urlencoded");
+}
+
+/// Sends raw bytes as one request and reads the whole answer.
+fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(bytes);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    Reply {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn requests_the_http_parser_refuses_get_the_error_body() {
+    let state = state_dir();
+    let _key = create_key(state.path());
+    let server = Server::start(state.path());
+
+    // A URI longer than the parser takes.
+    let long = format!(
+        "GET /client/api?command=listExtensions&name={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    raw_request(server.addr, long.as_bytes()).assert_error_of(
+        "errorresponse",
+        414,
+        9999,
+        "Request URI too long",
+    );
+
+    // More headers than the parser takes.
+    let mut many = String::from("GET /client/api?command=listExtensions HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    raw_request(server.addr, many.as_bytes()).assert_error_of(
+        "errorresponse",
+        431,
+        9999,
+        "Request headers too large or too many",
+    );
+
+    // A request line that is not HTTP.
+    raw_request(server.addr, b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").assert_error_of(
+        "errorresponse",
+        400,
+        9999,
+        "Malformed request: the request line or a header could not be parsed",
+    );
+
+    // The server still answers normally afterwards.
+    let r = request(server.addr, "GET", "/client/api?response=json", None, b"");
+    r.assert_error(401, AUTH_ERROR_TEXT);
 }
 
 #[test]
@@ -530,7 +698,8 @@ fn request_log_names_the_command_but_never_secrets_or_signatures() {
     let good = signed(
         &key.secretkey,
         pairs(&[
-            ("command", "noSuchCommand"),
+            ("command", "createExtension"),
+            ("response", "json"),
             ("apiKey", &key.apikey),
             ("details[0].key", "password"),
             ("details[0].value", "log-me-not"),
@@ -544,10 +713,14 @@ fn request_log_names_the_command_but_never_secrets_or_signatures() {
         None,
         b"",
     );
-    r.assert_error(432, "noSuchCommand");
+    r.assert_error(431, "missing parameter name");
     let bad = signed(
         "wrong",
-        pairs(&[("command", "listExtensions"), ("apiKey", &key.apikey)]),
+        pairs(&[
+            ("command", "listExtensions"),
+            ("response", "json"),
+            ("apiKey", &key.apikey),
+        ]),
     );
     let bad_signature = bad.last().map(|(_, s)| s.clone()).unwrap_or_default();
     let r = request(
@@ -562,7 +735,7 @@ fn request_log_names_the_command_but_never_secrets_or_signatures() {
 
     let text = std::fs::read_to_string(&log).expect("read log");
     assert!(
-        text.contains("command=noSuchCommand key=tests -> 432"),
+        text.contains("command=createExtension key=tests -> 431"),
         "{text}"
     );
     assert!(
@@ -589,7 +762,11 @@ fn sighup_reloads_the_keys_file() {
     let call = |key: &Key| {
         let p = signed(
             &key.secretkey,
-            pairs(&[("command", "noSuchCommand"), ("apiKey", &key.apikey)]),
+            pairs(&[
+                ("command", "listExtensions"),
+                ("response", "json"),
+                ("apiKey", &key.apikey),
+            ]),
         );
         request(
             server.addr,
@@ -614,6 +791,365 @@ fn sighup_reloads_the_keys_file() {
         std::thread::sleep(Duration::from_millis(25));
         last = call(&second);
     }
-    last.assert_error(432, "noSuchCommand");
-    call(&first).assert_error(432, "noSuchCommand");
+    assert_eq!(last.status, 200, "{}", last.body);
+    assert_eq!(call(&first).status, 200);
+}
+
+/// (parameters, errorcode, cserrorcode, errortext).
+type ErrorCase<'a> = (Vec<(&'a str, &'a str)>, u16, u32, String);
+
+/// A signed JSON call through `serve`.
+fn call_api(server: &Server, key: &Key, params: &[(&str, &str)]) -> Reply {
+    let mut list = vec![("response", "json"), ("apiKey", key.apikey.as_str())];
+    list.extend_from_slice(params);
+    let p = signed(&key.secretkey, pairs(&list));
+    request(
+        server.addr,
+        "POST",
+        "/client/api",
+        Some("application/x-www-form-urlencoded"),
+        encode(&p).as_bytes(),
+    )
+}
+
+fn ok_api(server: &Server, key: &Key, params: &[(&str, &str)]) -> Value {
+    let r = call_api(server, key, params);
+    assert_eq!(r.status, 200, "{params:?}: {}", r.body);
+    r.json()
+}
+
+#[test]
+fn every_control_plane_error_through_http() {
+    let state = state_dir();
+    let key = create_key(state.path());
+    let server = Server::start(state.path());
+    let pn = "7a7a7a7a-0000-4000-8000-000000000001";
+    let pn2 = "7a7a7a7a-0000-4000-8000-000000000002";
+    let missing = "7a7a7a7a-0000-4000-8000-0000000000ff";
+    let create = |name: &str, ty: &str, services: &str| -> String {
+        let v = ok_api(
+            &server,
+            &key,
+            &[
+                ("command", "createExtension"),
+                ("name", name),
+                ("type", ty),
+                ("details[0].key", "network.services"),
+                ("details[0].value", services),
+            ],
+        );
+        v["createextensionresponse"]["extension"]["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let net = create("net", "NetworkOrchestrator", "SourceNat,StaticNat,Dhcp,Dns");
+    let orch = create("orch", "Orchestrator", "Dhcp");
+    let reg = |ext: &str, pn: &str| {
+        ok_api(
+            &server,
+            &key,
+            &[
+                ("command", "registerExtension"),
+                ("extensionid", ext),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+        );
+    };
+    reg(&net, pn);
+    reg(&net, pn2);
+    ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "generateNetworkOfferings"),
+            ("extensionid", &net),
+            ("offeringtype", "isolated"),
+        ],
+    );
+    // A network using the provider on pn2, as the bridge records it after
+    // ensure-network-device (another process sharing the store).
+    let registry = netbridge_control::registry::Registry::open(
+        &state.path().join("netbridge.db"),
+        &state.path().join("secret.key"),
+    )
+    .expect("registry");
+    registry
+        .bind(
+            &netbridge_control::registry::BindingTarget::Network("42".into()),
+            &net,
+            pn2,
+            r#"{"host":"h1"}"#,
+        )
+        .expect("bind");
+
+    // (parameters, errorcode, cserrorcode, errortext), every error of the
+    // control-plane contract.
+    let cases: Vec<ErrorCase> = vec![
+        (
+            vec![("command", "createExtension"), ("name", "net"), ("type", "NetworkOrchestrator")],
+            530,
+            4250,
+            "Extension by name already exists".into(),
+        ),
+        (
+            vec![("command", "createExtension"), ("name", "x"), ("type", "Bogus")],
+            530,
+            4250,
+            "Invalid type specified - Bogus".into(),
+        ),
+        (
+            vec![
+                ("command", "createExtension"),
+                ("name", "x"),
+                ("type", "Orchestrator"),
+                ("state", "Sleeping"),
+            ],
+            431,
+            4350,
+            "Invalid state specified".into(),
+        ),
+        (
+            vec![
+                ("command", "updateExtension"),
+                ("id", &net),
+                ("details[0].key", "network.services"),
+                ("details[0].value", "Dhcp,Dns"),
+            ],
+            530,
+            4250,
+            "Cannot remove service SourceNat from extension 'net' as it is used by a network/VPC offering".into(),
+        ),
+        (
+            vec![("command", "deleteExtension"), ("id", &net)],
+            530,
+            4250,
+            "Extension has associated resources, unregister them to delete the extension".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn),
+                ("resourcetype", "Host"),
+            ],
+            431,
+            4350,
+            "Currently only [Cluster, PhysicalNetwork] can be used to register an extension".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", missing),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            "Invalid extension specified".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &orch),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            "Only extensions of type NetworkOrchestrator can be registered with a physical network. Extension 'orch' is of type Orchestrator.".into(),
+        ),
+        (
+            vec![
+                ("command", "registerExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            530,
+            4250,
+            format!("Extension 'net' is already registered with physical network {pn}"),
+        ),
+        (
+            vec![
+                ("command", "unregisterExtension"),
+                ("extensionid", &net),
+                ("resourceid", pn2),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            530,
+            4250,
+            format!("Cannot unregister extension 'net' from physical network {pn2}. Provider is used by 1 existing network service(s)"),
+        ),
+        (
+            vec![
+                ("command", "updateRegisteredExtension"),
+                ("extensionid", &orch),
+                ("resourceid", pn),
+                ("resourcetype", "PhysicalNetwork"),
+            ],
+            431,
+            4350,
+            format!("Extension 'orch' is not registered with resource {pn} (PhysicalNetwork)"),
+        ),
+        (
+            vec![("command", "updateExtension")],
+            431,
+            4350,
+            "Unable to execute API command updateextension due to missing parameter id".into(),
+        ),
+        (
+            vec![("command", "listExtensions"), ("id", "1 OR 1=1")],
+            431,
+            4350,
+            "Invalid parameter id value=1 OR 1=1 due to incorrect long value format, or entity does not exist or due to incorrect parameter annotation for the field in api cmd class.".into(),
+        ),
+    ];
+    let before = ok_api(&server, &key, &[("command", "listExtensions")]);
+    for (params, code, cs_code, text) in &cases {
+        let command = params[0].1;
+        let r = call_api(&server, &key, params);
+        r.assert_error_of(
+            &format!("{}response", command.to_ascii_lowercase()),
+            *code,
+            *cs_code,
+            text,
+        );
+    }
+    // Nothing changed.
+    assert_eq!(
+        ok_api(&server, &key, &[("command", "listExtensions")]),
+        before
+    );
+
+    // Authentication failures: 401 under the command's key; an unknown
+    // command with a valid key: 401 under `errorresponse`.
+    let wrong = Key {
+        apikey: key.apikey.clone(),
+        secretkey: "wrong".into(),
+    };
+    call_api(&server, &wrong, &[("command", "listExtensions")]).assert_error_of(
+        "listextensionsresponse",
+        401,
+        9999,
+        AUTH_ERROR_TEXT,
+    );
+    call_api(&server, &key, &[("command", "launchMissiles")]).assert_error_of(
+        "errorresponse",
+        401,
+        9999,
+        AUTH_ERROR_TEXT,
+    );
+}
+
+#[test]
+fn a_job_survives_a_restart_and_any_process_sharing_the_store_reports_it() {
+    let state = state_dir();
+    let key = create_key(state.path());
+    let mut server = Server::start(state.path());
+    let pn = "7b7b7b7b-0000-4000-8000-000000000001";
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "createExtension"),
+            ("name", "jobs"),
+            ("type", "NetworkOrchestrator"),
+            ("details[0].key", "network.services"),
+            ("details[0].value", "Dhcp,Dns"),
+        ],
+    );
+    let ext = v["createextensionresponse"]["extension"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "registerExtension"),
+            ("extensionid", &ext),
+            ("resourceid", pn),
+            ("resourcetype", "PhysicalNetwork"),
+        ],
+    );
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "listNetworkServiceProviders"),
+            ("physicalnetworkid", pn),
+        ],
+    );
+    let provider = v["listnetworkserviceprovidersresponse"]["networkserviceprovider"][0]["id"]
+        .as_str()
+        .expect("provider")
+        .to_string();
+    let v = ok_api(
+        &server,
+        &key,
+        &[
+            ("command", "updateNetworkServiceProvider"),
+            ("id", &provider),
+            ("state", "Disabled"),
+        ],
+    );
+    let job = v["updatenetworkserviceproviderresponse"]["jobid"]
+        .as_str()
+        .expect("jobid")
+        .to_string();
+
+    // Another process sharing the store (the CLI) reports the job; it
+    // waits for the job's real end, bounded, by asking the store.
+    let query = |what: &str| -> Value {
+        let out = Command::new(&*BIN)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["api", "queryAsyncJobResult", &format!("jobid={what}")])
+            .output()
+            .expect("run netbridge api");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = query(&job);
+    while seen["queryasyncjobresultresponse"]["jobstatus"] == 0
+        && std::time::Instant::now() < deadline
+    {
+        seen = query(&job);
+    }
+    let result = &seen["queryasyncjobresultresponse"];
+    assert_eq!(result["jobstatus"], 1, "{seen}");
+    assert_eq!(
+        result["jobresult"]["networkserviceprovider"]["state"],
+        "Disabled"
+    );
+
+    // Restart the server (stop it by its PID, start a new one on the same
+    // store): the job is still answered, identically.
+    let before = ok_api(
+        &server,
+        &key,
+        &[("command", "queryAsyncJobResult"), ("jobid", &job)],
+    );
+    drop(server);
+    server = Server::start(state.path());
+    let after = ok_api(
+        &server,
+        &key,
+        &[("command", "queryAsyncJobResult"), ("jobid", &job)],
+    );
+    assert_eq!(before, after);
+    assert_eq!(after["queryasyncjobresultresponse"]["jobstatus"], 1);
+    let jobs = ok_api(&server, &key, &[("command", "listAsyncJobs")]);
+    assert_eq!(jobs["listasyncjobsresponse"]["count"], 1, "{jobs}");
+    assert_eq!(
+        jobs["listasyncjobsresponse"]["asyncjobs"][0]["jobid"],
+        job.as_str()
+    );
 }

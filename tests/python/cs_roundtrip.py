@@ -3,13 +3,19 @@
 
 Usage: cs_roundtrip.py ENDPOINT APIKEY SECRETKEY
 
-create -> register -> updateRegisteredExtension -> list -> unregister ->
-delete, through both GET (query string) and POST (form body), plus the
-errors a CloudStack client must see (431 with errortext, 401 for a wrong
-secret). Exit 0 on success, 77 when `cs` is not installed, 1 on a failure.
+create -> register -> updateRegisteredExtension -> list ->
+updateNetworkServiceProvider (an async job, polled by the client through
+queryAsyncJobResult until done) -> unregister -> delete, through both GET
+(query string) and POST (form body), plus the errors a CloudStack client must
+see (<command>response with errorcode/cserrorcode/errortext and the
+X-Description header; 530 for the manager's refusals, 401 for a wrong
+secret), a failed job, and an XML answer (no `response` parameter). Exit 0 on
+success, 77 when `cs` is not installed, 1 on a failure.
 """
 import sys
+import time
 import uuid
+import xml.etree.ElementTree as ET
 
 try:
     from cs import CloudStack, CloudStackApiException
@@ -34,8 +40,10 @@ def extension_of(answer):
     return answer
 
 
-def expect_api_error(call, codes, text_part):
-    """The HTTP status equals the CloudStack error code, as CloudStack does."""
+def expect_api_error(call, codes, text_part, cs_code=None):
+    """The HTTP status equals the CloudStack error code, as CloudStack does;
+    the body carries uuidList/errorcode/cserrorcode/errortext and the
+    X-Description header repeats the text."""
     try:
         call()
     except CloudStackApiException as exc:
@@ -44,7 +52,12 @@ def expect_api_error(call, codes, text_part):
         check(got_status in codes, f"HTTP status in {codes}", got_status)
         check(error.get("errorcode") == got_status, "errorcode equals HTTP status", error)
         check(text_part in error.get("errortext", ""), f"errortext contains {text_part!r}", error)
-        return
+        check(error.get("uuidList") == [], "uuidList present", error)
+        if cs_code is not None:
+            check(error.get("cserrorcode") == cs_code, f"cserrorcode {cs_code}", error)
+        check(exc.response.headers.get("X-Description") == error.get("errortext"),
+              "X-Description header is the errortext", exc.response.headers.get("X-Description"))
+        return error
     check(False, f"expected an API error {codes}")
 
 
@@ -108,11 +121,66 @@ def main():
     check("password" not in rdetails, "hidden detail not listed", rdetails)
     check("not-to-be-shown" not in repr(listed), "secret never in list output")
 
+    # The provider registration created; updateNetworkServiceProvider is
+    # asynchronous: a jobid at once, then the client polls
+    # queryAsyncJobResult until the job is done.
+    providers = get.listNetworkServiceProviders(physicalnetworkid=pn)
+    provs = providers.get("networkserviceprovider", [])
+    check(len(provs) == 1 and provs[0].get("name") == name, "provider of the registration", providers)
+    prov_id = provs[0]["id"]
+    queued = post.updateNetworkServiceProvider(id=prov_id, state="Disabled")
+    check(set(queued) == {"jobid"}, "updateNetworkServiceProvider answers only a jobid", queued)
+    poller = CloudStack(endpoint=endpoint, key=key, secret=secret, method="post",
+                        fetch_result=True, poll_interval=0.05, job_timeout=60)
+    result = poller.updateNetworkServiceProvider(id=prov_id, state="Disabled")
+    nsp = result.get("networkserviceprovider", {})
+    check(nsp.get("state") == "Disabled" and nsp.get("id") == prov_id,
+          "job result polled to completion holds the provider", result)
+    # The first job, polled by hand as a client without fetch_result does
+    # (bounded: the job is a registry write).
+    deadline = time.monotonic() + 60
+    job = get.queryAsyncJobResult(jobid=queued["jobid"])
+    while job.get("jobstatus") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = get.queryAsyncJobResult(jobid=queued["jobid"])
+    check(job.get("jobstatus") == 1 and job.get("jobresultcode") == 0
+          and job.get("jobresulttype") == "object", "first job succeeded", job)
+    jobs = get.listAsyncJobs()
+    check(queued["jobid"] in [j.get("jobid") for j in jobs.get("asyncjobs", [])],
+          "listAsyncJobs reports the job", jobs)
+    # A job that fails: the client raises with the job's error.
+    try:
+        poller.updateNetworkServiceProvider(id=prov_id, servicelist="Lb")
+        check(False, "failed job raises")
+    except CloudStackApiException as exc:
+        error = exc.error or {}
+        check(error.get("errorcode") == 431 and "servicelist" in error.get("errortext", ""),
+              "failed job carries errorcode and errortext", error)
+
+    # Discovery, as CloudMonkey's sync does it.
+    apis = get.listApis(name="updateNetworkServiceProvider").get("api", [])
+    check(len(apis) == 1 and apis[0].get("isasync") is True, "listApis marks the async command", apis)
+    required = [p["name"] for p in apis[0].get("params", []) if p.get("required")]
+    check(required == ["id"], "listApis required parameters", required)
+
+    # XML, CloudStack's default when no `response` is sent.
+    text = get.listExtensions(id=ext_id, json=False)
+    root = ET.fromstring(text)
+    check(root.tag == "listextensionsresponse" and root.get("cloud-stack-version") == "4.23.0.0",
+          "XML root element", text[:120])
+    check(root.findtext("count") == "1" and root.findtext("extension/id") == ext_id
+          and root.findtext("extension/resources/type") == "PhysicalNetwork",
+          "XML answer holds the extension", text[:400])
+
     # Error shapes a CloudStack client relies on.
     expect_api_error(lambda: get.createExtension(name=name + "-x", type="Bogus"),
-                     (431,), "Invalid type specified")
+                     (530,), "Invalid type specified - Bogus", 4250)
+    expect_api_error(lambda: get.createExtension(name=name, type="NetworkOrchestrator"),
+                     (530,), "Extension by name already exists", 4250)
     expect_api_error(lambda: get.deleteExtension(id=ext_id),
-                     (431, 530), "Extension has associated resources")
+                     (530,), "Extension has associated resources", 4250)
+    expect_api_error(lambda: get.createExtension(type="Orchestrator"),
+                     (431,), "due to missing parameter name", 4350)
 
     post.unregisterExtension(extensionid=ext_id, resourceid=pn, resourcetype="PhysicalNetwork")
     after = get.listExtensions(id=ext_id).get("extension", [])
@@ -125,6 +193,7 @@ def main():
 
     wrong = CloudStack(endpoint=endpoint, key=key, secret=secret + "x")
     expect_api_error(lambda: wrong.listExtensions(), (401,), AUTH_TEXT)
+    expect_api_error(lambda: get.noSuchCommand(), (401,), AUTH_TEXT)
 
     print("cs client round trip: OK")
     return 0

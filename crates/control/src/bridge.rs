@@ -133,11 +133,28 @@ impl Bridge {
             )
             .map_err(|e| lookup_error(e, extension_id, physical_network_id))?
             .merged();
+        self.remember_physical_network_name(physical_network_id, envelope);
         let out = self
             .dispatcher
             .execute_shared(command, envelope, Some(&details), timeout)?;
         self.keep_binding(parsed, extension_id, physical_network_id, envelope, &out)?;
         Ok(out)
+    }
+
+    /// CloudStack names the physical network in every envelope
+    /// (`physicalnetworkname`); the registry keeps it for
+    /// `listExtensions`' `resources[].name`.
+    fn remember_physical_network_name(&self, physical_network_id: &str, envelope: &[u8]) {
+        let Some(name) = physical_network_name(envelope) else {
+            return;
+        };
+        if let Err(e) = self.api.registry().remember_resource_name(
+            ResourceType::PhysicalNetwork,
+            physical_network_id,
+            &name,
+        ) {
+            log::warn!("cannot record the name of physical network {physical_network_id}: {e}");
+        }
     }
 
     fn keep_binding(
@@ -206,6 +223,21 @@ fn binding_target(command: Command, envelope: &[u8]) -> Option<BindingTarget> {
         }
         _ => None,
     }
+}
+
+/// `physical-network-extension-details.physicalnetworkname`, when it is a
+/// plausible name.
+fn physical_network_name(envelope: &[u8]) -> Option<String> {
+    let root: Value = serde_json::from_slice(envelope).ok()?;
+    let name = root
+        .get("physical-network-extension-details")?
+        .get("physicalnetworkname")?
+        .as_str()?
+        .trim();
+    let plausible = !name.is_empty()
+        && name.chars().count() <= crate::api::commands::MAX_NAME_LEN
+        && !name.chars().any(char::is_control);
+    plausible.then(|| name.to_string())
 }
 
 fn lookup_error(e: RegistryError, extension_id: &str, physical_network_id: &str) -> DispatchError {

@@ -77,6 +77,17 @@ impl BridgeError {
         }
     }
 
+    /// CloudStack's exception code (`cserrorcode`) of API errors.
+    pub(crate) fn cs_code(&self) -> Option<u32> {
+        match self {
+            BridgeError::Api(e) => Some(e.cs_code),
+            BridgeError::Open(netbridge_control::bridge::BridgeOpenError::Api(e)) => {
+                Some(e.cs_code)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn text(&self) -> String {
         match self {
             // The API text is the external contract: keep it byte for byte.
@@ -102,7 +113,10 @@ impl<T: Default> ErrorPolicy<T, BridgeError> for ThrowNetBridge {
         // and says more than our wrapper would.
         if !env.exception_check() {
             log::debug!(target: "netbridge::jni", "call failed with code {}", err.code());
-            throw_kind(env, err.code(), &err.text(), err.kind())?;
+            match err.cs_code() {
+                Some(cs_code) => throw_api(env, err.code(), &err.text(), cs_code)?,
+                None => throw_kind(env, err.code(), &err.text(), err.kind())?,
+            }
         }
         Ok(T::default())
     }
@@ -161,6 +175,37 @@ pub(crate) fn throw_kind(
     swallow_thrown(env.throw_new(jni_str!("java/lang/RuntimeException"), msg))
 }
 
+/// Raises `NetBridgeException(code, text, cserrorcode)` for an API error,
+/// with the same fallback as [`throw_kind`].
+pub(crate) fn throw_api(
+    env: &mut Env<'_>,
+    code: u16,
+    text: &str,
+    cs_code: u32,
+) -> ::jni::errors::Result<()> {
+    let thrown = (|| {
+        let Some(classes) = super::classes() else {
+            return Err(JniCrateError::NullPtr("NetBridgeException class"));
+        };
+        let jtext = JString::from_str(env, text)?;
+        let obj = env.new_object(
+            &classes.exception,
+            jni_sig!("(ILjava/lang/String;I)V"),
+            &[
+                JValue::Int(i32::from(code)),
+                JValue::Object(&jtext),
+                JValue::Int(i32::try_from(cs_code).unwrap_or(-1)),
+            ],
+        )?;
+        let throwable = env.cast_local::<JThrowable>(obj)?;
+        swallow_thrown(env.throw(throwable))
+    })();
+    if thrown.is_ok() || env.exception_check() {
+        return thrown;
+    }
+    throw_kind(env, code, text, None)
+}
+
 fn throw_netbridge(
     env: &mut Env<'_>,
     code: u16,
@@ -212,7 +257,9 @@ mod tests {
     fn api_errors_keep_code_and_exact_text() {
         let e = BridgeError::from(ApiError::param("Extension by name already exists"));
         assert_eq!(e.code(), 431);
+        assert_eq!(e.cs_code(), Some(4350));
         assert_eq!(e.text(), "Extension by name already exists");
+        assert_eq!(BridgeError::Handle.cs_code(), None);
     }
 
     #[test]

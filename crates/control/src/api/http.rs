@@ -49,6 +49,8 @@ pub const AUTH_ERROR_CODE: u16 = 401;
 /// Largest keys file we read; a real one is a few hundred bytes per key.
 const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;
 
+pub mod wire;
+
 /// Parameters that steer the transport and never reach the dispatcher.
 const TRANSPORT_PARAMS: &[&str] = &[
     "command",
@@ -747,39 +749,92 @@ struct ServerState {
     options: ServeOptions,
 }
 
-/// A refused or failed request: HTTP status equals the CloudStack error code.
+/// How an answer is written: CloudStack answers XML unless `response=json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+impl Format {
+    /// From the request's `response` parameter (first value, any case).
+    pub fn of(pairs: &[(String, String)]) -> Format {
+        match pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("response"))
+        {
+            Some((_, v)) if v.trim().eq_ignore_ascii_case("json") => Format::Json,
+            _ => Format::Xml,
+        }
+    }
+}
+
+/// One answer: the HTTP status equals the CloudStack error code for errors,
+/// whose text also goes into the `X-Description` header.
 struct Answer {
     status: u16,
     body: serde_json::Value,
+    format: Format,
+    description: Option<String>,
 }
 
 impl Answer {
-    fn error(error: &ApiError) -> Answer {
+    fn ok(body: serde_json::Value, format: Format) -> Answer {
         Answer {
-            status: error.code,
-            body: error.to_response(),
+            status: 200,
+            body,
+            format,
+            description: None,
         }
     }
-    fn code(code: u16, text: impl Into<String>) -> Answer {
-        Answer::error(&ApiError {
-            code,
-            text: text.into(),
-        })
+
+    /// An error of `command` (if it is a known one; else `errorresponse`).
+    fn error(error: &ApiError, command: Option<&str>, format: Format) -> Answer {
+        Answer {
+            status: error.code,
+            body: error.to_response(command),
+            format,
+            description: Some(error.text.clone()),
+        }
     }
+}
+
+/// Header-safe copy of an error text (control characters become spaces).
+fn header_text(text: &str) -> HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self.body).unwrap_or_else(|_| b"{}".to_vec());
+        let (body, content_type) = match self.format {
+            Format::Json => (
+                serde_json::to_vec(&self.body).unwrap_or_else(|_| b"{}".to_vec()),
+                JSON_CONTENT_TYPE,
+            ),
+            Format::Xml => (
+                super::xml::to_xml(&self.body).into_bytes(),
+                super::xml::CONTENT_TYPE,
+            ),
+        };
         let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=UTF-8"),
-        );
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Some(text) = &self.description {
+            headers.insert(DESCRIPTION_HEADER, header_text(text));
+        }
         response
     }
 }
+
+/// Content type of JSON answers.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=UTF-8";
+/// The header CloudStack's clients and UI show for a failed call.
+pub const DESCRIPTION_HEADER: &str = "x-description";
 
 /// The router: `/client/api` and `/`, GET and POST.
 pub fn router(api: Arc<Api>, keys: KeyRing, options: ServeOptions) -> Router {
@@ -801,8 +856,8 @@ pub async fn serve(
 ) -> Result<(), HttpError> {
     let app = router(api, keys, options);
     axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        wire::ErrorBodyListener::new(listener),
+        app.into_make_service_with_connect_info::<wire::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -811,7 +866,7 @@ pub async fn serve(
 
 async fn handle(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(wire::Peer(peer)): ConnectInfo<wire::Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -846,22 +901,32 @@ async fn process(
     key_for_log: &mut String,
 ) -> Answer {
     let limit = state.options.max_body_bytes;
+    let query = uri.query().unwrap_or("");
+    // Until the body is read, the query string alone says how to answer.
+    let early_pairs = parse_form(query.as_bytes()).unwrap_or_default();
+    let early_format = Format::of(&early_pairs);
+    let early_command = early_pairs
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("command"))
+        .map(|(_, v)| v.clone());
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(e) => {
             let inner = e.into_inner();
-            if inner
+            let error = if inner
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return Answer::code(413, format!("Request body larger than {limit} bytes"));
-            }
-            return Answer::code(400, "Cannot read the request body");
+                ApiError::server(413, format!("Request body larger than {limit} bytes"))
+            } else {
+                ApiError::server(400, "Cannot read the request body")
+            };
+            return Answer::error(&error, early_command.as_deref(), early_format);
         }
     };
-    let mut pairs = match parse_form(uri.query().unwrap_or("").as_bytes()) {
+    let mut pairs = match parse_form(query.as_bytes()) {
         Ok(p) => p,
-        Err(e) => return Answer::error(&e),
+        Err(e) => return Answer::error(&e, early_command.as_deref(), early_format),
     };
     if !bytes.is_empty() {
         let content_type = headers
@@ -872,23 +937,27 @@ async fn process(
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
         {
-            return Answer::code(
+            let error = ApiError::server(
                 415,
                 format!(
                     "Unsupported request body type '{}'; send parameters as application/x-www-form-urlencoded",
                     sanitize_for_message(content_type)
                 ),
             );
+            return Answer::error(&error, early_command.as_deref(), early_format);
         }
         match parse_form(&bytes) {
             Ok(more) => pairs.extend(more),
-            Err(e) => return Answer::error(&e),
+            Err(e) => return Answer::error(&e, early_command.as_deref(), early_format),
         }
     }
-    if let Some((_, c)) = pairs
+    let format = Format::of(&pairs);
+    let command = pairs
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("command"))
-    {
+        .map(|(_, v)| v.clone())
+        .filter(|c| !c.is_empty());
+    if let Some(c) = &command {
         *command_for_log = sanitize_for_message(c);
     }
 
@@ -896,45 +965,47 @@ async fn process(
         Ok(name) => *key_for_log = name,
         Err(reason) => {
             log::info!("refused request: {reason}");
-            return Answer::code(AUTH_ERROR_CODE, AUTH_ERROR_TEXT);
+            let error = ApiError::server(AUTH_ERROR_CODE, AUTH_ERROR_TEXT);
+            return Answer::error(&error, command.as_deref(), format);
         }
     }
-
-    prepare_and_call(state, &pairs).await
+    let Some(command) = command else {
+        let error = ApiError::server(codes::UNSUPPORTED, "Invalid request, no command sent");
+        return Answer::error(&error, None, format);
+    };
+    if super::commands::find(&command).is_none() {
+        // With API-key authentication CloudStack checks that the command is
+        // available to the key's user as part of verifying the request, so
+        // an unknown command is an authentication failure.
+        log::info!("refused request: unknown command");
+        let error = ApiError::server(AUTH_ERROR_CODE, AUTH_ERROR_TEXT);
+        return Answer::error(&error, None, format);
+    }
+    prepare_and_call(state, &command, &pairs, format).await
 }
 
-async fn prepare_and_call(state: &ServerState, pairs: &[(String, String)]) -> Answer {
-    let first = |wanted: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(wanted))
-            .map(|(_, v)| v.clone())
-    };
-    if let Some(kind) = first("response") {
-        if !kind.eq_ignore_ascii_case("json") {
-            return Answer::error(&ApiError::param(format!(
-                "Unsupported response type {}; only response=json is supported",
-                sanitize_for_message(&kind)
-            )));
-        }
-    }
-    let Some(command) = first("command").filter(|c| !c.is_empty()) else {
-        return Answer::code(codes::UNSUPPORTED, "Invalid request, no command sent");
-    };
+async fn prepare_and_call(
+    state: &ServerState,
+    command: &str,
+    pairs: &[(String, String)],
+    format: Format,
+) -> Answer {
     let params = match to_api_params(pairs, Duplicates::FirstWins) {
         Ok(p) => p,
-        Err(e) => return Answer::error(&e),
+        Err(e) => return Answer::error(&e, Some(command), format),
     };
     let api = Arc::clone(&state.api);
+    let name = command.to_string();
     // The dispatcher does blocking SQLite work: keep it off the reactor.
-    let outcome = tokio::task::spawn_blocking(move || api.call(&command, &params)).await;
+    let outcome = tokio::task::spawn_blocking(move || api.call(&name, &params)).await;
     match outcome {
-        Ok(Ok(value)) => Answer {
-            status: 200,
-            body: value,
-        },
-        Ok(Err(e)) => Answer::error(&e),
-        Err(_) => Answer::error(&ApiError::internal("Internal error executing the command")),
+        Ok(Ok(value)) => Answer::ok(value, format),
+        Ok(Err(e)) => Answer::error(&e, Some(command), format),
+        Err(_) => Answer::error(
+            &ApiError::internal("Internal error executing the command"),
+            Some(command),
+            format,
+        ),
     }
 }
 

@@ -226,11 +226,17 @@ pub fn parse_uuid(name: &str, value: &str) -> Result<String, ApiError> {
     if v.len() == 36 && uuid::Uuid::try_parse(v).is_ok() {
         Ok(v.to_ascii_lowercase())
     } else {
-        Err(ApiError::param(format!(
-            "Invalid parameter {name} value={} due to incorrect long value format, or entity does not exist or due to incorrect parameter annotation for the field in api cmd class.",
-            q(value)
-        )))
+        Err(unknown_entity(name, value))
     }
+}
+
+/// CloudStack's text for an id parameter naming nothing (it resolves ids
+/// before the command runs, with the same text as for a malformed one).
+pub fn unknown_entity(name: &str, value: &str) -> ApiError {
+    ApiError::param(format!(
+        "Invalid parameter {name} value={} due to incorrect long value format, or entity does not exist or due to incorrect parameter annotation for the field in api cmd class.",
+        q(value)
+    ))
 }
 
 /// Bounded text without control characters (newline/tab only if multiline).

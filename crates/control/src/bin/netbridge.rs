@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+#[path = "netbridge/render.rs"]
+mod render;
+
 use clap::{Args, Parser, Subcommand};
 use netbridge_control::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOptions};
 use netbridge_control::api::{Api, ApiConfig, ApiError};
@@ -65,6 +68,14 @@ enum Cmd {
         /// command lines instead of JSON
         #[arg(long)]
         cmk: bool,
+        /// Output format: json (CloudStack's JSON), table (one row per object)
+        /// or text (key = value lines)
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Json)]
+        output: Output,
+        /// Asynchronous commands: print the job id instead of waiting for the
+        /// job's result
+        #[arg(long)]
+        no_wait: bool,
         /// API command name, e.g. listExtensions
         command: String,
         /// Parameters as key=value; map parameters as details[0].key=k details[0].value=v
@@ -81,6 +92,17 @@ enum Cmd {
         action: KeysCmd,
     },
 }
+
+/// `netbridge api --output`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Json,
+    Table,
+    Text,
+}
+
+/// How long `netbridge api` waits for an asynchronous command's job.
+const JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Args, Debug)]
 struct ServeArgs {
@@ -220,16 +242,52 @@ fn open_api(global: &GlobalOpts) -> Result<Api, ApiError> {
     Api::open(config)
 }
 
-fn print_json(value: &serde_json::Value) {
+/// Writes `text` and a newline to stdout. A closed pipe (`netbridge api … |
+/// head`) is `Err(BrokenPipe)`, which callers turn into a quiet exit.
+fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("error: cannot render the response: {e}"),
+        Ok(text) => emit(&text),
+        Err(e) => {
+            eprintln!("error: cannot render the response: {e}");
+            Ok(())
+        }
     }
 }
 
-/// Prints an API error like cmk: the error JSON on stdout, a line on stderr.
-fn report_api_error(command: &str, error: &ApiError) -> ExitCode {
-    print_json(&error.to_response());
+/// Prints a response in the chosen format.
+fn print_value(value: &serde_json::Value, output: Output) -> std::io::Result<()> {
+    match output {
+        Output::Json => print_json(value),
+        Output::Table => emit(&render::table(value)),
+        Output::Text => emit(&render::text(value)),
+    }
+}
+
+/// The exit status for an output failure: quiet success when the reader
+/// went away, else a message.
+fn output_failed(e: &std::io::Error) -> ExitCode {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: cannot write the response: {e}");
+        ExitCode::from(EXIT_API_ERROR)
+    }
+}
+
+/// Prints an API error like cmk: CloudStack's error body on stdout (in the
+/// chosen format), a line on stderr.
+fn report_api_error(command: &str, error: &ApiError, output: Output) -> ExitCode {
+    if let Err(e) = print_value(&error.to_response(Some(command)), output) {
+        return output_failed(&e);
+    }
     eprintln!(
         "error: {} failed with error code {}: {}",
         netbridge_protocol::sanitize_for_message(command),
@@ -239,7 +297,25 @@ fn report_api_error(command: &str, error: &ApiError) -> ExitCode {
     ExitCode::from(EXIT_API_ERROR)
 }
 
-fn run_api(global: &GlobalOpts, command: &str, raw: &[String], cmk: bool) -> ExitCode {
+/// The `jobid` of an asynchronous command's first answer.
+fn job_id_of(value: &serde_json::Value) -> Option<String> {
+    let body = value.as_object()?.values().next()?;
+    let object = body.as_object()?;
+    if object.len() != 1 {
+        return None;
+    }
+    object.get("jobid")?.as_str().map(str::to_string)
+}
+
+struct ApiRun<'a> {
+    command: &'a str,
+    cmk: bool,
+    output: Output,
+    wait: bool,
+}
+
+fn run_api(global: &GlobalOpts, run: &ApiRun<'_>, raw: &[String]) -> ExitCode {
+    let command = run.command;
     let pairs = match parse_kv_args(raw) {
         Ok(p) => p,
         Err(text) => {
@@ -249,32 +325,53 @@ fn run_api(global: &GlobalOpts, command: &str, raw: &[String], cmk: bool) -> Exi
     };
     let params = match http::to_api_params(&pairs, Duplicates::Reject) {
         Ok(p) => p,
-        Err(e) => return report_api_error(command, &e),
+        Err(e) => return report_api_error(command, &e, run.output),
     };
     let api = match open_api(global) {
         Ok(api) => api,
-        Err(e) => return report_api_error(command, &e),
+        Err(e) => return report_api_error(command, &e, run.output),
     };
-    match api.call(command, &params) {
-        Ok(value) if cmk => match offerings_as_cmk(&value) {
-            Some(lines) => {
-                for line in lines {
-                    println!("{line}");
-                }
-                ExitCode::SUCCESS
+    let mut value = match api.call(command, &params) {
+        Ok(value) => value,
+        Err(e) => return report_api_error(command, &e, run.output),
+    };
+    let mut failed = false;
+    if let (true, Some(job)) = (run.wait, job_id_of(&value)) {
+        // Like cmk: wait for the job and show its result. The job runs in
+        // this process, which must not exit before it is done.
+        match api.wait_for_job(&job, JOB_WAIT) {
+            Ok(result) => {
+                failed = result
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(|b| b.get("jobstatus"))
+                    .and_then(serde_json::Value::as_i64)
+                    == Some(2);
+                value = result;
             }
-            None => {
-                print_json(&value);
-                eprintln!("note: --cmk: the response holds no offerings, printed as JSON");
-                ExitCode::SUCCESS
-            }
-        },
-        Ok(value) => {
-            print_json(&value);
-            ExitCode::SUCCESS
+            Err(e) => return report_api_error(command, &e, run.output),
         }
-        Err(e) => report_api_error(command, &e),
     }
+    let printed = match offerings_as_cmk(&value).filter(|_| run.cmk) {
+        Some(lines) => lines.iter().try_for_each(|line| emit(line)),
+        None => {
+            if run.cmk {
+                eprintln!("note: --cmk: the response holds no offerings, printed as JSON");
+            }
+            print_value(&value, run.output)
+        }
+    };
+    if let Err(e) = printed {
+        return output_failed(&e);
+    }
+    if failed {
+        eprintln!(
+            "error: {} failed: the job ended with jobstatus 2",
+            netbridge_protocol::sanitize_for_message(command)
+        );
+        return ExitCode::from(EXIT_API_ERROR);
+    }
+    ExitCode::SUCCESS
 }
 
 /// `cmk <command> k=v …` lines for every `offering` (with `command` and
@@ -510,7 +607,17 @@ fn main() -> ExitCode {
             command,
             params,
             cmk,
-        } => return run_api(&cli.global, command, params, *cmk),
+            output,
+            no_wait,
+        } => {
+            let run = ApiRun {
+                command,
+                cmk: *cmk,
+                output: *output,
+                wait: !*no_wait,
+            };
+            return run_api(&cli.global, &run, params);
+        }
         Cmd::Exec(args) => return run_exec(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),

@@ -135,9 +135,12 @@ impl Service {
                 cap!("SupportedLBAlgorithms", List(LB_ALGORITHMS)),
                 cap!("SupportedLBIsolation", List(&["dedicated", "shared"])),
                 cap!("SupportedProtocols", List(LB_PROTOCOLS)),
+                // Never carried to the executor (the protocol has no
+                // stickiness field): CloudStack's method names plus the
+                // reference extension's `appsession`, any case.
                 cap!(
                     "SupportedStickinessMethods",
-                    List(&["LbCookie", "AppCookie", "SourceBased"]),
+                    List(&["LbCookie", "AppCookie", "SourceBased", "AppSession"]),
                 ),
                 cap!("LbSchemes", List(&["Public", "Internal"])),
                 cap!("SslTermination", Bool),

@@ -25,7 +25,8 @@ pub use journal::RegistryJournal;
 pub use secrets::{is_hidden_key, Secret};
 
 /// Registry errors. `Invalid`, `NotFound` and `Conflict` carry user-facing
-/// texts (API code 431); the others are internal (530).
+/// texts (API code 431, `Conflict`: the manager's refusals, 530); the others
+/// are internal (530).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{0}")]
@@ -137,6 +138,9 @@ impl State {
 pub struct Resource {
     /// The resource's UUID (cluster or physical network).
     pub id: String,
+    /// The cluster's or physical network's name, when the store knows it
+    /// (see [`Registry::remember_resource_name`]).
+    pub name: Option<String>,
     pub resource_type: ResourceType,
     pub created: String,
     pub details: BTreeMap<String, String>,
@@ -151,6 +155,8 @@ pub struct Extension {
     pub ext_type: ExtensionType,
     pub state: State,
     pub path: String,
+    /// `orchestratorrequirespreparevm`, when set (Orchestrator extensions).
+    pub orchestrator_requires_prepare_vm: Option<bool>,
     pub created: String,
     /// Visible details; empty unless requested.
     pub details: BTreeMap<String, String>,
@@ -272,6 +278,7 @@ pub struct NewExtension {
     pub ext_type: ExtensionType,
     pub state: State,
     pub path: String,
+    pub orchestrator_requires_prepare_vm: Option<bool>,
     pub details: Vec<(String, String)>,
 }
 
@@ -280,6 +287,7 @@ pub struct NewExtension {
 pub struct ExtensionUpdate {
     pub description: Option<String>,
     pub state: Option<State>,
+    pub orchestrator_requires_prepare_vm: Option<bool>,
     pub details: DetailsUpdate,
 }
 
@@ -290,6 +298,9 @@ pub struct ExtensionFilter {
     pub name: Option<String>,
     pub keyword: Option<String>,
     pub ext_type: Option<ExtensionType>,
+    /// Only extensions registered with this resource (and type, if given).
+    pub resource_id: Option<String>,
+    pub resource_type: Option<ResourceType>,
 }
 
 /// What a listed extension carries.
@@ -423,7 +434,93 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX journal_entries_order ON journal_entries(key, seq);
     CREATE UNIQUE INDEX journal_entries_slot ON journal_entries(key, slot);
     "#,
+    // 4: CloudStack API fidelity: asynchronous jobs (answered by any process
+    // sharing the store, kept across restarts), the names of registered
+    // resources, `orchestratorrequirespreparevm`.
+    r#"
+    ALTER TABLE extensions ADD COLUMN prepare_vm INTEGER;
+    CREATE TABLE resource_names (
+        resource_type TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        PRIMARY KEY (resource_type, resource_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE async_jobs (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL UNIQUE,
+        command TEXT NOT NULL,
+        cmd TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        result_code INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        instance_type TEXT,
+        instance_id TEXT,
+        owner TEXT NOT NULL,
+        created TEXT NOT NULL,
+        completed TEXT
+    );
+    CREATE INDEX async_jobs_status ON async_jobs(status);
+    "#,
 ];
+
+/// State of an asynchronous job (`jobstatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Pending = 0,
+    Succeeded = 1,
+    Failed = 2,
+}
+
+impl JobStatus {
+    fn from_code(code: i64) -> JobStatus {
+        match code {
+            1 => JobStatus::Succeeded,
+            2 => JobStatus::Failed,
+            _ => JobStatus::Pending,
+        }
+    }
+}
+
+/// An asynchronous API job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    /// API command name (`updateNetworkServiceProvider`).
+    pub command: String,
+    /// CloudStack's command class, reported as `cmd`.
+    pub cmd: String,
+    pub status: JobStatus,
+    /// `jobresultcode`: 0, or 530 for a failed job.
+    pub result_code: i64,
+    /// `jobresult` JSON text, once the job is done.
+    pub result: Option<String>,
+    pub instance_type: Option<String>,
+    pub instance_id: Option<String>,
+    /// The process running the job (see `api::jobs`).
+    pub owner: String,
+    pub created: String,
+    pub completed: Option<String>,
+}
+
+/// Input of [`Registry::create_job`].
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub command: String,
+    pub cmd: String,
+    pub instance_type: Option<String>,
+    pub instance_id: Option<String>,
+    pub owner: String,
+}
+
+/// Filter of [`Registry::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Jobs created at or after this CloudStack timestamp.
+    pub created_since: Option<String>,
+    /// Case-insensitive substring of the command name.
+    pub keyword: Option<String>,
+}
 
 /// The registry handle; `Send + Sync`.
 pub struct Registry {
@@ -483,6 +580,12 @@ pub fn now_timestamp() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     format_timestamp(secs)
+}
+
+/// [`now_timestamp`]'s format for a Unix time in milliseconds (before
+/// 1970: the epoch).
+pub fn format_timestamp_ms(ms: i64) -> String {
+    format_timestamp(u64::try_from(ms / 1000).unwrap_or(0))
 }
 
 fn format_timestamp(secs: u64) -> String {
@@ -626,8 +729,8 @@ impl Registry {
             }
             let uuid = new_uuid();
             tx.prepare_cached(
-                "INSERT INTO extensions (uuid, name, description, type, state, path, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO extensions (uuid, name, description, type, state, path, created, prepare_vm)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 uuid,
@@ -636,7 +739,8 @@ impl Registry {
                 new.ext_type.as_str(),
                 new.state.as_str(),
                 new.path,
-                now_timestamp()
+                now_timestamp(),
+                new.orchestrator_requires_prepare_vm
             ])?;
             let rowid = tx.last_insert_rowid();
             for (k, v) in &new.details {
@@ -660,6 +764,10 @@ impl Registry {
             if let Some(state) = update.state {
                 tx.prepare_cached("UPDATE extensions SET state = ?2 WHERE id = ?1")?
                     .execute(params![row.rowid, state.as_str()])?;
+            }
+            if let Some(prepare) = update.orchestrator_requires_prepare_vm {
+                tx.prepare_cached("UPDATE extensions SET prepare_vm = ?2 WHERE id = ?1")?
+                    .execute(params![row.rowid, prepare])?;
             }
             if update.details != DetailsUpdate::Keep {
                 let old = visible_detail(tx, Owner::Extension, row.rowid, offerings::SERVICES_KEY)?;
@@ -777,9 +885,14 @@ impl Registry {
     ) -> Result<(usize, Vec<Extension>)> {
         self.read(|conn| {
             let mut rowids: Vec<i64> = Vec::new();
-            if let (Some(id), None, None, None) =
-                (&filter.id, &filter.name, &filter.keyword, filter.ext_type)
-            {
+            let by_resource = filter.resource_id.is_some() || filter.resource_type.is_some();
+            if let (Some(id), None, None, None, false) = (
+                &filter.id,
+                &filter.name,
+                &filter.keyword,
+                filter.ext_type,
+                by_resource,
+            ) {
                 // Hot path (`listExtensions id=…`): one load, no filtering.
                 let found = match ext_rowid(conn, "uuid", id)? {
                     Some(rowid) => vec![load_extension(conn, rowid, include)?],
@@ -793,6 +906,19 @@ impl Registry {
             }
             if let Some(id) = &filter.id {
                 rowids.extend(ext_rowid(conn, "uuid", id)?);
+            } else if by_resource {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT DISTINCT extension_id FROM registrations
+                     WHERE (?1 IS NULL OR resource_id = ?1) AND (?2 IS NULL OR resource_type = ?2)
+                     ORDER BY extension_id",
+                )?;
+                let rows = stmt.query_map(
+                    params![filter.resource_id, filter.resource_type.map(ResourceType::as_str)],
+                    |r| r.get(0),
+                )?;
+                for r in rows {
+                    rowids.push(r?);
+                }
             } else {
                 let mut stmt = conn.prepare_cached("SELECT id FROM extensions ORDER BY id")?;
                 let rows = stmt.query_map([], |r| r.get(0))?;
@@ -818,6 +944,24 @@ impl Registry {
                 }
                 if let Some(t) = filter.ext_type {
                     if ext.ext_type != t {
+                        continue;
+                    }
+                }
+                if filter.id.is_some() && by_resource {
+                    let registered: i64 = conn
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM registrations WHERE extension_id = ?1
+                             AND (?2 IS NULL OR resource_id = ?2) AND (?3 IS NULL OR resource_type = ?3)",
+                        )?
+                        .query_row(
+                            params![
+                                rowid,
+                                filter.resource_id,
+                                filter.resource_type.map(ResourceType::as_str)
+                            ],
+                            |r| r.get(0),
+                        )?;
+                    if registered == 0 {
                         continue;
                     }
                 }
@@ -1330,6 +1474,135 @@ impl Registry {
         })
     }
 
+    // ---- resource names ---------------------------------------------------
+
+    /// Records the name of a cluster or physical network (CloudStack sends
+    /// it with every network command, as `physicalnetworkname`), so that
+    /// `resources[].name` can show it. A write only when it changed.
+    pub fn remember_resource_name(
+        &self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        name: &str,
+    ) -> Result<()> {
+        let known: Option<String> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT name FROM resource_names WHERE resource_type = ?1 AND resource_id = ?2",
+                )?
+                .query_row(params![resource_type.as_str(), resource_id], |r| r.get(0))
+                .optional()?)
+        })?;
+        if known.as_deref() == Some(name) {
+            return Ok(());
+        }
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO resource_names (resource_type, resource_id, name, updated)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (resource_type, resource_id) DO UPDATE SET name = excluded.name,
+                   updated = excluded.updated",
+            )?
+            .execute(params![
+                resource_type.as_str(),
+                resource_id,
+                name,
+                now_timestamp()
+            ])?;
+            Ok(())
+        })
+    }
+
+    // ---- asynchronous jobs ------------------------------------------------
+
+    /// Creates a pending job.
+    pub fn create_job(&self, new: &NewJob) -> Result<Job> {
+        self.write(|tx| {
+            let uuid = new_uuid();
+            tx.prepare_cached(
+                "INSERT INTO async_jobs (uuid, command, cmd, status, instance_type, instance_id, owner, created)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                uuid,
+                new.command,
+                new.cmd,
+                new.instance_type,
+                new.instance_id,
+                new.owner,
+                now_timestamp()
+            ])?;
+            load_job(tx, &uuid)?.ok_or_else(|| RegistryError::Io("job vanished after write".into()))
+        })
+    }
+
+    /// Completes a pending job with its result (`jobresult` JSON text).
+    /// A job already completed is left as it is; returns whether it changed.
+    pub fn complete_job(
+        &self,
+        uuid: &str,
+        status: JobStatus,
+        result_code: i64,
+        result: &str,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE async_jobs SET status = ?2, result_code = ?3, result = ?4, completed = ?5
+                     WHERE uuid = ?1 AND status = 0",
+                )?
+                .execute(params![
+                    uuid,
+                    status as i64,
+                    result_code,
+                    result,
+                    now_timestamp()
+                ])?
+                > 0)
+        })
+    }
+
+    /// One job by id.
+    pub fn get_job(&self, uuid: &str) -> Result<Option<Job>> {
+        self.read(|conn| load_job(conn, uuid))
+    }
+
+    /// Jobs, oldest first.
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT uuid FROM async_jobs
+                 WHERE (?1 IS NULL OR created >= ?1)
+                   AND (?2 IS NULL OR instr(lower(command), lower(?2)) > 0)
+                 ORDER BY id",
+            )?;
+            let ids: Vec<String> = stmt
+                .query_map(params![filter.created_since, filter.keyword], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load_job(conn, &id)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Pending jobs (to find those whose process is gone).
+    pub fn pending_jobs(&self) -> Result<Vec<Job>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT uuid FROM async_jobs WHERE status = 0 ORDER BY id")?;
+            let ids: Vec<String> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load_job(conn, &id)?);
+            }
+            Ok(out)
+        })
+    }
+
     // ---- details internals ------------------------------------------------
 
     fn put_detail(
@@ -1558,7 +1831,7 @@ fn visible_details(
 fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Extension> {
     let mut ext = conn
         .prepare_cached(
-            "SELECT uuid, name, description, type, state, path, created FROM extensions WHERE id = ?1",
+            "SELECT uuid, name, description, type, state, path, created, prepare_vm FROM extensions WHERE id = ?1",
         )?
         .query_row([rowid], |r| {
             let t: String = r.get(3)?;
@@ -1571,6 +1844,7 @@ fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Ext
                 state: State::parse(&s).unwrap_or(State::Disabled),
                 path: r.get(5)?,
                 created: r.get(6)?,
+                orchestrator_requires_prepare_vm: r.get(7)?,
                 details: BTreeMap::new(),
                 resources: Vec::new(),
             })
@@ -1582,9 +1856,11 @@ fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Ext
         // One pass: registrations with their visible details (LEFT JOIN keeps
         // registrations without details).
         let mut stmt = conn.prepare_cached(
-            "SELECT r.id, r.resource_type, r.resource_id, r.created, d.key, d.value
+            "SELECT r.id, r.resource_type, r.resource_id, r.created, d.key, d.value, n.name
              FROM registrations r
              LEFT JOIN registration_details d ON d.owner = r.id AND d.display = 1
+             LEFT JOIN resource_names n
+               ON n.resource_type = r.resource_type AND n.resource_id = r.resource_id
              WHERE r.extension_id = ?1 ORDER BY r.id",
         )?;
         let mut rows = stmt.query([rowid])?;
@@ -1596,6 +1872,7 @@ fn load_extension(conn: &Connection, rowid: i64, include: Include) -> Result<Ext
                 let rt: String = row.get(1)?;
                 ext.resources.push(Resource {
                     id: row.get(2)?,
+                    name: row.get(6)?,
                     resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
                     created: row.get(3)?,
                     details: BTreeMap::new(),
@@ -1646,6 +1923,31 @@ fn get_binding(conn: &Connection, target: &BindingTarget) -> Result<Option<Bindi
                 provider: r.get(2)?,
                 details: r.get(3)?,
                 created: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+fn load_job(conn: &Connection, uuid: &str) -> Result<Option<Job>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT uuid, command, cmd, status, result_code, result, instance_type, instance_id,
+                    owner, created, completed
+             FROM async_jobs WHERE uuid = ?1",
+        )?
+        .query_row([uuid], |r| {
+            Ok(Job {
+                id: r.get(0)?,
+                command: r.get(1)?,
+                cmd: r.get(2)?,
+                status: JobStatus::from_code(r.get(3)?),
+                result_code: r.get(4)?,
+                result: r.get(5)?,
+                instance_type: r.get(6)?,
+                instance_id: r.get(7)?,
+                owner: r.get(8)?,
+                created: r.get(9)?,
+                completed: r.get(10)?,
             })
         })
         .optional()?)

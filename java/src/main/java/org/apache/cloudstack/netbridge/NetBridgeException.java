@@ -4,8 +4,11 @@ package org.apache.cloudstack.netbridge;
  * An error answered by the native core: a code, a {@link Kind} and a text.
  *
  * <p>API calls ({@link NetBridge#api}) use CloudStack's codes (431 parameter error, 432 unsupported
- * command, 530 internal error) with the API's text byte for byte; their kind is {@link Kind#API}
- * (4xx) or {@link Kind#INTERNAL} (530).
+ * command, 530 internal error or a refusal of the extension manager, such as a duplicate name) with
+ * the API's text byte for byte; their kind is {@link Kind#API} (4xx) or {@link Kind#INTERNAL} (530).
+ * Like CloudStack's error response they also carry {@link #getCsErrorCode()} (CloudStack's exception
+ * code: 4350 InvalidParameterValueException, 4250 CloudRuntimeException, 9999 ServerApiException)
+ * and {@link #getUuidList()}.
  *
  * <p>Network commands ({@link NetBridge#execute}) tell the failure classes apart:
  *
@@ -58,6 +61,7 @@ public class NetBridgeException extends RuntimeException {
     private final int code;
     private final String text;
     private final Kind kind;
+    private final int csErrorCode;
 
     /** Called from native code (signature {@code (ILjava/lang/String;)V}); keep it. */
     public NetBridgeException(int code, String text) {
@@ -72,11 +76,24 @@ public class NetBridgeException extends RuntimeException {
         this(code, text, parseKind(code, kind));
     }
 
+    /**
+     * Called from native code for API errors (signature {@code (ILjava/lang/String;I)V}, with
+     * CloudStack's exception code); keep it.
+     */
+    public NetBridgeException(int code, String text, int csErrorCode) {
+        this(code, text, code == INTERNAL_ERROR ? Kind.INTERNAL : Kind.API, csErrorCode);
+    }
+
     public NetBridgeException(int code, String text, Kind kind) {
+        this(code, text, kind, -1);
+    }
+
+    public NetBridgeException(int code, String text, Kind kind, int csErrorCode) {
         super(text);
         this.code = code;
         this.text = text;
         this.kind = kind;
+        this.csErrorCode = csErrorCode;
     }
 
     private static Kind parseKind(int code, String kind) {
@@ -93,6 +110,19 @@ public class NetBridgeException extends RuntimeException {
     /** The error code (see the class comment). */
     public int getCode() {
         return code;
+    }
+
+    /**
+     * CloudStack's exception code ({@code cserrorcode}) of an API error, or -1 for failures that
+     * are not API errors (execute, native internals).
+     */
+    public int getCsErrorCode() {
+        return csErrorCode;
+    }
+
+    /** CloudStack's {@code uuidList} of the error: the ids it names (always empty here). */
+    public java.util.List<String> getUuidList() {
+        return java.util.List.of();
     }
 
     /** The failure class. */

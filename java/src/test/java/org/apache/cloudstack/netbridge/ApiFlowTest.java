@@ -77,7 +77,9 @@ class ApiFlowTest {
         // delete refused while registered
         NetBridgeException refused = assertThrows(NetBridgeException.class,
                 () -> b.api("deleteExtension", params("id", id)));
-        assertEquals(431, refused.getCode());
+        // The extension manager's refusal: CloudRuntimeException, 530.
+        assertEquals(530, refused.getCode());
+        assertEquals(4250, refused.getCsErrorCode());
         assertEquals("Extension has associated resources, unregister them to delete the extension", refused.getText());
 
         // cleanupdetails wipes visible and hidden
@@ -111,12 +113,12 @@ class ApiFlowTest {
     void errorsMapToExceptionsWithExactCodeAndText() {
         Api.createExtension(b, "dup");
         NetBridgeException dup = assertThrows(NetBridgeException.class, () -> Api.createExtension(b, "dup"));
-        assertEquals(431, dup.getCode());
+        assertEquals(530, dup.getCode());
         assertEquals("Extension by name already exists", dup.getText());
 
         NetBridgeException type = assertThrows(NetBridgeException.class,
                 () -> b.api("createExtension", params("name", "t", "type", "Bogus")));
-        assertEquals(431, type.getCode());
+        assertEquals(530, type.getCode());
         assertEquals("Invalid type specified - Bogus", type.getText());
 
         NetBridgeException rtype = assertThrows(NetBridgeException.class, () -> b.api("registerExtension",
@@ -143,8 +145,18 @@ class ApiFlowTest {
         assertTrue(Json.map(Json.parse(nsps)).containsKey("listnetworkserviceprovidersresponse"), nsps);
 
         String nspId = Json.str(Api.body(nsps), "networkserviceprovider", 0, "id");
-        String disabled = b.api("updateNetworkServiceProvider", params("id", nspId, "state", "Disabled"));
-        assertEquals("Disabled", Json.str(Api.body(disabled), "networkserviceprovider", "state"));
+        // Asynchronous, as in CloudStack: a jobid at once, the result from
+        // queryAsyncJobResult once the job is done (bounded wait).
+        String queued = b.api("updateNetworkServiceProvider", params("id", nspId, "state", "Disabled"));
+        String jobId = Json.str(Api.body(queued), "jobid");
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        String job = b.api("queryAsyncJobResult", params("jobid", jobId));
+        while (job.contains("\"jobstatus\":0") && System.nanoTime() < deadline) {
+            Thread.onSpinWait();
+            job = b.api("queryAsyncJobResult", params("jobid", jobId));
+        }
+        assertTrue(job.contains("\"jobstatus\":1"), job);
+        assertEquals("Disabled", Json.str(Api.body(job), "jobresult", "networkserviceprovider", "state"));
 
         Map<String, String> offering = params("extensionid", id, "supportedservices", "Dhcp,Dns,SourceNat",
                 "serviceProviderList[0].service", "Dhcp", "serviceProviderList[0].provider", "others",

@@ -51,6 +51,26 @@ class NativeBasicsTest {
             NetBridgeException e = assertThrows(NetBridgeException.class, () -> b.api("noSuchCommand", Map.of()));
             assertEquals(432, e.getCode());
             assertEquals("Unsupported API command: noSuchCommand", e.getText());
+            assertEquals(9999, e.getCsErrorCode());
+            assertEquals(java.util.List.of(), e.getUuidList());
+        }
+    }
+
+    @Test
+    void apiErrorsCarryCloudStacksCodes() {
+        try (NetBridge b = NetBridge.open(NetBridgeConfig.inDirectory(dir))) {
+            b.api("createExtension", Map.of("name", "dup", "type", "Orchestrator"));
+            NetBridgeException dup = assertThrows(NetBridgeException.class,
+                    () -> b.api("createExtension", Map.of("name", "dup", "type", "Orchestrator")));
+            assertEquals(530, dup.getCode());
+            assertEquals(4250, dup.getCsErrorCode());
+            assertEquals(NetBridgeException.Kind.INTERNAL, dup.getKind());
+            assertEquals("Extension by name already exists", dup.getText());
+            NetBridgeException missing = assertThrows(NetBridgeException.class,
+                    () -> b.api("createExtension", Map.of("type", "Orchestrator")));
+            assertEquals(431, missing.getCode());
+            assertEquals(4350, missing.getCsErrorCode());
+            assertEquals(NetBridgeException.Kind.API, missing.getKind());
         }
     }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -293,6 +292,7 @@ pub fn forget_password(set: &mut VmDataSet, ip: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);

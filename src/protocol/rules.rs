@@ -64,10 +64,7 @@ fn icmp(f: &Fields<'_>, key: &str) -> Result<Option<u8>, ProtocolError> {
 /// without ports (`{"protocol": "all", "portStart": 22}` would open every
 /// port of every protocol) and ICMP fields of another protocol are refused,
 /// as CloudStack itself refuses them.
-fn protocol_details(
-    f: &Fields<'_>,
-    protocol: Protocol,
-) -> Result<(Option<PortRange>, Option<u8>, Option<u8>), ProtocolError> {
+fn protocol_details(f: &Fields<'_>, protocol: Protocol) -> Result<ProtocolDetails, ProtocolError> {
     let ports = ports(f, "portStart", "portEnd")?;
     if ports.is_some() && !protocol.has_ports() {
         let key = if f.present("portStart")?.is_some() {
@@ -91,7 +88,18 @@ fn protocol_details(
             }
         }
     }
-    Ok((ports, icmp_type, icmp_code))
+    Ok(ProtocolDetails {
+        ports,
+        icmp_type,
+        icmp_code,
+    })
+}
+
+/// The protocol-dependent fields of a rule.
+struct ProtocolDetails {
+    ports: Option<PortRange>,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
 }
 
 fn cidrs(f: &Fields<'_>, key: &str) -> Result<Vec<Ipv4Cidr>, ProtocolError> {
@@ -200,7 +208,11 @@ impl FwRule {
         let protocol = f
             .opt("protocol", validate::protocol)?
             .unwrap_or(Protocol::All);
-        let (ports, icmp_type, icmp_code) = protocol_details(f, protocol)?;
+        let ProtocolDetails {
+            ports,
+            icmp_type,
+            icmp_code,
+        } = protocol_details(f, protocol)?;
         Ok(FwRule {
             id: f.opt("id", validate::id)?,
             direction,
@@ -257,7 +269,11 @@ impl AclRule {
             let protocol = f
                 .opt("protocol", validate::protocol)?
                 .unwrap_or(Protocol::All);
-            let (ports, icmp_type, icmp_code) = protocol_details(&f, protocol)?;
+            let ProtocolDetails {
+                ports,
+                icmp_type,
+                icmp_code,
+            } = protocol_details(&f, protocol)?;
             out.push(AclRule {
                 number: f.req("number", validate::id)?,
                 action,

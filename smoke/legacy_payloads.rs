@@ -261,6 +261,69 @@ fn build(host: &Host, form: Form) {
     );
 }
 
+/// Commands with one field present but empty, or a legacy content that is
+/// not Base64, in `form`: each is refused with 400 naming the field.
+fn refusals(host: &Host, form: Form) {
+    let mut fw = fw_rules();
+    fw["rules"][2]["protocol"] = json!("");
+    let mut acl = acl_rules();
+    acl[1]["sourceCidrs"] = json!(["0.0.0.0/0", ""]);
+    let mut lb = lb_rules();
+    lb[0]["backends"][1]["revoked"] = Value::Null;
+    let mut vm3 = legacy_vm_data(&vm3_data(), false);
+    vm3[1]["content"] = json!("not Base64!");
+    let cases = [
+        (
+            net_details(NET),
+            net(),
+            "apply-fw-rules",
+            json!({"fw_rules": form.doc(fw)}),
+            "fw_rules.rules[2].protocol",
+        ),
+        (
+            vpc_details(),
+            tier(),
+            "apply-network-acl",
+            json!({"acl_rules": form.doc(acl)}),
+            "acl_rules[number=10].sourceCidrs[1]",
+        ),
+        (
+            vpc_details(),
+            tier(),
+            "apply-network-acl",
+            json!({"acl_rules": ""}),
+            "acl_rules",
+        ),
+        (
+            net_details(NET),
+            net(),
+            "apply-lb-rules",
+            json!({"lb_rules": form.doc(lb)}),
+            "lb_rules[0].backends[1].revoked",
+        ),
+        (
+            net_details(NET),
+            net(),
+            "save-vm-data",
+            json!({"ip": "10.1.1.12", "vm_data": b64_doc(&vm3)}),
+            "vm_data[1].content",
+        ),
+    ];
+    for (details, base, command, extra, field) in cases {
+        let r = host
+            .client()
+            .command(command, &envelope(host, details, merged(base, extra)));
+        assert_eq!(r.status, 400, "{command} {field}: {}", r.body);
+        assert!(
+            r.message().contains(&format!("'{field}'")),
+            "{field}: {}",
+            r.message()
+        );
+        // A content may be a password: never echoed.
+        assert!(!r.body.contains("not Base64!"), "{}", r.body);
+    }
+}
+
 fn tear_down(host: &Host) {
     ok(host, net_details(NET), net(), "destroy-network", json!({}));
     ok(host, vpc_details(), tier(), "destroy-network", json!({}));
@@ -392,6 +455,12 @@ fn legacy_and_current_payloads_leave_identical_executor_state() {
     for form in [Form::Current, Form::Legacy] {
         build(host, form);
         let state = executor_state(host);
+        refusals(host, form);
+        assert_eq!(
+            executor_state(host),
+            state,
+            "a refused command changed the state"
+        );
         // What the VMs are served: plain text, exactly as CloudStack meant it.
         assert_eq!(
             md(&vm1, "/latest/user-data"),

@@ -123,11 +123,36 @@ pub fn scalar_string(field: &str, v: &Value) -> Result<Option<String>, ProtocolE
 pub struct Fields<'a> {
     prefix: &'a str,
     map: &'a Map<String, Value>,
+    /// Rule documents: a field that is present must carry a value (see
+    /// [`Fields::strict`]).
+    strict: bool,
 }
 
+/// Why a present field without a value is refused in a rule document.
+const EMPTY_IN_RULE: &str = "empty; omit the field to use its default";
+const NULL_IN_RULE: &str = "null; omit the field to use its default";
+
 impl<'a> Fields<'a> {
+    /// Envelope payload fields: `null` and `""` read as absent (CloudStack
+    /// sends e.g. an empty `vlan` for untagged networks).
     pub fn new(prefix: &'a str, map: &'a Map<String, Value>) -> Fields<'a> {
-        Fields { prefix, map }
+        Fields {
+            prefix,
+            map,
+            strict: false,
+        }
+    }
+
+    /// Rule documents (firewall rules, ACL items): only an absent field takes
+    /// its default. A present field that is `null`, empty, blank or an empty
+    /// list entry is refused with its name, because reading it as absent
+    /// would widen the rule (`"protocol": ""` would mean every protocol).
+    pub fn strict(prefix: &'a str, map: &'a Map<String, Value>) -> Fields<'a> {
+        Fields {
+            prefix,
+            map,
+            strict: true,
+        }
     }
 
     /// The full (dotted) name of a field, used in errors.
@@ -143,11 +168,33 @@ impl<'a> Fields<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    /// Optional string; empty strings read as absent.
-    pub fn opt_str(&self, key: &str) -> Result<Option<String>, ProtocolError> {
-        match self.raw(key) {
+    /// The value of a present field; `null` is absent, except in strict mode
+    /// where it is refused.
+    pub fn present(&self, key: &str) -> Result<Option<&'a Value>, ProtocolError> {
+        match self.map.get(key) {
             None => Ok(None),
-            Some(v) => Ok(scalar_string(&self.name(key), v)?.filter(|s| !s.is_empty())),
+            Some(Value::Null) if self.strict => {
+                Err(validate::invalid(&self.name(key), NULL_IN_RULE))
+            }
+            Some(Value::Null) => Ok(None),
+            Some(v) => Ok(Some(v)),
+        }
+    }
+
+    /// Optional string; empty strings read as absent (refused in strict mode,
+    /// blank ones too).
+    pub fn opt_str(&self, key: &str) -> Result<Option<String>, ProtocolError> {
+        let Some(v) = self.present(key)? else {
+            return Ok(None);
+        };
+        let s = scalar_string(&self.name(key), v)?;
+        if self.strict {
+            match s {
+                Some(s) if !s.trim().is_empty() => Ok(Some(s)),
+                _ => Err(validate::invalid(&self.name(key), EMPTY_IN_RULE)),
+            }
+        } else {
+            Ok(s.filter(|s| !s.is_empty()))
         }
     }
 
@@ -220,67 +267,116 @@ impl<'a> Fields<'a> {
         self.opt(key, validate::boolean)
     }
 
-    /// A list of strings (JSON array, or a comma-separated string).
+    /// A list of strings (JSON array, or a comma-separated string). An empty
+    /// array is an empty list. In strict mode an empty string, a `null`
+    /// entry or an empty entry (`["10.0.0.0/8", ""]`, `"a,,b"`) is refused
+    /// with its name: it must not read as "no restriction".
     pub fn str_list(&self, key: &str) -> Result<Vec<String>, ProtocolError> {
         let name = self.name(key);
-        match self.raw(key) {
+        match self.present(key)? {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, v) in items.iter().enumerate() {
-                    if let Some(s) = scalar_string(&format!("{name}[{i}]"), v)? {
-                        out.extend(split_list(&s));
+                    match scalar_string("", v) {
+                        Ok(Some(s)) => self.split_into(&mut out, &s, || format!("{name}[{i}]"))?,
+                        Ok(None) if !self.strict => {}
+                        Ok(None) => {
+                            return Err(validate::invalid(&format!("{name}[{i}]"), NULL_IN_RULE))
+                        }
+                        Err(_) => {
+                            return Err(validate::invalid(
+                                &format!("{name}[{i}]"),
+                                "expected a string",
+                            ))
+                        }
                     }
                 }
                 Ok(out)
             }
-            Some(v) => Ok(scalar_string(&name, v)?
-                .map(|s| split_list(&s))
-                .unwrap_or_default()),
+            Some(v) => {
+                let mut out = Vec::new();
+                if let Some(s) = scalar_string(&name, v)? {
+                    self.split_into(&mut out, &s, || name.clone())?;
+                }
+                Ok(out)
+            }
         }
+    }
+
+    /// Appends the comma-separated entries of `s`; the name is built only
+    /// for an error.
+    fn split_into(
+        &self,
+        out: &mut Vec<String>,
+        s: &str,
+        name: impl Fn() -> String,
+    ) -> Result<(), ProtocolError> {
+        for entry in s.split(',').map(str::trim) {
+            if !entry.is_empty() {
+                out.push(entry.to_string());
+            } else if self.strict {
+                return Err(validate::invalid(&name(), EMPTY_IN_RULE));
+            }
+        }
+        Ok(())
     }
 }
 
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(str::to_string)
-        .collect()
+/// How a rule document arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentForm {
+    /// A JSON value (CloudStack 4.23), or a string holding the JSON text.
+    Json,
+    /// A string holding Base64 of the JSON (older builds). Those builds also
+    /// Base64-encode every `content` of the `vm_data` inside such a
+    /// document, so the form of the document says how to read its contents.
+    Base64,
 }
 
-/// A rule document as CloudStack sends it: a JSON value (4.23) or a string
-/// holding Base64 of the JSON (older builds). A string that is itself JSON is
-/// accepted too. Returns `None` when absent or empty.
+/// Decodes Base64 as CloudStack's older builds write it (standard alphabet;
+/// padding optional, line breaks and blanks ignored). `None` if it is not
+/// Base64.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    STANDARD
+        .decode(&compact)
+        .or_else(|_| STANDARD_NO_PAD.decode(&compact))
+        .ok()
+}
+
+/// A rule document (`fw_rules`, `acl_rules`, `lb_rules`, `vm_data`,
+/// `restore_data`) as CloudStack sends it: a JSON value (4.23) or a string
+/// holding Base64 of the JSON (older builds); a string holding the JSON text
+/// is accepted too. The two string forms never overlap: JSON documents start
+/// with `{` or `[`, which are not Base64 characters. Returns `None` only
+/// when the field is absent; `null`, an empty or blank string is refused.
 pub fn decode_document<'a>(
     field: &str,
     value: Option<&'a Value>,
-) -> Result<Option<Cow<'a, Value>>, ProtocolError> {
+) -> Result<Option<(Cow<'a, Value>, DocumentForm)>, ProtocolError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(Value::Null) => Err(validate::invalid(field, "null is not a document")),
         Some(Value::String(s)) => {
             let t = s.trim();
             if t.is_empty() {
-                return Ok(None);
+                return Err(validate::invalid(field, "empty document"));
             }
             if t.starts_with('{') || t.starts_with('[') {
                 return serde_json::from_str(t)
-                    .map(|v| Some(Cow::Owned(v)))
+                    .map(|v| Some((Cow::Owned(v), DocumentForm::Json)))
                     .map_err(|_| validate::invalid(field, "not valid JSON"));
             }
-            let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(compact.as_bytes())
-                .or_else(|_| {
-                    base64::engine::general_purpose::STANDARD_NO_PAD.decode(compact.as_bytes())
-                })
-                .map_err(|_| validate::invalid(field, "neither JSON nor Base64 of JSON"))?;
+            let bytes = decode_base64(t)
+                .ok_or_else(|| validate::invalid(field, "neither JSON nor Base64 of JSON"))?;
             serde_json::from_slice(&bytes)
-                .map(|v| Some(Cow::Owned(v)))
+                .map(|v| Some((Cow::Owned(v), DocumentForm::Base64)))
                 .map_err(|_| validate::invalid(field, "Base64 content is not valid JSON"))
         }
         // A JSON value is read in place (a 10,000-rule document is not copied).
-        Some(v) => Ok(Some(Cow::Borrowed(v))),
+        Some(v) => Ok(Some((Cow::Borrowed(v), DocumentForm::Json))),
     }
 }
 
@@ -342,24 +438,95 @@ mod tests {
     fn documents_as_json_or_base64() {
         let json = serde_json::json!({"rules": []});
         let b64 = base64::engine::general_purpose::STANDARD.encode(json.to_string());
-        let owned =
-            |r: Result<Option<Cow<'_, Value>>, ProtocolError>| r.map(|o| o.map(Cow::into_owned));
+        let owned = |r: Result<Option<(Cow<'_, Value>, DocumentForm)>, ProtocolError>| {
+            r.map(|o| o.map(|(v, form)| (v.into_owned(), form)))
+        };
         assert_eq!(
             owned(decode_document("fw_rules", Some(&json))),
-            Ok(Some(json.clone()))
+            Ok(Some((json.clone(), DocumentForm::Json)))
         );
         let b64 = Value::String(b64);
         assert_eq!(
             owned(decode_document("fw_rules", Some(&b64))),
-            Ok(Some(json.clone()))
+            Ok(Some((json.clone(), DocumentForm::Base64)))
+        );
+        // Unpadded and wrapped Base64 (MIME line breaks) read the same.
+        let wrapped = {
+            let s = b64.as_str().unwrap().trim_end_matches('=');
+            Value::String(format!("{}\n{}", &s[..8], &s[8..]))
+        };
+        assert_eq!(
+            owned(decode_document("fw_rules", Some(&wrapped))),
+            Ok(Some((json.clone(), DocumentForm::Base64)))
         );
         let text = Value::String(json.to_string());
         assert_eq!(
             owned(decode_document("fw_rules", Some(&text))),
-            Ok(Some(json))
+            Ok(Some((json, DocumentForm::Json)))
         );
-        assert!(decode_document("fw_rules", Some(&Value::String("%%%".into()))).is_err());
-        let empty = Value::String(String::new());
-        assert_eq!(owned(decode_document("fw_rules", Some(&empty))), Ok(None));
+        assert_eq!(owned(decode_document("fw_rules", None)), Ok(None));
+        for (bad, reason) in [
+            (
+                Value::String("%%%".into()),
+                "neither JSON nor Base64 of JSON",
+            ),
+            (Value::String("  ".into()), "empty document"),
+            (Value::Null, "null is not a document"),
+            (Value::String("[1,".into()), "not valid JSON"),
+            (
+                Value::String("aGk=".into()),
+                "Base64 content is not valid JSON",
+            ),
+        ] {
+            assert_eq!(
+                owned(decode_document("fw_rules", Some(&bad))),
+                Err(validate::invalid("fw_rules", reason)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_fields_refuse_present_values_without_content() {
+        let map: Map<String, Value> = serde_json::from_str(
+            r#"{"empty":"","blank":" ","null":null,"list":["10.0.0.0/8",""],
+                "nulls":["10.0.0.0/8",null],"commas":"10.0.0.0/8,,10.1.0.0/16",
+                "none":[],"obj":[{}],"ok":"tcp"}"#,
+        )
+        .unwrap();
+        let strict = Fields::strict("r[2]", &map);
+        let lax = Fields::new("r[2]", &map);
+        for key in ["empty", "blank", "null"] {
+            assert_eq!(
+                strict.opt_str(key).unwrap_err(),
+                validate::invalid(
+                    &format!("r[2].{key}"),
+                    if key == "null" {
+                        NULL_IN_RULE
+                    } else {
+                        EMPTY_IN_RULE
+                    }
+                )
+            );
+            assert!(strict.req_str(key).is_err());
+        }
+        assert_eq!(lax.opt_str("empty"), Ok(None));
+        assert_eq!(lax.opt_str("null"), Ok(None));
+        assert_eq!(strict.opt_str("absent"), Ok(None));
+        assert_eq!(strict.opt_str("ok"), Ok(Some("tcp".into())));
+        let named = |key: &str| match strict.str_list(key).unwrap_err() {
+            ProtocolError::InvalidField { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        assert_eq!(named("list"), "r[2].list[1]");
+        assert_eq!(named("nulls"), "r[2].nulls[1]");
+        assert_eq!(named("commas"), "r[2].commas");
+        assert_eq!(named("empty"), "r[2].empty");
+        assert_eq!(named("null"), "r[2].null");
+        assert_eq!(named("obj"), "r[2].obj[0]");
+        assert_eq!(strict.str_list("none"), Ok(vec![]));
+        assert_eq!(strict.str_list("absent"), Ok(vec![]));
+        assert_eq!(lax.str_list("list"), Ok(vec!["10.0.0.0/8".to_string()]));
+        assert_eq!(lax.str_list("commas").unwrap().len(), 2);
     }
 }

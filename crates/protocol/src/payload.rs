@@ -230,7 +230,7 @@ impl NetworkRequest {
                 NetworkCommand::DeletePortForward(PortForwardFields::parse(&f)?)
             }
             C::ApplyFwRules => {
-                let doc = decode_document("fw_rules", f.raw("fw_rules"))?
+                let (doc, _) = decode_document("fw_rules", env.payload.get("fw_rules"))?
                     .ok_or_else(|| ProtocolError::MissingField("fw_rules".into()))?;
                 NetworkCommand::ApplyFwRules(FwRules::parse("fw_rules", &doc)?)
             }

@@ -3,6 +3,12 @@
 //! from the raw payload by `executor::services` (one path, no duplicate). Each parser takes the decoded JSON
 //! (see [`super::envelope::decode_document`]) and names the offending field
 //! with its path, e.g. `fw_rules.rules[2].sourceCidrs[0]`.
+//!
+//! Fields are read strictly ([`Fields::strict`]): only an absent optional
+//! field takes its default. `null`, an empty or blank value, an empty list
+//! entry, ports on a protocol without ports and ICMP type/code on a protocol
+//! other than ICMP are refused, because each would otherwise widen the rule
+//! (every protocol, every port, every address).
 
 use std::net::Ipv4Addr;
 
@@ -54,6 +60,48 @@ fn icmp(f: &Fields<'_>, key: &str) -> Result<Option<u8>, ProtocolError> {
     }
 }
 
+/// Ports and ICMP type/code of a rule with `protocol`. Ports of a protocol
+/// without ports (`{"protocol": "all", "portStart": 22}` would open every
+/// port of every protocol) and ICMP fields of another protocol are refused,
+/// as CloudStack itself refuses them.
+fn protocol_details(f: &Fields<'_>, protocol: Protocol) -> Result<ProtocolDetails, ProtocolError> {
+    let ports = ports(f, "portStart", "portEnd")?;
+    if ports.is_some() && !protocol.has_ports() {
+        let key = if f.present("portStart")?.is_some() {
+            "portStart"
+        } else {
+            "portEnd"
+        };
+        return Err(invalid(
+            &f.name(key),
+            format!("ports only apply to tcp and udp, not {}", protocol.as_str()),
+        ));
+    }
+    let (icmp_type, icmp_code) = (icmp(f, "icmpType")?, icmp(f, "icmpCode")?);
+    if protocol != Protocol::Icmp {
+        for key in ["icmpType", "icmpCode"] {
+            if f.present(key)?.is_some() {
+                return Err(invalid(
+                    &f.name(key),
+                    format!("only applies to icmp, not {}", protocol.as_str()),
+                ));
+            }
+        }
+    }
+    Ok(ProtocolDetails {
+        ports,
+        icmp_type,
+        icmp_code,
+    })
+}
+
+/// The protocol-dependent fields of a rule.
+struct ProtocolDetails {
+    ports: Option<PortRange>,
+    icmp_type: Option<u8>,
+    icmp_code: Option<u8>,
+}
+
 fn cidrs(f: &Fields<'_>, key: &str) -> Result<Vec<Ipv4Cidr>, ProtocolError> {
     let name = f.name(key);
     let mut out: Vec<Ipv4Cidr> = Vec::new();
@@ -103,11 +151,11 @@ pub struct FwRules {
 
 impl FwRules {
     pub fn parse(field: &str, doc: &Value) -> Result<FwRules, ProtocolError> {
-        let f = Fields::new(field, object(field, doc)?);
+        let f = Fields::strict(field, object(field, doc)?);
         let default_egress_allow = f.opt_bool("default_egress_allow")?.unwrap_or(true);
         let cidr = f.opt("cidr", validate::ipv4_cidr)?;
         let mut rules = Vec::new();
-        if let Some(list) = f.raw("rules") {
+        if let Some(list) = f.present("rules")? {
             let list_name = f.name("rules");
             let items = array(&list_name, list)?;
             // Field names (`fw_rules.rules[7].portStart`) only serve error
@@ -119,7 +167,7 @@ impl FwRules {
                 .iter()
                 .map(|r| {
                     r.as_object()
-                        .and_then(|m| FwRule::parse(&Fields::new("", m)).ok())
+                        .and_then(|m| FwRule::parse(&Fields::strict("", m)).ok())
                 })
                 .collect();
             match unnamed {
@@ -127,7 +175,7 @@ impl FwRules {
                 None => {
                     for (i, r) in items.iter().enumerate() {
                         let rname = format!("{list_name}[{i}]");
-                        let rf = Fields::new(&rname, object(&rname, r)?);
+                        let rf = Fields::strict(&rname, object(&rname, r)?);
                         rules.push(FwRule::parse(&rf)?);
                     }
                 }
@@ -160,16 +208,11 @@ impl FwRule {
         let protocol = f
             .opt("protocol", validate::protocol)?
             .unwrap_or(Protocol::All);
-        let ports = if protocol.has_ports() {
-            ports(f, "portStart", "portEnd")?
-        } else {
-            None
-        };
-        let (icmp_type, icmp_code) = if protocol == Protocol::Icmp {
-            (icmp(f, "icmpType")?, icmp(f, "icmpCode")?)
-        } else {
-            (None, None)
-        };
+        let ProtocolDetails {
+            ports,
+            icmp_type,
+            icmp_code,
+        } = protocol_details(f, protocol)?;
         Ok(FwRule {
             id: f.opt("id", validate::id)?,
             direction,
@@ -212,7 +255,7 @@ impl AclRule {
         let mut out = Vec::new();
         for (i, r) in array(field, doc)?.iter().enumerate() {
             let rname = format!("{field}[{i}]");
-            let f = Fields::new(&rname, object(&rname, r)?);
+            let f = Fields::strict(&rname, object(&rname, r)?);
             let action = match f.req_str("action")?.to_ascii_lowercase().as_str() {
                 "allow" => AclAction::Allow,
                 "deny" => AclAction::Deny,
@@ -226,26 +269,19 @@ impl AclRule {
             let protocol = f
                 .opt("protocol", validate::protocol)?
                 .unwrap_or(Protocol::All);
+            let ProtocolDetails {
+                ports,
+                icmp_type,
+                icmp_code,
+            } = protocol_details(&f, protocol)?;
             out.push(AclRule {
                 number: f.req("number", validate::id)?,
                 action,
                 direction,
                 protocol,
-                ports: if protocol.has_ports() {
-                    ports(&f, "portStart", "portEnd")?
-                } else {
-                    None
-                },
-                icmp_type: if protocol == Protocol::Icmp {
-                    icmp(&f, "icmpType")?
-                } else {
-                    None
-                },
-                icmp_code: if protocol == Protocol::Icmp {
-                    icmp(&f, "icmpCode")?
-                } else {
-                    None
-                },
+                ports,
+                icmp_type,
+                icmp_code,
                 cidrs: cidrs(&f, "sourceCidrs")?,
             });
         }
@@ -299,6 +335,201 @@ mod tests {
         assert!(FwRules::parse("fw_rules", &doc).is_err());
         let doc = json!({"rules": [{"type": "sideways"}]});
         assert!(FwRules::parse("fw_rules", &doc).is_err());
+    }
+
+    /// The field named by a refusal.
+    fn refused_field(e: ProtocolError) -> String {
+        match e {
+            ProtocolError::InvalidField { field, .. } | ProtocolError::MissingField(field) => field,
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    fn tcp_rule() -> Value {
+        json!({"id": "4", "type": "ingress", "protocol": "tcp", "portStart": "22", "portEnd": "23",
+               "publicIp": "203.0.113.10", "sourceCidrs": ["198.51.100.0/24"], "destCidrs": []})
+    }
+
+    fn icmp_rule() -> Value {
+        json!({"id": "5", "type": "egress", "protocol": "icmp", "icmpType": "8", "icmpCode": "0",
+               "sourceCidrs": ["10.1.1.0/24"], "destCidrs": ["192.0.2.0/24"]})
+    }
+
+    /// `bad` in place of the rule at index 3 (after three valid ones).
+    fn with_rule_3(bad: Value) -> Value {
+        json!({"default_egress_allow": false, "cidr": "10.1.1.0/24",
+               "rules": [tcp_rule(), icmp_rule(), tcp_rule(), bad]})
+    }
+
+    #[test]
+    fn every_firewall_field_present_without_a_value_is_refused_by_path() {
+        assert!(FwRules::parse("fw_rules", &with_rule_3(tcp_rule())).is_ok());
+        assert!(FwRules::parse("fw_rules", &with_rule_3(icmp_rule())).is_ok());
+        let blank_values = [
+            json!(""),
+            json!("  "),
+            Value::Null,
+            json!({}),
+            json!(["tcp"]),
+        ];
+        let scalars = [
+            (tcp_rule(), "id", "x1"),
+            (tcp_rule(), "type", "both"),
+            (tcp_rule(), "protocol", "gre"),
+            (tcp_rule(), "portStart", "0"),
+            (tcp_rule(), "portEnd", "65536"),
+            (tcp_rule(), "publicIp", "203.0.113"),
+            (icmp_rule(), "icmpType", "256"),
+            (icmp_rule(), "icmpCode", "x"),
+        ];
+        for (base, key, malformed) in scalars {
+            for bad in blank_values.iter().cloned().chain([json!(malformed)]) {
+                let mut rule = base.clone();
+                rule[key] = bad.clone();
+                let e = FwRules::parse("fw_rules", &with_rule_3(rule)).unwrap_err();
+                assert_eq!(
+                    refused_field(e),
+                    format!("fw_rules.rules[3].{key}"),
+                    "{key} = {bad}"
+                );
+            }
+        }
+        for key in ["sourceCidrs", "destCidrs"] {
+            for (bad, named) in [
+                (json!([""]), format!("fw_rules.rules[3].{key}[0]")),
+                (
+                    json!(["10.0.0.0/8", " "]),
+                    format!("fw_rules.rules[3].{key}[1]"),
+                ),
+                (
+                    json!(["10.0.0.0/8", null]),
+                    format!("fw_rules.rules[3].{key}[1]"),
+                ),
+                (
+                    json!(["10.0.0.0/33"]),
+                    format!("fw_rules.rules[3].{key}[0]"),
+                ),
+                (
+                    json!([["10.0.0.0/8"]]),
+                    format!("fw_rules.rules[3].{key}[0]"),
+                ),
+                (json!(""), format!("fw_rules.rules[3].{key}")),
+                (
+                    json!("10.0.0.0/8,,10.1.0.0/16"),
+                    format!("fw_rules.rules[3].{key}"),
+                ),
+                (Value::Null, format!("fw_rules.rules[3].{key}")),
+                (json!({}), format!("fw_rules.rules[3].{key}")),
+            ] {
+                let mut rule = tcp_rule();
+                rule[key] = bad.clone();
+                let e = FwRules::parse("fw_rules", &with_rule_3(rule)).unwrap_err();
+                assert_eq!(refused_field(e), named, "{key} = {bad}");
+            }
+        }
+        // Fields that would widen the rule on another protocol.
+        for (protocol, key, value) in [
+            ("all", "portStart", "22"),
+            ("all", "portEnd", "22"),
+            ("icmp", "portStart", "22"),
+            ("tcp", "icmpType", "-1"),
+            ("udp", "icmpCode", "0"),
+            ("all", "icmpType", "8"),
+        ] {
+            let mut rule =
+                json!({"type": "ingress", "protocol": protocol, "publicIp": "203.0.113.10"});
+            rule[key] = json!(value);
+            let e = FwRules::parse("fw_rules", &with_rule_3(rule)).unwrap_err();
+            assert_eq!(
+                refused_field(e),
+                format!("fw_rules.rules[3].{key}"),
+                "{protocol} with {key}"
+            );
+        }
+        // The document's own fields.
+        for (key, bad) in [
+            ("default_egress_allow", json!("")),
+            ("default_egress_allow", Value::Null),
+            ("default_egress_allow", json!("yes")),
+            ("cidr", json!("")),
+            ("cidr", json!("10.1.1.0/40")),
+            ("rules", Value::Null),
+            ("rules", json!("")),
+            ("rules", json!({})),
+        ] {
+            let mut doc = with_rule_3(tcp_rule());
+            doc[key] = bad.clone();
+            let e = FwRules::parse("fw_rules", &doc).unwrap_err();
+            assert_eq!(refused_field(e), format!("fw_rules.{key}"), "{key} = {bad}");
+        }
+        let e = FwRules::parse("fw_rules", &with_rule_3(json!("tcp"))).unwrap_err();
+        assert_eq!(refused_field(e), "fw_rules.rules[3]");
+    }
+
+    #[test]
+    fn absent_firewall_fields_take_their_documented_defaults() {
+        let fw = FwRules::parse(
+            "fw_rules",
+            &json!({"rules": [{"type": "egress"}, {"protocol": "udp", "publicIp": "203.0.113.10"},
+                              {"protocol": "tcp", "portStart": "80"}]}),
+        )
+        .unwrap();
+        assert!(fw.default_egress_allow);
+        assert_eq!(fw.cidr, None);
+        let r = &fw.rules[0];
+        assert_eq!(
+            (r.direction, r.protocol, r.ports),
+            (Direction::Egress, Protocol::All, None)
+        );
+        assert!(r.source_cidrs.is_empty() && r.dest_cidrs.is_empty() && r.id.is_none());
+        assert_eq!(fw.rules[1].direction, Direction::Ingress);
+        assert_eq!(fw.rules[1].ports, None, "udp without ports: every port");
+        assert_eq!(fw.rules[2].public_ip, None, "no publicIp: every public IP");
+        assert_eq!(fw.rules[2].ports, Some(PortRange::single(80)));
+        // An empty list (what CloudStack sends for "no CIDR") is any address.
+        let fw = FwRules::parse(
+            "fw_rules",
+            &json!({"rules": [tcp_rule()], "cidr": "10.1.1.0/24"}),
+        )
+        .unwrap();
+        assert!(fw.rules[0].dest_cidrs.is_empty());
+        assert_eq!(
+            FwRules::parse("fw_rules", &json!({})).unwrap().rules,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn acl_items_present_without_a_value_are_refused_by_path() {
+        let item = json!({"number": "10", "action": "allow", "trafficType": "ingress",
+                          "protocol": "tcp", "portStart": "22", "portEnd": "22", "sourceCidrs": ["10.0.0.0/8"]});
+        for key in [
+            "number",
+            "action",
+            "trafficType",
+            "protocol",
+            "portStart",
+            "portEnd",
+        ] {
+            for bad in [json!(""), Value::Null, json!(" ")] {
+                let mut i = item.clone();
+                i[key] = bad.clone();
+                let e = AclRule::parse_list("acl_rules", &json!([item.clone(), i])).unwrap_err();
+                assert_eq!(
+                    refused_field(e),
+                    format!("acl_rules[1].{key}"),
+                    "{key} = {bad}"
+                );
+            }
+        }
+        let mut i = item.clone();
+        i["sourceCidrs"] = json!(["10.0.0.0/8", ""]);
+        let e = AclRule::parse_list("acl_rules", &json!([i])).unwrap_err();
+        assert_eq!(refused_field(e), "acl_rules[0].sourceCidrs[1]");
+        let mut i = item;
+        i["protocol"] = json!("all");
+        let e = AclRule::parse_list("acl_rules", &json!([i])).unwrap_err();
+        assert_eq!(refused_field(e), "acl_rules[0].portStart");
     }
 
     #[test]

@@ -825,33 +825,45 @@ fn redact_envelope(envelope: &mut Value) {
         return;
     };
     if let Some(vm_data) = payload.get_mut("vm_data") {
-        redact_vm_data(vm_data);
+        edit_document(vm_data, redact_vm_data);
     }
-    if let Some(vms) = payload
-        .get_mut("restore_data")
-        .and_then(|r| r.get_mut("vms"))
-        .and_then(Value::as_array_mut)
-    {
-        for vm in vms {
-            if let Some(vm_data) = vm.get_mut("vm_data") {
-                redact_vm_data(vm_data);
+    if let Some(restore) = payload.get_mut("restore_data") {
+        edit_document(restore, |restore| {
+            if let Some(vms) = restore.get_mut("vms").and_then(Value::as_array_mut) {
+                for vm in vms {
+                    if let Some(vm_data) = vm.get_mut("vm_data") {
+                        edit_document(vm_data, redact_vm_data);
+                    }
+                }
             }
-        }
+        });
     }
 }
 
-fn redact_vm_data(vm_data: &mut Value) {
-    // Older builds send the document as Base64 of the JSON: decode to filter.
-    if let Value::String(s) = vm_data {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        match decoded {
-            Some(v) => *vm_data = v,
-            None => return,
-        }
+/// Applies `edit` to a rule document in the form it arrived in (a JSON
+/// value, JSON text, or Base64 of the JSON as older builds send it) and
+/// writes it back in that same form: the executor reads the form of a
+/// `vm_data` document as the encoding of its contents, so a replayed
+/// document must keep it. A string that is no document is left alone.
+fn edit_document(doc: &mut Value, edit: impl FnOnce(&mut Value)) {
+    use crate::protocol::envelope::{decode_document, DocumentForm};
+    if !doc.is_string() {
+        edit(doc);
+        return;
     }
+    let Ok(Some((decoded, form))) = decode_document("", Some(doc)) else {
+        return;
+    };
+    let mut value = decoded.into_owned();
+    edit(&mut value);
+    let text = value.to_string();
+    *doc = Value::String(match form {
+        DocumentForm::Base64 => base64::engine::general_purpose::STANDARD.encode(text),
+        DocumentForm::Json => text,
+    });
+}
+
+fn redact_vm_data(vm_data: &mut Value) {
     if let Some(items) = vm_data.as_array_mut() {
         items.retain(|item| item.get("dir").and_then(Value::as_str) != Some("password"));
     }
@@ -1225,6 +1237,49 @@ pub(crate) mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert_eq!(j.load("cs-net-42").unwrap(), JournalState::default());
+    }
+
+    #[test]
+    fn redaction_keeps_the_form_legacy_documents_arrived_in() {
+        use base64::engine::general_purpose::STANDARD;
+        let b64 = |v: &Value| Value::String(STANDARD.encode(v.to_string()));
+        let unb64 = |v: &Value| -> Value {
+            serde_json::from_slice(&STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap()
+        };
+        // Older builds: the document and each content Base64-encoded.
+        let legacy = json!([
+            {"dir": "metadata", "file": "instance-id", "content": STANDARD.encode("i-alpha")},
+            {"dir": "password", "file": "vm_password", "content": STANDARD.encode("VMPASS")}]);
+        let kept = json!([
+            {"dir": "metadata", "file": "instance-id", "content": STANDARD.encode("i-alpha")}]);
+        let mut e = env(
+            json!({"network_id": "42", "ip": "10.1.1.6", "vm_data": b64(&legacy),
+            "restore_data": b64(&json!({"vms": [{"ip": "10.1.1.6", "vm_data": legacy}]}))}),
+        );
+        redact_envelope(&mut e);
+        // Still Base64 documents (a replay must not turn them into 4.23
+        // documents whose Base64 contents would be served as text).
+        assert_eq!(unb64(&e["payload"]["vm_data"]), kept);
+        assert_eq!(
+            unb64(&e["payload"]["restore_data"]),
+            json!({"vms": [{"ip": "10.1.1.6", "vm_data": kept}]})
+        );
+        // JSON text stays JSON text; a JSON value stays a value.
+        let plain = json!([{"dir": "metadata", "file": "instance-id", "content": "i-alpha"},
+            {"dir": "password", "file": "vm_password", "content": "VMPASS"}]);
+        let mut e = env(json!({"network_id": "42", "vm_data": plain.to_string(),
+            "restore_data": {"vms": [{"ip": "10.1.1.6", "vm_data": plain}]}}));
+        redact_envelope(&mut e);
+        let text = e["payload"]["vm_data"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            json!([{"dir": "metadata", "file": "instance-id", "content": "i-alpha"}])
+        );
+        assert!(!e.to_string().contains("VMPASS"), "{e}");
+        assert_eq!(
+            e["payload"]["restore_data"]["vms"][0]["vm_data"][0]["content"],
+            "i-alpha"
+        );
     }
 
     /// A deterministic pseudo-random command sequence over few slots (also

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::validate::{self, invalid, opt_str, req_str, Payload};
+use super::validate::{self, invalid, opt_str, req_str, rule_str, Payload};
 use super::vmdata::{self, ContentEncoding, VmDataSet};
 use super::ServicesError;
 use netbridge_protocol::Command;
@@ -155,11 +155,11 @@ impl GuestServices {
     }
 }
 
-/// Engine-chosen behaviour that the payload cannot tell.
+/// Engine-chosen behaviour that the payload cannot tell. Nothing at
+/// present: how VM data contents are encoded follows from the form of their
+/// document (see [`ContentEncoding`]), not from a setting.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    pub content_encoding: ContentEncoding,
-}
+pub struct Options {}
 
 /// Which parts of the data plane an update touched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -226,7 +226,7 @@ pub fn apply_in_place(
     p: &Payload,
     s: &mut GuestServices,
     vms: &mut VmDataSet,
-    opts: &Options,
+    _opts: &Options,
 ) -> Result<Effects, ServicesError> {
     use Command as C;
     match command {
@@ -330,13 +330,13 @@ pub fn apply_in_place(
             let doc = p
                 .get("vm_data")
                 .ok_or_else(|| validate::missing("vm_data"))?;
-            vmdata::save_vm_data(vms, ip, doc, opts.content_encoding)?;
+            vmdata::save_vm_data(vms, ip, doc, ContentEncoding::Plain)?;
             Ok(VMDATA)
         }
         C::SaveUserdata => {
             let ip = vm_ip(p)?;
             let u = opt_str(p, "userdata")?.unwrap_or_default();
-            vmdata::save_userdata(vms, ip, &u, opts.content_encoding)?;
+            vmdata::save_userdata(vms, ip, &u)?;
             Ok(VMDATA)
         }
         C::SavePassword => {
@@ -377,7 +377,7 @@ pub fn apply_in_place(
             let doc = p
                 .get("restore_data")
                 .ok_or_else(|| validate::missing("restore_data"))?;
-            restore(s, vms, doc, opts)?;
+            restore(s, vms, doc)?;
             Ok(Effects {
                 dnsmasq: true,
                 vm_data: true,
@@ -524,8 +524,13 @@ fn parse_dhcp_options(v: Option<&Value>) -> Result<BTreeMap<u8, String>, Service
     Ok(out)
 }
 
+/// `apply-lb-rules`. Only an absent optional field takes its default
+/// (`protocol` tcp, `algorithm` roundrobin, `revoke`/`revoked` false, a
+/// backend's `port` = `privatePort`, no backends); a present field that is
+/// `null`, empty, blank or malformed is refused with its path, in revoked
+/// rules too, and nothing changes.
 fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesError> {
-    let doc = validate::document("lb_rules", doc)?;
+    let (doc, _) = validate::document("lb_rules", doc)?;
     let rules = doc
         .as_array()
         .ok_or_else(|| invalid("lb_rules", "expected an array of rules"))?;
@@ -534,24 +539,25 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
         let obj = r
             .as_object()
             .ok_or_else(|| invalid(&format!("lb_rules[{i}]"), "expected an object"))?;
-        let req = |n: &str| req_str(obj, n).map_err(|_| validate::missing(&f(n)));
+        let get = |n: &str| rule_str(obj, n, &f(n));
+        let req = |n: &str| get(n)?.ok_or_else(|| validate::missing(&f(n)));
         let id = validate::ident(&f("id"), &req("id")?)?;
-        let revoke = opt_str(obj, "revoke")
-            .map_err(|_| invalid(&f("revoke"), "expected a boolean"))?
+        // The name is not used, but a present one must be a value.
+        get("name")?;
+        let revoke = get("revoke")?
             .map(|b| validate::boolean(&f("revoke"), &b))
             .transpose()?
             .unwrap_or(false);
-        if revoke {
-            s.lb_rules.remove(&id);
-            continue;
-        }
-        let public_ip = validate::ipv4(&f("publicIp"), &req("publicIp")?)?;
-        let public_port = validate::port(&f("publicPort"), &req("publicPort")?)?;
-        let private_port = opt_str(obj, "privatePort")
-            .map_err(|_| invalid(&f("privatePort"), "expected a port"))?
+        let public_ip = get("publicIp")?
+            .map(|x| validate::ipv4(&f("publicIp"), &x))
+            .transpose()?;
+        let public_port = get("publicPort")?
+            .map(|x| validate::port(&f("publicPort"), &x))
+            .transpose()?;
+        let private_port = get("privatePort")?
             .map(|x| validate::port(&f("privatePort"), &x))
             .transpose()?;
-        let protocol = match opt_str(obj, "protocol")?
+        let protocol = match get("protocol")?
             .as_deref()
             .map(str::to_ascii_lowercase)
             .as_deref()
@@ -561,7 +567,7 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
             Some("udp") => LbProtocol::Udp,
             Some(_) => return Err(invalid(&f("protocol"), "expected tcp, tcp-proxy or udp")),
         };
-        let algorithm = match opt_str(obj, "algorithm")?
+        let algorithm = match get("algorithm")?
             .as_deref()
             .map(str::to_ascii_lowercase)
             .as_deref()
@@ -576,21 +582,18 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
                 ))
             }
         };
-        if protocol.is_udp() && algorithm == LbAlgorithm::Leastconn {
-            // nftables picks a backend per new flow; it keeps no count of
-            // open UDP "connections" to pick the least loaded one from.
-            return Err(ServicesError::Unsupported(format!(
-                "{}: leastconn is not supported for udp rules (UDP load balancing supports {})",
-                f("algorithm"),
-                super::LB_UDP_ALGORITHMS.join(", ")
-            )));
-        }
-        let mut backends = Vec::new();
         let list = match obj.get("backends") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a.clone(),
+            None => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(Value::Null) => {
+                return Err(invalid(
+                    &f("backends"),
+                    "null; omit the field to use its default",
+                ))
+            }
             Some(_) => return Err(invalid(&f("backends"), "expected an array")),
         };
+        let mut backends = Vec::new();
         for (j, b) in list.iter().enumerate() {
             let bf = |n: &str| format!("lb_rules[{i}].backends[{j}].{n}");
             let bo = b.as_object().ok_or_else(|| {
@@ -599,24 +602,42 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
                     "expected an object",
                 )
             })?;
+            let bget = |n: &str| rule_str(bo, n, &bf(n));
             let ip = validate::ipv4(
                 &bf("ip"),
-                &req_str(bo, "ip").map_err(|_| validate::missing(&bf("ip")))?,
+                &bget("ip")?.ok_or_else(|| validate::missing(&bf("ip")))?,
             )?;
-            let port =
-                match opt_str(bo, "port").map_err(|_| invalid(&bf("port"), "expected a port"))? {
-                    Some(x) => validate::port(&bf("port"), &x)?,
-                    None => private_port.ok_or_else(|| validate::missing(&bf("port")))?,
-                };
-            let revoked = opt_str(bo, "revoked")
-                .map_err(|_| invalid(&bf("revoked"), "expected a boolean"))?
+            let port = match bget("port")? {
+                Some(x) => Some(validate::port(&bf("port"), &x)?),
+                None => private_port,
+            };
+            let revoked = bget("revoked")?
                 .map(|x| validate::boolean(&bf("revoked"), &x))
                 .transpose()?
                 .unwrap_or(false);
+            if revoke {
+                continue;
+            }
+            let port = port.ok_or_else(|| validate::missing(&bf("port")))?;
             let be = Backend { ip, port };
             if !revoked && !backends.contains(&be) {
                 backends.push(be);
             }
+        }
+        if revoke {
+            s.lb_rules.remove(&id);
+            continue;
+        }
+        let public_ip = public_ip.ok_or_else(|| validate::missing(&f("publicIp")))?;
+        let public_port = public_port.ok_or_else(|| validate::missing(&f("publicPort")))?;
+        if protocol.is_udp() && algorithm == LbAlgorithm::Leastconn {
+            // nftables picks a backend per new flow; it keeps no count of
+            // open UDP "connections" to pick the least loaded one from.
+            return Err(ServicesError::Unsupported(format!(
+                "{}: leastconn is not supported for udp rules (UDP load balancing supports {})",
+                f("algorithm"),
+                super::LB_UDP_ALGORITHMS.join(", ")
+            )));
         }
         if let Some(other) = s.lb_rules.values().find(|o| {
             // A UDP and a TCP rule may share an address and port.
@@ -648,13 +669,11 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
     Ok(())
 }
 
-fn restore(
-    s: &mut GuestServices,
-    vms: &mut VmDataSet,
-    doc: &Value,
-    opts: &Options,
-) -> Result<(), ServicesError> {
-    let doc = validate::document("restore_data", doc)?;
+fn restore(s: &mut GuestServices, vms: &mut VmDataSet, doc: &Value) -> Result<(), ServicesError> {
+    let (doc, form) = validate::document("restore_data", doc)?;
+    // Older builds Base64-encode restore_data and every vm_data content
+    // inside it.
+    let outer = ContentEncoding::of(form);
     let obj = doc
         .as_object()
         .ok_or_else(|| invalid("restore_data", "expected an object"))?;
@@ -720,14 +739,13 @@ fn restore(
         }
         if userdata {
             if let Some(d) = o.get("vm_data") {
-                vmdata::save_vm_data(&mut one, ip, d, opts.content_encoding).map_err(
-                    |e| match e {
-                        ServicesError::Invalid(
-                            netbridge_protocol::ProtocolError::InvalidField { field, reason },
-                        ) => invalid(&format!("{pre}.{field}"), reason),
-                        other => other,
-                    },
-                )?;
+                vmdata::save_vm_data(&mut one, ip, d, outer).map_err(|e| match e {
+                    ServicesError::Invalid(netbridge_protocol::ProtocolError::InvalidField {
+                        field,
+                        reason,
+                    }) => invalid(&format!("{pre}.{field}"), reason),
+                    other => other,
+                })?;
             }
         }
         if let Some(d) = one.remove(&ip) {
@@ -744,4 +762,146 @@ fn restore(
     }
     *vms = next_vms;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netbridge_protocol::ProtocolError;
+    use serde_json::json;
+
+    fn lb(rules: Value) -> Payload {
+        json!({"network_id": "42", "lb_rules": rules})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn rule() -> Value {
+        json!({"id": "7", "name": "web", "publicIp": "203.0.113.10", "publicPort": "80",
+               "privatePort": "8080", "protocol": "tcp", "algorithm": "source", "revoke": "false",
+               "backends": [{"ip": "10.1.1.10", "port": "8080", "revoked": "false"},
+                            {"ip": "10.1.1.11", "revoked": false}]})
+    }
+
+    fn run(state: &mut GuestServices, rules: Value) -> Result<Effects, ServicesError> {
+        apply(
+            Command::ApplyLbRules,
+            &lb(rules),
+            state,
+            &mut VmDataSet::new(),
+            &Options::default(),
+        )
+    }
+
+    fn refused_field(e: ServicesError) -> String {
+        match e {
+            ServicesError::Invalid(ProtocolError::InvalidField { field, .. })
+            | ServicesError::Invalid(ProtocolError::MissingField(field)) => field,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn every_lb_field_present_without_a_value_is_refused_and_changes_nothing() {
+        let mut state = GuestServices::default();
+        run(&mut state, json!([rule()])).unwrap();
+        assert_eq!(state.lb_rules["7"].backends.len(), 2);
+        assert_eq!(state.lb_rules["7"].backends[1].port, 8080);
+        let before = state.clone();
+        let second = |key: &str, bad: Value| {
+            let mut r = rule();
+            r["id"] = json!("8");
+            r["publicPort"] = json!("81");
+            if key != "id" {
+                r[key] = bad;
+            } else {
+                r["id"] = bad;
+            }
+            json!([rule(), r])
+        };
+        let blank = [json!(""), json!("  "), Value::Null, json!({}), json!([1])];
+        for (key, malformed) in [
+            ("id", json!("../x")),
+            ("name", json!("")),
+            ("publicIp", json!("203.0.113")),
+            ("publicPort", json!("0")),
+            ("privatePort", json!("65536")),
+            ("protocol", json!("sctp")),
+            ("algorithm", json!("random")),
+            ("revoke", json!("yes")),
+        ] {
+            for bad in blank.iter().cloned().chain([malformed]) {
+                let e = run(&mut state, second(key, bad.clone())).unwrap_err();
+                assert_eq!(
+                    refused_field(e),
+                    format!("lb_rules[1].{key}"),
+                    "{key} = {bad}"
+                );
+                assert_eq!(state, before, "{key} = {bad}");
+            }
+        }
+        for bad in [Value::Null, json!(""), json!({})] {
+            let e = run(&mut state, second("backends", bad.clone())).unwrap_err();
+            assert_eq!(refused_field(e), "lb_rules[1].backends", "backends = {bad}");
+        }
+        for (key, malformed) in [
+            ("ip", json!("10.1.1")),
+            ("port", json!("http")),
+            ("revoked", json!("maybe")),
+        ] {
+            for bad in blank.iter().cloned().chain([malformed]) {
+                let mut r = rule();
+                r["backends"][1][key] = bad.clone();
+                let e = run(&mut state, json!([r])).unwrap_err();
+                assert_eq!(
+                    refused_field(e),
+                    format!("lb_rules[0].backends[1].{key}"),
+                    "{key} = {bad}"
+                );
+                assert_eq!(state, before);
+            }
+        }
+        // A revoke with a malformed field is refused too: the rule stays.
+        let e = run(
+            &mut state,
+            json!([{"id": "7", "revoke": "true", "publicIp": ""}]),
+        )
+        .unwrap_err();
+        assert_eq!(refused_field(e), "lb_rules[0].publicIp");
+        assert_eq!(state, before);
+        run(&mut state, json!([{"id": "7", "revoke": true}])).unwrap();
+        assert!(state.lb_rules.is_empty());
+    }
+
+    #[test]
+    fn absent_lb_fields_take_their_documented_defaults() {
+        let mut state = GuestServices::default();
+        run(
+            &mut state,
+            json!([{"id": "9", "publicIp": "203.0.113.10", "publicPort": 80, "privatePort": 8080,
+                    "backends": [{"ip": "10.1.1.10"}]}]),
+        )
+        .unwrap();
+        let r = &state.lb_rules["9"];
+        assert_eq!(
+            (r.protocol, r.algorithm),
+            (LbProtocol::Tcp, LbAlgorithm::Roundrobin)
+        );
+        assert_eq!(
+            r.backends,
+            vec![Backend {
+                ip: Ipv4Addr::new(10, 1, 1, 10),
+                port: 8080
+            }]
+        );
+        // A backend without its own port needs the rule's privatePort.
+        let e = run(
+            &mut state,
+            json!([{"id": "10", "publicIp": "203.0.113.10", "publicPort": 81,
+                    "backends": [{"ip": "10.1.1.10"}]}]),
+        )
+        .unwrap_err();
+        assert_eq!(refused_field(e), "lb_rules[0].backends[0].port");
+    }
 }

@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
 
 use super::ServicesError;
+use netbridge_protocol::envelope::DocumentForm;
 use netbridge_protocol::{sanitize_for_message, ProtocolError};
 
 pub type Payload = Map<String, Value>;
@@ -172,23 +173,32 @@ pub fn ident(field: &str, s: &str) -> Result<String, ServicesError> {
 }
 
 /// A rule document (`lb_rules`, `vm_data`, `restore_data`): a JSON value, a
-/// string holding JSON, or (older builds) a string that Base64-decodes to JSON.
-pub fn document(field: &str, v: &Value) -> Result<Value, ServicesError> {
-    use base64::Engine as _;
-    match v {
-        Value::String(s) => {
-            let t = s.trim();
-            if let Ok(j) = serde_json::from_str::<Value>(t) {
-                if j.is_array() || j.is_object() {
-                    return Ok(j);
-                }
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .map_err(|_| invalid(field, "neither JSON nor Base64-encoded JSON"))?;
-            serde_json::from_slice(&bytes).map_err(|_| invalid(field, "Base64 content is not JSON"))
+/// string holding JSON, or (older builds) a string that Base64-decodes to
+/// JSON ([`netbridge_protocol::envelope::decode_document`]); `null` and an
+/// empty string are refused. The form tells how `vm_data` contents are
+/// encoded (see [`super::vmdata::ContentEncoding::of`]).
+pub fn document(field: &str, v: &Value) -> Result<(Value, DocumentForm), ServicesError> {
+    match netbridge_protocol::envelope::decode_document(field, Some(v))? {
+        Some((doc, form)) => Ok((doc.into_owned(), form)),
+        None => Err(missing(field)),
+    }
+}
+
+/// A scalar of a rule document (`lb_rules` and its backends): `None` when
+/// absent; `null`, an empty or blank string and non-scalars are refused with
+/// the field's name, never read as absent (an empty `protocol` or `revoked`
+/// must not fall back to a default).
+pub fn rule_str(p: &Payload, key: &str, field: &str) -> Result<Option<String>, ServicesError> {
+    match p.get(key) {
+        None => Ok(None),
+        Some(Value::Null) => Err(invalid(field, "null; omit the field to use its default")),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(invalid(field, "empty; omit the field to use its default"))
         }
-        other => Ok(other.clone()),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(invalid(field, "expected a string")),
     }
 }
 

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::validate::{self, invalid};
 use super::ServicesError;
+use netbridge_protocol::envelope::{decode_base64, DocumentForm};
 
 /// All VM data of one network, by guest IPv4 address.
 pub type VmDataSet = BTreeMap<Ipv4Addr, VmData>;
@@ -18,14 +18,49 @@ pub type VmDataSet = BTreeMap<Ipv4Addr, VmData>;
 /// Largest accepted single item (user data is the big one).
 pub const MAX_ITEM_BYTES: usize = 1 << 20;
 
-/// How `content` / `userdata` values are encoded on the wire: plain text in
-/// CloudStack 4.23, Base64 in older builds. There is no marker in the payload,
-/// so the engine chooses (e.g. from a registration detail).
+/// How the `content` values of a `vm_data` document are encoded: plain text
+/// in CloudStack 4.23, Base64 in older builds. No value carries a marker,
+/// and a plain value may well be valid Base64 (`aS1hbHBoYQ==` is a possible
+/// instance id), so contents are never guessed one by one. The document's
+/// own form decides, as the two generations send it:
+///
+/// - 4.23 sends `vm_data` (and `restore_data`) as JSON values with plain
+///   contents: a JSON array, or a string holding the JSON text, is
+///   [`ContentEncoding::Plain`];
+/// - older builds Base64-encode the whole document and, inside it, every
+///   `content`: a `vm_data` that arrived as Base64, or one inside a
+///   `restore_data` that arrived as Base64, is [`ContentEncoding::Base64`],
+///   and a content that is not Base64 is refused.
+///
+/// The single-item fields (`save-userdata`'s `userdata`, `save-sshkey`'s
+/// `sshkey`, `save-password`'s `password`) are plain text in the protocol
+/// and in 4.23 and are stored verbatim: they have no document whose form
+/// could tell an older encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContentEncoding {
     #[default]
     Plain,
     Base64,
+}
+
+impl ContentEncoding {
+    /// The encoding of the contents of a document that arrived in `form`.
+    pub fn of(form: DocumentForm) -> ContentEncoding {
+        match form {
+            DocumentForm::Json => ContentEncoding::Plain,
+            DocumentForm::Base64 => ContentEncoding::Base64,
+        }
+    }
+
+    /// A document nested in one sent as Base64 is legacy too, whatever its
+    /// own form.
+    fn or(self, outer: ContentEncoding) -> ContentEncoding {
+        if outer == ContentEncoding::Base64 {
+            outer
+        } else {
+            self
+        }
+    }
 }
 
 /// A secret value: never printed by `Debug`/`Display`.
@@ -89,9 +124,13 @@ mod b64_opt {
 fn decode(field: &str, s: &str, enc: ContentEncoding) -> Result<Vec<u8>, ServicesError> {
     let bytes = match enc {
         ContentEncoding::Plain => s.as_bytes().to_vec(),
-        ContentEncoding::Base64 => base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(|_| invalid(field, "not valid Base64"))?,
+        // The value is not echoed: it may be a password.
+        ContentEncoding::Base64 => decode_base64(s).ok_or_else(|| {
+            invalid(
+                field,
+                "not valid Base64 (the vm_data document arrived Base64-encoded, so its contents must be too)",
+            )
+        })?,
     };
     if bytes.len() > MAX_ITEM_BYTES {
         return Err(invalid(
@@ -125,13 +164,17 @@ fn meta_file(field: &str, s: &str) -> Result<String, ServicesError> {
 /// `save-vm-data`: replaces the whole data set of `ip` (user data and
 /// meta-data files). A password in the set replaces the pending one; without
 /// one the pending password is kept. Validates everything before changing.
+/// Contents are decoded per [`ContentEncoding`]: from the form `vm_data`
+/// arrived in, or `outer` when the document sits in a `restore_data` that
+/// arrived Base64-encoded.
 pub fn save_vm_data(
     set: &mut VmDataSet,
     ip: Ipv4Addr,
     vm_data: &Value,
-    enc: ContentEncoding,
+    outer: ContentEncoding,
 ) -> Result<(), ServicesError> {
-    let doc = validate::document("vm_data", vm_data)?;
+    let (doc, form) = validate::document("vm_data", vm_data)?;
+    let enc = ContentEncoding::of(form).or(outer);
     let entries = doc
         .as_array()
         .ok_or_else(|| invalid("vm_data", "expected an array of {dir, file, content}"))?;
@@ -186,14 +229,13 @@ pub fn save_vm_data(
     Ok(())
 }
 
-/// `save-userdata`.
+/// `save-userdata`: the plain text, verbatim (see [`ContentEncoding`]).
 pub fn save_userdata(
     set: &mut VmDataSet,
     ip: Ipv4Addr,
     userdata: &str,
-    enc: ContentEncoding,
 ) -> Result<(), ServicesError> {
-    let b = decode("userdata", userdata, enc)?;
+    let b = decode("userdata", userdata, ContentEncoding::Plain)?;
     set.entry(ip).or_default().userdata = (!b.is_empty()).then_some(b);
     Ok(())
 }
@@ -250,6 +292,7 @@ pub fn forget_password(set: &mut VmDataSet, ip: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
@@ -279,8 +322,97 @@ mod tests {
         let inner = json!([{"dir":"metadata","file":"local-hostname","content":"dm0x"}]);
         let doc =
             Value::String(base64::engine::general_purpose::STANDARD.encode(inner.to_string()));
-        save_vm_data(&mut set, IP, &doc, ContentEncoding::Base64).unwrap();
+        // The Base64 form of the document is what marks the contents.
+        save_vm_data(&mut set, IP, &doc, ContentEncoding::Plain).unwrap();
         assert_eq!(set[&IP].meta["local-hostname"], "vm1");
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// What older builds send: the document Base64-encoded, each content too
+    /// (user data as raw bytes, possibly binary).
+    fn legacy_doc() -> Value {
+        let inner = json!([
+            {"dir":"userdata","file":"user-data","content": base64::engine::general_purpose::STANDARD.encode([0x1f, 0x8b, 0x00, 0xff])},
+            {"dir":"meta-data","file":"instance-id","content": b64("i-alpha")},
+            {"dir":"metadata","file":"local-hostname","content": b64("vm-1")},
+            {"dir":"metadata","file":"public-keys","content": b64("ssh-ed25519 AAAA k\n")},
+            {"dir":"password","file":"vm_password","content": b64("Pw-1 secret")},
+            {"dir":"password","file":"vm-password-md5checksum","content": b64("0cc175b9c0f1b6a8")}
+        ]);
+        Value::String(b64(&inner.to_string()))
+    }
+
+    #[test]
+    fn legacy_document_contents_are_decoded_exactly() {
+        let mut set = VmDataSet::new();
+        save_vm_data(&mut set, IP, &legacy_doc(), ContentEncoding::Plain).unwrap();
+        let d = &set[&IP];
+        assert_eq!(d.userdata.as_deref(), Some(&[0x1f, 0x8b, 0x00, 0xff][..]));
+        assert_eq!(d.meta["instance-id"], "i-alpha");
+        assert_eq!(d.meta["local-hostname"], "vm-1");
+        assert_eq!(d.meta["public-keys"], "ssh-ed25519 AAAA k\n");
+        assert_eq!(d.password.as_ref().map(Secret::expose), Some("Pw-1 secret"));
+        // The same data as a 4.23 document (plain contents) stores the same.
+        let mut plain = VmDataSet::new();
+        let doc = json!([
+            {"dir":"meta-data","file":"instance-id","content":"i-alpha"},
+            {"dir":"metadata","file":"local-hostname","content":"vm-1"},
+            {"dir":"metadata","file":"public-keys","content":"ssh-ed25519 AAAA k\n"},
+            {"dir":"password","file":"vm_password","content":"Pw-1 secret"}
+        ]);
+        save_vm_data(&mut plain, IP, &doc, ContentEncoding::Plain).unwrap();
+        assert_eq!(plain[&IP].meta, d.meta);
+        assert_eq!(plain[&IP].password, d.password);
+    }
+
+    #[test]
+    fn plain_contents_that_look_like_base64_are_kept_verbatim() {
+        // `aS1hbHBoYQ==` is Base64 of `i-alpha`, and also a valid plain
+        // instance id: a 4.23 document (JSON value or JSON text) keeps it.
+        let doc = json!([
+            {"dir":"meta-data","file":"instance-id","content":"aS1hbHBoYQ=="},
+            {"dir":"password","file":"vm_password","content":"c2VjcmV0"}
+        ]);
+        for form in [doc.clone(), Value::String(doc.to_string())] {
+            let mut set = VmDataSet::new();
+            save_vm_data(&mut set, IP, &form, ContentEncoding::Plain).unwrap();
+            assert_eq!(set[&IP].meta["instance-id"], "aS1hbHBoYQ==");
+            assert_eq!(set[&IP].password.as_ref().unwrap().expose(), "c2VjcmV0");
+        }
+        // Single items are plain text too.
+        let mut set = VmDataSet::new();
+        save_userdata(&mut set, IP, "aGk=").unwrap();
+        assert_eq!(set[&IP].userdata.as_deref(), Some(&b"aGk="[..]));
+        // Inside a restore_data that arrived Base64-encoded, a vm_data
+        // array holds Base64 contents (older builds encode both levels).
+        let mut set = VmDataSet::new();
+        save_vm_data(&mut set, IP, &doc, ContentEncoding::Base64).unwrap();
+        assert_eq!(set[&IP].meta["instance-id"], "i-alpha");
+        assert_eq!(set[&IP].password.as_ref().unwrap().expose(), "secret");
+    }
+
+    #[test]
+    fn legacy_content_that_is_not_base64_is_refused_unechoed() {
+        let mut set = VmDataSet::new();
+        save_password(&mut set, IP, "pw1").unwrap();
+        let before = set.clone();
+        let inner = json!([
+            {"dir":"metadata","file":"instance-id","content": b64("i-alpha")},
+            {"dir":"password","file":"vm_password","content":"plain secret!"}
+        ]);
+        let doc = Value::String(b64(&inner.to_string()));
+        let e = save_vm_data(&mut set, IP, &doc, ContentEncoding::Plain)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'vm_data[1].content'") && e.contains("Base64"),
+            "{e}"
+        );
+        assert!(!e.contains("plain secret"), "{e}");
+        assert_eq!(set, before);
     }
 
     #[test]
@@ -332,7 +464,7 @@ mod tests {
     #[test]
     fn single_item_updates() {
         let mut set = VmDataSet::new();
-        save_userdata(&mut set, IP, "aGk=", ContentEncoding::Base64).unwrap();
+        save_userdata(&mut set, IP, "hi").unwrap();
         save_sshkey(&mut set, IP, "ssh-rsa AAA k").unwrap();
         save_hypervisor_hostname(&mut set, IP, "kvm1.example").unwrap();
         assert!(save_hypervisor_hostname(&mut set, IP, "kvm 1").is_err());

@@ -33,7 +33,6 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -97,32 +96,29 @@ pub enum TierAcl {
 }
 
 /// Decodes `acl_rules` as sent by CloudStack: a JSON array, or a string
-/// holding Base64 of the JSON (older builds), or a string holding the JSON.
+/// holding Base64 of the JSON (older builds), or a string holding the JSON
+/// ([`netbridge_protocol::envelope::decode_document`]). `null` and an empty
+/// string are refused: read as "no rules" they would replace the tier's ACL
+/// with an empty one.
 pub fn decode_rule_document(value: &Value, field: &str) -> Result<Value, VpcError> {
-    match value {
-        Value::String(s) => {
-            let trimmed = s.trim();
-            if trimmed.is_empty() {
-                return Ok(Value::Array(Vec::new()));
-            }
-            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(trimmed) {
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                    return Ok(v);
-                }
-            }
-            serde_json::from_str::<Value>(trimmed)
-                .map_err(|_| VpcError::invalid(field, "neither JSON nor Base64-encoded JSON"))
+    match netbridge_protocol::envelope::decode_document(field, Some(value)) {
+        Ok(Some((doc, _))) => Ok(doc.into_owned()),
+        Ok(None) => Err(VpcError::Missing(field.to_string())),
+        Err(netbridge_protocol::ProtocolError::InvalidField { field, reason }) => {
+            Err(VpcError::Invalid { field, reason })
         }
-        other => Ok(other.clone()),
+        Err(other) => Err(VpcError::invalid(field, other.to_string())),
     }
 }
 
 /// Parses and validates `acl_rules`; the result is sorted by `number`.
+/// Only an absent optional field takes its default (`protocol` all, any
+/// port, any ICMP type/code, any address); a present field that is `null`,
+/// empty, blank or not a scalar is refused with its name.
 pub fn parse_acl_rules(value: &Value) -> Result<Vec<AclRule>, VpcError> {
     let doc = decode_rule_document(value, "acl_rules")?;
     let items = match &doc {
         Value::Array(a) => a,
-        Value::Null => return Ok(Vec::new()),
         _ => return Err(VpcError::invalid("acl_rules", "expected an array of rules")),
     };
     let mut rules = Vec::with_capacity(items.len());
@@ -148,11 +144,33 @@ pub fn parse_acl_rules(value: &Value) -> Result<Vec<AclRule>, VpcError> {
     Ok(rules)
 }
 
+/// A scalar field of an ACL item: `None` when absent; `null`, an empty or
+/// blank string and non-scalars are refused (never read as absent).
+fn item_str(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    field: impl Fn(&str) -> String,
+) -> Result<Option<String>, VpcError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::Null) => Err(VpcError::invalid(
+            field(key),
+            "null; omit the field to use its default",
+        )),
+        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
+            scalar_str(Some(v)).map(Some).ok_or_else(|| {
+                VpcError::invalid(field(key), "empty; omit the field to use its default")
+            })
+        }
+        Some(_) => Err(VpcError::invalid(field(key), "expected a string")),
+    }
+}
+
 fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
     let obj = item
         .as_object()
         .ok_or_else(|| VpcError::invalid(format!("acl_rules[{index}]"), "expected an object"))?;
-    let number_s = scalar_str(obj.get("number"))
+    let number_s = item_str(obj, "number", |k| format!("acl_rules[{index}].{k}"))?
         .ok_or_else(|| VpcError::Missing(format!("acl_rules[{index}].number")))?;
     let number: u64 = number_s.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
         VpcError::invalid(
@@ -161,14 +179,15 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
         )
     })?;
     let f = |name: &str| format!("acl_rules[number={number}].{name}");
+    let get = |key: &str| item_str(obj, key, f);
 
-    let action = match scalar_str(obj.get("action")).map(|s| s.to_ascii_lowercase()) {
+    let action = match get("action")?.map(|s| s.to_ascii_lowercase()) {
         Some(a) if a == "allow" => AclAction::Allow,
         Some(a) if a == "deny" => AclAction::Deny,
         Some(_) => return Err(VpcError::invalid(f("action"), "expected allow or deny")),
         None => return Err(VpcError::Missing(f("action"))),
     };
-    let traffic_type = match scalar_str(obj.get("trafficType")).map(|s| s.to_ascii_lowercase()) {
+    let traffic_type = match get("trafficType")?.map(|s| s.to_ascii_lowercase()) {
         Some(t) if t == "ingress" => TrafficType::Ingress,
         Some(t) if t == "egress" => TrafficType::Egress,
         Some(_) => {
@@ -179,7 +198,7 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
         }
         None => return Err(VpcError::Missing(f("trafficType"))),
     };
-    let protocol = match scalar_str(obj.get("protocol")).map(|s| s.to_ascii_lowercase()) {
+    let protocol = match get("protocol")?.map(|s| s.to_ascii_lowercase()) {
         None => AclProtocol::All,
         Some(p) => match p.as_str() {
             "tcp" => AclProtocol::Tcp,
@@ -195,8 +214,8 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
         },
     };
 
-    let port_start = opt_port(obj.get("portStart"), &f("portStart"))?;
-    let port_end = opt_port(obj.get("portEnd"), &f("portEnd"))?;
+    let port_start = opt_port(get("portStart")?, &f("portStart"))?;
+    let port_end = opt_port(get("portEnd")?, &f("portEnd"))?;
     let ports = match (port_start, port_end) {
         (None, None) => None,
         (Some(s), None) => Some((s, s)),
@@ -218,16 +237,21 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
         ));
     }
 
-    let icmp_type = opt_icmp(obj.get("icmpType"), &f("icmpType"))?;
-    let icmp_code = opt_icmp(obj.get("icmpCode"), &f("icmpCode"))?;
-    if (icmp_type.is_some() || icmp_code.is_some()) && protocol != AclProtocol::Icmp {
-        let name = if icmp_type.is_some() {
-            "icmpType"
-        } else {
-            "icmpCode"
-        };
-        return Err(VpcError::invalid(f(name), "only applies to protocol icmp"));
+    let icmp_type_given = get("icmpType")?;
+    let icmp_code_given = get("icmpCode")?;
+    if protocol != AclProtocol::Icmp {
+        // `-1` (any) counts too: CloudStack sends no ICMP fields otherwise.
+        for (name, given) in [
+            ("icmpType", &icmp_type_given),
+            ("icmpCode", &icmp_code_given),
+        ] {
+            if given.is_some() {
+                return Err(VpcError::invalid(f(name), "only applies to protocol icmp"));
+            }
+        }
     }
+    let icmp_type = opt_icmp(icmp_type_given, &f("icmpType"))?;
+    let icmp_code = opt_icmp(icmp_code_given, &f("icmpCode"))?;
 
     let cidrs = parse_cidrs(obj.get("sourceCidrs"), &f("sourceCidrs"))?;
     Ok(AclRule {
@@ -242,8 +266,8 @@ fn parse_rule(index: usize, item: &Value) -> Result<AclRule, VpcError> {
     })
 }
 
-fn opt_port(v: Option<&Value>, field: &str) -> Result<Option<u16>, VpcError> {
-    match scalar_str(v) {
+fn opt_port(v: Option<String>, field: &str) -> Result<Option<u16>, VpcError> {
+    match v {
         None => Ok(None),
         Some(s) => match s.parse::<u16>() {
             Ok(p) if p > 0 => Ok(Some(p)),
@@ -252,8 +276,8 @@ fn opt_port(v: Option<&Value>, field: &str) -> Result<Option<u16>, VpcError> {
     }
 }
 
-fn opt_icmp(v: Option<&Value>, field: &str) -> Result<Option<u8>, VpcError> {
-    match scalar_str(v) {
+fn opt_icmp(v: Option<String>, field: &str) -> Result<Option<u8>, VpcError> {
+    match v {
         None => Ok(None),
         Some(s) if s == "-1" => Ok(None),
         Some(s) => s
@@ -264,17 +288,35 @@ fn opt_icmp(v: Option<&Value>, field: &str) -> Result<Option<u8>, VpcError> {
 }
 
 /// Parses a CIDR list (JSON array or comma-separated string). A bare address
-/// is a host route (/32, /128); host bits are cleared.
+/// is a host route (/32, /128); host bits are cleared. Absent or `[]` is an
+/// empty list (any address); `null`, an empty string and an empty or `null`
+/// entry are refused, naming the entry: they must not read as "any address".
 pub fn parse_cidrs(v: Option<&Value>, field: &str) -> Result<Vec<IpNet>, VpcError> {
-    let raw: Vec<String> = match v {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_string()).collect(),
+    const EMPTY: &str = "empty; omit the field to use its default";
+    // (entry text, the entry's own name)
+    let raw: Vec<(String, String)> = match v {
+        None => Vec::new(),
+        Some(Value::Null) => {
+            return Err(VpcError::invalid(
+                field,
+                "null; omit the field to use its default",
+            ))
+        }
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|p| (p.trim().to_string(), field.to_string()))
+            .collect(),
         Some(Value::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
-            for item in items {
+            for (i, item) in items.iter().enumerate() {
                 match item {
-                    Value::String(s) => out.push(s.trim().to_string()),
-                    _ => return Err(VpcError::invalid(field, "expected CIDR strings")),
+                    Value::String(s) => out.push((s.trim().to_string(), format!("{field}[{i}]"))),
+                    _ => {
+                        return Err(VpcError::invalid(
+                            format!("{field}[{i}]"),
+                            "expected a CIDR string",
+                        ))
+                    }
                 }
             }
             out
@@ -282,10 +324,13 @@ pub fn parse_cidrs(v: Option<&Value>, field: &str) -> Result<Vec<IpNet>, VpcErro
         Some(_) => return Err(VpcError::invalid(field, "expected a list of CIDRs")),
     };
     let mut cidrs = Vec::new();
-    for s in raw.iter().filter(|s| !s.is_empty()) {
+    for (s, name) in &raw {
+        if s.is_empty() {
+            return Err(VpcError::invalid(name.as_str(), EMPTY));
+        }
         let net = parse_cidr(s).ok_or_else(|| {
             VpcError::invalid(
-                field,
+                name.as_str(),
                 format!(
                     "'{}' is not a CIDR",
                     netbridge_protocol::sanitize_for_message(s)
@@ -636,11 +681,22 @@ mod tests {
     fn base64_documents_are_accepted() {
         let doc =
             json!([{"number": 3, "action": "allow", "trafficType": "ingress", "protocol": "all"}]);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(doc.to_string());
+        let b64 = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(doc.to_string())
+        };
         let rules = parse_acl_rules(&Value::String(b64)).unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].number, 3);
-        assert_eq!(parse_acl_rules(&json!("")).unwrap(), vec![]);
+        // The same document as JSON text.
+        assert_eq!(
+            parse_acl_rules(&Value::String(doc.to_string())).unwrap(),
+            rules
+        );
+        // An empty list is an empty ACL; an empty or null document is refused.
+        assert_eq!(parse_acl_rules(&json!([])).unwrap(), vec![]);
+        assert!(parse_acl_rules(&json!("")).is_err());
+        assert!(parse_acl_rules(&Value::Null).is_err());
     }
 
     #[test]
@@ -676,11 +732,11 @@ mod tests {
             ),
             (
                 json!([{"number": "7", "action": "allow", "trafficType": "ingress", "sourceCidrs": ["10.0.0.0/33"]}]),
-                "invalid value for 'acl_rules[number=7].sourceCidrs': '10.0.0.0/33' is not a CIDR",
+                "invalid value for 'acl_rules[number=7].sourceCidrs[0]': '10.0.0.0/33' is not a CIDR",
             ),
             (
                 json!([{"number": "7", "action": "allow", "trafficType": "ingress", "sourceCidrs": ["1.2.3.4; rm -rf /"]}]),
-                "invalid value for 'acl_rules[number=7].sourceCidrs': '1.2.3.4; rm -rf /' is not a CIDR",
+                "invalid value for 'acl_rules[number=7].sourceCidrs[0]': '1.2.3.4; rm -rf /' is not a CIDR",
             ),
             (
                 json!([{"number": "7", "action": "allow", "trafficType": "ingress", "protocol": "gre"}]),
@@ -697,12 +753,91 @@ mod tests {
             ),
             (
                 json!("!!not json"),
-                "invalid value for 'acl_rules': neither JSON nor Base64-encoded JSON",
+                "invalid value for 'acl_rules': neither JSON nor Base64 of JSON",
             ),
         ];
         for (doc, want) in cases {
             assert_eq!(parse_acl_rules(&doc).unwrap_err().to_string(), want);
         }
+    }
+
+    #[test]
+    fn every_acl_field_present_without_a_value_is_refused_by_path() {
+        let tcp = json!({"number": "30", "action": "allow", "trafficType": "ingress", "protocol": "tcp",
+                         "portStart": "22", "portEnd": "23", "sourceCidrs": ["10.0.0.0/8"]});
+        let icmp = json!({"number": "30", "action": "deny", "trafficType": "egress", "protocol": "icmp",
+                          "icmpType": "8", "icmpCode": "0", "sourceCidrs": []});
+        let field = |e: VpcError| match e {
+            VpcError::Invalid { field, .. } | VpcError::Missing(field) => field,
+            other => panic!("{other}"),
+        };
+        let first = json!({"number": "1", "action": "deny", "trafficType": "egress"});
+        for (base, key, malformed) in [
+            (&tcp, "action", "maybe"),
+            (&tcp, "trafficType", "both"),
+            (&tcp, "protocol", "gre"),
+            (&tcp, "portStart", "0"),
+            (&tcp, "portEnd", "x"),
+            (&icmp, "icmpType", "300"),
+            (&icmp, "icmpCode", "-2"),
+        ] {
+            for bad in [
+                json!(""),
+                json!(" "),
+                Value::Null,
+                json!([]),
+                json!({}),
+                json!(malformed),
+            ] {
+                let mut rule = base.clone();
+                rule[key] = bad.clone();
+                let e = one(json!([first.clone(), rule])).unwrap_err();
+                assert_eq!(
+                    field(e),
+                    format!("acl_rules[number=30].{key}"),
+                    "{key} = {bad}"
+                );
+            }
+        }
+        for bad in [json!(""), Value::Null, json!("x")] {
+            let mut rule = tcp.clone();
+            rule["number"] = bad.clone();
+            let e = one(json!([first.clone(), rule])).unwrap_err();
+            assert_eq!(field(e), "acl_rules[1].number", "number = {bad}");
+        }
+        for (bad, named) in [
+            (json!([""]), "acl_rules[number=30].sourceCidrs[0]"),
+            (
+                json!(["10.0.0.0/8", "  "]),
+                "acl_rules[number=30].sourceCidrs[1]",
+            ),
+            (
+                json!(["10.0.0.0/8", null]),
+                "acl_rules[number=30].sourceCidrs[1]",
+            ),
+            (json!(""), "acl_rules[number=30].sourceCidrs"),
+            (
+                json!("10.0.0.0/8,,10.2.0.0/16"),
+                "acl_rules[number=30].sourceCidrs",
+            ),
+            (Value::Null, "acl_rules[number=30].sourceCidrs"),
+        ] {
+            let mut rule = tcp.clone();
+            rule["sourceCidrs"] = bad.clone();
+            let e = one(json!([first.clone(), rule])).unwrap_err();
+            assert_eq!(field(e), named, "sourceCidrs = {bad}");
+        }
+        // `-1` (any) is still an ICMP field: refused on another protocol.
+        let mut rule = tcp.clone();
+        rule["icmpType"] = json!("-1");
+        assert_eq!(
+            field(one(json!([rule])).unwrap_err()),
+            "acl_rules[number=30].icmpType"
+        );
+        // Absent fields take their defaults: all protocols, any address.
+        let rules = one(json!([first])).unwrap();
+        assert_eq!(rules[0].protocol, AclProtocol::All);
+        assert!(rules[0].cidrs.is_empty() && rules[0].ports.is_none());
     }
 
     #[test]

@@ -177,11 +177,15 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
-            let tmp = root.join(format!(".{KEY_FILE}.tmp"));
+            // A temporary name of its own per creator: concurrent first
+            // commands of several networks must not share (and truncate)
+            // one temporary file.
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce).map_err(|e| ExecError::State(format!("random: {e}")))?;
+            let tmp = root.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(nonce)));
             let mut f = fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| io_state("create", &tmp, e))?;
@@ -884,6 +888,28 @@ fn stop_metadata(server: MetadataServer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_commands_agree_on_one_vm_data_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys: Vec<[u8; 32]> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| sc.spawn(|| load_or_create_key(dir.path())))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().expect("key"))
+                    .collect()
+            });
+            assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
+            let left: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, vec![std::ffi::OsString::from(KEY_FILE)]);
+        }
+    }
 
     fn engine(dir: &Path) -> Engine {
         let netns = dir.join("netns");

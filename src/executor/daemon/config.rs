@@ -495,11 +495,64 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_come_from_the_file_and_flags() {
+        let c = Config::resolve(&tls_args(), FileConfig::default()).unwrap();
+        assert_eq!(c.http, HttpLimits::default());
+        let file = FileConfig::parse(
+            "idle_timeout = 45\nheader_read_timeout = 2.5\nmax_connections = 100\n\
+             max_connections_per_peer = 10\nbody_min_rate = 0\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            idle_timeout: Some(0.5),
+            max_unverified_body_bytes: Some(DEFAULT_BODY_LIMIT),
+            ..tls_args()
+        };
+        let c = Config::resolve(&args, file).unwrap();
+        assert_eq!(c.http.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.body_min_rate, 0);
+        assert_eq!(
+            (c.http.max_connections, c.http.max_connections_per_peer),
+            (100, 10)
+        );
+        assert_eq!(c.http.max_unverified_body_bytes, DEFAULT_BODY_LIMIT);
+    }
+
+    #[test]
+    fn bad_http_limits_name_the_field() {
+        let cases = [
+            ("idle_timeout = 0", "'idle_timeout'"),
+            ("tls_handshake_timeout = 7200", "'tls_handshake_timeout'"),
+            ("body_read_timeout = nan", "'body_read_timeout'"),
+            ("max_connections = 0", "'max_connections'"),
+            (
+                "max_connections = 10\nmax_connections_per_peer = 11",
+                "'max_connections_per_peer'",
+            ),
+            (
+                "max_unverified_body_bytes = 1024",
+                "'max_unverified_body_bytes'",
+            ),
+        ];
+        for (text, field) in cases {
+            let file = FileConfig::parse(text).unwrap();
+            let err = Config::resolve(&tls_args(), file).unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        let err = FileConfig::parse("header_read_timeout = \"10s\"").unwrap_err();
+        assert!(err.to_string().contains("header_read_timeout"), "{err}");
+    }
+
+    #[test]
     fn packaged_example_config_is_valid() {
         let file = FileConfig::parse(include_str!("../../../packaging/executor.toml")).unwrap();
         let c = Config::resolve(&RunArgs::default(), file).unwrap();
         assert_eq!(c.key_file, PathBuf::from("/etc/netbridge/executor.hmac"));
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        // The example spells out the defaults.
+        assert_eq!(c.http, HttpLimits::default());
     }
 
     #[test]

@@ -109,7 +109,10 @@ impl Executor {
     /// A TLS connection from `from`, handshake completed (also on the
     /// server's side once the client's last flight is flushed).
     fn tls_from(&self, from: Ipv4Addr) -> Result<Tls, String> {
-        let tcp = tcp_from(from);
+        self.tls_over(tcp_from(from, None))
+    }
+
+    fn tls_over(&self, tcp: TcpStream) -> Result<Tls, String> {
         let name =
             rustls::pki_types::ServerName::try_from("executor").map_err(|e| e.to_string())?;
         let conn =
@@ -162,9 +165,14 @@ impl Drop for Executor {
     }
 }
 
-fn tcp_from(from: Ipv4Addr) -> TcpStream {
+/// A TCP connection to the executor from `from`, optionally with a small
+/// receive buffer.
+fn tcp_from(from: Ipv4Addr, receive_buffer: Option<usize>) -> TcpStream {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
     socket
         .bind(&SocketAddr::from((from, 0)).into())
         .unwrap_or_else(|e| panic!("bind {from}: {e}"));
@@ -357,7 +365,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     );
 
     // A TCP connection that never starts the TLS handshake.
-    let mut silent = tcp_from(Ipv4Addr::LOCALHOST);
+    let mut silent = tcp_from(Ipv4Addr::LOCALHOST, None);
     let start = Instant::now();
     wait_closed(&mut silent).expect("connection without handshake closed");
     assert!(
@@ -375,6 +383,69 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_metric(
         &metrics,
         "netbridge_executor_timeouts_total{phase=\"handshake\"} 1",
+    );
+}
+
+#[test]
+fn a_client_that_does_not_read_its_answers_is_closed_after_the_idle_timeout() {
+    if isolate("a_client_that_does_not_read_its_answers_is_closed_after_the_idle_timeout") {
+        return;
+    }
+    let ex = Executor::start(&["--idle-timeout", "1"]);
+    let mut greedy = ex
+        .tls_over(tcp_from(Ipv4Addr::LOCALHOST, Some(4096)))
+        .expect("TLS handshake");
+    // Pipelined signed requests for the metrics (a few KiB of answer
+    // each), never reading an answer, until the executor stops reading
+    // them: its answers wait for this client.
+    greedy
+        .sock
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("write timeout");
+    let start = Instant::now();
+    let mut sent = 0;
+    loop {
+        assert!(start.elapsed() < BOUND, "the executor kept reading");
+        let batch: Vec<u8> = (0..20)
+            .flat_map(|_| {
+                let signature = signature_headers(KEY, "GET", "/metrics", now_secs(), b"");
+                head("GET", "/metrics", &signature, None, &[])
+            })
+            .collect();
+        if greedy
+            .write_all(&batch)
+            .and_then(|()| greedy.flush())
+            .is_err()
+        {
+            break;
+        }
+        sent += 20;
+    }
+    assert!(sent > 20, "only {sent} requests were taken");
+    // The executor closes the connection: with input it did not read, the
+    // close is a reset, which poll(2) reports without reading the answers.
+    let mut hangup = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&greedy.sock),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut hangup, 1, BOUND.as_millis() as libc::c_int) };
+    assert_eq!(
+        ready,
+        1,
+        "connection still open after {} s",
+        BOUND.as_secs()
+    );
+    assert_ne!(
+        hangup.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP),
+        0
+    );
+    let mut probe = ex.tls();
+    let metrics = ex.metrics(&mut probe);
+    assert_metric(
+        &metrics,
+        "netbridge_executor_timeouts_total{phase=\"write\"} 1",
     );
 }
 

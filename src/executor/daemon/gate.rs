@@ -17,9 +17,12 @@
 //!   it knows where the next head starts, and passes body bytes only when
 //!   hyper asks for them: a handler that refuses before reading the body
 //!   leaves it unread;
-//! - closes a connection whose client does not read a response within
-//!   `idle_timeout`, and after a refusal half-closes and drains the input
-//!   briefly so the client can read the answer before the socket goes away.
+//! - reads no new head while an answer is still waiting to be written (a
+//!   client pipelining requests without reading the answers would
+//!   otherwise make hyper hold them in memory), and closes a connection
+//!   whose client does not read an answer within `idle_timeout`;
+//! - after a refusal, half-closes and drains the input briefly so the client
+//!   can read the answer before the socket goes away.
 //!
 //! Body deadlines and size limits are enforced by the handler that reads the
 //! body (`server::authenticate`), which can still answer.
@@ -234,6 +237,9 @@ pub struct Gate<S> {
     timer: Pin<Box<Sleep>>,
     write_deadline: Option<Instant>,
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// The last write could not complete: no new head is read until it
+    /// does, or hyper would keep answering pipelined requests into memory.
+    write_blocked: bool,
     /// The answer to send before closing, when the gate refused.
     refusal: Option<Vec<u8>>,
     closing: Closing,
@@ -253,6 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             write_deadline: None,
             write_timer: None,
+            write_blocked: false,
             refusal: None,
             closing: Closing::Start,
         }
@@ -324,6 +331,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                 Stage::Closed => return Poll::Ready(Ok(false)),
                 Stage::AwaitHead { first_byte } => first_byte,
             };
+            // hyper polls its pending write again when the socket can take
+            // it, and then asks for the head again.
+            if self.write_blocked {
+                return Poll::Pending;
+            }
             if self.buf.len() > self.searched {
                 // A head can only have become complete (or refusable) with
                 // a new line end; field count bounds how often that happens.
@@ -431,6 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        self.write_blocked = result.is_pending();
         match result {
             Poll::Ready(r) => {
                 self.write_deadline = None;

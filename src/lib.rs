@@ -1579,7 +1579,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
     }
 }
 
-fn pinned_client_config(fingerprint: &str) -> rustls::ClientConfig {
+pub fn pinned_client_config(fingerprint: &str) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let clean: String = fingerprint.chars().filter(|c| *c != ':').collect();
     let verifier = PinnedCert {

@@ -298,6 +298,18 @@ impl Authenticator {
         &self.keys
     }
 
+    /// What can be refused before the body is read: absent, malformed or
+    /// stale signature headers, a signature older than this process, or an
+    /// unusable key. [`Authenticator::check`] still does the whole check.
+    pub fn precheck(&self, parts: &SignedParts<'_>, now: u64) -> Result<(), AuthError> {
+        let timestamp = signing::check_headers(now, parts.timestamp, parts.nonce, parts.signature)?;
+        if timestamp < self.not_before {
+            return Err(AuthError::BeforeStart);
+        }
+        self.keys.key().ok_or(AuthError::KeyUnavailable)?;
+        Ok(())
+    }
+
     pub fn check(&self, parts: &SignedParts<'_>, now: u64) -> Result<(), AuthError> {
         // Missing headers are reported as such even when the key is broken.
         if parts.timestamp.is_none() || parts.nonce.is_none() || parts.signature.is_none() {
@@ -443,6 +455,39 @@ mod tests {
             auth.check(&parts(&s, "50", b""), 50),
             Err(AuthError::KeyUnavailable)
         );
+    }
+
+    #[test]
+    fn precheck_refuses_without_the_body_and_passes_what_check_then_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_key(dir.path(), "k", "0123456789abcdef0123", 0o600);
+        let auth = Authenticator::new(KeyStore::open(&path).unwrap(), 1000);
+        let s = signing::sign(
+            b"0123456789abcdef0123",
+            "POST",
+            "/v1/commands/assign-ip",
+            1000,
+            b"{}",
+        );
+        let headers_only = |ts: &'static str| SignedParts {
+            body: b"",
+            ..parts(&s, ts, b"")
+        };
+        assert_eq!(auth.precheck(&headers_only("1000"), 1005), Ok(()));
+        assert_eq!(
+            auth.precheck(&headers_only("1000"), 1100),
+            Err(AuthError::Signature(SignatureError::Stale))
+        );
+        let unsigned = SignedParts {
+            timestamp: None,
+            ..headers_only("1000")
+        };
+        assert_eq!(
+            auth.precheck(&unsigned, 1005).unwrap_err().reason(),
+            "unsigned"
+        );
+        // The precheck does not consume the nonce: the full check passes.
+        assert_eq!(auth.check(&parts(&s, "1000", b"{}"), 1005), Ok(()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,6 +20,12 @@ pub const DEFAULT_KEY_FILE: &str = "/etc/netbridge/executor.hmac";
 /// Default largest accepted request body: the protocol's own limit, so that
 /// rule documents with 10,000 rules fit, also in their Base64 form.
 pub const DEFAULT_BODY_LIMIT: usize = netbridge_protocol::envelope::MAX_BODY_BYTES;
+/// Default limit of request bodies read before their signature can be
+/// checked, summed over connections that have not yet carried a signed
+/// request: four bodies of the default limit.
+pub const DEFAULT_MAX_UNVERIFIED_BODY_BYTES: usize = 4 * DEFAULT_BODY_LIMIT;
+/// Shortest and longest accepted timeout, in seconds.
+const TIMEOUT_RANGE: std::ops::RangeInclusive<f64> = 0.1..=3600.0;
 
 /// Run-time flags of `netbridge-executor` (also used by the binary's clap parser).
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -73,6 +80,34 @@ pub struct RunArgs {
     /// Directory of operator `custom-action` hooks (default /etc/netbridge/hooks).
     #[arg(long, value_name = "DIR")]
     pub hooks_dir: Option<PathBuf>,
+    /// Seconds a client may take to complete the TLS handshake (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub tls_handshake_timeout: Option<f64>,
+    /// Seconds from the first byte of a request head to its end (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub header_read_timeout: Option<f64>,
+    /// Seconds a connection may wait for the first byte of a request,
+    /// after the handshake or between keep-alive requests (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds within which a whole request body must arrive (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub body_read_timeout: Option<f64>,
+    /// Slowest accepted average body rate in bytes/s, counted after a 2 s
+    /// grace (default 32768; 0 turns the rule off).
+    #[arg(long, value_name = "BYTES")]
+    pub body_min_rate: Option<u64>,
+    /// Most open client connections (default 2048).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most open connections per client address that have not yet carried a
+    /// signed request (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_peer: Option<usize>,
+    /// Most bytes of request bodies read before their signature can be
+    /// checked, over all connections not yet signed (default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_unverified_body_bytes: Option<usize>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are refused so that a
@@ -91,6 +126,14 @@ pub struct FileConfig {
     pub host_name: Option<String>,
     pub body_limit: Option<usize>,
     pub hooks_dir: Option<PathBuf>,
+    pub tls_handshake_timeout: Option<f64>,
+    pub header_read_timeout: Option<f64>,
+    pub idle_timeout: Option<f64>,
+    pub body_read_timeout: Option<f64>,
+    pub body_min_rate: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
+    pub max_unverified_body_bytes: Option<usize>,
 }
 
 /// How the daemon serves.
@@ -114,6 +157,131 @@ pub struct Config {
     pub body_limit: usize,
     /// Operator hooks of `custom-action`.
     pub hooks_dir: PathBuf,
+    /// Timeouts and caps of the HTTPS server.
+    pub http: HttpLimits,
+}
+
+/// What one client may hold of the HTTPS server: timeouts of every phase of
+/// a connection and caps on connections and on unverified request bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpLimits {
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// Bytes/s; 0 = only `body_read_timeout` applies.
+    pub body_min_rate: u64,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub max_unverified_body_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than the bridge keeps a pooled connection idle (20 s),
+            // so the bridge never sends on a connection being closed here.
+            idle_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            body_min_rate: 32 * 1024,
+            max_connections: 2048,
+            max_connections_per_peer: 64,
+            max_unverified_body_bytes: DEFAULT_MAX_UNVERIFIED_BODY_BYTES,
+        }
+    }
+}
+
+/// A timeout setting in seconds (fractions allowed).
+fn timeout(field: &str, value: Option<f64>, default: Duration) -> Result<Duration, DaemonError> {
+    match value {
+        None => Ok(default),
+        Some(secs) if secs.is_finite() && TIMEOUT_RANGE.contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Some(_) => Err(invalid(
+            field,
+            format!(
+                "must be a number of seconds from {} to {}",
+                TIMEOUT_RANGE.start(),
+                TIMEOUT_RANGE.end()
+            ),
+        )),
+    }
+}
+
+impl HttpLimits {
+    fn resolve(
+        args: &RunArgs,
+        file: &FileConfig,
+        body_limit: usize,
+    ) -> Result<HttpLimits, DaemonError> {
+        let d = HttpLimits::default();
+        let limits = HttpLimits {
+            tls_handshake_timeout: timeout(
+                "tls_handshake_timeout",
+                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                d.tls_handshake_timeout,
+            )?,
+            header_read_timeout: timeout(
+                "header_read_timeout",
+                args.header_read_timeout.or(file.header_read_timeout),
+                d.header_read_timeout,
+            )?,
+            idle_timeout: timeout(
+                "idle_timeout",
+                args.idle_timeout.or(file.idle_timeout),
+                d.idle_timeout,
+            )?,
+            body_read_timeout: timeout(
+                "body_read_timeout",
+                args.body_read_timeout.or(file.body_read_timeout),
+                d.body_read_timeout,
+            )?,
+            body_min_rate: args
+                .body_min_rate
+                .or(file.body_min_rate)
+                .unwrap_or(d.body_min_rate),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_connections_per_peer: args
+                .max_connections_per_peer
+                .or(file.max_connections_per_peer)
+                .unwrap_or(d.max_connections_per_peer),
+            max_unverified_body_bytes: args
+                .max_unverified_body_bytes
+                .or(file.max_unverified_body_bytes)
+                .unwrap_or(d.max_unverified_body_bytes.max(body_limit)),
+        };
+        if limits.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if limits.max_connections_per_peer == 0
+            || limits.max_connections_per_peer > limits.max_connections
+        {
+            return Err(invalid(
+                "max_connections_per_peer",
+                format!(
+                    "must be from 1 to max_connections ({})",
+                    limits.max_connections
+                ),
+            ));
+        }
+        // A fresh connection must be able to send one body of the largest
+        // accepted size; the budget is counted in u32 permits.
+        if limits.max_unverified_body_bytes < body_limit
+            || limits.max_unverified_body_bytes > u32::MAX as usize
+        {
+            return Err(invalid(
+                "max_unverified_body_bytes",
+                format!("must be from body_limit ({body_limit}) to {}", u32::MAX),
+            ));
+        }
+        Ok(limits)
+    }
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> DaemonError {
@@ -174,6 +342,14 @@ impl FileConfig {
 impl Config {
     /// Merges flags over the file over the defaults and validates the result.
     pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, DaemonError> {
+        let body_limit = args
+            .body_limit
+            .or(file.body_limit)
+            .unwrap_or(DEFAULT_BODY_LIMIT);
+        if body_limit < 1024 {
+            return Err(invalid("body_limit", "must be at least 1024 bytes"));
+        }
+        let http = HttpLimits::resolve(args, &file, body_limit)?;
         let listen_text = args
             .listen
             .clone()
@@ -240,13 +416,6 @@ impl Config {
         if let Some(name) = &host_name {
             check_host_name(name)?;
         }
-        let body_limit = args
-            .body_limit
-            .or(file.body_limit)
-            .unwrap_or(DEFAULT_BODY_LIMIT);
-        if body_limit < 1024 {
-            return Err(invalid("body_limit", "must be at least 1024 bytes"));
-        }
         Ok(Config {
             listen,
             state_dir: args
@@ -270,6 +439,7 @@ impl Config {
                 .clone()
                 .or(file.hooks_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::vpc_engine::DEFAULT_HOOKS_DIR)),
+            http,
         })
     }
 }
@@ -325,11 +495,64 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_come_from_the_file_and_flags() {
+        let c = Config::resolve(&tls_args(), FileConfig::default()).unwrap();
+        assert_eq!(c.http, HttpLimits::default());
+        let file = FileConfig::parse(
+            "idle_timeout = 45\nheader_read_timeout = 2.5\nmax_connections = 100\n\
+             max_connections_per_peer = 10\nbody_min_rate = 0\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            idle_timeout: Some(0.5),
+            max_unverified_body_bytes: Some(DEFAULT_BODY_LIMIT),
+            ..tls_args()
+        };
+        let c = Config::resolve(&args, file).unwrap();
+        assert_eq!(c.http.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.body_min_rate, 0);
+        assert_eq!(
+            (c.http.max_connections, c.http.max_connections_per_peer),
+            (100, 10)
+        );
+        assert_eq!(c.http.max_unverified_body_bytes, DEFAULT_BODY_LIMIT);
+    }
+
+    #[test]
+    fn bad_http_limits_name_the_field() {
+        let cases = [
+            ("idle_timeout = 0", "'idle_timeout'"),
+            ("tls_handshake_timeout = 7200", "'tls_handshake_timeout'"),
+            ("body_read_timeout = nan", "'body_read_timeout'"),
+            ("max_connections = 0", "'max_connections'"),
+            (
+                "max_connections = 10\nmax_connections_per_peer = 11",
+                "'max_connections_per_peer'",
+            ),
+            (
+                "max_unverified_body_bytes = 1024",
+                "'max_unverified_body_bytes'",
+            ),
+        ];
+        for (text, field) in cases {
+            let file = FileConfig::parse(text).unwrap();
+            let err = Config::resolve(&tls_args(), file).unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        let err = FileConfig::parse("header_read_timeout = \"10s\"").unwrap_err();
+        assert!(err.to_string().contains("header_read_timeout"), "{err}");
+    }
+
+    #[test]
     fn packaged_example_config_is_valid() {
         let file = FileConfig::parse(include_str!("../../../../packaging/executor.toml")).unwrap();
         let c = Config::resolve(&RunArgs::default(), file).unwrap();
         assert_eq!(c.key_file, PathBuf::from("/etc/netbridge/executor.hmac"));
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        // The example spells out the defaults.
+        assert_eq!(c.http, HttpLimits::default());
     }
 
     #[test]

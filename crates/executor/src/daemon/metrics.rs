@@ -44,6 +44,12 @@ struct Inner {
     auth_failures: BTreeMap<&'static str, u64>,
     /// reason → count (oversized body, bad path, …)
     rejected: BTreeMap<&'static str, u64>,
+    /// phase of a connection (handshake, idle, header, …) → count
+    timeouts: BTreeMap<&'static str, u64>,
+    /// reason → connections refused at accept
+    connections_refused: BTreeMap<&'static str, u64>,
+    /// unsigned connections closed to admit new ones
+    connections_evicted: u64,
 }
 
 /// Process-wide metrics of the daemon.
@@ -82,6 +88,36 @@ impl Metrics {
 
     pub fn rejected(&self, reason: &'static str) {
         self.with(|m| *m.rejected.entry(reason).or_default() += 1);
+    }
+
+    /// A connection or request closed for taking too long in `phase`.
+    pub fn timeout(&self, phase: &'static str) {
+        self.with(|m| *m.timeouts.entry(phase).or_default() += 1);
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.with(|m| *m.connections_refused.entry(reason).or_default() += 1);
+    }
+
+    pub fn connection_evicted(&self) {
+        self.with(|m| m.connections_evicted += 1);
+    }
+
+    /// Appends the gauge of open connections (from the connection table).
+    pub fn render_connections(&self, out: &mut String, signed: usize, unsigned: usize) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP netbridge_executor_connections Open client connections, by whether one of their requests was signed."
+        )
+        .and_then(|()| writeln!(out, "# TYPE netbridge_executor_connections gauge"))
+        .and_then(|()| writeln!(out, "netbridge_executor_connections{{signed=\"true\"}} {signed}"))
+        .and_then(|()| {
+            writeln!(
+                out,
+                "netbridge_executor_connections{{signed=\"false\"}} {unsigned}"
+            )
+        });
     }
 
     /// Total auth failures (all reasons).
@@ -210,6 +246,44 @@ fn render_into(
             "netbridge_executor_requests_rejected_total{{reason=\"{reason}\"}} {n}"
         )?;
     }
+    writeln!(
+        out,
+        "# HELP netbridge_executor_timeouts_total Connections and requests closed for taking too long, by phase."
+    )?;
+    writeln!(out, "# TYPE netbridge_executor_timeouts_total counter")?;
+    for (phase, n) in &m.timeouts {
+        writeln!(
+            out,
+            "netbridge_executor_timeouts_total{{phase=\"{phase}\"}} {n}"
+        )?;
+    }
+    writeln!(
+        out,
+        "# HELP netbridge_executor_connections_refused_total Connections closed at accept."
+    )?;
+    writeln!(
+        out,
+        "# TYPE netbridge_executor_connections_refused_total counter"
+    )?;
+    for (reason, n) in &m.connections_refused {
+        writeln!(
+            out,
+            "netbridge_executor_connections_refused_total{{reason=\"{reason}\"}} {n}"
+        )?;
+    }
+    writeln!(
+        out,
+        "# HELP netbridge_executor_connections_evicted_total Unsigned connections closed to admit new ones."
+    )?;
+    writeln!(
+        out,
+        "# TYPE netbridge_executor_connections_evicted_total counter"
+    )?;
+    writeln!(
+        out,
+        "netbridge_executor_connections_evicted_total {}",
+        m.connections_evicted
+    )?;
     Ok(())
 }
 
@@ -245,5 +319,23 @@ mod tests {
         assert!(text.contains("netbridge_executor_apply_errors_total{command=\"assign-ip\"} 1\n"));
         assert!(text.contains("netbridge_executor_auth_failures_total{reason=\"stale\"} 1\n"));
         assert!(text.contains("netbridge_executor_networks 2\n"));
+    }
+
+    #[test]
+    fn renders_connection_counters_and_gauge() {
+        let m = Metrics::default();
+        m.timeout("idle");
+        m.timeout("idle");
+        m.connection_refused("per_peer_limit");
+        m.connection_evicted();
+        let mut text = m.render(0, 1, "v");
+        m.render_connections(&mut text, 2, 5);
+        assert!(text.contains("netbridge_executor_timeouts_total{phase=\"idle\"} 2\n"));
+        assert!(text.contains(
+            "netbridge_executor_connections_refused_total{reason=\"per_peer_limit\"} 1\n"
+        ));
+        assert!(text.contains("netbridge_executor_connections_evicted_total 1\n"));
+        assert!(text.contains("netbridge_executor_connections{signed=\"true\"} 2\n"));
+        assert!(text.contains("netbridge_executor_connections{signed=\"false\"} 5\n"));
     }
 }

@@ -7,6 +7,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod conns;
+pub mod gate;
+pub mod listener;
 pub mod metrics;
 pub mod nsenv;
 pub mod server;
@@ -14,9 +17,9 @@ pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use config::{Config, FileConfig, RunArgs, Transport};
+pub use config::{Config, FileConfig, HttpLimits, RunArgs, Transport};
 
 use crate::{Engine, EngineConfig, ExecError};
 
@@ -38,7 +41,10 @@ pub enum DaemonError {
 }
 
 /// How long in-flight commands may take to finish after SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const SHUTDOWN_GRACE: Duration = listener::SHUTDOWN_GRACE;
+/// File descriptors kept for everything but client connections (state
+/// files, namespaces, nftables sockets, daemons' pipes).
+const FD_RESERVE: u64 = 256;
 
 fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
@@ -114,16 +120,24 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         public_device: config.public_device.clone(),
     })?;
     engine.set_hooks_dir(Some(config.hooks_dir.clone()));
-    let count = engine.network_count();
-    let state = Arc::new(server::AppState {
-        network_count: std::sync::atomic::AtomicUsize::new(count),
-        engine: Arc::new(engine),
-        auth: auth::Authenticator::new(keys, started_secs),
-        metrics: metrics::Metrics::default(),
-        started: Instant::now(),
-        host: config.host_name.clone().unwrap_or_else(hostname),
-        body_limit: config.body_limit,
-    });
+    let mut http = config.http.clone();
+    let fd_limit = raise_fd_limit();
+    if (http.max_connections as u64).saturating_add(FD_RESERVE) > fd_limit {
+        let fitting = fd_limit.saturating_sub(FD_RESERVE).max(1) as usize;
+        log::warn!(
+            "max_connections {} does not fit the file descriptor limit {fd_limit}; using {fitting}",
+            http.max_connections
+        );
+        http.max_connections = fitting;
+        http.max_connections_per_peer = http.max_connections_per_peer.min(fitting);
+    }
+    let state = Arc::new(server::AppState::new(
+        Arc::new(engine),
+        auth::Authenticator::new(keys, started_secs),
+        config.host_name.clone().unwrap_or_else(hostname),
+        config.body_limit,
+        http,
+    ));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -135,6 +149,31 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     log::info!("stopped");
     result
+}
+
+/// Raises the soft limit of open files to the hard limit (every client
+/// connection holds one) and returns the limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 fn init_logging(level: log::LevelFilter) {
@@ -159,27 +198,13 @@ async fn serve(
         .local_addr()
         .map_err(|e| DaemonError::Io(e.to_string()))?;
     spawn_sighup(state.clone());
-    let app = server::router(state).into_make_service_with_connect_info::<tls::PeerAddr>();
     log::info!(
         "netbridge-executor {} listening on {local} ({})",
         netbridge_protocol::build_id(),
         if tls.is_some() { "https" } else { "http" }
     );
-    let served = match tls {
-        Some(config) => {
-            let listener = tls::TlsListener::new(listener, config)
-                .map_err(|e| DaemonError::Io(e.to_string()))?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-        }
-    };
-    served.map_err(|e| DaemonError::Io(format!("server: {e}")))
+    listener::serve(listener, tls, state, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

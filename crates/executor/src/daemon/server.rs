@@ -13,6 +13,8 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use super::auth::{Authenticator, SignedParts};
+use super::config::HttpLimits;
+use super::conns::{Connection, Registry};
 use super::metrics::Metrics;
 use crate::{Engine, ExecError};
 use netbridge_protocol::{sanitize_for_message, signing, Command};
@@ -28,7 +30,46 @@ pub struct AppState {
     /// Last known network count: health must answer promptly even while a
     /// long command holds a network's lock.
     pub network_count: std::sync::atomic::AtomicUsize,
+    /// Timeouts and caps of the HTTPS server.
+    pub http: HttpLimits,
+    /// Open connections.
+    pub connections: Arc<Registry>,
+    /// Bytes of request bodies that may be held before their signature is
+    /// checked, on connections not yet signed (`max_unverified_body_bytes`).
+    pub unverified_bodies: tokio::sync::Semaphore,
 }
+
+impl AppState {
+    /// The shared state; `http` sizes the connection table and the budget
+    /// of unverified bodies.
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: Authenticator,
+        host: String,
+        body_limit: usize,
+        http: HttpLimits,
+    ) -> AppState {
+        AppState {
+            network_count: std::sync::atomic::AtomicUsize::new(engine.network_count()),
+            engine,
+            auth,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            host,
+            body_limit,
+            connections: Arc::new(Registry::new(
+                http.max_connections,
+                http.max_connections_per_peer,
+            )),
+            unverified_bodies: tokio::sync::Semaphore::new(http.max_unverified_body_bytes),
+            http,
+        }
+    }
+}
+
+/// The connection a request arrived on (request extension).
+#[derive(Clone)]
+pub struct ConnRef(pub Arc<Connection>);
 
 /// How long health and metrics wait for a fresh network count.
 const COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
@@ -53,14 +94,26 @@ async fn network_count(st: &Arc<AppState>) -> usize {
     }
 }
 
+/// The executor's error document `{"status":"error","message":…}`.
+pub fn error_body(message: &str) -> Value {
+    json!({"status": "error", "message": message})
+}
+
 /// `{"status":"error","message":…}` with the given HTTP status.
 pub fn error_response(status: u16, message: impl Into<String>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        code,
-        Json(json!({"status": "error", "message": message.into()})),
-    )
-        .into_response()
+    (code, Json(error_body(&message.into()))).into_response()
+}
+
+/// An error answer after which the connection closes: the request body was
+/// left unread, so the connection cannot carry another request.
+fn closing_error(status: u16, message: impl Into<String>) -> Response {
+    let mut response = error_response(status, message);
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -90,67 +143,182 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.to_str().unwrap_or(""))
 }
 
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+/// Why a request body was not read completely.
+enum BodyError {
+    TooLarge,
+    /// Not complete within `body_read_timeout`.
+    Timeout,
+    /// Arrived slower than `body_min_rate`.
+    TooSlow,
+    Read(axum::Error),
 }
 
-/// Reads the body (bounded) and checks the signature before any handler runs.
+/// Grace before `body_min_rate` applies (connection set-up, first bytes).
+const BODY_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a body of at most `limit` bytes (never holding more), completely
+/// within `body_read_timeout` and, after a grace, at `body_min_rate` bytes/s
+/// on average. `expected` is the declared length; capacity grows with the
+/// data, so a false length costs nothing.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    expected: usize,
+    limits: &HttpLimits,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let start = tokio::time::Instant::now();
+    let whole = start + limits.body_read_timeout;
+    let mut body = body;
+    let mut data: Vec<u8> = Vec::new();
+    loop {
+        let mut deadline = whole;
+        if limits.body_min_rate > 0 {
+            let earned =
+                std::time::Duration::from_secs_f64(data.len() as f64 / limits.body_min_rate as f64);
+            deadline = deadline.min(start + BODY_RATE_GRACE + earned);
+        }
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if deadline == whole => return Err(BodyError::Timeout),
+            Err(_) => return Err(BodyError::TooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let needed = data.len() + chunk.len();
+        if needed > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if needed > data.capacity() {
+            // Grow by doubling, but never past the declared length or the limit.
+            let target = needed
+                .max(data.capacity() * 2)
+                .min(expected.max(needed))
+                .min(limit);
+            data.reserve_exact(target - data.len());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(data))
+}
+
+/// Checks the signature headers, reads the body (bounded) and checks the
+/// whole signature before any handler runs. An unsigned, malformed or stale
+/// request is refused before a byte of its body is read.
 async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
     let peer = req
         .extensions()
         .get::<ConnectInfo<super::tls::PeerAddr>>()
         .map(|c| c.0 .0.to_string())
         .unwrap_or_else(|| "?".to_string());
+    let conn = req.extensions().get::<ConnRef>().map(|c| c.0.clone());
     let (parts, body) = req.into_parts();
     let too_large = || format!("request body too large (limit {} bytes)", st.body_limit);
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > st.body_limit as u64) {
+    let hint = body.size_hint();
+    if hint.lower() > st.body_limit as u64 {
         st.metrics.rejected("body_too_large");
-        return error_response(413, too_large());
+        return closing_error(413, too_large());
     }
-    let bytes = match axum::body::to_bytes(body, st.body_limit).await {
-        Ok(b) => b,
-        Err(e) if is_length_limit(&e) => {
-            st.metrics.rejected("body_too_large");
-            return error_response(413, too_large());
-        }
-        Err(e) => {
-            st.metrics.rejected("body_unreadable");
-            return error_response(400, format!("could not read request body: {e}"));
-        }
-    };
+    // The declared length (hyper knows it from Content-Length).
+    let expected = hint
+        .upper()
+        .unwrap_or(st.body_limit as u64)
+        .min(st.body_limit as u64) as usize;
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| parts.uri.path());
-    let signed = SignedParts {
+    let mut signed = SignedParts {
         method: parts.method.as_str(),
         path,
         timestamp: header(&parts.headers, signing::HEADER_TIMESTAMP),
         nonce: header(&parts.headers, signing::HEADER_NONCE),
         signature: header(&parts.headers, signing::HEADER_SIGNATURE),
-        body: &bytes,
+        body: &[],
     };
-    if let Err(e) = st.auth.check(&signed, now_secs()) {
+    let refuse = |e: super::auth::AuthError| {
         st.metrics.auth_failure(e.reason());
         log::warn!(
             "refused {} {} from {peer}: {e}",
             parts.method,
             sanitize_for_message(path)
         );
-        return error_response(e.http_status(), format!("authentication failed: {e}"));
+        let message = format!("authentication failed: {e}");
+        if expected > 0 {
+            closing_error(e.http_status(), message)
+        } else {
+            error_response(e.http_status(), message)
+        }
+    };
+    if let Err(e) = st.auth.precheck(&signed, now_secs()) {
+        return refuse(e);
+    }
+    // Headers that look signed prove nothing until the body's hash is
+    // checked: bodies on connections that never carried a signed request
+    // share one budget, so forged headers cannot make the executor hold
+    // more than `max_unverified_body_bytes`.
+    let trusted = conn.as_ref().is_some_and(|c| c.is_signed());
+    let budget = if trusted || expected == 0 {
+        None
+    } else {
+        let bytes = u32::try_from(expected).unwrap_or(u32::MAX);
+        match st.unverified_bodies.try_acquire_many(bytes) {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                st.metrics.rejected("unverified_bodies_busy");
+                return closing_error(
+                    503,
+                    format!(
+                        "executor busy: too many request bodies awaiting their signature check (max_unverified_body_bytes {}); retry",
+                        st.http.max_unverified_body_bytes
+                    ),
+                );
+            }
+        }
+    };
+    let bytes = match read_body(body, st.body_limit, expected, &st.http).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            st.metrics.rejected("body_too_large");
+            return closing_error(413, too_large());
+        }
+        Err(BodyError::Timeout) => {
+            st.metrics.timeout("body");
+            return closing_error(
+                408,
+                format!(
+                    "request body not received within body_read_timeout ({} s)",
+                    st.http.body_read_timeout.as_secs_f64()
+                ),
+            );
+        }
+        Err(BodyError::TooSlow) => {
+            st.metrics.timeout("body_rate");
+            return closing_error(
+                408,
+                format!(
+                    "request body arrived slower than body_min_rate ({} bytes/s)",
+                    st.http.body_min_rate
+                ),
+            );
+        }
+        Err(BodyError::Read(e)) => {
+            st.metrics.rejected("body_unreadable");
+            return closing_error(400, format!("could not read request body: {e}"));
+        }
+    };
+    signed.body = &bytes;
+    if let Err(e) = st.auth.check(&signed, now_secs()) {
+        return refuse(e);
+    }
+    drop(budget);
+    if let Some(conn) = &conn {
+        st.connections.mark_signed(conn);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
@@ -244,11 +412,13 @@ async fn networks(State(st): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let count = network_count(&st).await;
-    let text = st.metrics.render(
+    let mut text = st.metrics.render(
         count,
         st.started.elapsed().as_secs(),
         &netbridge_protocol::build_id(),
     );
+    let (signed, unsigned) = st.connections.counts();
+    st.metrics.render_connections(&mut text, signed, unsigned);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -312,15 +482,16 @@ mod tests {
             },
         )
         .unwrap();
-        let state = Arc::new(AppState {
-            engine: Arc::new(engine),
-            auth: Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
-            metrics: Metrics::default(),
-            started: Instant::now(),
-            host: "unit".into(),
-            body_limit: 4096,
-            network_count: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let state = Arc::new(AppState::new(
+            Arc::new(engine),
+            Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
+            "unit".into(),
+            4096,
+            HttpLimits {
+                max_unverified_body_bytes: 8192,
+                ..HttpLimits::default()
+            },
+        ));
         (router(state.clone()), state)
     }
 

@@ -14,6 +14,10 @@ fn objects(answer: &Value) -> Vec<&serde_json::Map<String, Value>> {
     else {
         return Vec::new();
     };
+    // An empty answer (CloudStack omits an empty list): no rows.
+    if body.is_empty() {
+        return Vec::new();
+    }
     // A list (`count` + items), or one wrapped object (`extension`), or the
     // fields themselves (errors, jobs, `success`).
     let lists: Vec<&Vec<Value>> = body.values().filter_map(Value::as_array).collect();

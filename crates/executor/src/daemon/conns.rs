@@ -10,10 +10,11 @@
 //! likely to be useful: closing ones first, then idle ones, then those in the
 //! TLS handshake, then those sending a request head, then those sending a
 //! body, and the oldest first within each group. A fresh connection from the
-//! bridge is therefore always admitted, and it is the newest: an attacker
-//! would have to open `max_connections` further connections before the
-//! bridge's handshake and first request complete (a few milliseconds) to
-//! close it. The per-address cap counts unsigned connections only, so one
+//! bridge is therefore admitted however many addresses the attacker uses
+//! (unless the bridge's own address already holds `max_connections_per_peer`
+//! unsigned connections), and it is the newest: an attacker would have to
+//! open `max_connections` further connections before the bridge's handshake
+//! and first request complete (a few milliseconds) to close it. The per-address cap counts unsigned connections only, so one
 //! address cannot take the whole table, while the bridge may keep as many
 //! signed connections as it needs. When every connection is signed, new ones
 //! are refused.

@@ -241,7 +241,7 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
         signature: header(&parts.headers, signing::HEADER_SIGNATURE),
         body: &[],
     };
-    let refuse = |e: super::auth::AuthError| {
+    let refuse = |e: super::auth::AuthError, body_unread: bool| {
         st.metrics.auth_failure(e.reason());
         log::warn!(
             "refused {} {} from {peer}: {e}",
@@ -249,14 +249,14 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
             sanitize_for_message(path)
         );
         let message = format!("authentication failed: {e}");
-        if expected > 0 {
+        if body_unread {
             closing_error(e.http_status(), message)
         } else {
             error_response(e.http_status(), message)
         }
     };
     if let Err(e) = st.auth.precheck(&signed, now_secs()) {
-        return refuse(e);
+        return refuse(e, expected > 0);
     }
     // Headers that look signed prove nothing until the body's hash is
     // checked: bodies on connections that never carried a signed request
@@ -314,7 +314,7 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
     };
     signed.body = &bytes;
     if let Err(e) = st.auth.check(&signed, now_secs()) {
-        return refuse(e);
+        return refuse(e, false);
     }
     drop(budget);
     if let Some(conn) = &conn {

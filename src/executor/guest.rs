@@ -60,6 +60,8 @@ use crate::protocol::Command;
 /// How long a stopping daemon or metadata server gets before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 const KEY_FILE: &str = "vmdata.key";
+/// A network's VM data directory, under its guest directory.
+const VMDATA_DIR: &str = "vmdata";
 
 /// Whether `command` is a guest-service command handled here.
 pub(super) fn handles(command: Command) -> bool {
@@ -238,9 +240,22 @@ impl Engine {
         let dir = self.guest_dir(namespace);
         ensure_dir(&dir, 0o711)?;
         let key = load_or_create_key(&root)?;
-        let store = Arc::new(MetadataStore::open(dir.join("vmdata"), Some(key))?);
+        let store = Arc::new(MetadataStore::open(dir.join(VMDATA_DIR), Some(key))?);
         rt.store = Some(store.clone());
         Ok(store)
+    }
+
+    /// The network's VM data store when it is open or on disk; `None`
+    /// when the network has never stored VM data (nothing is created).
+    fn stored_guest_store(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+    ) -> Result<Option<Arc<MetadataStore>>, ExecError> {
+        if rt.store.is_none() && !self.guest_dir(namespace).join(VMDATA_DIR).exists() {
+            return Ok(None);
+        }
+        self.guest_store(rt, namespace).map(Some)
     }
 
     fn dnsmasq_paths(&self, namespace: &str) -> Result<dnsmasq::DnsmasqPaths, ExecError> {
@@ -404,21 +419,34 @@ impl Engine {
         let namespace = current.namespace.as_str();
         let mut next = current.clone();
         seed_addresses(&mut next);
-        let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
         let mut guest = std::mem::take(&mut next.guest);
         // `guest` is a copy dropped on error, and so is the store's set.
         let mut apply = |vms: &mut services::VmDataSet| {
             services::model::apply_in_place(command, &envelope.payload, &mut guest, vms, &opts)
         };
-        let fx = if services::model::touches_vm_data(command) {
-            store.update(apply)?
-        } else {
+        let fx = if !services::model::touches_vm_data(command) {
             // No copy and no diff of every VM's data for a record command.
             apply(&mut services::VmDataSet::default())?
+        } else if let Some(store) = self.stored_guest_store(rt, key)? {
+            store.update(apply)?
+        } else {
+            // No VM data of this network on disk yet: the update runs on an
+            // empty set first, so a refused command creates no directory,
+            // key or file.
+            let mut vms = services::VmDataSet::default();
+            let fx = apply(&mut vms)?;
+            if !vms.is_empty() {
+                self.guest_store(rt, key)?.update(|set| {
+                    *set = vms;
+                    Ok(())
+                })?;
+            }
+            fx
         };
         next.guest = guest;
         if next.implemented {
+            self.guest_store(rt, key)?;
             // A removed NIC's granted lease would keep its name resolving
             // (dnsmasq answers names from leases): drop it with the NIC.
             let gone = removed_nics(&current.guest, &next.guest);
@@ -1004,6 +1032,95 @@ mod tests {
         // Destroy's guest part (the host part needs root): files gone.
         e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
         assert!(!state.join("guest/cs-net-42").exists());
+    }
+
+    /// Every path under `root` with its mode and, for files, its content.
+    fn tree(root: &Path) -> Vec<(PathBuf, u32, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(p) = todo.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let content = meta.is_file().then(|| fs::read(&p).unwrap());
+            if meta.is_dir() {
+                for entry in fs::read_dir(&p).unwrap() {
+                    todo.push(entry.unwrap().path());
+                }
+            }
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            out.push((rel, meta.permissions().mode(), content));
+        }
+        out.sort();
+        out
+    }
+
+    /// A refused guest command for a network this executor has never seen
+    /// (no implement-network, no earlier guest data) leaves the state
+    /// directory exactly as it was: no guest directory, no VM data key, no
+    /// mode change, no state file.
+    #[test]
+    fn refused_guest_commands_for_an_unknown_network_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let state = dir.path().join("state");
+        let before = tree(&state);
+        let refused = [
+            (
+                Command::AddDhcpEntry,
+                serde_json::json!({"mac": "02:00:00:00:00:06", "ip": "10.1.1.300"}),
+                "'ip'",
+            ),
+            (
+                Command::PrepareNic,
+                serde_json::json!({"mac": "not-a-mac", "ip": "10.1.1.6"}),
+                "'mac'",
+            ),
+            (
+                Command::AddDnsEntry,
+                serde_json::json!({"ip": "10.1.1.6", "hostname": "bad name"}),
+                "'hostname'",
+            ),
+            (
+                Command::SaveVmData,
+                serde_json::json!({"ip": "10.1.1.6", "vm_data": [
+                    {"dir": "elsewhere", "file": "x", "content": "y"}]}),
+                "'vm_data[0].dir'",
+            ),
+            (
+                Command::SavePassword,
+                serde_json::json!({"ip": "10.1.1.6"}),
+                "'password'",
+            ),
+            (
+                Command::ApplyLbRules,
+                serde_json::json!({"lb_rules": [{"id": "1", "publicIp": "203.0.113.10",
+                    "publicPort": "53", "protocol": "udp", "algorithm": "leastconn",
+                    "backends": [{"ip": "10.1.1.5", "port": "53"}]}]}),
+                "lb_rules[0].algorithm",
+            ),
+            (
+                Command::RestoreNetwork,
+                serde_json::json!({"restore_data": {"vms": [{"ip": "10.1.1.6",
+                    "vm_data": [{"dir": "metadata", "file": "../escape", "content": "x"}]}]}}),
+                "'restore_data.vms[0].vm_data[0].file'",
+            ),
+        ];
+        for (command, payload, field) in refused {
+            let err = e.execute(command, &body(payload)).unwrap_err();
+            assert_eq!(err.http_status(), 400, "{command}: {err}");
+            assert!(err.to_string().contains(field), "{command}: {err}");
+            assert_eq!(tree(&state), before, "{command} left something behind");
+        }
+        assert_eq!(e.networks(), serde_json::json!([]));
+        // The same network's first accepted command creates its files.
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.6", "password": "Pw-6-accepted"})),
+        )
+        .unwrap();
+        assert!(state
+            .join("guest/cs-net-42/vmdata/10.1.1.6.vmdata")
+            .exists());
+        assert_eq!(e.networks()[0]["namespace"], "cs-net-42");
     }
 
     #[test]

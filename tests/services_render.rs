@@ -92,7 +92,7 @@ fn dnsmasq_main_config_binds_extension_ip_static_only() {
         "dhcp-option=tag:m52540000000b,option:router",
         "dhcp-option=option:dns-server,10.1.1.1,198.51.100.53",
         "dhcp-option=option:domain-search,cs42.example",
-        "pid-file=/var/lib/netbridge/net-42/dnsmasq/dnsmasq.pid",
+        "pid-file=",
         "dhcp-leasefile=/var/lib/netbridge/net-42/dnsmasq/leases",
         "dhcp-hostsfile=/var/lib/netbridge/net-42/dnsmasq/dhcp-hosts",
         "addn-hosts=/var/lib/netbridge/net-42/dnsmasq/hosts",

@@ -16,21 +16,24 @@
 //! of records only as one line of the network's record log). VM data
 //! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
 //!
-//! Layout under the state directory. dnsmasq drops root and then re-reads its
-//! hosts files as an unprivileged user, so every directory on the way to its
-//! configuration is traversable (`o+x`) but never listable; secrets stay in
-//! 0700 directories and 0600 files the executor alone reads:
+//! Layout under the state directory. Every file the executor keeps is 0600
+//! in 0700 directories, except what dnsmasq reads after it dropped root to
+//! its unprivileged user (hosts files on SIGHUP, record shards by
+//! inotify): those files are 0644, and every directory on the way to them
+//! is traversable (`o+x`) but never listable:
 //! ```text
-//! <state>/                 o+x added
-//!   networks/<ns>.log      0600  record log of an isolated network (see
-//!                                [`crate::executor::record_log`])
+//! <state>/                 0700; 0711 once a network has guest services
+//!   networks/<ns>.json     0600  network state; `<ns>.log` its record log
+//!                                (see [`crate::executor::record_log`])
+//!   vpcs/, pbr/, radvd/    0700  VPC state, policy-routing tables, radvd; 0600
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier
 //!                                `cs-vpc-<id>-tier-<network_id>`
-//!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!       dnsmasq/           0711  dnsmasq.conf, leases, pid and log: 0600;
+//!                                hosts, dhcp-hosts: 0644
 //!         hosts.d/         0755  DNS record shards (`hostsdir`), 0644
-//!       haproxy/           0700  conf, pid file
+//!       haproxy/           0700  conf, pid file, log
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
 //! ```
 //! Parents of `<state>` must be traversable too (the default
@@ -60,6 +63,9 @@ use crate::protocol::Command;
 /// How long a stopping daemon or metadata server gets before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 const KEY_FILE: &str = "vmdata.key";
+/// Directories on the way to dnsmasq's files: the user dnsmasq drops to
+/// may pass through, never list or read.
+pub(super) const TRAVERSE_ONLY: u32 = 0o711;
 /// A network's VM data directory, under its guest directory.
 const VMDATA_DIR: &str = "vmdata";
 
@@ -227,18 +233,14 @@ impl Engine {
         }
         let state_dir = &self.config.state_dir;
         let meta = fs::metadata(state_dir).map_err(|e| io_state("stat", state_dir, e))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            fs::set_permissions(
-                state_dir,
-                fs::Permissions::from_mode((mode & 0o7777) | 0o001),
-            )
-            .map_err(|e| io_state("chmod", state_dir, e))?;
+        if meta.permissions().mode() & 0o7777 != TRAVERSE_ONLY {
+            fs::set_permissions(state_dir, fs::Permissions::from_mode(TRAVERSE_ONLY))
+                .map_err(|e| io_state("chmod", state_dir, e))?;
         }
         let root = self.guest_root();
-        ensure_dir(&root, 0o711)?;
+        ensure_dir(&root, TRAVERSE_ONLY)?;
         let dir = self.guest_dir(namespace);
-        ensure_dir(&dir, 0o711)?;
+        ensure_dir(&dir, TRAVERSE_ONLY)?;
         let key = load_or_create_key(&root)?;
         let store = Arc::new(MetadataStore::open(dir.join(VMDATA_DIR), Some(key))?);
         rt.store = Some(store.clone());
@@ -537,7 +539,7 @@ impl Engine {
         if let Some(d) = rt.dnsmasq.take().or_else(|| Daemon::adopt(spec)) {
             d.stop(GRACE)?;
         }
-        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o644)?;
+        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o600)?;
         Ok(())
     }
 

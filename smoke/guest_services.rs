@@ -1214,4 +1214,5 @@ fn state_directory_is_private_after_guest_services_and_pbr() {
 
     ok(host, ID, "destroy-network", json!({}));
     assert!(!guest_dir(host, ID).exists());
+    assert!(!state.join("pbr/cs-net-4404.json").exists());
 }

@@ -309,6 +309,7 @@ impl Engine {
                 self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
                 if transition == Transition::Forget {
+                    self.vpc.forget_pbr(&namespace)?;
                     self.store.remove(&namespace)?;
                     // The slot stays (empty) so a waiting command of the same
                     // network keeps sharing its lock.

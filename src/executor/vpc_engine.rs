@@ -522,6 +522,13 @@ impl VpcEngine {
             .map_err(ExecError::Apply)
     }
 
+    /// Forgets the policy-routing tables of an isolated network
+    /// (`destroy-network`: none of its files stay). The caller holds the
+    /// network's lock, as its custom actions do.
+    pub(crate) fn forget_pbr(&self, ns: &str) -> Result<(), ExecError> {
+        Ok(self.pbr.remove(ns)?)
+    }
+
     /// Stops the radvd of a network (teardown of an isolated network or tier).
     pub(crate) fn stop_radvd(&self, ns: &str, network_id: u64) {
         self.radvd.stop(ns, network_id);

@@ -94,11 +94,16 @@ pub struct Api {
 }
 
 impl Api {
-    /// Opens (and migrates) the store.
+    /// Opens (and migrates) the store. A key file or database path that
+    /// cannot be used is a parameter error (431) whose text names the
+    /// setting, its path and the problem; anything else is internal (530).
     pub fn open(config: ApiConfig) -> Result<Api, ApiError> {
         let registry = Registry::open(&config.database, &config.key_file).map_err(|e| {
             log::error!("cannot open the registry: {e}");
-            ApiError::internal(format!("Cannot open the registry: {e}"))
+            match e.setting_problem() {
+                Some(problem) => ApiError::param(problem),
+                None => ApiError::internal(format!("Cannot open the registry: {e}")),
+            }
         })?;
         Ok(Api {
             registry: Arc::new(registry),

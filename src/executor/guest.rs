@@ -1125,6 +1125,55 @@ mod tests {
         assert_eq!(e.networks()[0]["namespace"], "cs-net-42");
     }
 
+    /// `restore-network` with an empty `vm_data` for a VM keeps the VM's
+    /// stored data on disk (user data, meta-data, password), also across a
+    /// restart; the VM's NIC and record are restored as sent.
+    #[test]
+    fn restore_with_empty_vm_data_keeps_the_stored_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        e.execute(
+            Command::SaveVmData,
+            &body(serde_json::json!({"ip": "10.1.1.5", "vm_data": [
+                {"dir": "userdata", "file": "user-data", "content": "#cloud-config vm5"},
+                {"dir": "metadata", "file": "instance-id", "content": "i-vm5"}]})),
+        )
+        .unwrap();
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.5", "password": "Pw-vm5-kept"})),
+        )
+        .unwrap();
+        let file = dir
+            .path()
+            .join("state/guest/cs-net-42/vmdata/10.1.1.5.vmdata");
+        let sealed = fs::read(&file).unwrap();
+        e.execute(
+            Command::RestoreNetwork,
+            &body(serde_json::json!({"restore_data": {"dhcp_enabled": "true",
+                "dns_enabled": "true", "userdata_enabled": "true", "vms": [
+                {"ip": "10.1.1.5", "mac": "02:00:00:00:00:05", "hostname": "vm5",
+                 "default_nic": "true", "vm_data": []}]}})),
+        )
+        .unwrap();
+        assert_eq!(fs::read(&file).unwrap(), sealed, "file not rewritten");
+        drop(e);
+
+        let e = engine(dir.path());
+        let slot = e.slot("cs-net-42");
+        let mut slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.nics["02:00:00:00:00:05"].hostname.as_deref(), Some("vm5"));
+        let store = e.guest_store(&mut slot.guest, "cs-net-42").unwrap();
+        let vm = store.get("10.1.1.5".parse().unwrap()).unwrap();
+        assert_eq!(vm.userdata.as_deref(), Some(&b"#cloud-config vm5"[..]));
+        assert_eq!(vm.meta["instance-id"], "i-vm5");
+        assert_eq!(
+            vm.password.as_ref().map(|p| p.expose()),
+            Some("Pw-vm5-kept")
+        );
+    }
+
     #[test]
     fn record_changes_go_to_the_log_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();

@@ -184,18 +184,23 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
-            let tmp = root.join(format!(".{KEY_FILE}.tmp"));
+            let mut salt = [0u8; 8];
+            getrandom::fill(&mut key)
+                .and_then(|()| getrandom::fill(&mut salt))
+                .map_err(|e| ExecError::State(format!("random: {e}")))?;
+            // One temporary file per creator: networks implemented at the
+            // same time must not write into each other's.
+            let tmp = root.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(salt)));
             let mut f = fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| io_state("create", &tmp, e))?;
-            f.write_all(&key)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_state("write", &tmp, e))?;
+            if let Err(e) = f.write_all(&key).and_then(|()| f.sync_all()) {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_state("write", &tmp, e));
+            }
             // No clobbering: a concurrent creator's key wins and is used.
             match fs::hard_link(&tmp, &path) {
                 Ok(()) => {}
@@ -203,7 +208,10 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
                     let _ = fs::remove_file(&tmp);
                     return load_or_create_key(root);
                 }
-                Err(e) => return Err(io_state("link", &path, e)),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_state("link", &path, e));
+                }
             }
             let _ = fs::remove_file(&tmp);
             Ok(key)
@@ -1315,6 +1323,33 @@ mod tests {
         with_tcp.lb_rules.insert("3".into(), tcp);
         assert!(!udp_lb_changed(&old, &with_tcp));
         assert!(stale_udp_flows(&with_tcp, &old).is_empty());
+    }
+
+    /// Networks implemented at the same time all create the VM data key
+    /// at once: every creator ends up with the one key in the file.
+    #[test]
+    fn concurrent_first_key_creation_agrees_on_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<Result<[u8; 32], String>> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load_or_create_key(dir.path()).map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let on_disk = fs::read(dir.path().join(KEY_FILE)).unwrap();
+            for k in keys {
+                assert_eq!(k.as_ref().map(|k| k.to_vec()), Ok(on_disk.clone()));
+            }
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+        }
     }
 
     #[test]

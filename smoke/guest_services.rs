@@ -1058,11 +1058,11 @@ fn dnsmasq_read_path(rel: &Path, is_dir: bool) -> Option<u32> {
 fn non_private_paths(root: &Path) -> Vec<(PathBuf, u32)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(p) = todo.pop() {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(p) = pending.pop() {
         let meta = std::fs::symlink_metadata(&p).unwrap();
         if meta.is_dir() {
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
         }
         let mode = meta.permissions().mode() & 0o7777;
         let rel = p.strip_prefix(root).unwrap().to_path_buf();

@@ -468,10 +468,10 @@ fn dispatch_netns_runs_executor_traffic_inside_the_namespace() {
 /// Every path under `dir` (sorted).
 fn paths_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(p) = todo.pop() {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(p) = pending.pop() {
         if p.is_dir() {
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
         }
         out.push(p);
     }

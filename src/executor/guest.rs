@@ -1047,13 +1047,13 @@ mod tests {
     /// Every path under `root` with its mode and, for files, its content.
     fn tree(root: &Path) -> Vec<(PathBuf, u32, Option<Vec<u8>>)> {
         let mut out = Vec::new();
-        let mut todo = vec![root.to_path_buf()];
-        while let Some(p) = todo.pop() {
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(p) = pending.pop() {
             let meta = fs::symlink_metadata(&p).unwrap();
             let content = meta.is_file().then(|| fs::read(&p).unwrap());
             if meta.is_dir() {
                 for entry in fs::read_dir(&p).unwrap() {
-                    todo.push(entry.unwrap().path());
+                    pending.push(entry.unwrap().path());
                 }
             }
             let rel = p.strip_prefix(root).unwrap().to_path_buf();

@@ -1033,3 +1033,184 @@ fn shared_network_services_on_dedicated_extension_ip() {
     assert!(!guest_dir(host, ID).exists());
     assert!(!runs(new_pid, "dnsmasq"), "dnsmasq survived destroy");
 }
+
+/// Modes under the executor's state directory that are not private, by
+/// path relative to it: only what dnsmasq reads after it dropped root to
+/// its unprivileged user (hosts files on SIGHUP, `hostsdir` by inotify).
+/// The directories on the way there are traversable, never listable.
+fn dnsmasq_read_path(rel: &Path, is_dir: bool) -> Option<u32> {
+    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    match (parts.as_slice(), is_dir) {
+        ([], true) | (["guest"], true) | (["guest", _], true) | (["guest", _, "dnsmasq"], true) => {
+            Some(0o711)
+        }
+        (["guest", _, "dnsmasq", "hosts.d"], true) => Some(0o755),
+        (["guest", _, "dnsmasq", "hosts" | "dhcp-hosts"], false) => Some(0o644),
+        (["guest", _, "dnsmasq", "hosts.d", _], false) => Some(0o644),
+        _ => None,
+    }
+}
+
+/// Every path under `root` whose mode gives group or others any access,
+/// except exactly the dnsmasq read path above: (path, mode) pairs.
+fn non_private_paths(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let allowed = dnsmasq_read_path(&rel, meta.is_dir());
+        if mode & 0o077 != 0 && allowed != Some(mode) {
+            out.push((rel, mode));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// After a workload covering every kind of file the executor keeps (network
+/// state and its record log, VM data and its key, dnsmasq and haproxy,
+/// policy-routing tables), nothing in the state directory is open to group
+/// or others except what dnsmasq must read as its unprivileged user, and
+/// dnsmasq still reads it (a lease added by SIGHUP and a record added by
+/// inotify are served).
+#[test]
+fn state_directory_is_private_after_guest_services_and_pbr() {
+    if skip_unless_root("state_directory_is_private_after_guest_services_and_pbr") {
+        return;
+    }
+    const ID: u32 = 4404;
+    let mut tb = Testbed::new(
+        "nbg",
+        TopologyOptions::default()
+            .vm("vm1", "10.1.1.10/24", Some("10.1.1.1"))
+            .vm_dhcp("vm2", "02:00:00:00:00:44"),
+    );
+    let (vm1, vm2) = (tb.vm("vm1").path(), tb.vm("vm2").path());
+    let mac1 = tb.vm("vm1").mac().to_string();
+    let host = tb.host(0);
+    open_state_parent(host);
+    let _reaper = Reaper(host.state_dir());
+    host.start_executor().unwrap();
+    let host = &*host;
+
+    // IPv6 too: radvd and its files.
+    ok(
+        host,
+        ID,
+        "implement-network",
+        json!({"extension_ip": "10.1.1.1", "network_ip6_gateway": "fd00:44::1",
+            "network_ip6_cidr": "fd00:44::/64"}),
+    );
+    ok(
+        host,
+        ID,
+        "assign-ip",
+        json!({"public_ip": "203.0.113.10", "public_vlan": "vlan://200",
+            "public_gateway": PUBLIC_GATEWAY, "public_cidr": PUBLIC_CIDR, "source_nat": "true"}),
+    );
+    let scope = json!({"extension_ip": "10.1.1.1", "domain": DOMAIN});
+    ok(host, ID, "config-dhcp-subnet", scope.clone());
+    ok(host, ID, "config-dns-subnet", scope);
+    ok(
+        host,
+        ID,
+        "prepare-nic",
+        nic(&mac1, "10.1.1.10", "vm1", true),
+    );
+    ok(
+        host,
+        ID,
+        "save-vm-data",
+        json!({"ip": "10.1.1.10", "vm_data": vm_data("vm1")}),
+    );
+    ok(
+        host,
+        ID,
+        "save-password",
+        json!({"ip": "10.1.1.10", "password": "Pw-private-1"}),
+    );
+    ok(host, ID, "apply-lb-rules", lb("roundrobin", false, false));
+    ok(host, ID, "apply-lb-rules", udp_lb("source", false, false));
+    let action = |name: &str, params: Value| {
+        let mut body = merged(
+            net(ID),
+            json!({"action": name, "action-params": params,
+                "physical-network-extension-details": physical_details(host),
+                "network-extension-details": details(ID)}),
+        );
+        body["network_id"] = json!(ID.to_string());
+        let r = host.client().command("custom-action", &body);
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    };
+    action(
+        "pbr-create-table",
+        json!({"table-id": "100", "table-name": "isp2"}),
+    );
+    action(
+        "pbr-add-route",
+        json!({"table": "isp2", "route": "blackhole 10.9.0.0/16"}),
+    );
+    action(
+        "pbr-add-rule",
+        json!({"table": "isp2", "rule": "from 10.1.1.0/24 priority 50"}),
+    );
+    // A record change after the state file exists: the record log.
+    ok(
+        host,
+        ID,
+        "add-dns-entry",
+        json!({"ip": "10.1.1.20", "hostname": "late"}),
+    );
+    // A static lease added to the running dnsmasq (SIGHUP).
+    ok(
+        host,
+        ID,
+        "add-dhcp-entry",
+        nic("02:00:00:00:00:44", "10.1.1.44", "vm2", true),
+    );
+
+    let state = host.state_dir();
+    for expected in [
+        "networks/cs-net-4404.json",
+        "networks/cs-net-4404.log",
+        "pbr/cs-net-4404.json",
+        "guest/vmdata.key",
+        "guest/cs-net-4404/vmdata/10.1.1.10.vmdata",
+        "guest/cs-net-4404/dnsmasq/dnsmasq.conf",
+        "guest/cs-net-4404/dnsmasq/leases",
+        "guest/cs-net-4404/haproxy/haproxy.cfg",
+        "radvd/cs-net-4404-4404.conf",
+    ] {
+        assert!(state.join(expected).exists(), "{expected} missing");
+    }
+    assert_eq!(non_private_paths(&state), Vec::new());
+
+    // dnsmasq, as its unprivileged user, still reads what it must, and
+    // records the lease in the private lease file it opened as root.
+    let work = tempfile::tempdir().unwrap();
+    let lease = dhclient(&vm2, work.path());
+    assert!(lease.contains("fixed-address 10.1.1.44;"), "{lease}");
+    let leases = guest_dir(host, ID).join("dnsmasq/leases");
+    let recorded = eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&leases).ok()?;
+        text.contains("02:00:00:00:00:44 10.1.1.44").then_some(text)
+    });
+    assert!(
+        recorded.is_some(),
+        "lease not recorded in {}",
+        leases.display()
+    );
+    assert_eq!(non_private_paths(&state), Vec::new());
+    assert_eq!(dig1(&vm1, "10.1.1.1", "late"), vec!["10.1.1.20"]);
+    assert_eq!(dig1(&vm1, "10.1.1.1", "vm1"), vec!["10.1.1.10"]);
+
+    ok(host, ID, "destroy-network", json!({}));
+    assert!(!guest_dir(host, ID).exists());
+    assert!(!state.join("pbr/cs-net-4404.json").exists());
+}

@@ -381,3 +381,124 @@ pub fn custom_action(details: &Value, host: &str, action: &str) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// The real `netbridge-executor` binary on 127.0.0.1 (TLS with a certificate
+/// from its own `gen-cert`, signed requests, key file 0600) with a private
+/// state directory. Requests it refuses at authentication touch nothing;
+/// `ensure-network-device` needs no root. Stopped by PID on drop.
+pub struct RealExecutor {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RealExecutor {
+    pub fn start(key: &str) -> RealExecutor {
+        use std::io::BufRead;
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::process::{Command, Stdio};
+        let bin = crate::workspace_bin("netbridge-executor");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let gen = Command::new(&bin)
+            .args([
+                "gen-cert",
+                "--name",
+                "nbe-real",
+                "--san",
+                "127.0.0.1",
+                "--out-dir",
+            ])
+            .arg(d)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(gen.status.success(), "gen-cert failed");
+        let fingerprint = String::from_utf8_lossy(&gen.stdout).trim().to_string();
+        let key_file = d.join("executor.key");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, key.as_bytes()).unwrap();
+        drop(f);
+        let mut child = Command::new(&bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--host-name",
+                "nbe-real",
+                "--log-level",
+                "info",
+            ])
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--tls-cert")
+            .arg(d.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(d.join("key.pem"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log names the bound address; the reader keeps draining it.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let bound = line
+                    .split_once(" listening on ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .and_then(|a| a.parse().ok());
+                match bound {
+                    Some(addr) => {
+                        let _ = tx.send(Ok(addr));
+                    }
+                    None if seen.len() < 4096 => {
+                        seen.push_str(&line);
+                        seen.push('\n');
+                    }
+                    None => {}
+                }
+            }
+            // Exited (or closed its log) before listening: say why.
+            let _ = tx.send(Err(seen));
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(addr)) => addr,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("netbridge-executor did not report its address: {other:?}");
+            }
+        };
+        RealExecutor {
+            child,
+            addr,
+            fingerprint,
+            _dir: dir,
+        }
+    }
+
+    /// As listed in `hosts`.
+    pub fn name(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for RealExecutor {
+    fn drop(&mut self) {
+        // Exactly the process started above.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -465,3 +465,105 @@ fn dispatch_netns_runs_executor_traffic_inside_the_namespace() {
         "{e}"
     );
 }
+
+/// Every path under `dir` (sorted).
+fn paths_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        if p.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}
+
+/// Opening with a setting that names something unusable is a
+/// configuration error (431, what JNI turns into kind CONFIGURATION) whose
+/// text names the setting, its path and the problem; nothing is created.
+#[test]
+fn open_refuses_unusable_settings_as_configuration_errors() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = |name: &str, len: usize, mode: u32| {
+        let p = d.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &vec![7u8; len]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let loose = key("loose.key", 32, 0o644);
+    let short = key("short.key", 16, 0o600);
+    let good = key("good.key", 32, 0o600);
+    let key_dir = d.join("key-is-a-dir");
+    std::fs::create_dir(&key_dir).unwrap();
+    let db_dir = d.join("db-is-a-dir");
+    std::fs::create_dir(&db_dir).unwrap();
+    let not_db = d.join("notes.txt");
+    std::fs::write(
+        &not_db,
+        "not a database, but long enough to be read as a header\n".repeat(20),
+    )
+    .unwrap();
+    let cases = [
+        (
+            d.join("a.db"),
+            loose.clone(),
+            format!(
+                "key file {} is accessible by group or others (mode 644); refusing to use it, chmod 600 it",
+                loose.display()
+            ),
+        ),
+        (
+            d.join("b.db"),
+            short.clone(),
+            format!("key file {} must hold exactly 32 bytes", short.display()),
+        ),
+        (
+            d.join("c.db"),
+            key_dir.clone(),
+            format!("key file {} is not a regular file", key_dir.display()),
+        ),
+        (
+            db_dir.clone(),
+            good.clone(),
+            format!(
+                "database {} is a directory, not a SQLite database file",
+                db_dir.display()
+            ),
+        ),
+        (
+            db_dir.clone(),
+            d.join("new.key"),
+            format!(
+                "database {} is a directory, not a SQLite database file",
+                db_dir.display()
+            ),
+        ),
+        (
+            not_db.clone(),
+            d.join("new.key"),
+            format!("database {} is not a SQLite database file", not_db.display()),
+        ),
+    ];
+    for (database, key_file, expected) in cases {
+        let before = paths_under(d);
+        let config = BridgeConfig::new(ApiConfig { database, key_file });
+        let e = Bridge::open(config).unwrap_err();
+        assert!(e.is_configuration(), "{e:?}");
+        let netbridge_control::bridge::BridgeOpenError::Api(api) = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!((api.code, api.text.as_str()), (431, expected.as_str()));
+        assert_eq!(paths_under(d), before, "{expected}: something was created");
+    }
+}

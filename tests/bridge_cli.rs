@@ -227,3 +227,52 @@ fn exec_with_registry_details_binds_the_network() {
     );
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// `netbridge exec` against the real executor with a key it does not
+/// accept: exit 1 (configuration) and the message says the signature was
+/// refused, for placement (`ensure-network-device`) as for a command.
+#[test]
+fn exec_reports_a_refused_signature_as_a_configuration_error() {
+    const REAL_KEY: &str = "exec-real-executor-key-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let executor = RealExecutor::start(REAL_KEY);
+    let h = executor.name();
+    let wrong = details(
+        std::slice::from_ref(&h),
+        "exec-wrong-key-0123456789",
+        &executor.fingerprint,
+    );
+    let expected = format!(
+        "executor {h} refused the request signature (HTTP 401: authentication failed: signature does not match): check 'executor.key'"
+    );
+    for (command, body) in [
+        (
+            "ensure-network-device",
+            envelope(
+                &wrong,
+                json!({}),
+                json!({"network_id": "42", "current_details": "{}"}),
+            ),
+        ),
+        (
+            "implement-network",
+            envelope(&wrong, device(&h, "cs-net-42"), json!({"network_id": "42"})),
+        ),
+    ] {
+        let payload = write(dir.path(), &format!("{command}.json"), &body);
+        let o = exec(&state, &[command, &payload, "20"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{command}: {stderr}");
+        assert!(stderr.contains(&expected), "{command}: {stderr}");
+        let out = stdout_json(&o);
+        assert_eq!(out["status"], "error");
+        assert!(
+            out["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&expected),
+            "{out}"
+        );
+    }
+}

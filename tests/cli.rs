@@ -518,3 +518,51 @@ fn output_formats_async_jobs_and_a_closed_pipe() {
     assert!(stderr.is_empty(), "stderr: {stderr}");
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A key file the user running the CLI cannot read (root's, 0600; the CLI
+/// runs as `nobody`): the configuration error 431 naming the key file and
+/// the problem, exit 1, and no database is created. Root only.
+#[test]
+fn an_unreadable_key_file_is_a_configuration_error() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skip an_unreadable_key_file_is_a_configuration_error: needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let key = state.join("secret.key");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[7u8; 32]).unwrap();
+    drop(f);
+    let out = Command::new(&*BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["api", "listExtensions"])
+        .env_remove("NETBRIDGE_STATE_DIR")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run netbridge");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    run.api_error(
+        431,
+        &format!("cannot open key file {}: Permission denied", key.display()),
+    );
+    assert!(!state.join("netbridge.db").exists(), "database created");
+}

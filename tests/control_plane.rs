@@ -1528,9 +1528,10 @@ fn wrong_key_file_cannot_read_secrets() {
         database: dir.path().join("netbridge.db"),
         key_file: dir.path().join("other.key"),
     };
-    // A missing key file is not silently replaced while secrets exist.
+    // A missing key file is not silently replaced while secrets exist: the
+    // key file setting is the operator's to fix (431).
     let e = Api::open(cfg.clone()).err().unwrap();
-    assert_eq!(e.code, 530);
+    assert_eq!(e.code, 431);
     assert!(
         e.text
             .contains("is missing but the database holds 1 encrypted detail(s)"),
@@ -1691,7 +1692,7 @@ fn api_is_shareable_and_refuses_a_loose_key_file() {
     drop(Api::open(cfg.clone()).unwrap());
     std::fs::set_permissions(&cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = Api::open(cfg).err().unwrap();
-    assert_eq!(e.code, 530);
+    assert_eq!(e.code, 431);
     assert!(
         e.text
             .contains("is accessible by group or others (mode 644); refusing to use it"),

@@ -588,7 +588,7 @@ fn key_rotation_takes_effect_on_the_next_command() {
     assert_eq!(err.kind(), ErrorKind::Configuration);
     assert_eq!(
         err.to_string(),
-        format!("executor {h} refused the request (HTTP 401): signature does not match; check 'executor.key'")
+        format!("executor {h} refused the request signature (HTTP 401: signature does not match): check 'executor.key'")
     );
     assert!(!err.to_string().contains(KEY));
     let new = details(&c.names(), "k2-rotated", &c.cert.fingerprint());
@@ -895,5 +895,49 @@ fn a_host_named_by_cloudstack_is_trusted_without_replay() {
     assert_eq!(
         d.journal().load("cs-net-42").unwrap().host.as_deref(),
         Some(names[1].as_str())
+    );
+}
+
+/// The real executor with a different key: placement (`ensure-network-device`
+/// probes health) and a command to the host CloudStack names are both
+/// configuration errors saying the signature was refused, not
+/// "unreachable"; a second, dead host does not hide it. The right key works.
+#[test]
+fn a_real_executor_refusing_the_signature_is_a_configuration_error() {
+    const REAL_KEY: &str = "dispatch-real-executor-key-0123";
+    let exec = RealExecutor::start(REAL_KEY);
+    let h = exec.name();
+    let dead = refused_host();
+    let d = dispatcher();
+    let wrong = details(&[h.clone(), dead.clone()], KEY, &exec.fingerprint);
+    let expected = format!(
+        "executor {h} refused the request signature (HTTP 401: authentication failed: signature does not match): check 'executor.key'"
+    );
+    let err = ensure(&d, &wrong, "{}", json!({"network_id": "42"})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    assert_eq!(err.exit_code(), 1);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("no usable executor for cs-net-42: "),
+        "{text}"
+    );
+    assert!(text.contains(&expected), "{text}");
+    assert!(text.contains(&format!("{dead}: ")), "{text}");
+    assert!(!text.contains(KEY) && !text.contains(REAL_KEY), "{text}");
+    let err = send(
+        &d,
+        &wrong,
+        &h,
+        "implement-network",
+        json!({"network_id": "42"}),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    assert_eq!(err.to_string(), expected);
+
+    let good = details(std::slice::from_ref(&h), REAL_KEY, &exec.fingerprint);
+    assert_eq!(
+        ensure(&d, &good, "{}", json!({"network_id": "42"})).unwrap(),
+        format!("{{\"host\":\"{h}\",\"namespace\":\"cs-net-42\"}}")
     );
 }

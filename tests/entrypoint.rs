@@ -370,3 +370,57 @@ fn the_state_directory_can_come_from_the_registration() {
         .contains("state directory 'relative/dir' must be an absolute path"));
     assert_eq!(fake.received_commands(), vec!["implement-network"]);
 }
+
+/// The real executor refuses a request signed with another key (HTTP 401):
+/// a configuration error (exit 1) saying so, whether the refusal comes
+/// from the health probe of `ensure-network-device` or from a command sent
+/// to the host CloudStack names; never "unreachable" (exit 2). The key
+/// itself appears nowhere.
+#[test]
+fn an_executor_refusing_the_signature_is_a_configuration_error() {
+    const REAL_KEY: &str = "entry-real-executor-key-0123456789";
+    const WRONG: &str = "not-the-executor-key-0123456789";
+    let e = Env::new();
+    let exec = RealExecutor::start(REAL_KEY);
+    let h = exec.name();
+    let good = details(std::slice::from_ref(&h), REAL_KEY, &exec.fingerprint);
+    let wrong = details(std::slice::from_ref(&h), WRONG, &exec.fingerprint);
+    let ensure = |det: &Value| {
+        envelope(
+            det,
+            json!({}),
+            json!({"network_id": "42", "current_details": "{}"}),
+        )
+    };
+    // The right key: the real executor answers.
+    let r = e.cmd("ensure-network-device", &ensure(&good), "60");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!("{{\"host\":\"{h}\",\"namespace\":\"cs-net-42\"}}\n")
+    );
+
+    let expected = format!(
+        "executor {h} refused the request signature (HTTP 401: authentication failed: signature does not match): check 'executor.key'"
+    );
+    let fresh = Env::new();
+    for (command, body) in [
+        ("ensure-network-device", ensure(&wrong)),
+        (
+            "implement-network",
+            envelope(&wrong, device(&h, "cs-net-42"), json!({"network_id": "42"})),
+        ),
+    ] {
+        let r = fresh.cmd(command, &body, "60");
+        assert_eq!(r.code, 1, "{command}: {}", r.stderr);
+        let message = stdout_json(&r)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(message.contains(&expected), "{command}: {message}");
+        assert!(r.stderr.contains(&expected), "{command}: {}", r.stderr);
+        for out in [&r.stdout, &r.stderr] {
+            assert!(!out.contains(WRONG) && !out.contains(REAL_KEY), "{out}");
+        }
+    }
+}

@@ -92,7 +92,7 @@ fn dnsmasq_main_config_binds_extension_ip_static_only() {
         "dhcp-option=tag:m52540000000b,option:router",
         "dhcp-option=option:dns-server,10.1.1.1,198.51.100.53",
         "dhcp-option=option:domain-search,cs42.example",
-        "pid-file=/var/lib/netbridge/net-42/dnsmasq/dnsmasq.pid",
+        "pid-file=",
         "dhcp-leasefile=/var/lib/netbridge/net-42/dnsmasq/leases",
         "dhcp-hostsfile=/var/lib/netbridge/net-42/dnsmasq/dhcp-hosts",
         "addn-hosts=/var/lib/netbridge/net-42/dnsmasq/hosts",
@@ -610,6 +610,104 @@ fn restore_network_rebuilds_and_keeps_passwords() {
         "{e}"
     );
     assert_eq!((s, v), before);
+}
+
+/// CloudStack 4.23 sends `"vm_data": []` for a VM whose data it did not
+/// generate (the extension does not provide UserData, or generating the
+/// VM's data failed); with data, the set always holds the meta-data files.
+/// So an empty `vm_data` keeps what is stored for the VM (user data,
+/// meta-data files, password), in the JSON or Base64 form, like an absent
+/// one and like `userdata_enabled: false`; a non-empty one replaces the set
+/// (the password is kept); an unlisted VM is forgotten.
+#[test]
+fn restore_network_keeps_stored_vm_data_when_vm_data_is_empty() {
+    let (mut s, mut v) = network();
+    let full = |name: &str| {
+        json!([{"dir":"userdata","file":"user-data","content":format!("ud-{name}")},
+               {"dir":"metadata","file":"instance-id","content":format!("i-{name}")},
+               {"dir":"metadata","file":"local-hostname","content":name}])
+    };
+    for (ip, name) in [
+        ("10.1.1.10", "vm1"),
+        ("10.1.1.11", "vm2"),
+        ("10.1.1.12", "vm3"),
+        ("10.1.1.13", "vm4"),
+        ("10.1.1.14", "vm5"),
+    ] {
+        run(
+            Command::SaveVmData,
+            json!({"ip": ip, "vm_data": full(name)}),
+            &mut s,
+            &mut v,
+        )
+        .unwrap();
+        run(
+            Command::SavePassword,
+            json!({"ip": ip, "password": format!("pw-{name}")}),
+            &mut s,
+            &mut v,
+        )
+        .unwrap();
+    }
+    let before = v.clone();
+    let vm = |ip: &str, mac: &str, name: &str, vm_data: Option<Value>| {
+        let mut o = json!({"ip": ip, "mac": mac, "hostname": name, "default_nic": "true"});
+        if let Some(d) = vm_data {
+            o["vm_data"] = d;
+        }
+        o
+    };
+    run(
+        Command::RestoreNetwork,
+        json!({"network_id":"42","restore_data":{"dhcp_enabled":"true","dns_enabled":"true",
+        "userdata_enabled":"true","vms":[
+            vm("10.1.1.10", "52:54:00:00:00:0a", "vm1", Some(json!([]))),
+            vm("10.1.1.11", "52:54:00:00:00:0b", "vm2", Some(json!("W10="))),
+            vm("10.1.1.12", "52:54:00:00:00:0c", "vm3", None),
+            vm("10.1.1.13", "52:54:00:00:00:0d", "vm4", Some(json!([
+                {"dir":"metadata","file":"instance-id","content":"i-vm4-new"}]))),
+        ]}}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    for ip in ["10.1.1.10", "10.1.1.11", "10.1.1.12"] {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        assert_eq!(v.get(&ip), before.get(&ip), "{ip}: stored data kept");
+    }
+    let vm4 = &v[&Ipv4Addr::new(10, 1, 1, 13)];
+    assert_eq!(
+        vm4.meta.get("instance-id").map(String::as_str),
+        Some("i-vm4-new")
+    );
+    assert!(
+        vm4.userdata.is_none(),
+        "a non-empty set replaces the old one"
+    );
+    assert!(!vm4.meta.contains_key("local-hostname"));
+    assert_eq!(vm4.password.as_ref().map(|p| p.expose()), Some("pw-vm4"));
+    assert!(
+        !v.contains_key(&Ipv4Addr::new(10, 1, 1, 14)),
+        "unlisted VM forgotten"
+    );
+    assert_eq!(s.nics.len(), 4);
+
+    // Without the UserData service every vm_data is empty: nothing changes.
+    let kept = v.clone();
+    run(
+        Command::RestoreNetwork,
+        json!({"network_id":"42","restore_data":{"dhcp_enabled":"true","dns_enabled":"true",
+        "userdata_enabled":"false","vms":[
+            vm("10.1.1.10", "52:54:00:00:00:0a", "vm1", Some(json!([]))),
+            vm("10.1.1.11", "52:54:00:00:00:0b", "vm2", Some(json!([]))),
+            vm("10.1.1.12", "52:54:00:00:00:0c", "vm3", Some(json!([]))),
+            vm("10.1.1.13", "52:54:00:00:00:0d", "vm4", Some(json!([]))),
+        ]}}),
+        &mut s,
+        &mut v,
+    )
+    .unwrap();
+    assert_eq!(v, kept);
 }
 
 #[test]

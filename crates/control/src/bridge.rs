@@ -62,6 +62,17 @@ pub enum BridgeOpenError {
     Dispatch(#[from] DispatchError),
 }
 
+impl BridgeOpenError {
+    /// A setting names something unusable (database, key file, dispatch
+    /// namespace): the operator's to fix, retrying will not help.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            BridgeOpenError::Api(e) => e.code == crate::api::codes::PARAM_ERROR,
+            BridgeOpenError::Dispatch(_) => true,
+        }
+    }
+}
+
 /// API + dispatcher; `Send + Sync`, one per process.
 pub struct Bridge {
     api: Api,

@@ -118,6 +118,23 @@ pub struct Engine {
     vpc: super::vpc_engine::VpcEngine,
 }
 
+/// The state directory is the executor's alone: 0700, or 0711 (traversable
+/// by dnsmasq's unprivileged user, see `guest`) once guest services ran.
+fn restrict_state_dir(dir: &std::path::Path) -> Result<(), ExecError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| ExecError::State(format!("{}: {e}", dir.display()));
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o7777;
+    let want = if mode & 0o001 != 0 {
+        guest::TRAVERSE_ONLY
+    } else {
+        0o700
+    };
+    if mode != want {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want)).map_err(err)?;
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -133,6 +150,7 @@ impl Engine {
         validate::device_name("guest.network.device", &config.guest_device)?;
         validate::device_name("public.network.device", &config.public_device)?;
         let store = StateStore::open(&config.state_dir)?;
+        restrict_state_dir(&config.state_dir)?;
         let vpc = super::vpc_engine::VpcEngine::open(&config.state_dir)?;
         let engine = Engine {
             config,
@@ -290,6 +308,7 @@ impl Engine {
                 self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
                 if transition == Transition::Forget {
+                    self.vpc.forget_pbr(&namespace)?;
                     self.store.remove(&namespace)?;
                     // The slot stays (empty) so a waiting command of the same
                     // network keeps sharing its lock.

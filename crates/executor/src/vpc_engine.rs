@@ -522,6 +522,13 @@ impl VpcEngine {
             .map_err(ExecError::Apply)
     }
 
+    /// Forgets the policy-routing tables of an isolated network
+    /// (`destroy-network`: none of its files stay). The caller holds the
+    /// network's lock, as its custom actions do.
+    pub(crate) fn forget_pbr(&self, ns: &str) -> Result<(), ExecError> {
+        Ok(self.pbr.remove(ns)?)
+    }
+
     /// Stops the radvd of a network (teardown of an isolated network or tier).
     pub(crate) fn stop_radvd(&self, ns: &str, network_id: u64) {
         self.radvd.stop(ns, network_id);
@@ -960,6 +967,7 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
 pub(crate) mod ipv6_runtime {
     use std::collections::HashMap;
     use std::ffi::OsString;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     use std::path::PathBuf;
     use std::sync::Mutex;
     use std::time::Duration;
@@ -1084,7 +1092,15 @@ pub(crate) mod ipv6_runtime {
             rdnss: &[std::net::Ipv6Addr],
             domain: Option<&str>,
         ) -> Result<(), String> {
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+            // radvd runs as root (`-u root`): nothing here is for others.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| e.to_string())?;
             let (spec, conf) = self.spec(ns, network_id);
             let intervals = ipv6::RaIntervals::default();
             // A domain radvd cannot take is left out rather than failing the network.
@@ -1093,7 +1109,8 @@ pub(crate) mod ipv6_runtime {
                 .map_err(|e| e.to_string())?;
             let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
             if changed {
-                std::fs::write(&conf, &text).map_err(|e| e.to_string())?;
+                super::super::services::store::replace_file(&conf, text.as_bytes(), 0o600)
+                    .map_err(|e| e.to_string())?;
             }
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             let key = (ns.to_string(), network_id);

@@ -64,7 +64,8 @@ impl BridgeError {
         }
     }
 
-    /// Name of the Java `NetBridgeException.Kind` for execute failures.
+    /// Name of the Java `NetBridgeException.Kind` for execute failures and
+    /// for an `open` refused because of a setting (CONFIGURATION).
     pub(crate) fn kind(&self) -> Option<&'static str> {
         match self {
             BridgeError::Dispatch(e) => Some(match e.kind() {
@@ -73,6 +74,7 @@ impl BridgeError {
                 ErrorKind::Unreachable => "UNREACHABLE",
                 ErrorKind::Timeout => "TIMEOUT",
             }),
+            BridgeError::Open(e) if e.is_configuration() => Some("CONFIGURATION"),
             _ => None,
         }
     }
@@ -91,7 +93,10 @@ impl BridgeError {
     pub(crate) fn text(&self) -> String {
         match self {
             // The API text is the external contract: keep it byte for byte.
-            BridgeError::Api(e) => e.text.clone(),
+            BridgeError::Api(e)
+            | BridgeError::Open(netbridge_control::bridge::BridgeOpenError::Api(e)) => {
+                e.text.clone()
+            }
             other => other.to_string(),
         }
     }
@@ -290,6 +295,30 @@ mod tests {
             assert_eq!((b.code(), b.kind(), b.text()), (code, Some(kind), text));
         }
         assert_eq!(BridgeError::Argument("x".into()).kind(), None);
+    }
+
+    #[test]
+    fn open_refused_for_a_setting_is_a_configuration_error() {
+        use netbridge_control::bridge::BridgeOpenError;
+        let setting = BridgeError::from(BridgeOpenError::Api(ApiError::param(
+            "key file /k is accessible by group or others (mode 644); refusing to use it, chmod 600 it",
+        )));
+        assert_eq!(
+            (setting.code(), setting.kind(), setting.text().as_str()),
+            (
+                431,
+                Some("CONFIGURATION"),
+                "key file /k is accessible by group or others (mode 644); refusing to use it, chmod 600 it"
+            )
+        );
+        let netns = BridgeError::from(BridgeOpenError::Dispatch(DispatchError::Configuration(
+            "cannot open network namespace '/run/netns/x'".into(),
+        )));
+        assert_eq!((netns.code(), netns.kind()), (431, Some("CONFIGURATION")));
+        let internal = BridgeError::from(BridgeOpenError::Api(ApiError::internal(
+            "Cannot open the registry: registry database error: disk I/O error",
+        )));
+        assert_eq!((internal.code(), internal.kind()), (530, None));
     }
 
     #[test]

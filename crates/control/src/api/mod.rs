@@ -159,11 +159,16 @@ pub const EXTENSIONS_DIR_ENV: &str = "NETBRIDGE_EXTENSIONS_DIR";
 
 impl Api {
     /// Opens (and migrates) the store, and marks failed the jobs that a
-    /// stopped process of this host left pending.
+    /// stopped process of this host left pending. A key file or database
+    /// path that cannot be used is a parameter error (431) whose text names
+    /// the setting, its path and the problem; anything else is internal (530).
     pub fn open(config: ApiConfig) -> Result<Api, ApiError> {
         let registry = Registry::open(&config.database, &config.key_file).map_err(|e| {
             log::error!("cannot open the registry: {e}");
-            ApiError::internal(format!("Cannot open the registry: {e}"))
+            match e.setting_problem() {
+                Some(problem) => ApiError::param(problem),
+                None => ApiError::internal(format!("Cannot open the registry: {e}")),
+            }
         })?;
         jobs::fail_orphans(&registry)?;
         let extensions_dir = std::env::var(EXTENSIONS_DIR_ENV)

@@ -5,7 +5,8 @@
 //! JSON for `ensure-network-device`, the action's output or "OK" for
 //! `custom-action`, the executor's JSON answer otherwise); exit 0 success,
 //! 1 usage/configuration error, 2 executor unreachable or timed out, 3 the
-//! executor reported a failure. On failure stdout carries
+//! executor reported a failure (an executor refusing the request signature,
+//! i.e. a wrong `executor.key`, is a configuration error). On failure stdout carries
 //! `{"status":"error","message":…}` and stderr the message.
 //!
 //! State journal (for replay on failover): the directory in

@@ -12,7 +12,9 @@
 //!   forwarding, NIC, DHCP and DNS entries, subnets). Removals are never
 //!   recorded: a replay targets a host that has nothing of this network.
 //! - `save-vm-data` supersedes the single-item saves of that VM;
-//!   `restore-network` supersedes the NIC, DHCP, DNS and metadata entries.
+//!   `restore-network` supersedes the NIC, DHCP and DNS entries, and the
+//!   metadata entries (and earlier restores) only when it carries every
+//!   listed VM's data: an empty `vm_data` keeps what the VM had.
 //! - `apply-lb-rules` carries only the changed rules, so every one is kept.
 //! - `ensure-network-device` and `custom-action` are not state.
 //!
@@ -225,14 +227,81 @@ fn effect(command: Command, payload: &Value) -> Effect {
             up(f("ip").map(|ip| format!("vmitem:{net}:{ip}:{command}")))
         }
         ApplyLbRules => Effect::Append,
-        RestoreNetwork => Effect::Upsert {
-            slot: format!("restore:{net}"),
-            append: true,
-            supersedes: ["nic", "dhcp", "dns", "vmdata", "vmitem"]
-                .iter()
-                .map(|k| format!("{k}:{net}:"))
-                .collect(),
-        },
+        RestoreNetwork => {
+            let of = |kinds: &[&str]| kinds.iter().map(|k| format!("{k}:{net}:")).collect();
+            // Every NIC, DHCP and DNS entry is replaced; VM data only for the
+            // VMs the restore carries data for.
+            match restore_scope(payload) {
+                RestoreScope::EveryVm => Effect::Upsert {
+                    slot: format!("restore:{net}"),
+                    append: true,
+                    supersedes: of(&["nic", "dhcp", "dns", "vmdata", "vmitem", "restore"]),
+                },
+                RestoreScope::NoVm => Effect::Upsert {
+                    slot: format!("restore:{net}:keep"),
+                    append: true,
+                    supersedes: of(&["nic", "dhcp", "dns"]),
+                },
+                RestoreScope::SomeVms(digest) => Effect::Upsert {
+                    slot: format!("restore:{net}:data:{digest}"),
+                    append: true,
+                    supersedes: of(&["nic", "dhcp", "dns"]),
+                },
+            }
+        }
+    }
+}
+
+/// Whose VM data a `restore-network` sets. The executor keeps a listed
+/// VM's stored data when its `vm_data` is empty or absent, or when
+/// `userdata_enabled` is false, and forgets unlisted VMs.
+enum RestoreScope {
+    /// Every listed VM's: it supersedes every earlier VM data entry.
+    EveryVm,
+    /// None: the earlier entries rebuild the kept data on a replay; an
+    /// earlier restore of this kind carried no VM data and is replaced.
+    NoVm,
+    /// Some VMs' (CloudStack could not generate the others'): kept beside
+    /// the earlier entries, one per distinct document (hex digest), until a
+    /// restore of every VM's data.
+    SomeVms(String),
+}
+
+fn restore_scope(payload: &Value) -> RestoreScope {
+    use crate::protocol::envelope::decode_document;
+    use sha2::{Digest, Sha256};
+    let Ok(Some((doc, _))) = decode_document("restore_data", payload.get("restore_data")) else {
+        // The executor refuses such a restore; it is never recorded.
+        return RestoreScope::EveryVm;
+    };
+    let userdata = doc
+        .get("userdata_enabled")
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_bool().map(|b| b.to_string()))
+        })
+        .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
+    let vms = doc
+        .get("vms")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let carries = |vm: &Value| {
+        userdata
+            && decode_document("vm_data", vm.get("vm_data"))
+                .ok()
+                .flatten()
+                .is_some_and(|(d, _)| d.as_array().is_some_and(|a| !a.is_empty()))
+    };
+    let with_data = vms.iter().filter(|vm| carries(vm)).count();
+    if with_data == vms.len() {
+        RestoreScope::EveryVm
+    } else if with_data == 0 {
+        RestoreScope::NoVm
+    } else {
+        let digest = Sha256::digest(doc.to_string().as_bytes());
+        RestoreScope::SomeVms(hex::encode(&digest[..8]))
     }
 }
 /// One command to record, prepared once: its compaction effect, the entry
@@ -1139,6 +1208,94 @@ pub(crate) mod tests {
             json!({"network_id": "42", "ip": "10.1.1.5"}),
         );
         assert!(s.entries.is_empty(), "{:?}", commands(&s));
+    }
+
+    fn restore(tag: &str, userdata: bool, vms: Value) -> Value {
+        json!({"network_id": "42", "tag": tag, "restore_data": {
+            "dhcp_enabled": "true", "dns_enabled": "true",
+            "userdata_enabled": userdata.to_string(), "vms": vms}})
+    }
+
+    /// A `restore-network` that keeps some VM's stored data (its `vm_data`
+    /// is empty or absent, or UserData is off) must not drop the entries a
+    /// replay needs to rebuild that data on another host; a restore that
+    /// carries every VM's data supersedes them all, and the partial ones.
+    #[test]
+    fn restore_keeping_vm_data_keeps_what_a_replay_needs() {
+        let data = json!([{"dir": "metadata", "file": "instance-id", "content": "i"}]);
+        let mut s = JournalState::default();
+        apply(
+            &mut s,
+            Command::ImplementNetwork,
+            json!({"network_id": "42", "tag": "impl"}),
+        );
+        for ip in ["10.1.1.5", "10.1.1.6"] {
+            apply(
+                &mut s,
+                Command::SaveVmData,
+                json!({"network_id": "42", "ip": ip}),
+            );
+        }
+        let both =
+            json!([{"ip": "10.1.1.5", "vm_data": data}, {"ip": "10.1.1.6", "vm_data": data}]);
+        apply(
+            &mut s,
+            Command::RestoreNetwork,
+            restore("r1", true, both.clone()),
+        );
+        assert_eq!(
+            commands(&s),
+            vec!["implement-network@impl", "restore-network@r1"]
+        );
+        apply(
+            &mut s,
+            Command::SaveVmData,
+            json!({"network_id": "42", "ip": "10.1.1.7"}),
+        );
+        apply(
+            &mut s,
+            Command::SaveUserdata,
+            json!({"network_id": "42", "ip": "10.1.1.6"}),
+        );
+        // .7 sent without data (CloudStack could not generate it), .6 absent.
+        let partial = json!([{"ip": "10.1.1.5", "vm_data": data},
+            {"ip": "10.1.1.6"}, {"ip": "10.1.1.7", "vm_data": []}]);
+        apply(
+            &mut s,
+            Command::RestoreNetwork,
+            restore("r2", true, partial),
+        );
+        let kept = vec![
+            "implement-network@impl",
+            "restore-network@r1",
+            "save-vm-data@10.1.1.7",
+            "save-userdata@10.1.1.6",
+            "restore-network@r2",
+        ];
+        assert_eq!(commands(&s), kept);
+        // UserData off (every vm_data kept; here `[]` in Base64): r2 stays,
+        // it carries .5's data; such a restore replaces the previous one of
+        // its kind only (neither carries VM data).
+        for tag in ["r3", "r3b"] {
+            apply(
+                &mut s,
+                Command::RestoreNetwork,
+                restore(tag, false, json!([{"ip": "10.1.1.5", "vm_data": "W10="}])),
+            );
+            let mut now = kept.clone();
+            now.push(if tag == "r3" {
+                "restore-network@r3"
+            } else {
+                "restore-network@r3b"
+            });
+            assert_eq!(commands(&s), now);
+        }
+        // A restore carrying every VM's data replaces all of it.
+        apply(&mut s, Command::RestoreNetwork, restore("r4", true, both));
+        assert_eq!(
+            commands(&s),
+            vec!["implement-network@impl", "restore-network@r4"]
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@
 //! (retrying cannot help; either `executor.fingerprint` is wrong or someone is
 //! in the middle). During placement a mismatching host is merely unhealthy; if
 //! no host is healthy the error is Unreachable and lists each host's reason.
+//!
+//! A refused request signature (HTTP 401/403: `executor.key` is not the
+//! executor's) is a Configuration error on the command path; during
+//! placement such a host is not used, and when no host is usable while one
+//! of them refused the signature, the error is Configuration too.
 
 pub mod client;
 pub mod config;
@@ -663,7 +668,7 @@ impl Dispatcher {
         config: &ExecutorConfig,
         current: Option<&str>,
     ) -> Result<HostEntry, DispatchError> {
-        let mut reasons: Vec<Option<String>> = vec![None; config.hosts.len()];
+        let mut reasons: Vec<Option<Unhealthy>> = vec![None; config.hosts.len()];
         let sticky = current.and_then(|c| config.hosts.iter().position(|h| h.name == c));
         if let Some(i) = sticky {
             call.note(format!("probing executor {}", config.hosts[i].name));
@@ -707,15 +712,30 @@ impl Dispatcher {
                 return Ok(config.hosts[i].clone());
             }
         }
+        // A host that refused the signature is misconfigured, not down:
+        // waiting or retrying cannot help.
+        let refused = reasons
+            .iter()
+            .any(|r| matches!(r, Some(Unhealthy::SignatureRefused(_))));
         let why: Vec<String> = config
             .hosts
             .iter()
             .zip(reasons)
-            .map(|(h, r)| format!("{}: {}", h.name, r.unwrap_or_else(|| "not probed".into())))
+            .map(|(h, r)| match r {
+                Some(Unhealthy::SignatureRefused(m)) => m,
+                Some(Unhealthy::Down(m)) => format!("{}: {m}", h.name),
+                None => format!("{}: not probed", h.name),
+            })
             .collect();
+        let ns = env.scope.namespace();
+        if refused {
+            return Err(DispatchError::Configuration(format!(
+                "no usable executor for {ns}: {}",
+                why.join("; ")
+            )));
+        }
         Err(DispatchError::Unreachable(format!(
-            "no healthy executor for {} ({})",
-            env.scope.namespace(),
+            "no healthy executor for {ns} ({})",
             why.join("; ")
         )))
     }
@@ -725,7 +745,7 @@ impl Dispatcher {
         call: &Call,
         config: &ExecutorConfig,
         host: &HostEntry,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unhealthy> {
         let bound = self.settings.health_timeout.min(call.remaining());
         probe(&self.client, host, &config.transport, &config.key, bound).await
     }
@@ -1078,13 +1098,22 @@ fn fmt_secs(d: Duration) -> String {
     }
 }
 
+/// Why a host failed its health probe.
+#[derive(Debug, Clone)]
+enum Unhealthy {
+    /// It answered 401/403: the message from [`signature_refused`].
+    SignatureRefused(String),
+    /// No (usable) answer.
+    Down(String),
+}
+
 async fn probe(
     client: &Client,
     host: &HostEntry,
     transport: &Transport,
     key: &SecretKey,
     bound: Duration,
-) -> Result<(), String> {
+) -> Result<(), Unhealthy> {
     let request = client.request(
         host,
         transport,
@@ -1094,16 +1123,57 @@ async fn probe(
         Bytes::new(),
     );
     match tokio::time::timeout(bound, request).await {
-        Err(_) => Err(format!("no health answer within {} ms", bound.as_millis())),
-        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(Unhealthy::Down(format!(
+            "no health answer within {} ms",
+            bound.as_millis()
+        ))),
+        Ok(Err(e)) => Err(Unhealthy::Down(e.to_string())),
         Ok(Ok(reply)) if reply.status == 200 => {
             match serde_json::from_slice::<Value>(&reply.body) {
                 Ok(Value::Object(_)) => Ok(()),
-                _ => Err("health answer is not a JSON object".into()),
+                _ => Err(Unhealthy::Down("health answer is not a JSON object".into())),
             }
         }
-        Ok(Ok(reply)) => Err(format!("health check answered HTTP {}", reply.status)),
+        Ok(Ok(reply)) if is_signature_refusal(&reply) => {
+            Err(Unhealthy::SignatureRefused(signature_refused(host, &reply)))
+        }
+        Ok(Ok(reply)) => Err(Unhealthy::Down(format!(
+            "health check answered HTTP {}",
+            reply.status
+        ))),
     }
+}
+
+/// The `message` of a JSON answer (bounded), or "".
+fn reply_message(reply: &Reply) -> String {
+    match serde_json::from_slice::<Value>(&reply.body) {
+        Ok(Value::Object(o)) => o
+            .get("message")
+            .and_then(Value::as_str)
+            .map(|m| m.chars().take(2000).collect())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn is_signature_refusal(reply: &Reply) -> bool {
+    reply.status == 401 || reply.status == 403
+}
+
+/// What to tell the operator when an executor refused a request's
+/// signature: the registration's `executor.key` is not the executor's.
+fn signature_refused(host: &HostEntry, reply: &Reply) -> String {
+    let message = reply_message(reply);
+    format!(
+        "executor {} refused the request signature (HTTP {}: {}): check 'executor.key'",
+        host.name,
+        reply.status,
+        if message.is_empty() {
+            "unauthorized"
+        } else {
+            &message
+        }
+    )
 }
 
 /// Turns an executor answer into the stdout-equivalent or an error.
@@ -1113,24 +1183,10 @@ fn interpret(command: Command, host: &HostEntry, reply: &Reply) -> Result<String
         Ok(Value::Object(m)) => Some(m),
         _ => None,
     };
-    let message = object
-        .as_ref()
-        .and_then(|o| o.get("message"))
-        .and_then(Value::as_str)
-        .map(|m| m.chars().take(2000).collect::<String>())
-        .unwrap_or_default();
-    if reply.status == 401 || reply.status == 403 {
-        return Err(DispatchError::Configuration(format!(
-            "executor {} refused the request (HTTP {}): {}; check 'executor.key'",
-            host.name,
-            reply.status,
-            if message.is_empty() {
-                "unauthorized".to_string()
-            } else {
-                message
-            }
-        )));
+    if is_signature_refusal(reply) {
+        return Err(DispatchError::Configuration(signature_refused(host, reply)));
     }
+    let message = reply_message(reply);
     let Some(object) = object else {
         return Err(DispatchError::Remote(format!(
             "executor {} answered {command} with HTTP {} and a body that is not a JSON object: '{}'",

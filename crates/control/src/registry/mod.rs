@@ -41,6 +41,10 @@ pub enum RegistryError {
     Secret(String),
     #[error("key file error: {0}")]
     KeyFile(String),
+    /// The database path names something unusable (a directory, a file
+    /// that is not a database, a place that cannot be written).
+    #[error("database error: {0}")]
+    Database(String),
     #[error("registry I/O error: {0}")]
     Io(String),
 }
@@ -52,6 +56,16 @@ impl RegistryError {
             self,
             RegistryError::Invalid(_) | RegistryError::NotFound(_) | RegistryError::Conflict(_)
         )
+    }
+
+    /// What is wrong when a setting (the key file or the database path)
+    /// names something unusable: the operator's to fix, retrying will not
+    /// help. The text names the setting and its path.
+    pub fn setting_problem(&self) -> Option<&str> {
+        match self {
+            RegistryError::KeyFile(p) | RegistryError::Database(p) => Some(p),
+            _ => None,
+        }
     }
 }
 
@@ -638,24 +652,50 @@ struct ExtRow {
 
 impl Registry {
     /// Opens (creating and migrating) the database and the key file.
+    /// A key file or database path that cannot be used is refused before
+    /// anything is created.
     pub fn open(database: &Path, key_file: &Path) -> Result<Registry> {
+        let shown = database.display();
+        // An existing key is checked first: a bad one creates no database.
+        let existing_key = if key_file.exists() {
+            Some(secrets::Cipher::load_or_create(key_file)?)
+        } else {
+            None
+        };
+        if database.is_dir() {
+            return Err(RegistryError::Database(format!(
+                "database {shown} is a directory, not a SQLite database file"
+            )));
+        }
         if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                RegistryError::Io(format!(
-                    "cannot create database directory {}: {e}",
-                    parent.display()
+                RegistryError::Database(format!(
+                    "cannot create the directory of database {shown}: {e}"
                 ))
             })?;
         }
         let existed = database.exists();
-        let mut conn = Connection::open(database)?;
+        let mut conn = Connection::open(database)
+            .map_err(|e| RegistryError::Database(format!("cannot open database {shown}: {e}")))?;
         if !existed {
             use std::os::unix::fs::PermissionsExt;
             // Nothing secret is in plain text there, but keep it private anyway.
             let _ = std::fs::set_permissions(database, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        // The first read of the file: where a file that is not a database,
+        // or one that cannot be read, shows.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase) => RegistryError::Database(format!(
+                    "database {shown} is not a SQLite database file"
+                )),
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
+                    RegistryError::Database(format!("cannot open database {shown}: {e}"))
+                }
+                _ => RegistryError::Storage(e),
+            })?;
         if !mode.eq_ignore_ascii_case("wal") {
             log::warn!("database {} not in WAL mode ({mode})", database.display());
         }
@@ -663,23 +703,10 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
-        if !key_file.exists() {
-            // A fresh key could never decrypt what is stored: refuse instead of
-            // silently orphaning the secrets.
-            let sealed: i64 = conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM extension_details WHERE secret IS NOT NULL)
-                      + (SELECT COUNT(*) FROM registration_details WHERE secret IS NOT NULL)",
-                [],
-                |r| r.get(0),
-            )?;
-            if sealed > 0 {
-                return Err(RegistryError::KeyFile(format!(
-                    "key file {} is missing but the database holds {sealed} encrypted detail(s); restore the key file",
-                    key_file.display()
-                )));
-            }
-        }
-        let cipher = secrets::Cipher::load_or_create(key_file)?;
+        let cipher = match existing_key {
+            Some(cipher) => cipher,
+            None => Self::new_key(&conn, key_file)?,
+        };
         let checkpointer = Checkpointer::start(database);
         if checkpointer.is_some() {
             // Still bounded if the background thread falls behind.
@@ -692,6 +719,25 @@ impl Registry {
         };
         registry.convert_journal_blobs()?;
         Ok(registry)
+    }
+
+    /// Creates the key file of a database that holds no secret yet.
+    fn new_key(conn: &Connection, key_file: &Path) -> Result<secrets::Cipher> {
+        // A fresh key could never decrypt what is stored: refuse instead of
+        // silently orphaning the secrets.
+        let sealed: i64 = conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM extension_details WHERE secret IS NOT NULL)
+                  + (SELECT COUNT(*) FROM registration_details WHERE secret IS NOT NULL)",
+            [],
+            |r| r.get(0),
+        )?;
+        if sealed > 0 {
+            return Err(RegistryError::KeyFile(format!(
+                "key file {} is missing but the database holds {sealed} encrypted detail(s); restore the key file",
+                key_file.display()
+            )));
+        }
+        secrets::Cipher::load_or_create(key_file)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

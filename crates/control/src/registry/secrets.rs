@@ -172,10 +172,10 @@ fn create_key_file(path: &Path) -> Result<Option<Cipher>, RegistryError> {
     let shown = path.display();
     let mut key = [0u8; KEY_LEN];
     getrandom::fill(&mut key)
-        .map_err(|e| RegistryError::KeyFile(format!("no randomness for key file {shown}: {e}")))?;
+        .map_err(|e| RegistryError::Secret(format!("no randomness for key file {shown}: {e}")))?;
     let mut salt = [0u8; 8];
     getrandom::fill(&mut salt)
-        .map_err(|e| RegistryError::KeyFile(format!("no randomness for key file {shown}: {e}")))?;
+        .map_err(|e| RegistryError::Secret(format!("no randomness for key file {shown}: {e}")))?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp-{}", hex::encode(salt)));
     let tmp = std::path::PathBuf::from(tmp_name);

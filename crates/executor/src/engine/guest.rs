@@ -16,21 +16,24 @@
 //! of records only as one line of the network's record log). VM data
 //! lives in a [`MetadataStore`] beside it (one 0600 AES-256-GCM file per VM).
 //!
-//! Layout under the state directory. dnsmasq drops root and then re-reads its
-//! hosts files as an unprivileged user, so every directory on the way to its
-//! configuration is traversable (`o+x`) but never listable; secrets stay in
-//! 0700 directories and 0600 files the executor alone reads:
+//! Layout under the state directory. Every file the executor keeps is 0600
+//! in 0700 directories, except what dnsmasq reads after it dropped root to
+//! its unprivileged user (hosts files on SIGHUP, record shards by
+//! inotify): those files are 0644, and every directory on the way to them
+//! is traversable (`o+x`) but never listable:
 //! ```text
-//! <state>/                 o+x added
-//!   networks/<ns>.log      0600  record log of an isolated network (see
-//!                                [`crate::record_log`])
+//! <state>/                 0700; 0711 once a network has guest services
+//!   networks/<ns>.json     0600  network state; `<ns>.log` its record log
+//!                                (see [`crate::record_log`])
+//!   vpcs/, pbr/, radvd/    0700  VPC state, policy-routing tables, radvd; 0600
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier
 //!                                `cs-vpc-<id>-tier-<network_id>`
-//!       dnsmasq/           0755  conf, hosts, dhcp-hosts, leases, pid file
+//!       dnsmasq/           0711  dnsmasq.conf, leases, pid and log: 0600;
+//!                                hosts, dhcp-hosts: 0644
 //!         hosts.d/         0755  DNS record shards (`hostsdir`), 0644
-//!       haproxy/           0700  conf, pid file
+//!       haproxy/           0700  conf, pid file, log
 //!       vmdata/            0700  <ip>.vmdata, 0600, encrypted
 //! ```
 //! Parents of `<state>` must be traversable too (the default
@@ -60,6 +63,11 @@ use netbridge_protocol::Command;
 /// How long a stopping daemon or metadata server gets before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 const KEY_FILE: &str = "vmdata.key";
+/// Directories on the way to dnsmasq's files: the user dnsmasq drops to
+/// may pass through, never list or read.
+pub(super) const TRAVERSE_ONLY: u32 = 0o711;
+/// A network's VM data directory, under its guest directory.
+const VMDATA_DIR: &str = "vmdata";
 
 /// Whether `command` is a guest-service command handled here.
 pub(super) fn handles(command: Command) -> bool {
@@ -176,22 +184,23 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
-            // A temporary name of its own per creator: concurrent first
-            // commands of several networks must not share (and truncate)
-            // one temporary file.
-            let mut nonce = [0u8; 8];
-            getrandom::fill(&mut nonce).map_err(|e| ExecError::State(format!("random: {e}")))?;
-            let tmp = root.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(nonce)));
+            let mut salt = [0u8; 8];
+            getrandom::fill(&mut key)
+                .and_then(|()| getrandom::fill(&mut salt))
+                .map_err(|e| ExecError::State(format!("random: {e}")))?;
+            // One temporary file per creator: networks implemented at the
+            // same time must not write into each other's.
+            let tmp = root.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(salt)));
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| io_state("create", &tmp, e))?;
-            f.write_all(&key)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_state("write", &tmp, e))?;
+            if let Err(e) = f.write_all(&key).and_then(|()| f.sync_all()) {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_state("write", &tmp, e));
+            }
             // No clobbering: a concurrent creator's key wins and is used.
             match fs::hard_link(&tmp, &path) {
                 Ok(()) => {}
@@ -199,7 +208,10 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
                     let _ = fs::remove_file(&tmp);
                     return load_or_create_key(root);
                 }
-                Err(e) => return Err(io_state("link", &path, e)),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_state("link", &path, e));
+                }
             }
             let _ = fs::remove_file(&tmp);
             Ok(key)
@@ -229,22 +241,31 @@ impl Engine {
         }
         let state_dir = &self.config.state_dir;
         let meta = fs::metadata(state_dir).map_err(|e| io_state("stat", state_dir, e))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            fs::set_permissions(
-                state_dir,
-                fs::Permissions::from_mode((mode & 0o7777) | 0o001),
-            )
-            .map_err(|e| io_state("chmod", state_dir, e))?;
+        if meta.permissions().mode() & 0o7777 != TRAVERSE_ONLY {
+            fs::set_permissions(state_dir, fs::Permissions::from_mode(TRAVERSE_ONLY))
+                .map_err(|e| io_state("chmod", state_dir, e))?;
         }
         let root = self.guest_root();
-        ensure_dir(&root, 0o711)?;
+        ensure_dir(&root, TRAVERSE_ONLY)?;
         let dir = self.guest_dir(namespace);
-        ensure_dir(&dir, 0o711)?;
+        ensure_dir(&dir, TRAVERSE_ONLY)?;
         let key = load_or_create_key(&root)?;
-        let store = Arc::new(MetadataStore::open(dir.join("vmdata"), Some(key))?);
+        let store = Arc::new(MetadataStore::open(dir.join(VMDATA_DIR), Some(key))?);
         rt.store = Some(store.clone());
         Ok(store)
+    }
+
+    /// The network's VM data store when it is open or on disk; `None`
+    /// when the network has never stored VM data (nothing is created).
+    fn stored_guest_store(
+        &self,
+        rt: &mut GuestRuntime,
+        namespace: &str,
+    ) -> Result<Option<Arc<MetadataStore>>, ExecError> {
+        if rt.store.is_none() && !self.guest_dir(namespace).join(VMDATA_DIR).exists() {
+            return Ok(None);
+        }
+        self.guest_store(rt, namespace).map(Some)
     }
 
     fn dnsmasq_paths(&self, namespace: &str) -> Result<dnsmasq::DnsmasqPaths, ExecError> {
@@ -408,21 +429,34 @@ impl Engine {
         let namespace = current.namespace.as_str();
         let mut next = current.clone();
         seed_addresses(&mut next);
-        let store = self.guest_store(rt, key)?;
         let opts = services::Options::default();
         let mut guest = std::mem::take(&mut next.guest);
         // `guest` is a copy dropped on error, and so is the store's set.
         let mut apply = |vms: &mut services::VmDataSet| {
             services::model::apply_in_place(command, &envelope.payload, &mut guest, vms, &opts)
         };
-        let fx = if services::model::touches_vm_data(command) {
-            store.update(apply)?
-        } else {
+        let fx = if !services::model::touches_vm_data(command) {
             // No copy and no diff of every VM's data for a record command.
             apply(&mut services::VmDataSet::default())?
+        } else if let Some(store) = self.stored_guest_store(rt, key)? {
+            store.update(apply)?
+        } else {
+            // No VM data of this network on disk yet: the update runs on an
+            // empty set first, so a refused command creates no directory,
+            // key or file.
+            let mut vms = services::VmDataSet::default();
+            let fx = apply(&mut vms)?;
+            if !vms.is_empty() {
+                self.guest_store(rt, key)?.update(|set| {
+                    *set = vms;
+                    Ok(())
+                })?;
+            }
+            fx
         };
         next.guest = guest;
         if next.implemented {
+            self.guest_store(rt, key)?;
             // A removed NIC's granted lease would keep its name resolving
             // (dnsmasq answers names from leases): drop it with the NIC.
             let gone = removed_nics(&current.guest, &next.guest);
@@ -513,7 +547,7 @@ impl Engine {
         if let Some(d) = rt.dnsmasq.take().or_else(|| Daemon::adopt(spec)) {
             d.stop(GRACE)?;
         }
-        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o644)?;
+        services::store::replace_file(&paths.leases(), kept.as_bytes(), 0o600)?;
         Ok(())
     }
 
@@ -889,28 +923,6 @@ fn stop_metadata(server: MetadataServer) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn concurrent_first_commands_agree_on_one_vm_data_key() {
-        for _ in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            let keys: Vec<[u8; 32]> = std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..8)
-                    .map(|_| sc.spawn(|| load_or_create_key(dir.path())))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap().expect("key"))
-                    .collect()
-            });
-            assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
-            let left: Vec<_> = fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(left, vec![std::ffi::OsString::from(KEY_FILE)]);
-        }
-    }
-
     fn engine(dir: &Path) -> Engine {
         let netns = dir.join("netns");
         fs::create_dir_all(&netns).unwrap();
@@ -1030,6 +1042,144 @@ mod tests {
         // Destroy's guest part (the host part needs root): files gone.
         e.guest_down(&mut slot.guest, "cs-net-42", true).unwrap();
         assert!(!state.join("guest/cs-net-42").exists());
+    }
+
+    /// Every path under `root` with its mode and, for files, its content.
+    fn tree(root: &Path) -> Vec<(PathBuf, u32, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(p) = pending.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let content = meta.is_file().then(|| fs::read(&p).unwrap());
+            if meta.is_dir() {
+                for entry in fs::read_dir(&p).unwrap() {
+                    pending.push(entry.unwrap().path());
+                }
+            }
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            out.push((rel, meta.permissions().mode(), content));
+        }
+        out.sort();
+        out
+    }
+
+    /// A refused guest command for a network this executor has never seen
+    /// (no implement-network, no earlier guest data) leaves the state
+    /// directory exactly as it was: no guest directory, no VM data key, no
+    /// mode change, no state file.
+    #[test]
+    fn refused_guest_commands_for_an_unknown_network_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let state = dir.path().join("state");
+        let before = tree(&state);
+        let refused = [
+            (
+                Command::AddDhcpEntry,
+                serde_json::json!({"mac": "02:00:00:00:00:06", "ip": "10.1.1.300"}),
+                "'ip'",
+            ),
+            (
+                Command::PrepareNic,
+                serde_json::json!({"mac": "not-a-mac", "ip": "10.1.1.6"}),
+                "'mac'",
+            ),
+            (
+                Command::AddDnsEntry,
+                serde_json::json!({"ip": "10.1.1.6", "hostname": "bad name"}),
+                "'hostname'",
+            ),
+            (
+                Command::SaveVmData,
+                serde_json::json!({"ip": "10.1.1.6", "vm_data": [
+                    {"dir": "elsewhere", "file": "x", "content": "y"}]}),
+                "'vm_data[0].dir'",
+            ),
+            (
+                Command::SavePassword,
+                serde_json::json!({"ip": "10.1.1.6"}),
+                "'password'",
+            ),
+            (
+                Command::ApplyLbRules,
+                serde_json::json!({"lb_rules": [{"id": "1", "publicIp": "203.0.113.10",
+                    "publicPort": "53", "protocol": "udp", "algorithm": "leastconn",
+                    "backends": [{"ip": "10.1.1.5", "port": "53"}]}]}),
+                "lb_rules[0].algorithm",
+            ),
+            (
+                Command::RestoreNetwork,
+                serde_json::json!({"restore_data": {"vms": [{"ip": "10.1.1.6",
+                    "vm_data": [{"dir": "metadata", "file": "../escape", "content": "x"}]}]}}),
+                "'restore_data.vms[0].vm_data[0].file'",
+            ),
+        ];
+        for (command, payload, field) in refused {
+            let err = e.execute(command, &body(payload)).unwrap_err();
+            assert_eq!(err.http_status(), 400, "{command}: {err}");
+            assert!(err.to_string().contains(field), "{command}: {err}");
+            assert_eq!(tree(&state), before, "{command} left something behind");
+        }
+        assert_eq!(e.networks(), serde_json::json!([]));
+        // The same network's first accepted command creates its files.
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.6", "password": "Pw-6-accepted"})),
+        )
+        .unwrap();
+        assert!(state
+            .join("guest/cs-net-42/vmdata/10.1.1.6.vmdata")
+            .exists());
+        assert_eq!(e.networks()[0]["namespace"], "cs-net-42");
+    }
+
+    /// `restore-network` with an empty `vm_data` for a VM keeps the VM's
+    /// stored data on disk (user data, meta-data, password), also across a
+    /// restart; the VM's NIC and record are restored as sent.
+    #[test]
+    fn restore_with_empty_vm_data_keeps_the_stored_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        e.execute(
+            Command::SaveVmData,
+            &body(serde_json::json!({"ip": "10.1.1.5", "vm_data": [
+                {"dir": "userdata", "file": "user-data", "content": "#cloud-config vm5"},
+                {"dir": "metadata", "file": "instance-id", "content": "i-vm5"}]})),
+        )
+        .unwrap();
+        e.execute(
+            Command::SavePassword,
+            &body(serde_json::json!({"ip": "10.1.1.5", "password": "Pw-vm5-kept"})),
+        )
+        .unwrap();
+        let file = dir
+            .path()
+            .join("state/guest/cs-net-42/vmdata/10.1.1.5.vmdata");
+        let sealed = fs::read(&file).unwrap();
+        e.execute(
+            Command::RestoreNetwork,
+            &body(serde_json::json!({"restore_data": {"dhcp_enabled": "true",
+                "dns_enabled": "true", "userdata_enabled": "true", "vms": [
+                {"ip": "10.1.1.5", "mac": "02:00:00:00:00:05", "hostname": "vm5",
+                 "default_nic": "true", "vm_data": []}]}})),
+        )
+        .unwrap();
+        assert_eq!(fs::read(&file).unwrap(), sealed, "file not rewritten");
+        drop(e);
+
+        let e = engine(dir.path());
+        let slot = e.slot("cs-net-42");
+        let mut slot = super::super::lock(&slot);
+        let g = &slot.state.as_ref().unwrap().guest;
+        assert_eq!(g.nics["02:00:00:00:00:05"].hostname.as_deref(), Some("vm5"));
+        let store = e.guest_store(&mut slot.guest, "cs-net-42").unwrap();
+        let vm = store.get("10.1.1.5".parse().unwrap()).unwrap();
+        assert_eq!(vm.userdata.as_deref(), Some(&b"#cloud-config vm5"[..]));
+        assert_eq!(vm.meta["instance-id"], "i-vm5");
+        assert_eq!(
+            vm.password.as_ref().map(|p| p.expose()),
+            Some("Pw-vm5-kept")
+        );
     }
 
     #[test]
@@ -1173,6 +1323,33 @@ mod tests {
         with_tcp.lb_rules.insert("3".into(), tcp);
         assert!(!udp_lb_changed(&old, &with_tcp));
         assert!(stale_udp_flows(&with_tcp, &old).is_empty());
+    }
+
+    /// Networks implemented at the same time all create the VM data key
+    /// at once: every creator ends up with the one key in the file.
+    #[test]
+    fn concurrent_first_key_creation_agrees_on_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<Result<[u8; 32], String>> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load_or_create_key(dir.path()).map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let on_disk = fs::read(dir.path().join(KEY_FILE)).unwrap();
+            for k in keys {
+                assert_eq!(k.as_ref().map(|k| k.to_vec()), Ok(on_disk.clone()));
+            }
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+        }
     }
 
     #[test]

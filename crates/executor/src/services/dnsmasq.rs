@@ -154,7 +154,9 @@ pub fn render(s: &GuestServices, paths: &DnsmasqPaths) -> Option<DnsmasqFiles> {
     let _ = writeln!(c, "listen-address={ext}");
     // Log to stderr (the supervisor's log file), without a line per lease.
     c.push_str("bind-interfaces\nno-hosts\nno-resolv\nlog-facility=-\nquiet-dhcp\n");
-    let _ = writeln!(c, "pid-file={dir}/dnsmasq.pid");
+    // No pid file of its own (dnsmasq would write it 0644 under its own
+    // umask): the supervisor records the PID, 0600.
+    c.push_str("pid-file=\n");
     let _ = writeln!(c, "dhcp-leasefile={dir}/leases");
     let _ = writeln!(c, "addn-hosts={dir}/hosts");
     let _ = writeln!(c, "dhcp-hostsfile={dir}/dhcp-hosts");

@@ -669,6 +669,21 @@ fn apply_lb_rules(s: &mut GuestServices, doc: &Value) -> Result<(), ServicesErro
     Ok(())
 }
 
+/// Whether a VM's `vm_data` in `restore_data` is empty (`[]`, or its
+/// JSON/Base64 string form). CloudStack 4.23 sends that for a VM whose data
+/// it did not generate (the extension does not provide UserData, or
+/// generating failed and was logged); a VM with data always gets its
+/// meta-data files. So it never means "no data": the stored set is kept.
+/// Any other value is left to `save_vm_data`, which names what is wrong.
+fn no_vm_data(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.is_empty(),
+        Value::String(_) => validate::document("vm_data", v)
+            .is_ok_and(|(d, _)| d.as_array().is_some_and(Vec::is_empty)),
+        _ => false,
+    }
+}
+
 fn restore(s: &mut GuestServices, vms: &mut VmDataSet, doc: &Value) -> Result<(), ServicesError> {
     let (doc, form) = validate::document("restore_data", doc)?;
     // Older builds Base64-encode restore_data and every vm_data content
@@ -738,7 +753,7 @@ fn restore(s: &mut GuestServices, vms: &mut VmDataSet, doc: &Value) -> Result<()
             one.insert(ip, old.clone());
         }
         if userdata {
-            if let Some(d) = o.get("vm_data") {
+            if let Some(d) = o.get("vm_data").filter(|d| !no_vm_data(d)) {
                 vmdata::save_vm_data(&mut one, ip, d, outer).map_err(|e| match e {
                     ServicesError::Invalid(netbridge_protocol::ProtocolError::InvalidField {
                         field,

@@ -25,8 +25,15 @@ const GRACE: Duration = Duration::from_secs(5);
 /// loaded host can take seconds; a daemon that cannot bind exits sooner).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Directory readable by the unprivileged user dnsmasq drops to (it re-reads
-/// the hosts files on SIGHUP after dropping root).
+/// dnsmasq's directory: traversable (never listable) by the unprivileged
+/// user dnsmasq drops to, which re-reads the hosts files on SIGHUP by name.
+const DNSMASQ_DIR_MODE: u32 = 0o711;
+/// `hostsdir`: dnsmasq (unprivileged) lists it and reads every file.
+const HOSTS_DIR_MODE: u32 = 0o755;
+/// What dnsmasq reads after dropping root: the hosts files and record shards.
+const DNSMASQ_READ_MODE: u32 = 0o644;
+
+/// Creates `dir` (and parents) with `mode`, and sets `mode` on it.
 fn ensure_dir(dir: &Path, mode: u32) -> Result<(), ServicesError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -80,19 +87,35 @@ pub fn write_dnsmasq_files(
     files: &DnsmasqFiles,
     old: Option<&DnsmasqFiles>,
 ) -> Result<(), ServicesError> {
-    ensure_dir(&paths.dir, 0o755)?;
+    ensure_dir(&paths.dir, DNSMASQ_DIR_MODE)?;
     if old.is_none_or(|o| o.conf != files.conf) {
         // dnsmasq refuses to start without its `hostsdir`.
-        ensure_dir(&paths.hosts_dir(), 0o755)?;
+        ensure_dir(&paths.hosts_dir(), HOSTS_DIR_MODE)?;
     }
     let before = old.map(|o| o.files(paths));
+    let conf = paths.conf();
     for (i, (p, content)) in files.files(paths).iter().enumerate() {
         let same = before.as_ref().is_some_and(|b| b[i].1 == *content);
         if !same {
-            replace_file(p, content.as_bytes(), 0o644)?;
+            // The main configuration is read as root, at start only.
+            let mode = if *p == conf { 0o600 } else { DNSMASQ_READ_MODE };
+            replace_file(p, content.as_bytes(), mode)?;
         }
     }
     Ok(())
+}
+
+/// Creates `path` empty with mode 0600 unless it exists. dnsmasq opens its
+/// lease file as root before dropping privileges and would otherwise
+/// create it 0644 (it sets its own umask).
+fn create_private(path: &Path) -> Result<(), ServicesError> {
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| ServicesError::io(format!("create {}", path.display()), e))
 }
 
 /// Writes the DNS record shards of `guest` into `hosts.d` (see
@@ -127,7 +150,7 @@ pub fn write_record_shards(
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o644)
+            .mode(DNSMASQ_READ_MODE)
             .open(&path)
             .map_err(|e| ServicesError::io(format!("open {}", path.display()), e))?;
         f.write_all(text.as_bytes())
@@ -136,8 +159,8 @@ pub fn write_record_shards(
     if let Some(shards) = changed {
         return shards.iter().try_for_each(|sh| write(*sh));
     }
-    ensure_dir(&paths.dir, 0o755)?;
-    ensure_dir(&dir, 0o755)?;
+    ensure_dir(&paths.dir, DNSMASQ_DIR_MODE)?;
+    ensure_dir(&dir, HOSTS_DIR_MODE)?;
     let want = dnsmasq::all_shards(guest);
     let listing =
         fs::read_dir(&dir).map_err(|e| ServicesError::io(format!("list {}", dir.display()), e))?;
@@ -208,11 +231,17 @@ pub fn sync_dnsmasq_known(
             d.stop(GRACE)?;
             None
         }
-        (DnsmasqAction::Restart, Some(d)) => Some(d.restart(spec, GRACE)?),
+        (DnsmasqAction::Restart, Some(d)) => {
+            create_private(&paths.leases())?;
+            Some(d.restart(spec, GRACE)?)
+        }
         (_, Some(d)) => Some(d),
         (DnsmasqAction::Start, None)
         | (DnsmasqAction::Hup, None)
-        | (DnsmasqAction::Restart, None) => Some(Daemon::spawn(spec)?),
+        | (DnsmasqAction::Restart, None) => {
+            create_private(&paths.leases())?;
+            Some(Daemon::spawn(spec)?)
+        }
         (DnsmasqAction::Stop, None) => None,
     };
     Ok((now, action))

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -192,6 +192,7 @@ impl Daemon {
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(p)
                     .map_err(|e| ServicesError::io(format!("open {}", p.display()), e))?;
                 let f2 = f.try_clone().map_err(|e| ServicesError::io("dup log", e))?;
@@ -206,10 +207,13 @@ impl Daemon {
             .stdout(out)
             .stderr(err);
         let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: only async-signal-safe calls (setns, setsid) on an fd that
-        // stays open in the parent until spawn returns.
+        // SAFETY: only async-signal-safe calls (setns, setsid, umask) on an
+        // fd that stays open in the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
+                // Files the daemon creates in the state directory (pid
+                // files, sockets) are private to root.
+                libc::umask(0o077);
                 if let Some(fd) = ns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -244,7 +248,7 @@ impl Daemon {
             child: Some(child),
             hup_ready: false,
         };
-        super::store::replace_file(&d.spec.pid_file, format!("{pid}\n").as_bytes(), 0o644)?;
+        super::store::replace_file(&d.spec.pid_file, format!("{pid}\n").as_bytes(), 0o600)?;
         log::info!("{}: started pid {pid}", d.spec.name);
         Ok(d)
     }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -899,8 +899,9 @@ pub fn redact_secrets(v: &Value) -> Value {
 }
 
 /// Persists each namespace's [`PbrTables`] as
-/// `<state_dir>/pbr/<namespace>.json` (atomic replace), so tables survive
-/// restarts and follow the network's state, never `/etc/iproute2`.
+/// `<state_dir>/pbr/<namespace>.json` (atomic replace, 0600 in a 0700
+/// directory, like every state file), so tables survive restarts and follow
+/// the network's state, never `/etc/iproute2`.
 #[derive(Debug, Clone)]
 pub struct PbrStore {
     dir: PathBuf,
@@ -909,7 +910,11 @@ pub struct PbrStore {
 impl PbrStore {
     pub fn open(state_dir: &Path) -> Result<PbrStore, VpcError> {
         let dir = state_dir.join("pbr");
-        std::fs::create_dir_all(&dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| VpcError::Exec(format!("creating {}: {e}", dir.display())))?;
         Ok(PbrStore { dir })
     }
@@ -936,7 +941,12 @@ impl PbrStore {
         let data = serde_json::to_vec_pretty(tables)
             .map_err(|e| VpcError::Exec(format!("encoding pbr tables: {e}")))?;
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)

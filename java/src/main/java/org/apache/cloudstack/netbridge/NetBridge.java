@@ -32,7 +32,12 @@ public final class NetBridge implements AutoCloseable {
         this.handle = handle;
     }
 
-    /** Opens (creating and migrating if needed) the registry described by {@code config}. */
+    /**
+     * Opens (creating and migrating if needed) the registry described by {@code config}.
+     *
+     * @throws NetBridgeException kind CONFIGURATION (431) when a setting names something unusable
+     *     (the text names it); nothing is created then
+     */
     public static NetBridge open(NetBridgeConfig config) {
         Objects.requireNonNull(config, "config");
         NativeBridge.ensureLoaded();

@@ -22,6 +22,11 @@ package org.apache.cloudstack.netbridge;
  * <tr><td>{@link Kind#REMOTE}</td><td>502</td><td>the executor answered with a failure</td><td>3</td></tr>
  * </table>
  *
+ * <p>{@link NetBridge#open} refused because a setting names something unusable (a key file that is
+ * group/world accessible, not 32 bytes, not a regular file or unreadable; a database path that is a
+ * directory or not a SQLite database; a dispatch namespace that cannot be opened) is kind
+ * {@link Kind#CONFIGURATION}, code 431, with a text naming the setting, its path and the problem.
+ *
  * <p>Native panics arrive as code 530, kind INTERNAL, text starting with
  * {@code "internal error: native panic: "}. Unchecked, like CloudStack's own
  * {@code ServerApiException}.
@@ -48,7 +53,7 @@ public class NetBridgeException extends RuntimeException {
         API,
         /** A native internal failure or panic (530). */
         INTERNAL,
-        /** execute: bad command, envelope or registration details. */
+        /** execute: bad command, envelope or registration details; open: an unusable setting. */
         CONFIGURATION,
         /** execute: no executor reachable. */
         UNREACHABLE,

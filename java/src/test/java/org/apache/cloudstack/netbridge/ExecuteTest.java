@@ -169,6 +169,7 @@ class ExecuteTest {
                 .dispatchNetns(Path.of("/run/netns/nbb-missing-ns")).build();
         NetBridgeException e = assertThrows(NetBridgeException.class, () -> NetBridge.open(config));
         assertEquals(431, e.getCode());
+        assertEquals(NetBridgeException.Kind.CONFIGURATION, e.getKind(), e.toString());
         assertTrue(e.getText().startsWith("cannot open network namespace '/run/netns/nbb-missing-ns': "), e.getText());
     }
 }

@@ -1,7 +1,9 @@
 package org.apache.cloudstack.netbridge;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
@@ -104,11 +106,16 @@ class ExecutorJniTest {
             assertEquals("Cannot unregister extension 'nbb-jni-ext' from physical network " + PN
                     + ". Provider is used by 1 existing network service(s)", refused.getText());
 
-            // The executor's key is rotated: the registry's old key is refused...
+            // The executor's key is rotated: the registry's old key is refused, a configuration
+            // error that says so (not "unreachable": retrying cannot help)...
             writeKey(keyFile, "nbb-key-two-0123456789abcdef");
             NetBridgeException old = assertThrows(NetBridgeException.class,
                     () -> b.execute(extId, PN, "ensure-network-device", ensureEnvelope(host), T));
-            assertEquals(NetBridgeException.Kind.UNREACHABLE, old.getKind(), old.toString());
+            assertEquals(NetBridgeException.Kind.CONFIGURATION, old.getKind(), old.toString());
+            assertEquals(431, old.getCode());
+            assertTrue(old.getText().contains("executor " + host + " refused the request signature (HTTP 401: "
+                    + "authentication failed: signature does not match): check 'executor.key'"), old.getText());
+            assertFalse(old.getText().contains("nbb-key-"), old.getText());
             // ...until updateRegisteredExtension rotates it: no restart.
             b.updateRegisteredExtension().extensionId(extId).resourceId(PN).resourceType("PhysicalNetwork")
                     .details(Map.of("hosts", host, "executor.key", "nbb-key-two-0123456789abcdef",

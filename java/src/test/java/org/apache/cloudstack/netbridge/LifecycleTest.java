@@ -5,7 +5,10 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -30,6 +33,44 @@ class LifecycleTest {
             assertEquals(432, assertThrows(NetBridgeException.class, () -> b.api("nope", Map.of())).getCode());
             b.close();
             assertTrue(b.isClosed());
+        }
+    }
+
+    private Path key(String name, int length, String mode) throws IOException {
+        Path p = dir.resolve(name);
+        Files.write(p, new byte[length]);
+        Files.setPosixFilePermissions(p, PosixFilePermissions.fromString(mode));
+        return p;
+    }
+
+    private static NetBridgeException refusedOpen(Path database, Path keyFile) {
+        NetBridgeConfig config = NetBridgeConfig.builder().database(database).keyFile(keyFile).build();
+        return assertThrows(NetBridgeException.class, () -> NetBridge.open(config));
+    }
+
+    @Test
+    void unusableSettingsAreConfigurationErrorsNamingTheSetting() throws IOException {
+        Path loose = key("loose.key", 32, "rw-r--r--");
+        Path shortKey = key("short.key", 16, "rw-------");
+        Path good = key("good.key", 32, "rw-------");
+        Path keyDir = Files.createDirectory(dir.resolve("key-is-a-dir"));
+        Path dbDir = Files.createDirectory(dir.resolve("db-is-a-dir"));
+        Map<NetBridgeException, String> cases = new java.util.LinkedHashMap<>();
+        cases.put(refusedOpen(dir.resolve("a.db"), loose), "key file " + loose
+                + " is accessible by group or others (mode 644); refusing to use it, chmod 600 it");
+        cases.put(refusedOpen(dir.resolve("b.db"), shortKey), "key file " + shortKey + " must hold exactly 32 bytes");
+        cases.put(refusedOpen(dir.resolve("c.db"), keyDir), "key file " + keyDir + " is not a regular file");
+        cases.put(refusedOpen(dbDir, good), "database " + dbDir + " is a directory, not a SQLite database file");
+        for (Map.Entry<NetBridgeException, String> c : cases.entrySet()) {
+            NetBridgeException e = c.getKey();
+            assertEquals(NetBridgeException.Kind.CONFIGURATION, e.getKind(), e.toString());
+            assertEquals(431, e.getCode(), e.toString());
+            assertEquals(c.getValue(), e.getText());
+        }
+        // Nothing was created by the refused opens.
+        try (java.util.stream.Stream<Path> files = Files.list(dir)) {
+            assertEquals(List.of("db-is-a-dir", "good.key", "key-is-a-dir", "loose.key", "short.key"),
+                    files.map(p -> p.getFileName().toString()).sorted().toList());
         }
     }
 

@@ -65,6 +65,10 @@ pub struct Connection {
     signed: AtomicBool,
     /// A request is being served: no idle deadline runs meanwhile.
     busy: AtomicBool,
+    /// The reader that found the connection busy and waits for the request
+    /// to end before its idle deadline can start: woken by `set_busy(false)`
+    /// (nothing else would poll it again on a quiet socket).
+    idle_waiter: std::sync::Mutex<Option<std::task::Waker>>,
     evicted: Notify,
 }
 
@@ -92,6 +96,30 @@ impl Connection {
 
     pub fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Release);
+        if !busy {
+            let waiter = self
+                .idle_waiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(w) = waiter {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether a request is being served; if so, `waker` is woken when it
+    /// ends.
+    pub fn busy_or_wake_on_idle(&self, waker: &std::task::Waker) -> bool {
+        if !self.is_busy() {
+            return false;
+        }
+        *self
+            .idle_waiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(waker.clone());
+        // The request may have ended between the check and the registration.
+        self.is_busy()
     }
 
     /// Resolves when the table gave this connection's place to another one.
@@ -225,6 +253,7 @@ impl Registry {
             phase: AtomicU8::new(Phase::Handshake as u8),
             signed: AtomicBool::new(false),
             busy: AtomicBool::new(false),
+            idle_waiter: std::sync::Mutex::new(None),
             evicted: Notify::new(),
         });
         table.open.insert(conn.id, conn.clone());

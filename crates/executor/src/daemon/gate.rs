@@ -382,7 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
                     // While the previous request is still being served (hyper
                     // polls for the end of input meanwhile) no deadline runs:
                     // it starts once hyper asks for the next head.
-                    if self.conn.is_busy() {
+                    if self.conn.busy_or_wake_on_idle(cx.waker()) {
                         return Poll::Pending;
                     }
                     if self.deadline.is_none() {

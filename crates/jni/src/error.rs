@@ -118,9 +118,11 @@ impl<T: Default> ErrorPolicy<T, BridgeError> for ThrowNetBridge {
         // and says more than our wrapper would.
         if !env.exception_check() {
             log::debug!(target: "netbridge::jni", "call failed with code {}", err.code());
-            match err.cs_code() {
-                Some(cs_code) => throw_api(env, err.code(), &err.text(), cs_code)?,
-                None => throw_kind(env, err.code(), &err.text(), err.kind())?,
+            // A refused setting at open is a CONFIGURATION failure even though
+            // the API layer reported it (431).
+            match (err.kind(), err.cs_code()) {
+                (None, Some(cs_code)) => throw_api(env, err.code(), &err.text(), cs_code)?,
+                (kind, _) => throw_kind(env, err.code(), &err.text(), kind)?,
             }
         }
         Ok(T::default())

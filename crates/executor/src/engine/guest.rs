@@ -177,7 +177,11 @@ fn load_or_create_key(root: &Path) -> Result<[u8; 32], ExecError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             getrandom::fill(&mut key).map_err(|e| ExecError::State(format!("random: {e}")))?;
-            let tmp = root.join(format!(".{KEY_FILE}.tmp"));
+            // A temporary name of its own: two networks implemented at
+            // once must not write (and link) each other's key.
+            let mut tag = [0u8; 8];
+            getrandom::fill(&mut tag).map_err(|e| ExecError::State(format!("random: {e}")))?;
+            let tmp = root.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(tag)));
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -896,7 +900,7 @@ mod tests {
             },
             super::super::ApplierConfig {
                 netns_dir: netns,
-                ip_program: "/nonexistent/ip".into(),
+                manage_links: false,
                 nft_program: "/nonexistent/nft".into(),
                 use_libnftables: false,
             },

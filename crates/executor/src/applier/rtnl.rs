@@ -41,6 +41,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// An Ethernet-type link (veth, VLAN, bridge), not loopback.
     pub ether: bool,
+    /// The link's group (`ip link set … group`).
+    pub group: u32,
 }
 
 /// An IPv4 address of a link.
@@ -216,19 +218,22 @@ impl Rtnl {
         self.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
     }
 
-    /// `ip link add <host> type veth peer name <inner> netns <ns>`, the
-    /// host end enslaved to `master` and up, in one message.
+    /// `ip link add <host> type veth peer name <inner> netns <ns> group
+    /// <inner_group>`, the host end enslaved to `master` and up, in one
+    /// message.
     pub fn add_veth(
         &mut self,
         host: &str,
         inner: &str,
         inner_netns: RawFd,
+        inner_group: u32,
         master: u32,
     ) -> io::Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(inner.to_string()));
         peer.attributes.push(LinkAttribute::NetNsFd(inner_netns));
+        peer.attributes.push(LinkAttribute::Group(inner_group));
         let mut m = up(LinkMessage::default());
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
         m.attributes.push(LinkAttribute::Controller(master));
@@ -261,6 +266,26 @@ impl Rtnl {
             m.attributes.push(LinkAttribute::Controller(master));
         }
         self.change(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// `ip link set <index> group <group>`.
+    pub fn set_group(&mut self, index: u32, group: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Group(group));
+        self.change(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// `ip link del group <group>`: every link of the group goes in one
+    /// kernel batch, which waits for RCU once for all of them (a veth
+    /// takes its peer along). A group without links is not an error.
+    pub fn del_group(&mut self, group: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::Group(group));
+        match self.change(RouteNetlinkMessage::DelLink(m), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
     }
 
     /// `ip link del <index>` (a veth takes its peer with it).
@@ -365,10 +390,12 @@ fn link_of(m: LinkMessage) -> Link {
         name: String::new(),
         master: None,
         ether: m.header.link_layer_type == LinkLayerType::Ether,
+        group: 0,
     };
     for a in m.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::Controller(i) if i != 0 => link.master = Some(i),
             _ => {}
         }

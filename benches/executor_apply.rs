@@ -152,6 +152,18 @@ fn run_bench() {
         })
         .collect();
     report("assign-ip (first, with its veth)", assign);
+    // NBE_BENCH_ONLY_LINKS=1 stops here: implement, assign and shutdown
+    // (the commands that change links) without the ruleset cases.
+    if std::env::var_os("NBE_BENCH_ONLY_LINKS").is_some() {
+        let shutdown: Vec<Duration> = (1..=n)
+            .map(|i| time(&engine, Cmd::ShutdownNetwork, i, json!({})))
+            .collect();
+        report("shutdown-network", shutdown);
+        for i in 1..=n {
+            let _ = engine.execute(Cmd::DestroyNetwork, &envelope(i, json!({})));
+        }
+        return;
+    }
     let extra: Vec<Duration> = (1..=n)
         .map(|i| {
             time(

@@ -999,8 +999,8 @@ fn links_made_in_process_as_ip_sees_them() {
     let mount = |point: &str| {
         mounts
             .lines()
-            .filter(|l| l.split_whitespace().nth(4) == Some(point))
-            .last()
+            .rev()
+            .find(|l| l.split_whitespace().nth(4) == Some(point))
             .unwrap_or_else(|| panic!("{point} not mounted:\n{mounts}"))
             .to_string()
     };

@@ -69,7 +69,7 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)?;
     let target = c_path(&path)?;
     let made = std::thread::scope(|s| {

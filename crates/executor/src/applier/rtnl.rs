@@ -424,7 +424,7 @@ fn address_message(
     } else {
         AddressScope::Universe
     };
-    if let IpAddr::V4(_) = addr {
+    if addr.is_ipv4() {
         m.attributes.push(AddressAttribute::Local(addr));
     }
     m.attributes.push(AddressAttribute::Address(addr));

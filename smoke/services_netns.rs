@@ -932,6 +932,23 @@ fn haproxy_roundrobin_source_revoke() {
     assert_eq!(std::fs::read_to_string(paths.conf()).ok(), {
         haproxy::with_runtime_api(cfg.as_deref().unwrap(), &paths.runtime_socket())
     });
+    // The new process's runtime API outlived the old one's exit.
+    lb_apply(&mut s, backends("roundrobin", false));
+    let cfg = haproxy::render(&s);
+    let reloaded = d.pid();
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Servers);
+    let d = d.unwrap();
+    assert_eq!(d.pid(), reloaded);
+    assert_eq!(counts(&v1, vip, 3).len(), 3);
 
     // Revoking the rule: no haproxy process, port closed.
     let pid = d.pid();

@@ -3,7 +3,7 @@
 //! Runs the engine in a private mount+network namespace (like the smoke
 //! tests) and prints p50/p99 per command: implement-network, assign-ip,
 //! add-port-forward, add-static-nat, apply-fw-rules with 1/100/1,000/10,000
-//! ingress rules; the process RSS with 100 networks; and the per-rule
+//! ingress rules; shutdown-network; the process RSS with 100 networks; and the per-rule
 //! baseline (one `ip netns exec … iptables` process per rule, as the
 //! reference does) on the same rules, with the ratio.
 //! `NBE_BENCH_BASELINE_MAX` caps the baseline rule count (default 1000).
@@ -152,6 +152,18 @@ fn run_bench() {
         })
         .collect();
     report("assign-ip (first, with its veth)", assign);
+    // NBE_BENCH_ONLY_LINKS=1 stops here: implement, assign and shutdown
+    // (the commands that change links) without the ruleset cases.
+    if std::env::var_os("NBE_BENCH_ONLY_LINKS").is_some() {
+        let shutdown: Vec<Duration> = (1..=n)
+            .map(|i| time(&engine, Cmd::ShutdownNetwork, i, json!({})))
+            .collect();
+        report("shutdown-network", shutdown);
+        for i in 1..=n {
+            let _ = engine.execute(Cmd::DestroyNetwork, &envelope(i, json!({})));
+        }
+        return;
+    }
     let extra: Vec<Duration> = (1..=n)
         .map(|i| {
             time(
@@ -228,6 +240,12 @@ fn run_bench() {
         fw_p50[2].1.as_secs_f64() * 1e3,
         fw_p50[3].1.as_secs_f64() * 1e3
     );
+    // Shutdown of networks with a guest and a public leg: daemons, veths,
+    // namespace and nftables context go, the state stays.
+    let shutdown: Vec<Duration> = (1..=n)
+        .map(|i| time(&engine, Cmd::ShutdownNetwork, i, json!({})))
+        .collect();
+    report("shutdown-network", shutdown);
     for i in 1..=100 {
         let _ = engine.execute(Cmd::DestroyNetwork, &envelope(i, json!({})));
     }

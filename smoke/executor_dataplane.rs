@@ -966,3 +966,129 @@ fn http_kill9_mid_burst_then_reboot_converge() {
     host.reboot().unwrap();
     check();
 }
+
+/// What `ip` and the mount table say about the links, addresses, routes
+/// and namespace the applier made through netlink in process, a teardown
+/// of veths that an older executor made without the leg group, and a
+/// kernel refusal that names the operation and leaves nothing behind.
+#[test]
+fn links_made_in_process_as_ip_sees_them() {
+    if netbridge_testbed::isolate("links_made_in_process_as_ip_sees_them") {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path());
+    exec(
+        &engine,
+        Cmd::ImplementNetwork,
+        json!({"network_id": "43", "vlan": "vlan://100", "cidr": "10.4.3.0/24",
+            "gateway": "10.4.3.1", "guest_type": "isolated"}),
+    );
+    exec(
+        &engine,
+        Cmd::AssignIp,
+        json!({"network_id": "43", "public_ip": "203.0.113.43", "public_vlan": "vlan://200",
+            "public_gateway": "203.0.113.1", "public_cidr": "203.0.113.0/24", "source_nat": "true"}),
+    );
+
+    // A named namespace as `ip netns add` makes it: an nsfs bind mount
+    // under a shared /run/netns, usable by `ip netns exec`.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // The last mount on a point is the one in force.
+    let mount = |point: &str| {
+        mounts
+            .lines()
+            .rev()
+            .find(|l| l.split_whitespace().nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("{point} not mounted:\n{mounts}"))
+            .to_string()
+    };
+    assert!(mount("/run/netns/cs-net-43").contains(" - nsfs "));
+    assert!(
+        mount("/run/netns").contains(" shared:"),
+        "{}",
+        mount("/run/netns")
+    );
+    run("ip", &["netns", "exec", "cs-net-43", "true"]);
+
+    // Host ends enslaved and up, bridges made (no 802.1Q here: plain ones).
+    let guest_end = output("ip", &["-o", "link", "show", "nbg43"]);
+    assert!(
+        guest_end.contains("master brnbeg-100") && guest_end.contains("state UP"),
+        "{guest_end}"
+    );
+    let public_end = output("ip", &["-o", "link", "show", "nbp43-200"]);
+    assert!(public_end.contains("master brnbep-200"), "{public_end}");
+    // Inside: addresses, loopback, the leg group, the on-link default route.
+    let addrs = output("ip", &["-n", "cs-net-43", "-o", "-4", "addr", "show"]);
+    assert!(addrs.contains("g43    inet 10.4.3.1/24"), "{addrs}");
+    assert!(addrs.contains("p200    inet 203.0.113.43/24"), "{addrs}");
+    assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
+    let guest_leg = output("ip", &["-n", "cs-net-43", "-d", "link", "show", "g43"]);
+    assert!(guest_leg.contains("group 1851944039"), "{guest_leg}");
+    let route = output("ip", &["-n", "cs-net-43", "-4", "route", "show", "default"]);
+    assert_eq!(route.trim(), "default via 203.0.113.1 dev p200 onlink");
+
+    // Releasing the address removes it; another one on the same leg stays.
+    exec(
+        &engine,
+        Cmd::AssignIp,
+        json!({"network_id": "43", "public_ip": "203.0.113.44", "public_vlan": "vlan://200",
+            "public_cidr": "203.0.113.0/24"}),
+    );
+    exec(
+        &engine,
+        Cmd::ReleaseIp,
+        json!({"network_id": "43", "public_ip": "203.0.113.43", "public_vlan": "vlan://200",
+            "public_cidr": "203.0.113.0/24"}),
+    );
+    let addrs = output(
+        "ip",
+        &["-n", "cs-net-43", "-o", "-4", "addr", "show", "p200"],
+    );
+    assert!(
+        addrs.contains("203.0.113.44/24") && !addrs.contains("203.0.113.43/"),
+        "{addrs}"
+    );
+
+    // Veths of an older executor carry no group: the teardown removes
+    // them all the same, host ends and unused bridges included.
+    run(
+        "ip",
+        &["-n", "cs-net-43", "link", "set", "g43", "group", "default"],
+    );
+    exec(&engine, Cmd::ShutdownNetwork, json!({"network_id": "43"}));
+    let links = host_links();
+    assert!(
+        !links.contains("nbg43") && !links.contains("nbp43-200"),
+        "{links}"
+    );
+    assert!(
+        !links.contains("brnbeg-100") && !links.contains("brnbep-200"),
+        "{links}"
+    );
+    assert!(!ns_path("cs-net-43").exists());
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains("/run/netns/cs-net-43 "));
+    exec(&engine, Cmd::DestroyNetwork, json!({"network_id": "43"}));
+
+    // A change the kernel refuses: the error names it as the `ip`
+    // command it stands for, and the teardown leaves nothing.
+    let applier = netbridge_executor::applier::Applier::new(ApplierConfig::default());
+    let plan = netbridge_executor::planner::LinkPlan {
+        namespace: "nbt-refused".into(),
+        legs: Vec::new(),
+        default_route: Some((Ipv4Addr::new(192, 0, 2, 1), "nosuchdev".into())),
+        ipv4_forwarding: false,
+        announce: Vec::new(),
+    };
+    let err = applier.apply_links(&plan, None).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "ip -n nbt-refused route replace default via 192.0.2.1 dev nosuchdev onlink: No such device (os error 19)"
+    );
+    applier.teardown("nbt-refused", &[]).unwrap();
+    assert!(!ns_path("nbt-refused").exists());
+}

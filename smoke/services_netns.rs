@@ -687,6 +687,23 @@ fn counts(ns: &str, addr: SocketAddr, n: usize) -> std::collections::BTreeMap<St
     m
 }
 
+/// Current sessions of one haproxy server (`scur` of `show stat` on the
+/// runtime API); `None` when the process has no such server.
+fn server_sessions(paths: &HaproxyPaths, backend: &str, server: &str) -> Option<usize> {
+    let mut api = std::os::unix::net::UnixStream::connect(paths.runtime_socket()).ok()?;
+    api.write_all(b"show stat\n").ok()?;
+    let mut out = String::new();
+    api.read_to_string(&mut out).ok()?;
+    out.lines().find_map(|line| {
+        let cols: Vec<&str> = line.split(',').collect();
+        if cols.first() == Some(&backend) && cols.get(1) == Some(&server) {
+            cols.get(4)?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 fn lb_apply(s: &mut GuestServices, rules: Value) {
     let mut v = VmDataSet::new();
     apply(
@@ -796,10 +813,10 @@ fn haproxy_roundrobin_source_revoke() {
     assert_eq!(st.len(), 1, "{st:?}");
     assert_eq!(st.values().sum::<usize>(), 12);
 
-    // Revoking backend 3: it leaves the pool.
-    lb_apply(&mut s, backends("roundrobin", true));
+    // Back to roundrobin: the algorithm changed, a reload.
+    lb_apply(&mut s, backends("roundrobin", false));
     let cfg = haproxy::render(&s);
-    let (d, _) = run::sync_haproxy(
+    let (d, a) = run::sync_haproxy(
         &paths,
         Some(&r),
         "t",
@@ -808,17 +825,130 @@ fn haproxy_roundrobin_source_revoke() {
         &mut draining,
     )
     .unwrap();
+    assert_eq!(a, HaproxyAction::Reload);
     let d = d.unwrap();
-    wait_for("reload done", || {
+    wait_for("old haproxy gone", || {
         run::reap_draining(&mut draining);
         draining.is_empty()
     });
+    let pid = d.pid();
+
+    // Revoking backend 3 changes only servers: the running process drops
+    // it through its runtime API, no new process. (haproxy refuses to
+    // delete a server while a connection through it is still closing.)
+    wait_for("no session left on backend 3", || {
+        server_sessions(&paths, "lb_9", "s_10.1.1.11_8083") == Some(0)
+    });
+    lb_apply(&mut s, backends("roundrobin", true));
+    let cfg = haproxy::render(&s);
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Servers);
+    let d = d.unwrap();
+    assert_eq!(d.pid(), pid, "the same process serves on");
+    assert!(draining.is_empty());
     let rr = counts(&v1, vip, 10);
     assert_eq!(
         rr.keys().cloned().collect::<Vec<_>>(),
         vec!["b1".to_string(), "b2".to_string()],
         "{rr:?}"
     );
+    // The file is the configuration in force: a restart starts the same.
+    let with_api = haproxy::with_runtime_api(cfg.as_deref().unwrap(), &paths.runtime_socket());
+    assert_eq!(std::fs::read_to_string(paths.conf()).ok(), with_api);
+    assert_eq!(server_sessions(&paths, "lb_9", "s_10.1.1.11_8083"), None);
+
+    // Backend 3 back: added at run time, and it takes its share at once.
+    lb_apply(&mut s, backends("roundrobin", false));
+    let cfg = haproxy::render(&s);
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Servers);
+    let d = d.unwrap();
+    assert_eq!(d.pid(), pid);
+    let rr = counts(&v1, vip, 30);
+    assert_eq!(
+        rr.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{rr:?}"
+    );
+
+    // Revoking a backend that still has an open connection: haproxy
+    // refuses to delete it, so the change falls back to a graceful reload
+    // and the old process keeps serving that connection until it closes.
+    let mut held = None;
+    for _ in 0..6 {
+        match hold(&v1, vip) {
+            Some((c, name)) if name == "b3" => {
+                held = Some(c);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut held = held.expect("roundrobin reached backend 3");
+    lb_apply(&mut s, backends("roundrobin", true));
+    let cfg = haproxy::render(&s);
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Reload);
+    let d = d.unwrap();
+    assert_ne!(d.pid(), pid);
+    run::reap_draining(&mut draining);
+    assert_eq!(draining.len(), 1, "the old process holds the connection");
+    held.write_all(b"still there").unwrap();
+    let rr = counts(&v1, vip, 10);
+    assert_eq!(
+        rr.keys().cloned().collect::<Vec<_>>(),
+        vec!["b1".to_string(), "b2".to_string()],
+        "{rr:?}"
+    );
+    drop(held);
+    wait_for("old haproxy gone once its connection closed", || {
+        run::reap_draining(&mut draining);
+        draining.is_empty()
+    });
+    assert_eq!(std::fs::read_to_string(paths.conf()).ok(), {
+        haproxy::with_runtime_api(cfg.as_deref().unwrap(), &paths.runtime_socket())
+    });
+    // The new process's runtime API outlived the old one's exit.
+    lb_apply(&mut s, backends("roundrobin", false));
+    let cfg = haproxy::render(&s);
+    let reloaded = d.pid();
+    let (d, a) = run::sync_haproxy(
+        &paths,
+        Some(&r),
+        "t",
+        cfg.as_deref(),
+        Some(d),
+        &mut draining,
+    )
+    .unwrap();
+    assert_eq!(a, HaproxyAction::Servers);
+    let d = d.unwrap();
+    assert_eq!(d.pid(), reloaded);
+    assert_eq!(counts(&v1, vip, 3).len(), 3);
 
     // Revoking the rule: no haproxy process, port closed.
     let pid = d.pid();

@@ -393,9 +393,9 @@ fn lb_rules_accumulate_revoke_and_render() {
     assert_eq!(s.lb_rules.len(), 2);
     assert_eq!(s.lb_rules["6"].algorithm, LbAlgorithm::Source);
     let cfg = haproxy::render(&s).unwrap();
-    assert!(cfg.contains("\nlisten lb_5\n    bind 203.0.113.10:80\n    balance roundrobin\n    server s_10.1.1.10_8080 10.1.1.10:8080\n    server s_10.1.1.11_8080 10.1.1.11:8080\n"), "{cfg}");
+    assert!(cfg.contains("\nlisten lb_5\n    bind 203.0.113.10:80\n    balance roundrobin\n    server s_10.1.1.10_8080 10.1.1.10:8080 id 85718\n    server s_10.1.1.11_8080 10.1.1.11:8080 id 217728\n"), "{cfg}");
     assert!(!cfg.contains("10.1.1.12"));
-    assert!(cfg.contains("\nlisten lb_6\n    bind 203.0.113.10:443\n    balance source\n    server s_10.1.1.10_443 10.1.1.10:443 send-proxy\n"), "{cfg}");
+    assert!(cfg.contains("\nlisten lb_6\n    bind 203.0.113.10:443\n    balance source\n    hash-type consistent\n    server s_10.1.1.10_443 10.1.1.10:443 id 377211 send-proxy\n"), "{cfg}");
     assert!(cfg.contains("mode tcp"));
     // Revoking one backend: it leaves the pool.
     run(
@@ -410,7 +410,7 @@ fn lb_rules_accumulate_revoke_and_render() {
     .unwrap();
     let cfg = haproxy::render(&s).unwrap();
     assert!(
-        cfg.contains("balance leastconn\n    server s_10.1.1.11_8080 10.1.1.11:8080\n\n"),
+        cfg.contains("balance leastconn\n    server s_10.1.1.11_8080 10.1.1.11:8080 id 217728\n\n"),
         "{cfg}"
     );
     // Revoking the rules: no haproxy.

@@ -1,11 +1,16 @@
-//! Applier: installs a [`Plan`] on the host. Links and addresses are compared
-//! with what exists and changed through one batched `ip -batch -` call for the
-//! host side and one for the namespace; the ruleset is loaded in one
-//! transaction through libnftables in process (module `libnft`), or else with
-//! a single `nft -f -` whose process enters the namespace with `setns`.
-//! Sysctls and gratuitous ARP are done from a short-lived thread that joined
-//! the namespace (no process). Every argument is a validated, planner-made
-//! value; no shell is ever involved.
+//! Applier: installs a [`Plan`] on the host. Links, addresses and routes are
+//! compared with what exists and changed through rtnetlink in process
+//! (module `rtnl`: one socket in the host namespace, one opened inside the
+//! router namespace), and the router namespace itself is made and removed
+//! in process (module `netns`); the ruleset is loaded in one transaction
+//! through libnftables in process (module `libnft`), or else with a single
+//! `nft -f -` whose process enters the namespace with `setns`. Sysctls and
+//! gratuitous ARP are done from a short-lived thread that joined the
+//! namespace. No process is started for links, addresses or routes; every
+//! value is a validated, planner-made one; no shell is ever involved.
+
+mod netns;
+mod rtnl;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -16,14 +21,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
-
-use serde::Deserialize;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::planner::{Leg, LinkPlan, Plan};
-use netbridge_protocol::validate::Ipv4Cidr;
+use rtnl::{Link, Rtnl};
 
-/// Errors of the applier. Messages carry the failing tool's stderr.
+/// Errors of the applier. Messages carry the failing tool's stderr or the
+/// kernel's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{program} failed ({status}): {stderr}")]
@@ -32,6 +37,18 @@ pub enum ApplyError {
         status: String,
         stderr: String,
     },
+    /// The kernel refused a link, address, route or namespace change; the
+    /// operation is named like the `ip` command it stands for.
+    #[error("{operation}: {source}")]
+    Netlink {
+        operation: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Links are not managed by this applier (see
+    /// [`ApplierConfig::manage_links`]).
+    #[error("link, address and route changes are disabled in this applier")]
+    LinksDisabled,
     #[error("{0}")]
     Io(String),
 }
@@ -40,12 +57,24 @@ fn io(context: &str) -> impl FnOnce(std::io::Error) -> ApplyError + '_ {
     move |e| ApplyError::Io(format!("{context}: {e}"))
 }
 
+/// Names a failed kernel operation (built only when it failed).
+fn nl<F: FnOnce() -> String>(operation: F) -> impl FnOnce(std::io::Error) -> ApplyError {
+    move |source| ApplyError::Netlink {
+        operation: operation(),
+        source,
+    }
+}
+
 /// Host-side settings of the applier.
 #[derive(Debug, Clone)]
 pub struct ApplierConfig {
     /// Where `ip netns` keeps its namespace files (`/run/netns`).
     pub netns_dir: PathBuf,
-    pub ip_program: PathBuf,
+    /// Change links, addresses, routes and namespaces (through rtnetlink
+    /// in process). `false` refuses every such change with
+    /// [`ApplyError::LinksDisabled`]: for tests that must never touch the
+    /// host.
+    pub manage_links: bool,
     pub nft_program: PathBuf,
     /// Load rulesets in process through libnftables when it is available
     /// (no process spawn per command); otherwise `nft -f -`.
@@ -56,7 +85,7 @@ impl Default for ApplierConfig {
     fn default() -> Self {
         ApplierConfig {
             netns_dir: PathBuf::from("/run/netns"),
-            ip_program: PathBuf::from("ip"),
+            manage_links: true,
             nft_program: PathBuf::from("nft"),
             use_libnftables: true,
         }
@@ -67,42 +96,24 @@ const VLAN_UNKNOWN: u8 = 0;
 const VLAN_YES: u8 = 1;
 const VLAN_NO: u8 = 2;
 
-/// Installs plans. One host-wide lock guards bridges and host-side veths.
+/// The link group of the namespace ends of the legs. A router namespace
+/// holds only its network's links, so the whole group can go in one kernel
+/// batch at teardown (see [`Applier::teardown`]).
+const LEG_GROUP: u32 = 0x6e62_6c67;
+
+/// How long host veth ends of a vanished namespace may take to go (the
+/// kernel removes them while it cleans the namespace up).
+const VANISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs plans.
 pub struct Applier {
     config: ApplierConfig,
-    host_lock: Mutex<()>,
+    /// The host namespace's rtnetlink socket, opened on first use. Holding
+    /// it is the host-wide lock that guards bridges and host veth ends.
+    host: Mutex<Option<Rtnl>>,
     vlan_support: AtomicU8,
     /// libnftables contexts kept per namespace (see [`libnft`]).
     nft: libnft::Contexts,
-}
-
-#[derive(Debug, Deserialize)]
-struct IpLink {
-    ifname: String,
-    #[serde(default)]
-    master: Option<String>,
-    #[serde(default)]
-    link_type: Option<String>,
-    #[serde(default)]
-    addr_info: Vec<IpAddrInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IpAddrInfo {
-    family: String,
-    local: String,
-    prefixlen: u8,
-    #[serde(default)]
-    scope: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IpRoute {
-    dst: String,
-    #[serde(default)]
-    gateway: Option<String>,
-    #[serde(default)]
-    dev: Option<String>,
 }
 
 fn stderr_text(bytes: &[u8]) -> String {
@@ -112,11 +123,20 @@ fn stderr_text(bytes: &[u8]) -> String {
     s.chars().take(2000).collect()
 }
 
+/// The socket in `slot`, opened when there is none yet.
+fn host_socket(slot: &mut Option<Rtnl>) -> Result<&mut Rtnl, ApplyError> {
+    let socket = match slot.take() {
+        Some(s) => s,
+        None => Rtnl::open().map_err(nl(|| "open the host's rtnetlink socket".into()))?,
+    };
+    Ok(slot.insert(socket))
+}
+
 impl Applier {
     pub fn new(config: ApplierConfig) -> Applier {
         Applier {
             config,
-            host_lock: Mutex::new(()),
+            host: Mutex::new(None),
             vlan_support: AtomicU8::new(VLAN_UNKNOWN),
             nft: libnft::Contexts::default(),
         }
@@ -139,6 +159,14 @@ impl Applier {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The host-wide lock with the host's rtnetlink socket in it.
+    fn lock_host(&self) -> Result<MutexGuard<'_, Option<Rtnl>>, ApplyError> {
+        if !self.config.manage_links {
+            return Err(ApplyError::LinksDisabled);
+        }
+        Ok(self.host.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs a tool (optionally inside a namespace, optionally fed `stdin`).
@@ -196,64 +224,49 @@ impl Applier {
         Ok(out.stdout)
     }
 
-    fn ip(&self, args: &[&str]) -> Result<Vec<u8>, ApplyError> {
-        self.run(&self.config.ip_program, args, None, None)
-    }
-
-    fn ip_batch(&self, namespace: Option<&str>, lines: &[String]) -> Result<(), ApplyError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let script = lines.join("\n") + "\n";
-        let args: Vec<&str> = match namespace {
-            Some(ns) => vec!["-n", ns, "-batch", "-"],
-            None => vec!["-batch", "-"],
-        };
-        log::debug!(
-            "ip {}: {}",
-            args.join(" "),
-            script.trim_end().replace('\n', "; ")
-        );
-        self.run(
-            &self.config.ip_program,
-            &args,
-            Some(script.as_bytes()),
-            None,
-        )
-        .map(|_| ())
-    }
-
     /// Deletes host ends whose peer is gone. When the peer's namespace was
     /// deleted (a reboot, `ip netns del`), the kernel tears the pair down
     /// asynchronously, so a link listed a moment ago may vanish under us:
     /// "not found" is fine, and the names must be free before re-creating them.
-    fn remove_vanishing_host_links(&self, names: &[String]) -> Result<(), ApplyError> {
-        if names.is_empty() {
+    fn remove_vanishing_host_links(
+        &self,
+        host: &mut Rtnl,
+        links: &[Link],
+    ) -> Result<(), ApplyError> {
+        if links.is_empty() {
             return Ok(());
         }
-        for name in names {
-            if let Err(e) = self.ip(&["link", "del", name]) {
-                log::debug!("link del {name}: {e} (already being removed)");
+        for link in links {
+            if let Err(e) = host.del_link(link.index) {
+                log::debug!("link del {}: {e} (already being removed)", link.name);
             }
         }
-        for _ in 0..100 {
-            if !self.links(None)?.iter().any(|l| names.contains(&l.ifname)) {
+        let deadline = Instant::now() + VANISH_TIMEOUT;
+        loop {
+            let mut left = Vec::new();
+            for link in links {
+                let name = link.name.as_str();
+                if host
+                    .link(name)
+                    .map_err(nl(|| format!("ip link show {name}")))?
+                    .is_some()
+                {
+                    left.push(name);
+                }
+            }
+            if left.is_empty() {
                 return Ok(());
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            if Instant::now() >= deadline {
+                return Err(ApplyError::Io(format!(
+                    "links {} are still present after deletion",
+                    left.join(", ")
+                )));
+            }
+            // The kernel's namespace clean-up removes them; the condition
+            // is re-read, never assumed after a delay.
+            std::thread::sleep(Duration::from_millis(2));
         }
-        Err(ApplyError::Io(format!(
-            "links {} are still present after deletion",
-            names.join(", ")
-        )))
-    }
-
-    fn links(&self, namespace: Option<&str>) -> Result<Vec<IpLink>, ApplyError> {
-        let out = match namespace {
-            Some(ns) => self.ip(&["-n", ns, "-j", "addr", "show"])?,
-            None => self.ip(&["-j", "link", "show"])?,
-        };
-        serde_json::from_slice(&out).map_err(|e| ApplyError::Io(format!("ip -j output: {e}")))
     }
 
     /// Loads a complete ruleset in one transaction inside the namespace.
@@ -294,7 +307,9 @@ impl Applier {
         let links_same =
             previous.is_some_and(|p| p.links == plan.links) && self.namespace_exists(ns);
         if !links_same {
+            let started = Instant::now();
             self.apply_links(&plan.links, previous.map(|p| &p.links))?;
+            log::debug!("{ns}: links applied in {:?}", started.elapsed());
         }
         if let (true, Some(prev)) = (links_same, previous) {
             if let Some(script) = super::planner::delta(&prev.ruleset, &plan.ruleset) {
@@ -321,130 +336,23 @@ impl Applier {
         previous: Option<&LinkPlan>,
     ) -> Result<(), ApplyError> {
         let ns = plan.namespace.as_str();
-        {
-            let _host = self.host_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = {
+            let mut guard = self.lock_host()?;
+            let host = host_socket(&mut guard)?;
             if !self.namespace_exists(ns) {
-                self.ip(&["netns", "add", ns])?;
+                netns::create(&self.config.netns_dir, ns)
+                    .map_err(nl(|| format!("ip netns add {ns}")))?;
             }
-            let inner = self.links(Some(ns))?;
-            let host = self.links(None)?;
-            let host_names: BTreeMap<&str, &IpLink> =
-                host.iter().map(|l| (l.ifname.as_str(), l)).collect();
-            let inner_names: BTreeSet<&str> = inner.iter().map(|l| l.ifname.as_str()).collect();
-            let mut batch = Vec::new();
-            let mut stale_host_ends = Vec::new();
-            let mut bridges_made = BTreeSet::new();
-            for leg in &plan.legs {
-                if !host_names.contains_key(leg.bridge.as_str())
-                    && bridges_made.insert(leg.bridge.clone())
-                {
-                    batch.push(format!("link add name {} type bridge", leg.bridge));
-                    batch.push(format!("link set {} up", leg.bridge));
-                    if let Some(sub) = self.vlan_subinterface(leg, &host_names) {
-                        batch.push(sub);
-                    }
-                }
-                let host_end = host_names.get(leg.host_name.as_str());
-                let recreate = host_end.is_none() || !inner_names.contains(leg.inner_name.as_str());
-                if recreate {
-                    if host_end.is_some() {
-                        stale_host_ends.push(leg.host_name.clone());
-                    }
-                    if inner_names.contains(leg.inner_name.as_str()) {
-                        // An orphaned inner end: removed through the namespace below.
-                        self.ip_batch(Some(ns), &[format!("link del {}", leg.inner_name)])?;
-                    }
-                    batch.push(format!(
-                        "link add {} type veth peer name {} netns {ns}",
-                        leg.host_name, leg.inner_name
-                    ));
-                }
-                // A re-created pair is a new link: it has no master yet.
-                if recreate
-                    || host_end.and_then(|l| l.master.as_deref()) != Some(leg.bridge.as_str())
-                {
-                    batch.push(format!("link set {} master {}", leg.host_name, leg.bridge));
-                }
-                batch.push(format!("link set {} up", leg.host_name));
-            }
-            self.remove_vanishing_host_links(&stale_host_ends)?;
-            self.ip_batch(None, &batch)?;
-        }
-
-        // Before any address is added: without promote_secondaries, removing
-        // the first address of a subnet (a released public IP, an old
-        // source-NAT IP) removes every other address of that subnet.
-        self.set_promote_secondaries(ns)?;
-
-        // Inside the namespace: stale veths, addresses, default route.
-        let inner = self.links(Some(ns))?;
-        let wanted: BTreeMap<&str, &Leg> = plan
-            .legs
-            .iter()
-            .map(|l| (l.inner_name.as_str(), l))
+            let mut inner = self.enter(ns, plan.ipv4_forwarding)?;
+            self.host_legs(host, &mut inner, plan)?;
+            inner
+        };
+        let announce = self.inner_links(&mut inner, plan)?;
+        let public: Vec<(String, Ipv4Addr)> = announce
+            .into_iter()
+            .filter(|a| plan.announce.contains(a))
             .collect();
-        // Order matters in one batch: drop the old default route first, then
-        // addresses, then the new route, and stale legs last.
-        let mut batch = vec!["link set lo up".to_string()];
-        let mut stale = Vec::new();
-        let mut announce = Vec::new();
-        for link in &inner {
-            if link.ifname == "lo" {
-                continue;
-            }
-            let Some(leg) = wanted.get(link.ifname.as_str()) else {
-                if link.link_type.as_deref() == Some("ether") {
-                    stale.push(format!("link del {}", link.ifname));
-                }
-                continue;
-            };
-            let have: BTreeSet<Ipv4Cidr> = link
-                .addr_info
-                .iter()
-                .filter(|a| a.family == "inet" && a.scope.as_deref() != Some("host"))
-                .filter_map(|a| {
-                    a.local.parse().ok().map(|addr| Ipv4Cidr {
-                        addr,
-                        prefix: a.prefixlen,
-                    })
-                })
-                .collect();
-            for a in &leg.addrs {
-                if !have.contains(a) {
-                    batch.push(format!("addr add {a} dev {}", leg.inner_name));
-                    announce.push((leg.inner_name.clone(), a.addr));
-                }
-            }
-            for a in have.iter().filter(|a| !leg.addrs.contains(a)) {
-                batch.push(format!("addr del {a} dev {}", link.ifname));
-            }
-            batch.push(format!("link set {} up", leg.inner_name));
-        }
-        let routes: Vec<IpRoute> =
-            serde_json::from_slice(&self.ip(&["-n", ns, "-j", "-4", "route", "show", "default"])?)
-                .map_err(|e| ApplyError::Io(format!("ip -j route output: {e}")))?;
-        let current = routes.iter().find(|r| r.dst == "default");
-        match (&plan.default_route, current) {
-            (Some((gw, dev)), Some(r))
-                if r.gateway.as_deref() == Some(gw.to_string().as_str())
-                    && r.dev.as_deref() == Some(dev.as_str()) => {}
-            (Some((gw, dev)), _) => {
-                batch.push(format!("route replace default via {gw} dev {dev} onlink"))
-            }
-            (None, Some(_)) => batch.insert(0, "route del default".to_string()),
-            (None, None) => {}
-        }
-        batch.extend(stale);
-        self.ip_batch(Some(ns), &batch)?;
-
-        self.set_forwarding(ns, plan.ipv4_forwarding)?;
-        if !announce.is_empty() {
-            let public: Vec<(String, Ipv4Addr)> = announce
-                .into_iter()
-                .filter(|a| plan.announce.contains(a))
-                .collect();
-            announce_in_background(self.netns_path(ns), ns.to_string(), public);
-        }
+        announce_in_background(self.netns_path(ns), ns.to_string(), public);
         if let Some(prev) = previous {
             let unused: Vec<String> = prev
                 .legs
@@ -457,52 +365,262 @@ impl Applier {
         Ok(())
     }
 
-    /// `<dev>.<vlan>` enslaved to the bridge when the kernel has 802.1Q and the
-    /// device exists; detected once, the fallback (plain bridge) logged once.
-    fn vlan_subinterface(&self, leg: &Leg, host: &BTreeMap<&str, &IpLink>) -> Option<String> {
-        let vlan = leg.vlan.0?;
-        if !host.contains_key(leg.device.as_str()) {
-            return None;
-        }
-        let sub = format!("{}.{vlan}", leg.device);
-        if sub.len() > super::planner::IFNAMSIZ_MAX || host.contains_key(sub.as_str()) {
-            return host
-                .contains_key(sub.as_str())
-                .then(|| format!("link set {sub} master {} up", leg.bridge));
-        }
-        if self.vlan_support.load(Ordering::Relaxed) == VLAN_UNKNOWN {
-            let probe = self.ip(&[
-                "link",
-                "add",
-                "link",
-                &leg.device,
-                "name",
-                &sub,
-                "type",
-                "vlan",
-                "id",
-                &vlan.to_string(),
-            ]);
-            match probe {
-                Ok(_) => {
-                    self.vlan_support.store(VLAN_YES, Ordering::Relaxed);
-                    return Some(format!("link set {sub} master {} up", leg.bridge));
+    /// Joins the namespace on a short-lived thread to set its sysctls and
+    /// open its rtnetlink socket (which stays in the namespace).
+    fn enter(&self, namespace: &str, forwarding: bool) -> Result<Rtnl, ApplyError> {
+        in_netns(&self.netns_path(namespace), || {
+            // Before any address is added: without promote_secondaries,
+            // removing the first address of a subnet (a released public IP,
+            // an old source-NAT IP) removes every other address of that
+            // subnet.
+            for file in [
+                "/proc/sys/net/ipv4/conf/all/promote_secondaries",
+                "/proc/sys/net/ipv4/conf/default/promote_secondaries",
+            ] {
+                std::fs::write(file, b"1\n").map_err(io("promote_secondaries"))?;
+            }
+            // Set before the links exist; the ruleset (forward policy drop)
+            // is loaded after them in any case.
+            let value: &[u8] = if forwarding { b"1\n" } else { b"0\n" };
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", value).map_err(io("ip_forward"))?;
+            Rtnl::open().map_err(nl(|| format!("open the rtnetlink socket of {namespace}")))
+        })?
+    }
+
+    /// Host side of the legs: bridges (created when missing), veth pairs
+    /// (re-created when an end is missing), host ends enslaved and up.
+    fn host_legs(
+        &self,
+        host: &mut Rtnl,
+        inner: &mut Rtnl,
+        plan: &LinkPlan,
+    ) -> Result<(), ApplyError> {
+        let ns = plan.namespace.as_str();
+        let inner_links: BTreeMap<String, u32> = inner
+            .links()
+            .map_err(nl(|| format!("ip -n {ns} link show")))?
+            .into_iter()
+            .map(|l| (l.name, l.index))
+            .collect();
+        let mut bridges: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut stale_host_ends = Vec::new();
+        let mut new_pairs = Vec::new();
+        for leg in &plan.legs {
+            let bridge = match bridges.get(leg.bridge.as_str()) {
+                Some(index) => *index,
+                None => {
+                    let index = self.ensure_bridge(host, leg)?;
+                    bridges.insert(&leg.bridge, index);
+                    index
                 }
-                Err(e) => {
-                    self.vlan_support.store(VLAN_NO, Ordering::Relaxed);
-                    log::warn!("no 802.1Q VLAN support ({e}); guest and public bridges are plain bridges without VLAN sub-interfaces");
-                    return None;
+            };
+            let host_end = host
+                .link(&leg.host_name)
+                .map_err(nl(|| format!("ip link show {}", leg.host_name)))?;
+            let inner_end = inner_links.get(&leg.inner_name);
+            match (host_end, inner_end) {
+                (Some(end), Some(_)) => {
+                    let master = (end.master != Some(bridge)).then_some(bridge);
+                    host.set_up(end.index, master).map_err(nl(|| {
+                        format!("ip link set {} master {} up", leg.host_name, leg.bridge)
+                    }))?;
+                }
+                (host_end, inner_end) => {
+                    stale_host_ends.extend(host_end);
+                    if let Some(index) = inner_end {
+                        // An orphaned inner end.
+                        inner
+                            .del_link(*index)
+                            .map_err(nl(|| format!("ip -n {ns} link del {}", leg.inner_name)))?;
+                    }
+                    new_pairs.push((leg, bridge));
                 }
             }
         }
-        if self.vlan_support.load(Ordering::Relaxed) == VLAN_YES {
-            // Two lines in one batch: create, then enslave.
-            return Some(format!(
-                "link add link {} name {sub} type vlan id {vlan}\nlink set {sub} master {} up",
-                leg.device, leg.bridge
-            ));
+        self.remove_vanishing_host_links(host, &stale_host_ends)?;
+        if new_pairs.is_empty() {
+            return Ok(());
         }
-        None
+        let path = self.netns_path(ns);
+        let ns_file = File::open(&path).map_err(io(&path.display().to_string()))?;
+        for (leg, bridge) in new_pairs {
+            host.add_veth(
+                &leg.host_name,
+                &leg.inner_name,
+                ns_file.as_raw_fd(),
+                LEG_GROUP,
+                bridge,
+            )
+            .map_err(nl(|| {
+                format!(
+                    "ip link add {} master {} type veth peer name {} netns {ns}",
+                    leg.host_name, leg.bridge, leg.inner_name
+                )
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// The bridge of `leg`, created (up, with its VLAN sub-interface where
+    /// the kernel has 802.1Q) when missing. Returns its index.
+    fn ensure_bridge(&self, host: &mut Rtnl, leg: &Leg) -> Result<u32, ApplyError> {
+        let name = leg.bridge.as_str();
+        let show = || format!("ip link show {name}");
+        if let Some(bridge) = host.link(name).map_err(nl(show))? {
+            return Ok(bridge.index);
+        }
+        host.add_bridge(name)
+            .map_err(nl(|| format!("ip link add name {name} type bridge")))?;
+        let index = host
+            .link(name)
+            .map_err(nl(show))?
+            .ok_or_else(|| ApplyError::Io(format!("bridge {name} vanished after its creation")))?
+            .index;
+        self.vlan_subinterface(host, leg, index)?;
+        Ok(index)
+    }
+
+    /// Inside the namespace: loopback up, addresses, default route, stale
+    /// legs removed. Returns the addresses added (to announce).
+    fn inner_links(
+        &self,
+        inner: &mut Rtnl,
+        plan: &LinkPlan,
+    ) -> Result<Vec<(String, Ipv4Addr)>, ApplyError> {
+        let ns = plan.namespace.as_str();
+        let links = inner
+            .links()
+            .map_err(nl(|| format!("ip -n {ns} link show")))?;
+        let addresses = inner
+            .ipv4_addresses()
+            .map_err(nl(|| format!("ip -n {ns} -4 addr show")))?;
+        let route = inner
+            .default_route()
+            .map_err(nl(|| format!("ip -n {ns} -4 route show default")))?;
+        let index_of: BTreeMap<&str, u32> =
+            links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let wanted: BTreeMap<&str, &Leg> = plan
+            .legs
+            .iter()
+            .map(|l| (l.inner_name.as_str(), l))
+            .collect();
+        // Order matters: the old default route goes first, then addresses,
+        // then the new route, and stale legs last.
+        if let (None, Some(_)) = (&plan.default_route, &route) {
+            inner
+                .del_default_route()
+                .map_err(nl(|| format!("ip -n {ns} route del default")))?;
+        }
+        if let Some(&lo) = index_of.get("lo") {
+            inner
+                .set_up(lo, None)
+                .map_err(nl(|| format!("ip -n {ns} link set lo up")))?;
+        }
+        let mut stale = Vec::new();
+        let mut announce = Vec::new();
+        for link in &links {
+            if link.name == "lo" {
+                continue;
+            }
+            let Some(leg) = wanted.get(link.name.as_str()) else {
+                if link.ether {
+                    stale.push(link);
+                }
+                continue;
+            };
+            let dev = link.name.as_str();
+            let have: BTreeSet<_> = addresses
+                .iter()
+                .filter(|a| a.index == link.index && !a.host_scope)
+                .map(|a| a.cidr)
+                .collect();
+            for a in &leg.addrs {
+                if !have.contains(a) {
+                    inner
+                        .add_address(link.index, a)
+                        .map_err(nl(|| format!("ip -n {ns} addr add {a} dev {dev}")))?;
+                    announce.push((leg.inner_name.clone(), a.addr));
+                }
+            }
+            for a in have.iter().filter(|a| !leg.addrs.contains(a)) {
+                inner
+                    .del_address(link.index, a)
+                    .map_err(nl(|| format!("ip -n {ns} addr del {a} dev {dev}")))?;
+            }
+            inner
+                .set_up(link.index, None)
+                .map_err(nl(|| format!("ip -n {ns} link set {dev} up")))?;
+        }
+        if let Some((gateway, dev)) = &plan.default_route {
+            let oif = index_of.get(dev.as_str()).copied();
+            let current = route
+                .as_ref()
+                .is_some_and(|r| r.gateway == Some(*gateway) && oif.is_some() && r.oif == oif);
+            if !current {
+                let op =
+                    || format!("ip -n {ns} route replace default via {gateway} dev {dev} onlink");
+                let oif = oif.ok_or_else(|| ApplyError::Netlink {
+                    operation: op(),
+                    source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                })?;
+                inner.replace_default_route(*gateway, oif).map_err(nl(op))?;
+            }
+        }
+        for link in stale {
+            inner
+                .del_link(link.index)
+                .map_err(nl(|| format!("ip -n {ns} link del {}", link.name)))?;
+        }
+        Ok(announce)
+    }
+
+    /// `<dev>.<vlan>` enslaved to the new bridge when the kernel has 802.1Q
+    /// and the device exists; detected once, the fallback (plain bridge)
+    /// logged once.
+    fn vlan_subinterface(&self, host: &mut Rtnl, leg: &Leg, bridge: u32) -> Result<(), ApplyError> {
+        let Some(vlan) = leg.vlan.0 else {
+            return Ok(());
+        };
+        let device = leg.device.as_str();
+        let Some(parent) = host
+            .link(device)
+            .map_err(nl(|| format!("ip link show {device}")))?
+        else {
+            return Ok(());
+        };
+        let sub = format!("{device}.{vlan}");
+        let enslave = || format!("ip link set {sub} master {} up", leg.bridge);
+        if let Some(existing) = host
+            .link(&sub)
+            .map_err(nl(|| format!("ip link show {sub}")))?
+        {
+            return host
+                .set_up(existing.index, Some(bridge))
+                .map_err(nl(enslave));
+        }
+        if sub.len() > super::planner::IFNAMSIZ_MAX {
+            return Ok(());
+        }
+        let add = || {
+            format!(
+                "ip link add link {device} name {sub} master {} type vlan id {vlan}",
+                leg.bridge
+            )
+        };
+        match self.vlan_support.load(Ordering::Relaxed) {
+            VLAN_UNKNOWN => match host.add_vlan(&sub, parent.index, vlan, bridge) {
+                Ok(()) => self.vlan_support.store(VLAN_YES, Ordering::Relaxed),
+                Err(e) => {
+                    self.vlan_support.store(VLAN_NO, Ordering::Relaxed);
+                    log::warn!("no 802.1Q VLAN support ({}: {e}); guest and public bridges are plain bridges without VLAN sub-interfaces", add());
+                }
+            },
+            VLAN_YES => host
+                .add_vlan(&sub, parent.index, vlan, bridge)
+                .map_err(nl(add))?,
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Removes the given bridges when nothing but their own VLAN
@@ -511,71 +629,112 @@ impl Applier {
         if bridges.is_empty() {
             return Ok(());
         }
-        let _host = self.host_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let host = self.links(None)?;
-        let mut batch = Vec::new();
+        let mut guard = self.lock_host()?;
+        let host = host_socket(&mut guard)?;
         for br in bridges.iter().collect::<BTreeSet<_>>() {
-            if br.is_empty() || !host.iter().any(|l| &l.ifname == br) {
+            if br.is_empty() {
                 continue;
             }
-            let members: Vec<&IpLink> = host
-                .iter()
-                .filter(|l| l.master.as_deref() == Some(br.as_str()))
-                .collect();
-            let only_vlan = members.iter().all(|m| {
-                m.ifname.contains('.')
-                    && m.link_type.as_deref() == Some("ether")
-                    && members.len() == 1
-            });
+            let Some(bridge) = host.link(br).map_err(nl(|| format!("ip link show {br}")))? else {
+                continue;
+            };
+            let members = host
+                .links_of(bridge.index)
+                .map_err(nl(|| format!("ip link show master {br}")))?;
+            let only_vlan = matches!(members.as_slice(), [m] if m.name.contains('.') && m.ether);
             if members.is_empty() || only_vlan {
                 for m in &members {
-                    batch.push(format!("link del {}", m.ifname));
+                    host.del_link(m.index)
+                        .map_err(nl(|| format!("ip link del {}", m.name)))?;
                 }
-                batch.push(format!("link del {br}"));
+                host.del_link(bridge.index)
+                    .map_err(nl(|| format!("ip link del {br}")))?;
             }
         }
-        self.ip_batch(None, &batch)
+        Ok(())
     }
 
     /// Removes the namespace, the host ends of its veths and the bridges
     /// nothing else uses. Idempotent.
     pub fn teardown(&self, namespace: &str, legs: &[Leg]) -> Result<(), ApplyError> {
+        let started = Instant::now();
         {
-            let _host = self.host_lock.lock().unwrap_or_else(|p| p.into_inner());
-            // Host ends first: deleting a veth is synchronous, while the
-            // kernel frees the links of a deleted namespace later.
-            let host = self.links(None)?;
-            let batch: Vec<String> = legs
-                .iter()
-                .filter(|l| host.iter().any(|h| h.ifname == l.host_name))
-                .map(|l| format!("link del {}", l.host_name))
-                .collect();
-            self.ip_batch(None, &batch)?;
+            let mut guard = self.lock_host()?;
+            let host = host_socket(&mut guard)?;
+            // The veths first, while the namespace is there: deleting them
+            // is synchronous, while the kernel frees the links of a
+            // deleted namespace later. Deleted as one group from inside,
+            // they cost one set of kernel RCU waits instead of one per leg.
+            if self.namespace_exists(namespace) {
+                if let Err(e) = self.remove_legs_inside(namespace, legs) {
+                    log::warn!("{namespace}: removing its veths from inside failed ({e}); removing their host ends one by one");
+                }
+            }
+            // Host ends whose peer was not in the namespace (deleted by hand).
+            for leg in legs {
+                let name = leg.host_name.as_str();
+                let Some(end) = host
+                    .link(name)
+                    .map_err(nl(|| format!("ip link show {name}")))?
+                else {
+                    continue;
+                };
+                match host.del_link(end.index) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                    other => other.map_err(nl(|| format!("ip link del {name}")))?,
+                }
+            }
             // A kept nftables socket would keep the deleted namespace alive.
             self.nft.forget(namespace);
             if self.namespace_exists(namespace) {
-                self.ip(&["netns", "del", namespace])?;
+                netns::remove(&self.config.netns_dir, namespace)
+                    .map_err(nl(|| format!("ip netns del {namespace}")))?;
             }
         }
+        let links_gone = started.elapsed();
         let bridges: Vec<String> = legs.iter().map(|l| l.bridge.clone()).collect();
-        self.remove_unused_bridges(&bridges)
+        self.remove_unused_bridges(&bridges)?;
+        log::debug!(
+            "{namespace}: veths and namespace removed in {links_gone:?}, bridges checked in {:?}",
+            started.elapsed() - links_gone
+        );
+        Ok(())
     }
 
-    /// Host ends of veths present on the host, by name.
+    /// Deletes the legs' veths from inside the namespace in one batch:
+    /// their namespace ends (and links made by this applier, which carry
+    /// [`LEG_GROUP`]) join the group, then the group goes, and with each
+    /// namespace end its host end.
+    fn remove_legs_inside(&self, namespace: &str, legs: &[Leg]) -> Result<(), ApplyError> {
+        let mut inner = in_netns(&self.netns_path(namespace), || {
+            Rtnl::open().map_err(nl(|| format!("open the rtnetlink socket of {namespace}")))
+        })??;
+        let links = inner
+            .links()
+            .map_err(nl(|| format!("ip -n {namespace} link show")))?;
+        for link in &links {
+            let leg = legs.iter().any(|l| l.inner_name == link.name);
+            if leg && link.group != LEG_GROUP {
+                inner.set_group(link.index, LEG_GROUP).map_err(nl(|| {
+                    format!("ip -n {namespace} link set {} group {LEG_GROUP}", link.name)
+                }))?;
+            }
+        }
+        inner.del_group(LEG_GROUP).map_err(nl(|| {
+            format!("ip -n {namespace} link del group {LEG_GROUP}")
+        }))
+    }
+
+    /// Names of the links present on the host.
     pub fn host_links(&self) -> Result<Vec<String>, ApplyError> {
-        Ok(self.links(None)?.into_iter().map(|l| l.ifname).collect())
-    }
-
-    /// `net.ipv4.conf.{all,default}.promote_secondaries=1` in the namespace.
-    fn set_promote_secondaries(&self, namespace: &str) -> Result<(), ApplyError> {
-        in_netns(&self.netns_path(namespace), || {
-            std::fs::write("/proc/sys/net/ipv4/conf/all/promote_secondaries", b"1\n")?;
-            std::fs::write(
-                "/proc/sys/net/ipv4/conf/default/promote_secondaries",
-                b"1\n",
-            )
-        })?
-        .map_err(io("promote_secondaries"))
+        let mut guard = self.lock_host()?;
+        let host = host_socket(&mut guard)?;
+        Ok(host
+            .links()
+            .map_err(nl(|| "ip link show".into()))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
     }
 
     /// Reads `net.ipv4.conf.all.promote_secondaries` inside the namespace.
@@ -585,15 +744,6 @@ impl Applier {
         })?
         .map_err(io("promote_secondaries"))?;
         Ok(v.trim() == "1")
-    }
-
-    /// Writes `net.ipv4.ip_forward` of the namespace from a thread inside it.
-    fn set_forwarding(&self, namespace: &str, on: bool) -> Result<(), ApplyError> {
-        let value: &[u8] = if on { b"1\n" } else { b"0\n" };
-        in_netns(&self.netns_path(namespace), || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", value)
-        })?
-        .map_err(io("ip_forward"))
     }
 
     /// Reads `net.ipv4.ip_forward` inside the namespace.
@@ -725,8 +875,9 @@ pub fn send_gratuitous_arp(dev: &str, ip: Ipv4Addr) -> std::io::Result<()> {
 /// and an evicted context is closed on a background thread. A context
 /// is bound to the namespace's identity (the nsfs inode), so a namespace
 /// deleted and re-created by hand gets a fresh one; [`Contexts::forget`]
-/// closes it before the namespace is removed (an open socket would keep a
-/// deleted namespace alive), and all close when the applier is dropped.
+/// closes it (on a background thread) when the namespace is removed (an
+/// open socket keeps a deleted namespace alive), and all close when the
+/// applier is dropped.
 mod libnft {
     use std::collections::HashMap;
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -781,8 +932,15 @@ mod libnft {
         /// Closes the context kept for `namespace`, if any.
         pub fn forget(&self, namespace: &str) {
             let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let (Some(ctx), Some(lib)) = (guard.0.remove(namespace), loaded()) {
-                lib.free(ctx);
+            if let Some(ctx) = guard.0.remove(namespace) {
+                // Closing waits for the kernel's clean-up of the last
+                // transaction: not in the command's time. The namespace
+                // lives on until then.
+                std::thread::spawn(move || {
+                    if let Some(lib) = loaded() {
+                        lib.free(ctx);
+                    }
+                });
             }
         }
     }

@@ -480,7 +480,7 @@ mod tests {
             },
             ApplierConfig {
                 netns_dir: netns,
-                ip_program: "/nonexistent/ip".into(),
+                manage_links: false,
                 nft_program: "/nonexistent/nft".into(),
                 use_libnftables: false,
             },

@@ -7,8 +7,8 @@
 //!   documented there) and link/address plan, with the veth naming scheme
 //!   (pure, no I/O).
 //! - [`applier`]: installs a plan: one ruleset transaction (libnftables in
-//!   process, or `nft -f -` entered with setns), one `ip -batch` for host
-//!   links and one for the namespace.
+//!   process, or `nft -f -` entered with setns); namespace, links, addresses
+//!   and routes through rtnetlink in process (no `ip` process).
 //! - [`state`]: desired state and its pure per-command transitions, persisted
 //!   with atomic file replace (`<state_dir>/networks/cs-net-<id>.json`, 0600).
 //! - [`record_log`]: append-only log of guest records next to a state

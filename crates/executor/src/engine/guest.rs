@@ -934,7 +934,7 @@ mod tests {
             },
             super::super::ApplierConfig {
                 netns_dir: netns,
-                ip_program: "/nonexistent/ip".into(),
+                manage_links: false,
                 nft_program: "/nonexistent/nft".into(),
                 use_libnftables: false,
             },

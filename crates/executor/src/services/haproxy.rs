@@ -4,10 +4,25 @@
 //! their address so a reload keeps server identity stable. UDP rules are
 //! skipped: nftables carries them ([`super::nftlb`]), so a network with only
 //! UDP rules runs no haproxy.
+//!
+//! When only servers change, the running process is changed through its
+//! runtime API (a `stats socket` in the network's haproxy directory, see
+//! [`with_runtime_api`]) instead of a reload: [`server_changes`] tells
+//! which servers go and come, [`runtime_commands`] turns that into `del
+//! server` / `add server` commands (haproxy ≥ 2.6; every backend uses a
+//! dynamic algorithm, which `add server` needs: `source` is rendered with
+//! `hash-type consistent`), and [`check_servers`] compares the process's
+//! `show servers state` with the configuration. The configuration file is
+//! rewritten all the same, so a restart or a later reload starts from the
+//! same servers.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use super::model::{GuestServices, LbAlgorithm, LbProtocol};
 
@@ -26,6 +41,10 @@ impl HaproxyPaths {
     }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("haproxy.pid")
+    }
+    /// The runtime API socket (`stats socket … level admin`, mode 0600).
+    pub fn runtime_socket(&self) -> PathBuf {
+        self.dir.join("haproxy.sock")
     }
     /// Argument vector (after the program name): foreground (`-db`), so the
     /// supervisor's child PID is haproxy's PID and it records it itself. For a
@@ -51,6 +70,21 @@ pub fn binds(config: &str) -> Vec<std::net::SocketAddrV4> {
         .collect()
 }
 
+/// Server ids are drawn from `1..=SERVER_ID_RANGE`: small enough that
+/// haproxy's consistent-hash keys (id × 4096 + node) stay within 31 bits.
+const SERVER_ID_RANGE: u32 = 1 << 19;
+
+/// A server's id derived from its address: under `hash-type consistent`
+/// the id places the server on the hash ring, so the same backends give
+/// the same client affinity whether the process was reloaded, restarted
+/// or changed at run time (where new servers would otherwise get the next
+/// free id).
+fn server_id(ip: Ipv4Addr, port: u16) -> u32 {
+    let digest = Sha256::digest(format!("{ip}:{port}").as_bytes());
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    head % SERVER_ID_RANGE + 1
+}
+
 /// Renders the configuration; `None` when there is no TCP rule (no haproxy
 /// runs).
 pub fn render(s: &GuestServices) -> Option<String> {
@@ -71,17 +105,27 @@ pub fn render(s: &GuestServices) -> Option<String> {
         let balance = match r.algorithm {
             LbAlgorithm::Roundrobin => "roundrobin",
             LbAlgorithm::Leastconn => "leastconn",
-            LbAlgorithm::Source => "source",
+            // Consistent hashing is haproxy's dynamic form of `source`:
+            // servers can be added and removed at run time, and only the
+            // clients of a server that goes move.
+            LbAlgorithm::Source => "source\n    hash-type consistent",
         };
         let _ = writeln!(c, "    balance {balance}");
         let extra = match r.protocol {
             LbProtocol::TcpProxy => " send-proxy",
             LbProtocol::Tcp | LbProtocol::Udp => "",
         };
+        let mut ids = BTreeSet::new();
         for b in &r.backends {
+            let mut id = server_id(b.ip, b.port);
+            // Two backends of one rule on the same id (rare): the later one
+            // takes the next free id.
+            while !ids.insert(id) {
+                id = id % SERVER_ID_RANGE + 1;
+            }
             let _ = writeln!(
                 c,
-                "    server s_{}_{} {}:{}{extra}",
+                "    server s_{}_{} {}:{} id {id}{extra}",
                 b.ip, b.port, b.ip, b.port
             );
         }
@@ -92,4 +136,367 @@ pub fn render(s: &GuestServices) -> Option<String> {
 /// Convenience for callers that keep only the directory.
 pub fn paths_in(dir: &Path) -> HaproxyPaths {
     HaproxyPaths::new(dir)
+}
+
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// `config` with a runtime API socket at `socket` in its `global` section,
+/// or `None` when that path cannot be written in the configuration or
+/// bound (too long for a socket address, or characters the configuration
+/// syntax would split on): such a network's haproxy is always reloaded.
+pub fn with_runtime_api(config: &str, socket: &Path) -> Option<String> {
+    let path = socket.to_str()?;
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'"' | b'\'' | b'\\'));
+    if !plain || path.len() > SUN_PATH_MAX {
+        return None;
+    }
+    let at = config.find("global\n")? + "global\n".len();
+    let mut out = String::with_capacity(config.len() + path.len() + 48);
+    out.push_str(&config[..at]);
+    let _ = writeln!(out, "    stats socket {path} mode 600 level admin");
+    out.push_str(&config[at..]);
+    Some(out)
+}
+
+/// A server of a `listen` section, as the configuration names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLine {
+    /// The `listen` section (haproxy's backend) name.
+    pub backend: String,
+    pub name: String,
+    /// What follows the name: `<ip>:<port> id <n>[ send-proxy]`.
+    pub args: String,
+}
+
+/// Servers to take out of and put into the running process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerChanges {
+    pub remove: Vec<ServerLine>,
+    pub add: Vec<ServerLine>,
+}
+
+impl ServerChanges {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.add.is_empty()
+    }
+}
+
+/// A configuration split into its servers (by backend and name) and
+/// everything else, in order.
+fn split(config: &str) -> (String, BTreeMap<(&str, &str), &str>) {
+    let mut frame = String::with_capacity(config.len());
+    let mut servers = BTreeMap::new();
+    let mut backend = None;
+    for line in config.lines() {
+        if !line.starts_with(char::is_whitespace) && !line.is_empty() {
+            backend = line.strip_prefix("listen ").map(str::trim);
+        }
+        let server = line
+            .trim_start()
+            .strip_prefix("server ")
+            .and_then(|rest| rest.trim().split_once(' '));
+        match (backend, server) {
+            (Some(b), Some((name, args))) if line.starts_with(char::is_whitespace) => {
+                servers.insert((b, name), args.trim());
+            }
+            _ => {
+                frame.push_str(line);
+                frame.push('\n');
+            }
+        }
+    }
+    (frame, servers)
+}
+
+/// The servers that differ between two configurations, or `None` when
+/// anything else differs (frontends, algorithms, sections, global
+/// settings): that needs a reload. A server whose address or options
+/// changed is removed and added again.
+pub fn server_changes(old: &str, new: &str) -> Option<ServerChanges> {
+    let (old_frame, old_servers) = split(old);
+    let (new_frame, new_servers) = split(new);
+    if old_frame != new_frame {
+        return None;
+    }
+    let line = |(b, n): &(&str, &str), args: &str| ServerLine {
+        backend: b.to_string(),
+        name: n.to_string(),
+        args: args.to_string(),
+    };
+    let mut changes = ServerChanges::default();
+    for (key, args) in &old_servers {
+        if new_servers.get(key) != Some(args) {
+            changes.remove.push(line(key, args));
+        }
+    }
+    for (key, args) in &new_servers {
+        if old_servers.get(key) != Some(args) {
+            changes.add.push(line(key, args));
+        }
+    }
+    Some(changes)
+}
+
+/// Runtime API commands for `changes`, in order: each server that goes is
+/// put in maintenance (no new connection) and deleted (refused by haproxy
+/// while it still has connections: the caller then reloads, and the old
+/// process finishes them); each new one is added and made ready (haproxy
+/// adds dynamic servers in maintenance).
+pub fn runtime_commands(changes: &ServerChanges) -> Vec<String> {
+    let mut commands = Vec::with_capacity(2 * (changes.remove.len() + changes.add.len()));
+    for s in &changes.remove {
+        commands.push(format!("set server {}/{} state maint", s.backend, s.name));
+        commands.push(format!("del server {}/{}", s.backend, s.name));
+    }
+    for s in &changes.add {
+        commands.push(format!("add server {}/{} {}", s.backend, s.name, s.args));
+        commands.push(format!("set server {}/{} state ready", s.backend, s.name));
+    }
+    commands
+}
+
+/// The answer haproxy gives to a command of [`runtime_commands`] that
+/// succeeded (`set server` answers nothing).
+pub fn command_succeeded(command: &str, answer: &str) -> bool {
+    let answer = answer.trim();
+    if command.starts_with("add server ") {
+        answer == "New server registered."
+    } else if command.starts_with("del server ") {
+        answer == "Server deleted."
+    } else {
+        answer.is_empty()
+    }
+}
+
+/// A server as the running process reports it (`show servers state`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    pub id: u32,
+    pub addr: String,
+    pub port: u16,
+    /// `srv_admin_state`: 0 when no maintenance or drain flag is set.
+    pub admin: u32,
+}
+
+/// Parses `show servers state` (format version 1).
+pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    match lines.next().map(str::trim) {
+        Some("1") => {}
+        other => return Err(format!("unknown servers state format {other:?}")),
+    }
+    let mut found = Vec::new();
+    for line in lines.filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let col = |i: usize| {
+            cols.get(i)
+                .copied()
+                .ok_or_else(|| format!("servers state line too short: {line}"))
+        };
+        let number = |i: usize| -> Result<u32, String> {
+            col(i)?
+                .parse()
+                .map_err(|_| format!("servers state column {i} is not a number: {line}"))
+        };
+        found.push(ServerState {
+            backend: col(1)?.to_string(),
+            id: number(2)?,
+            name: col(3)?.to_string(),
+            addr: col(4)?.to_string(),
+            admin: number(6)?,
+            port: u16::try_from(number(18)?)
+                .map_err(|_| format!("servers state port out of range: {line}"))?,
+        });
+    }
+    Ok(found)
+}
+
+/// Checks that the running process serves exactly the servers of
+/// `config`, each ready (not in maintenance), with the configured address
+/// and id. Returns what differs.
+pub fn check_servers(config: &str, running: &[ServerState]) -> Result<(), String> {
+    let (_, servers) = split(config);
+    let backends: BTreeSet<&str> = servers.keys().map(|(b, _)| *b).collect();
+    let want: BTreeSet<(String, String, String)> = servers
+        .iter()
+        .map(|((b, n), args)| {
+            let mut words = args.split_whitespace();
+            let addr = words.next().unwrap_or_default().to_string();
+            let id = words
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            (format!("{b}/{n}"), addr, id)
+        })
+        .collect();
+    let have: BTreeSet<(String, String, String)> = running
+        .iter()
+        .filter(|s| backends.contains(s.backend.as_str()))
+        .map(|s| {
+            (
+                format!("{}/{}", s.backend, s.name),
+                format!("{}:{}", s.addr, s.port),
+                s.id.to_string(),
+            )
+        })
+        .collect();
+    let not_ready: Vec<String> = running
+        .iter()
+        .filter(|s| backends.contains(s.backend.as_str()) && s.admin != 0)
+        .map(|s| format!("{}/{}", s.backend, s.name))
+        .collect();
+    if want == have && not_ready.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = want.difference(&have).map(|w| w.0.clone()).collect();
+    let extra: Vec<String> = have.difference(&want).map(|h| h.0.clone()).collect();
+    Err(format!(
+        "servers missing: [{}], unexpected: [{}], not ready: [{}]",
+        missing.join(", "),
+        extra.join(", "),
+        not_ready.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n\
+        \nlisten lb_1\n    bind 203.0.113.10:80\n    balance roundrobin\n\
+        \x20   server s_10.1.1.10_80 10.1.1.10:80 id 7\n\
+        \x20   server s_10.1.1.11_80 10.1.1.11:80 id 8\n\
+        \nlisten lb_2\n    bind 203.0.113.10:443\n    balance source\n    hash-type consistent\n\
+        \x20   server s_10.1.1.10_443 10.1.1.10:443 id 9 send-proxy\n";
+
+    #[test]
+    fn only_server_changes_avoid_a_reload() {
+        let new = OLD
+            .replace(
+                "    server s_10.1.1.11_80 10.1.1.11:80 id 8\n",
+                "    server s_10.1.1.12_80 10.1.1.12:80 id 3\n",
+            )
+            .replace("id 9 send-proxy", "id 9");
+        let changes = server_changes(OLD, &new).unwrap();
+        let names = |v: &[ServerLine]| {
+            v.iter()
+                .map(|s| format!("{}/{} {}", s.backend, s.name, s.args))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&changes.remove),
+            [
+                "lb_1/s_10.1.1.11_80 10.1.1.11:80 id 8",
+                "lb_2/s_10.1.1.10_443 10.1.1.10:443 id 9 send-proxy"
+            ]
+        );
+        assert_eq!(
+            names(&changes.add),
+            [
+                "lb_1/s_10.1.1.12_80 10.1.1.12:80 id 3",
+                "lb_2/s_10.1.1.10_443 10.1.1.10:443 id 9"
+            ]
+        );
+        assert_eq!(
+            runtime_commands(&changes),
+            [
+                "set server lb_1/s_10.1.1.11_80 state maint",
+                "del server lb_1/s_10.1.1.11_80",
+                "set server lb_2/s_10.1.1.10_443 state maint",
+                "del server lb_2/s_10.1.1.10_443",
+                "add server lb_1/s_10.1.1.12_80 10.1.1.12:80 id 3",
+                "set server lb_1/s_10.1.1.12_80 state ready",
+                "add server lb_2/s_10.1.1.10_443 10.1.1.10:443 id 9",
+                "set server lb_2/s_10.1.1.10_443 state ready",
+            ]
+        );
+        assert!(server_changes(OLD, OLD).unwrap().is_empty());
+    }
+
+    #[test]
+    fn frontend_algorithm_or_section_changes_need_a_reload() {
+        for new in [
+            OLD.replace("bind 203.0.113.10:80", "bind 203.0.113.10:81"),
+            OLD.replace("balance roundrobin", "balance leastconn"),
+            OLD.replace("\nlisten lb_2\n", "\nlisten lb_3\n"),
+            OLD.replace("maxconn 4096", "maxconn 100"),
+            OLD.to_string() + "\nlisten lb_4\n    bind 203.0.113.10:25\n    balance roundrobin\n",
+        ] {
+            assert_eq!(server_changes(OLD, &new), None, "{new}");
+        }
+    }
+
+    #[test]
+    fn servers_are_numbered_by_address_and_source_is_dynamic() {
+        let id = server_id("10.1.1.10".parse().unwrap(), 80);
+        assert!((1..=SERVER_ID_RANGE).contains(&id));
+        assert_eq!(id, server_id("10.1.1.10".parse().unwrap(), 80));
+        assert_ne!(id, server_id("10.1.1.10".parse().unwrap(), 81));
+    }
+
+    #[test]
+    fn the_runtime_socket_goes_into_global_when_its_path_fits() {
+        let cfg = "# x\nglobal\n    maxconn 4096\n\ndefaults\n";
+        assert_eq!(
+            with_runtime_api(cfg, Path::new("/var/lib/nb/guest/cs-net-7/haproxy/haproxy.sock"))
+                .as_deref(),
+            Some("# x\nglobal\n    stats socket /var/lib/nb/guest/cs-net-7/haproxy/haproxy.sock mode 600 level admin\n    maxconn 4096\n\ndefaults\n")
+        );
+        let long = format!("/{}/haproxy.sock", "d".repeat(100));
+        assert_eq!(with_runtime_api(cfg, Path::new(&long)), None);
+        assert_eq!(with_runtime_api(cfg, Path::new("/a b/haproxy.sock")), None);
+    }
+
+    #[test]
+    fn running_servers_are_checked_against_the_configuration() {
+        let text = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+            2 lb_1 7 s_10.1.1.10_80 10.1.1.10 2 0 1 1 2 1 0 2 0 0 0 1 - 80 - 0 0 - - 0\n\
+            2 lb_1 8 s_10.1.1.11_80 10.1.1.11 2 0 1 1 2 1 0 2 0 0 0 1 - 80 - 0 0 - - 0\n\
+            3 lb_2 9 s_10.1.1.10_443 10.1.1.10 2 0 1 1 2 1 0 2 0 0 0 1 - 443 - 0 0 - - 0\n\n";
+        let running = parse_servers_state(text).unwrap();
+        assert_eq!(running.len(), 3);
+        assert_eq!(running[2].port, 443);
+        assert_eq!(check_servers(OLD, &running), Ok(()));
+        let mut maint = running.clone();
+        maint[0].admin = 1;
+        assert_eq!(
+            check_servers(OLD, &maint),
+            Err("servers missing: [], unexpected: [], not ready: [lb_1/s_10.1.1.10_80]".into())
+        );
+        let gone = &running[1..];
+        assert_eq!(
+            check_servers(OLD, gone),
+            Err("servers missing: [lb_1/s_10.1.1.10_80], unexpected: [], not ready: []".into())
+        );
+        assert!(parse_servers_state("2\n").is_err());
+        assert!(parse_servers_state("1\n2 lb_1 x\n").is_err());
+    }
+
+    #[test]
+    fn command_answers_are_recognised() {
+        assert!(command_succeeded(
+            "add server a/b 1.2.3.4:5",
+            "New server registered.\n"
+        ));
+        assert!(!command_succeeded(
+            "add server a/b 1.2.3.4:5",
+            "Already exists a server with the same name in backend.\n"
+        ));
+        assert!(command_succeeded("del server a/b", "Server deleted."));
+        assert!(!command_succeeded(
+            "del server a/b",
+            "Server still has connections attached to it, cannot remove it."
+        ));
+        assert!(command_succeeded("set server a/b state ready", "\n"));
+        assert!(!command_succeeded(
+            "set server a/b state ready",
+            "No such server.\n"
+        ));
+    }
 }

@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -253,12 +254,23 @@ pub enum HaproxyAction {
     Nothing,
     Start,
     Reload,
+    /// Only servers changed: they were removed and added through the
+    /// running process's runtime API (no new process).
+    Servers,
     Stop,
 }
 
-/// Brings haproxy to `config` (`None`: no rule left, no process). A changed
-/// configuration is applied by graceful reload; the old process is pushed to
-/// `draining` (call [`reap_draining`] now and then).
+/// How long one runtime API session may take: generous for a loaded
+/// host, bounded for a process that stopped answering.
+const RUNTIME_API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Brings haproxy to `config` (`None`: no rule left, no process). The file
+/// gets a runtime API socket (see [`haproxy::with_runtime_api`]). When only
+/// servers changed they are changed in the running process through that
+/// API; any other change, or a refused runtime change (a removed server
+/// that still has connections), is applied by graceful reload, and the
+/// old process is pushed to `draining` (call [`reap_draining`] now and
+/// then). Either way the file on disk is the configuration in force.
 pub fn sync_haproxy(
     paths: &HaproxyPaths,
     netns: Option<&str>,
@@ -278,14 +290,35 @@ pub fn sync_haproxy(
         if let Some(d) = running {
             d.stop(GRACE)?;
             let _ = fs::remove_file(paths.conf());
+            let _ = fs::remove_file(paths.runtime_socket());
             return Ok((None, HaproxyAction::Stop));
         }
         return Ok((None, HaproxyAction::Nothing));
     };
+    let with_api = haproxy::with_runtime_api(cfg, &paths.runtime_socket());
+    let cfg = with_api.as_deref().unwrap_or(cfg);
     let old = fs::read_to_string(paths.conf()).ok();
     ensure_dir(&paths.dir, 0o700)?;
     if running.is_some() && old.as_deref() == Some(cfg) {
         return Ok((running, HaproxyAction::Nothing));
+    }
+    // The running process may have been changed in part at run time
+    // before falling back to a reload.
+    let mut changed_at_run_time = false;
+    let server_changes = match (&running, &old, &with_api) {
+        (Some(_), Some(o), Some(_)) => haproxy::server_changes(o, cfg),
+        _ => None,
+    };
+    if let Some(changes) = server_changes {
+        replace_file(&paths.conf(), cfg.as_bytes(), 0o600)?;
+        changed_at_run_time = true;
+        match change_servers(&paths.runtime_socket(), &changes, cfg) {
+            Ok(()) => return Ok((running, HaproxyAction::Servers)),
+            Err(e) => log::info!(
+                "{}: servers not changed at run time ({e}); reloading",
+                spec.name
+            ),
+        }
     }
     replace_file(&paths.conf(), cfg.as_bytes(), 0o600)?;
     if let Err(e) = check_haproxy_config(&paths.conf()) {
@@ -296,8 +329,30 @@ pub fn sync_haproxy(
                 let _ = fs::remove_file(paths.conf());
             }
         }
+        if let (true, Some(d), Some(o)) = (changed_at_run_time, running, &old) {
+            // Servers were partly changed: the configuration in force is
+            // put back by a reload.
+            if let Err(back) = start_or_reload(spec, Some(d), o, draining) {
+                log::error!(
+                    "{label}: haproxy could not be brought back to its configuration: {back}"
+                );
+            }
+        }
         return Err(e);
     }
+    let (new, action) = start_or_reload(spec, running, cfg, draining)?;
+    Ok((Some(new), action))
+}
+
+/// Starts haproxy, or reloads `running` gracefully (the old process goes
+/// to `draining`), and waits until the new process serves every frontend
+/// of `cfg`: the rules are applied then, not when it was merely started.
+fn start_or_reload(
+    spec: DaemonSpec,
+    running: Option<Daemon>,
+    cfg: &str,
+    draining: &mut Vec<Daemon>,
+) -> Result<(Daemon, HaproxyAction), ServicesError> {
     let (mut new, action) = match running {
         Some(d) => {
             let (new, old) = d.reload_haproxy(spec)?;
@@ -306,13 +361,78 @@ pub fn sync_haproxy(
         }
         None => (Daemon::spawn(spec)?, HaproxyAction::Start),
     };
-    // The rules are applied once the new process serves every frontend, not
-    // when it was merely started.
     if let Err(e) = sockets::wait_listening(&mut new, &haproxy::binds(cfg), READY_TIMEOUT) {
         let _ = new.stop(GRACE);
         return Err(e);
     }
-    Ok((Some(new), action))
+    Ok((new, action))
+}
+
+/// Removes and adds servers through the runtime API at `socket`, then
+/// checks that the process serves exactly the servers of `cfg`.
+fn change_servers(
+    socket: &Path,
+    changes: &haproxy::ServerChanges,
+    cfg: &str,
+) -> Result<(), ServicesError> {
+    let commands = haproxy::runtime_commands(changes);
+    let mut answers = runtime_session(socket, &commands, "show servers state")?;
+    let state = answers.pop().unwrap_or_default();
+    for (command, answer) in commands.iter().zip(&answers) {
+        if !haproxy::command_succeeded(command, answer) {
+            return Err(ServicesError::Process(format!(
+                "haproxy refused '{command}': {}",
+                answer.trim()
+            )));
+        }
+    }
+    let servers = haproxy::parse_servers_state(&state).map_err(ServicesError::Process)?;
+    haproxy::check_servers(cfg, &servers).map_err(ServicesError::Process)
+}
+
+/// One interactive runtime API session: `commands`, then `last`; returns
+/// one answer per command, then the answer to `last`.
+fn runtime_session(
+    socket: &Path,
+    commands: &[String],
+    last: &str,
+) -> Result<Vec<String>, ServicesError> {
+    let context = || format!("haproxy runtime API {}", socket.display());
+    let mut stream = UnixStream::connect(socket).map_err(|e| ServicesError::io(context(), e))?;
+    stream
+        .set_read_timeout(Some(RUNTIME_API_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(RUNTIME_API_TIMEOUT)))
+        .map_err(|e| ServicesError::io(context(), e))?;
+    let mut script = String::from("prompt\n");
+    for command in commands.iter().map(String::as_str).chain([last]) {
+        script.push_str(command);
+        script.push('\n');
+    }
+    script.push_str("quit\n");
+    stream
+        .write_all(script.as_bytes())
+        .map_err(|e| ServicesError::io(context(), e))?;
+    let mut out = String::new();
+    stream
+        .read_to_string(&mut out)
+        .map_err(|e| ServicesError::io(context(), e))?;
+    // In interactive mode every answer ends with the prompt "\n> "; the
+    // first answers `prompt` itself and nothing follows the last one.
+    let answers: Vec<String> = out
+        .split("\n> ")
+        .skip(1)
+        .take(commands.len() + 1)
+        .map(str::to_string)
+        .collect();
+    if answers.len() != commands.len() + 1 {
+        return Err(ServicesError::Process(format!(
+            "{}: {} answers to {} commands",
+            context(),
+            answers.len(),
+            commands.len() + 1
+        )));
+    }
+    Ok(answers)
 }
 
 /// Drops draining processes that have exited (reaping them).

@@ -79,6 +79,9 @@ pub struct Applier {
 #[derive(Debug, Deserialize)]
 struct IpLink {
     ifname: String,
+    /// A veth's peer when both ends are in the same namespace.
+    #[serde(default)]
+    link: Option<String>,
     #[serde(default)]
     master: Option<String>,
     #[serde(default)]
@@ -393,7 +396,13 @@ impl Applier {
                 continue;
             }
             let Some(leg) = wanted.get(link.ifname.as_str()) else {
-                if link.link_type.as_deref() == Some("ether") {
+                // Deleting one end of a veth pair deletes its peer: a
+                // second `link del` would fail the whole batch.
+                let peer_going = link
+                    .link
+                    .as_ref()
+                    .is_some_and(|p| stale.contains(&format!("link del {p}")));
+                if link.link_type.as_deref() == Some("ether") && !peer_going {
                     stale.push(format!("link del {}", link.ifname));
                 }
                 continue;

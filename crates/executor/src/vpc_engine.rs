@@ -223,22 +223,24 @@ impl VpcEngine {
             .collect()
     }
 
-    /// Start-up: installs every persisted VPC and replays its pbr tables;
-    /// removes `cs-vpc-` namespaces no persisted VPC owns.
+    /// Start-up: installs every persisted VPC and replays its pbr tables.
+    /// `cs-vpc-` namespaces no persisted VPC owns are left to the engine's
+    /// one policy for unknown router namespaces (`reconcile.rs`).
     pub(crate) fn reconcile(&self, applier: &Applier) {
         self.reconcile_held(applier);
-        let held: Vec<String> = lock(&self.slots).keys().cloned().collect();
-        for ns in applier.namespaces() {
-            let ours = ns
-                .strip_prefix("cs-vpc-")
-                .is_some_and(|id| validate::id("namespace", id).is_ok());
-            if ours && !held.contains(&ns) {
-                log::warn!("reconcile: removing {ns}, which no persisted VPC owns");
-                if let Err(e) = applier.teardown(&ns, &[]) {
-                    log::error!("reconcile: removing {ns}: {e}");
-                }
-            }
-        }
+    }
+
+    /// Namespaces of the VPCs held.
+    pub(crate) fn held_namespaces(&self) -> Vec<String> {
+        let slots: Vec<(String, Arc<Mutex<VpcSlot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(ns, slot)| (ns.clone(), slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter(|(_, slot)| lock(slot).doc.is_some())
+            .map(|(ns, _)| ns)
+            .collect()
     }
 
     fn reconcile_held(&self, applier: &Applier) {
@@ -285,7 +287,9 @@ impl VpcEngine {
         }
     }
 
-    fn replay_pbr(&self, ns: &str) {
+    /// Re-adds the namespace's recorded pbr routes and rules after the
+    /// namespace was (re)built: reconcile, implement, `reboot-device`.
+    pub(crate) fn replay_pbr(&self, ns: &str) {
         match self.pbr.load(ns) {
             Ok(t) => {
                 if let Err(e) = self.runner().replay_pbr(ns, &t) {
@@ -294,6 +298,12 @@ impl VpcEngine {
             }
             Err(e) => log::error!("{ns}: loading pbr tables: {e}"),
         }
+    }
+
+    /// Forgets the namespace's pbr tables (the network is destroyed), so a
+    /// network re-created under the same id starts without them.
+    pub(crate) fn forget_pbr(&self, ns: &str) -> Result<(), ExecError> {
+        Ok(self.pbr.remove(ns)?)
     }
 
     /// Answers the VPC commands; `None` for everything else. Needs the
@@ -354,9 +364,11 @@ impl VpcEngine {
         let p = model::parse_vpc_payload(&env.payload, vpc_link_for)?;
         let ns = format!("cs-vpc-{}", p.vpc_id);
         check_namespace(env, &ns)?;
+        // The executor's configured device when the envelope names none,
+        // as for isolated networks.
         let public_device = netbridge_protocol::payload::Devices::parse(env)?
             .public
-            .unwrap_or_else(|| applier_public_default(applier));
+            .unwrap_or_else(|| engine.public_device().to_string());
         let slot = self.slot(&ns);
         let mut slot = lock(&slot);
         let current = slot.doc.clone();
@@ -832,10 +844,6 @@ fn not_held(ns: &str) -> ExecError {
         field: "network_id".into(),
         reason: format!("{ns} is not held by this host"),
     })
-}
-
-fn applier_public_default(_applier: &Applier) -> String {
-    "eth1".to_string()
 }
 
 fn check_namespace(env: &Envelope, ns: &str) -> Result<(), ExecError> {

@@ -24,6 +24,8 @@
 //! <state>/                 o+x added
 //!   networks/<ns>.log      0600  record log of an isolated network (see
 //!                                [`crate::record_log`])
+//!   vpcs/cs-vpc-<id>.tier-<network_id>.log
+//!                          0600  record log of a VPC tier
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier

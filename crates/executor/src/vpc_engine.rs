@@ -1619,6 +1619,37 @@ mod tests {
     }
 
     #[test]
+    fn tier_logs_replay_onto_their_tiers_and_a_destroyed_tiers_log_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VpcEngine::open(dir.path()).unwrap();
+        let mut d = doc();
+        v.save(&d).unwrap();
+        let ip: std::net::Ipv4Addr = "10.1.1.20".parse().unwrap();
+        let record = crate::services::model::DnsRecord {
+            hostname: "vm20".into(),
+            ip6: None,
+        };
+        let set = [record_log::RecordOp::Dns { ip, record }];
+        record_log::append(&v.tier_log_path("cs-vpc-5", "11"), &set).unwrap();
+        record_log::append(&v.tier_log_path("cs-vpc-5", "11"), &set).unwrap();
+        // A tier the document no longer has, and another VPC's tier.
+        record_log::append(&v.tier_log_path("cs-vpc-5", "99"), &set).unwrap();
+        record_log::append(&v.tier_log_path("cs-vpc-55", "11"), &set).unwrap();
+        let lines = v.replay_tier_logs(&mut d).unwrap();
+        assert_eq!(lines, HashMap::from([("11".to_string(), 2)]));
+        assert_eq!(d.tiers["11"].guest.dns_records[&ip].hostname, "vm20");
+        assert!(d.tiers["12"].guest.dns_records.is_empty());
+        assert!(!v.tier_log_path("cs-vpc-5", "99").exists());
+        assert!(v.tier_log_path("cs-vpc-55", "11").exists());
+        // Saving the document folds the logs in: they go, this VPC's only.
+        v.save(&d).unwrap();
+        assert!(!v.tier_log_path("cs-vpc-5", "11").exists());
+        assert!(v.tier_log_path("cs-vpc-55", "11").exists());
+        let back: VpcDoc = serde_json::from_slice(&fs::read(v.path("cs-vpc-5")).unwrap()).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
     fn vpc_state_round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let v = VpcEngine::open(dir.path()).unwrap();

@@ -1,8 +1,9 @@
 //! Guest services through the engine with real daemons (root;
 //! `cargo bench --bench executor_guest`). Runs in a private mount+network
 //! namespace like `executor_apply` and prints p50/p99 of `add-dhcp-entry`
-//! (dnsmasq SIGHUP), `add-dns-entry` with few and 2,000 records held
-//! (`NBG_BENCH_ONLY_DNS=1` stops after it), `save-vm-data` (encrypted 0600
+//! (dnsmasq SIGHUP), `add-dns-entry` with few and 2,000 records held, on
+//! an isolated network and on one tier of a VPC with 5 tiers
+//! (`NBG_BENCH_ONLY_DNS=1` stops after them), `save-vm-data` (encrypted 0600
 //! file), `apply-lb-rules` (one rule, 3 backends: changed backends through
 //! haproxy's runtime API, a changed frontend by check + graceful reload;
 //! and a UDP rule: an nftables ruleset load) and
@@ -118,6 +119,7 @@ fn run_bench() {
     report("add-dns-entry (first 200 records)", dns(0, 200));
     dns(200, 1800);
     report("add-dns-entry (2,000+ records held)", dns(2000, 200));
+    vpc_tier_dns(&engine);
     if std::env::var_os("NBG_BENCH_ONLY_DNS").is_some() {
         // Stops dnsmasq: it would outlive the benchmark and keep its
         // namespace alive.
@@ -218,6 +220,87 @@ fn run_bench() {
         "destroy-network (daemons, server, files)  {:>8.2} ms",
         destroy.as_secs_f64() * 1e3
     );
+}
+
+const VPC: u64 = 8;
+const VPC_TIERS: u64 = 5;
+
+/// A VPC tier: network `80 + k`, VLAN `110 + k`, `10.8.<16k>.0/20`.
+fn vpc_tier(k: u64) -> Value {
+    json!({"network_id": (80 + k).to_string(), "vpc_id": VPC.to_string(),
+        "vlan": (110 + k).to_string(), "cidr": format!("10.8.{}.0/20", 16 * k),
+        "gateway": format!("10.8.{}.1", 16 * k), "extension_ip": format!("10.8.{}.1", 16 * k)})
+}
+
+fn vpc_time(engine: &Engine, cmd: Cmd, payload: Value) -> Duration {
+    let body = json!({"physical-network-extension-details": {"guest.network.device": "nbgg", "public.network.device": "nbgp"},
+           "network-extension-details": {"namespace": format!("cs-vpc-{VPC}")}, "payload": payload})
+    .to_string()
+    .into_bytes();
+    let start = Instant::now();
+    if let Err(e) = engine.execute(cmd, &body) {
+        panic!("{cmd}: {e}");
+    }
+    start.elapsed()
+}
+
+fn merged(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    base
+}
+
+/// `add-dns-entry` on one tier of a VPC with 5 tiers (every tier holding
+/// records, the measured one 2,000), like the isolated case above.
+fn vpc_tier_dns(engine: &Engine) {
+    vpc_time(
+        engine,
+        Cmd::ImplementVpc,
+        json!({"vpc_id": VPC.to_string(), "vpc_cidr": "10.8.0.0/16", "public_ip": "198.51.100.8",
+            "public_cidr": "198.51.100.0/24", "public_gateway": "198.51.100.1",
+            "public_vlan": "200", "source_nat": "true"}),
+    );
+    for k in 1..=VPC_TIERS {
+        vpc_time(engine, Cmd::ImplementNetwork, vpc_tier(k));
+        let gw = format!("10.8.{}.1", 16 * k);
+        vpc_time(
+            engine,
+            Cmd::ConfigDnsSubnet,
+            merged(vpc_tier(k), json!({"dns": gw, "domain": "bench.test"})),
+        );
+    }
+    let dns = |k: u64, from: u32, n: u32| -> Vec<Duration> {
+        (from..from + n)
+            .map(|i| {
+                vpc_time(
+                    engine,
+                    Cmd::AddDnsEntry,
+                    merged(
+                        vpc_tier(k),
+                        json!({"ip": format!("10.8.{}.{}", 16 * k as u32 + 1 + i / 250, 2 + i % 250),
+                            "hostname": format!("t{k}dns{i}")}),
+                    ),
+                )
+            })
+            .collect()
+    };
+    for k in 2..=VPC_TIERS {
+        dns(k, 0, 400);
+    }
+    report(
+        "add-dns-entry VPC tier (first 200, 5 tiers)",
+        dns(1, 0, 200),
+    );
+    dns(1, 200, 1800);
+    report(
+        "add-dns-entry VPC tier (2,000+ held, 5 tiers)",
+        dns(1, 2000, 200),
+    );
+    for k in 1..=VPC_TIERS {
+        vpc_time(engine, Cmd::DestroyNetwork, vpc_tier(k));
+    }
+    vpc_time(engine, Cmd::ShutdownVpc, json!({"vpc_id": VPC.to_string()}));
 }
 
 fn main() {

@@ -4,12 +4,13 @@
 use netbridge_testbed::stand_in as dispatch_support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_support::*;
 use netbridge_control::api::{ApiConfig, Params};
 use netbridge_control::bridge::{Bridge, BridgeConfig};
-use netbridge_control::dispatch::{ErrorKind, Netns, Settings};
+use netbridge_control::dispatch::{Dispatcher, ErrorKind, MemoryJournal, Netns, Settings};
 use netbridge_control::registry::BindingTarget;
 use serde_json::{json, Value};
 
@@ -453,6 +454,25 @@ fn dispatch_netns_runs_executor_traffic_inside_the_namespace() {
     }
     let me = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
     let init = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(me, init, "the calling thread must not have moved");
+
+    // The connector opens its sockets inside the namespace whichever thread
+    // drives the request: the blocking form runs on this thread, which
+    // stays in the root namespace (nothing answers there, as shown above).
+    // A command sent straight to its host (no health probe on a runtime
+    // thread first) connects from here.
+    let direct = Dispatcher::new_in_netns(Arc::new(MemoryJournal::new()), Some(Path::new(&path)))
+        .unwrap()
+        .with_settings(settings());
+    let dns = dispatch_support::envelope(
+        &details,
+        device(&fake.name(), "cs-net-42"),
+        json!({"network_id": "42", "ip": "10.1.1.5", "hostname": "vm1"}),
+    );
+    for _ in 0..3 {
+        direct.execute("add-dns-entry", &dns, T).unwrap();
+    }
+    let me = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
     assert_eq!(me, init, "the calling thread must not have moved");
 
     // A path that is not a namespace is refused at open.

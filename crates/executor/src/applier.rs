@@ -567,9 +567,12 @@ impl Applier {
             }
         }
         for link in stale {
-            inner
-                .del_link(link.index)
-                .map_err(nl(|| format!("ip -n {ns} link del {}", link.name)))?;
+            // Both ends of a stale veth pair may be in here: deleting the
+            // first took its peer with it.
+            match inner.del_link(link.index) {
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                other => other.map_err(nl(|| format!("ip -n {ns} link del {}", link.name)))?,
+            }
         }
         Ok(announce)
     }

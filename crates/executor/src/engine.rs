@@ -163,6 +163,9 @@ impl Engine {
         // VPC hook: VPC namespaces and pbr tables.
         engine.vpc.reconcile(&engine.applier);
         engine.vpc.reconcile_guest(&engine);
+        let mut held = engine.held_namespaces();
+        held.extend(engine.vpc.held_namespaces());
+        reconcile::report_unowned(&engine, &held);
         Ok(engine)
     }
 
@@ -198,8 +201,9 @@ impl Engine {
         } else {
             Ok(None)
         };
-        // Guest-service hook: daemons and metadata back up.
+        // Policy routing and guest services back up.
         if result.is_ok() && state.implemented {
+            self.vpc.replay_pbr(&state.namespace);
             if let Err(e) = self.guest_up(&mut slot.guest, &state) {
                 log::error!("reconcile: {}: guest services: {e}", state.namespace);
             }
@@ -291,8 +295,11 @@ impl Engine {
                     started.elapsed() - applied
                 );
                 slot.applied = plan;
-                // Guest-service hook: services up after implement.
+                // Policy routing and guest services up after implement
+                // (the namespace may be new: a first implement, or one
+                // after shutdown-network).
                 if command == Command::ImplementNetwork {
+                    self.vpc.replay_pbr(&namespace);
                     slot.state = Some(next.clone());
                     self.guest_up(&mut slot.guest, &next)?;
                 }
@@ -308,6 +315,8 @@ impl Engine {
                 self.teardown(held.as_ref().unwrap_or(&next))?;
                 slot.applied = None;
                 if transition == Transition::Forget {
+                    // Its pbr tables go before its state: a network re-created
+                    // under this id must not inherit them.
                     self.vpc.forget_pbr(&namespace)?;
                     self.store.remove(&namespace)?;
                     // The slot stays (empty) so a waiting command of the same
@@ -379,6 +388,11 @@ impl Engine {
         &self.config.guest_device
     }
 
+    /// Default public device (VPC hook).
+    pub(crate) fn public_device(&self) -> &str {
+        &self.config.public_device
+    }
+
     /// Sets the operator hooks directory of `custom-action` (`None`: no hooks).
     pub fn set_hooks_dir(&self, dir: Option<PathBuf>) {
         self.vpc.set_hooks_dir(dir);
@@ -416,6 +430,15 @@ impl Engine {
             self.guest_up(&mut slot.guest, &state)?;
         }
         Ok(true)
+    }
+
+    /// Namespaces of the isolated networks held.
+    fn held_namespaces(&self) -> std::collections::BTreeSet<String> {
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|s| lock(s).state.as_ref().map(|st| st.namespace.clone()))
+            .collect()
     }
 
     /// Summary of the networks this host holds (for `GET /v1/networks`).

@@ -1,6 +1,16 @@
 //! Start-up reconcile: every persisted network is re-installed (namespace,
 //! links, addresses, ruleset) whatever survived a reboot, a crash or a hand
-//! deletion. Unknown `cs-net-*` namespaces are reported and left alone.
+//! deletion.
+//!
+//! Router namespaces (`cs-net-<id>`, `cs-vpc-<id>`) that no persisted
+//! network or VPC owns follow one policy, whatever their kind: they are
+//! kept and reported, never deleted. The executor cannot tell a leftover
+//! from a network whose state it lost or could not read (a corrupt file, a
+//! wrong `--state-dir`), and deleting such a namespace cuts its VMs off;
+//! its own destroy removes the namespace before the state, so it leaves
+//! no such namespace behind. The next `implement-network` or
+//! `implement-vpc` of that id converges the namespace to its plan (stale
+//! links and addresses go, the ruleset is replaced).
 
 use std::collections::BTreeSet;
 
@@ -15,7 +25,6 @@ pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
     for e in errors {
         log::error!("reconcile: skipping unreadable state: {e}");
     }
-    let held: BTreeSet<String> = states.iter().map(|s| s.namespace.clone()).collect();
     let (mut ok, mut failed) = (0usize, 0usize);
     for state in states {
         let ns = state.namespace.clone();
@@ -27,21 +36,28 @@ pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
             }
         }
     }
-    // Namespaces that look like ours but have no state are reported, not
-    // removed: they may belong to another tool (e.g. the reference script
-    // during a migration).
+    log::info!("reconcile: {ok} network(s) installed, {failed} failed");
+    Ok(())
+}
+
+/// Reports, once per start, the router namespaces nothing held owns (see
+/// the module docs for why they are kept).
+pub(crate) fn report_unowned(engine: &Engine, held: &BTreeSet<String>) {
     for ns in engine.applier().namespaces() {
-        let ours = ns
-            .strip_prefix(netbridge_protocol::namespace::NETWORK_PREFIX)
-            .is_some_and(|id| netbridge_protocol::validate::id("namespace", id).is_ok());
-        if ours && !held.contains(&ns) {
+        if is_router_namespace(&ns) && !held.contains(&ns) {
             log::warn!(
-                "reconcile: namespace {ns} exists but no persisted network owns it; left alone"
+                "reconcile: namespace {ns} exists but no persisted network or VPC owns it; \
+                 kept (the next implement of that id takes it over; `ip netns del {ns}` removes it)"
             );
         }
     }
-    log::info!("reconcile: {ok} network(s) installed, {failed} failed");
-    Ok(())
+}
+
+/// Whether `ns` has the name of a router namespace this executor makes.
+fn is_router_namespace(ns: &str) -> bool {
+    ns.strip_prefix("cs-net-")
+        .or_else(|| ns.strip_prefix("cs-vpc-"))
+        .is_some_and(|id| netbridge_protocol::validate::id("namespace", id).is_ok())
 }
 
 /// The legs to remove for a network: its full link plan when it can be

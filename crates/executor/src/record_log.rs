@@ -1,6 +1,7 @@
 //! Append-only log of a network's guest records (NICs with their static
 //! leases, DNS records), next to its state file:
-//! `<state_dir>/networks/<namespace>.log`, 0600.
+//! `<state_dir>/networks/<namespace>.log`, 0600; for a VPC tier, next to
+//! the VPC's document: `<state_dir>/vpcs/cs-vpc-<id>.tier-<network_id>.log`.
 //!
 //! Saving a whole network state costs time proportional to its records
 //! (thousands of VMs); a command that only adds, changes or removes records
@@ -233,13 +234,18 @@ pub fn decode(text: &[u8], path: &Path) -> (Vec<Vec<RecordOp>>, usize) {
 /// Replays the log of `state_path` (if any) onto `guest`; cuts a torn last
 /// line off the file. Returns the number of lines (for compaction).
 pub fn replay(state_path: &Path, guest: &mut GuestServices) -> Result<usize, StateError> {
-    let path = log_path(state_path);
-    let text = match fs::read(&path) {
+    replay_log(&log_path(state_path), guest)
+}
+
+/// [`replay`] of the log at `path` itself (a VPC tier's log, named by the
+/// VPC engine).
+pub fn replay_log(path: &Path, guest: &mut GuestServices) -> Result<usize, StateError> {
+    let text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err(&path, e)),
+        Err(e) => return Err(io_err(path, e)),
     };
-    let (lines, complete) = decode(&text, &path);
+    let (lines, complete) = decode(&text, path);
     if complete < text.len() {
         log::warn!(
             "{}: dropping an incomplete last line (interrupted write)",
@@ -247,9 +253,9 @@ pub fn replay(state_path: &Path, guest: &mut GuestServices) -> Result<usize, Sta
         );
         OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .and_then(|f| f.set_len(complete as u64))
-            .map_err(|e| io_err(&path, e))?;
+            .map_err(|e| io_err(path, e))?;
     }
     let n = lines.len();
     for ops in lines {

@@ -6,7 +6,11 @@
 //! - One [`VpcDoc`] per VPC namespace `cs-vpc-<id>` holds the VPC model and
 //!   the tiers' network states, behind one lock per namespace, persisted
 //!   atomically as `<state_dir>/vpcs/cs-vpc-<id>.json` and re-installed on
-//!   start (then the namespace's pbr tables are replayed).
+//!   start (then the namespace's pbr tables are replayed). A guest command
+//!   that changes only a tier's records appends one line to that tier's
+//!   record log, `vpcs/cs-vpc-<id>.tier-<network_id>.log` (see
+//!   [`crate::record_log`]), replayed over the document on start; every
+//!   rewrite of the document folds the logs in and removes them.
 //! - Tier commands (`vpc_id` in the payload, or a `cs-vpc-` namespace in the
 //!   network details) update the tier's `NetworkState` with the engine's own
 //!   transitions; the VPC's public addresses are then re-derived from the
@@ -39,6 +43,7 @@ use serde_json::{json, Value};
 use super::applier::Applier;
 use super::engine::ExecError;
 use super::planner::{self, Plan};
+use super::record_log;
 use super::state::NetworkState;
 use super::vpc::actions::{self, ActionOutcome, ActionRunner, BuiltinAction, PbrStore};
 use super::vpc::model::{self, Owner, PublicIp, VpcRulesetParts, VpcState};
@@ -69,6 +74,8 @@ pub struct VpcDoc {
 struct VpcSlot {
     doc: Option<VpcDoc>,
     applied: Option<Plan>,
+    /// Lines in each tier's record log, by network id (absent: none).
+    record_log_lines: HashMap<String, usize>,
 }
 
 /// VPC part of the engine.
@@ -157,7 +164,58 @@ impl VpcEngine {
         self.dir.join(format!("{ns}.json"))
     }
 
-    /// Atomic replace: temp file (0600), fsync, rename, fsync of the directory.
+    /// The record log of tier `network_id` of VPC namespace `ns`.
+    fn tier_log_path(&self, ns: &str, network_id: &str) -> PathBuf {
+        self.dir.join(format!("{ns}.tier-{network_id}.log"))
+    }
+
+    /// Tier record logs present for VPC namespace `ns`: (network id, path).
+    fn tier_logs(&self, ns: &str) -> Vec<(String, PathBuf)> {
+        let prefix = format!("{ns}.tier-");
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_prefix(&prefix)?.strip_suffix(".log")?;
+                Some((id.to_string(), e.path()))
+            })
+            .collect()
+    }
+
+    /// Removes every tier record log of `ns` (the document now holds their
+    /// records, or the VPC is gone).
+    fn remove_tier_logs(&self, ns: &str) -> Result<(), ExecError> {
+        for (_, path) in self.tier_logs(ns) {
+            record_log::remove(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Replays each tier's record log onto the loaded document; a log of a
+    /// tier the document no longer has (destroyed before its log could go)
+    /// is removed. Returns the line counts (for compaction).
+    fn replay_tier_logs(&self, doc: &mut VpcDoc) -> Result<HashMap<String, usize>, ExecError> {
+        let ns = doc.vpc.namespace();
+        let mut lines = HashMap::new();
+        for (id, path) in self.tier_logs(&ns) {
+            match doc.tiers.get_mut(&id) {
+                Some(tier) => {
+                    let n = record_log::replay_log(&path, &mut tier.guest)?;
+                    lines.insert(id, n);
+                }
+                None => record_log::remove(&path)?,
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Atomic replace: temp file (0600), fsync, rename, fsync of the
+    /// directory; then the tier record logs go (the document holds every
+    /// record: replaying a line it already reflects would change nothing,
+    /// so a crash between the two loses nothing).
     fn save(&self, doc: &VpcDoc) -> Result<(), ExecError> {
         let ns = doc.vpc.namespace();
         let path = self.path(&ns);
@@ -177,10 +235,13 @@ impl VpcEngine {
         fs::rename(&tmp, &path).map_err(|e| state_err(&path, e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| state_err(&self.dir, e))
+            .map_err(|e| state_err(&self.dir, e))?;
+        self.remove_tier_logs(&ns)
     }
 
     fn remove(&self, ns: &str) -> Result<(), ExecError> {
+        // The tier logs first: a VPC re-created under this id starts clean.
+        self.remove_tier_logs(ns)?;
         let path = self.path(ns);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -223,22 +284,24 @@ impl VpcEngine {
             .collect()
     }
 
-    /// Start-up: installs every persisted VPC and replays its pbr tables;
-    /// removes `cs-vpc-` namespaces no persisted VPC owns.
+    /// Start-up: installs every persisted VPC and replays its pbr tables.
+    /// `cs-vpc-` namespaces no persisted VPC owns are left to the engine's
+    /// one policy for unknown router namespaces (`reconcile.rs`).
     pub(crate) fn reconcile(&self, applier: &Applier) {
         self.reconcile_held(applier);
-        let held: Vec<String> = lock(&self.slots).keys().cloned().collect();
-        for ns in applier.namespaces() {
-            let ours = ns
-                .strip_prefix(netbridge_protocol::namespace::VPC_PREFIX)
-                .is_some_and(|id| validate::id("namespace", id).is_ok());
-            if ours && !held.contains(&ns) {
-                log::warn!("reconcile: removing {ns}, which no persisted VPC owns");
-                if let Err(e) = applier.teardown(&ns, &[]) {
-                    log::error!("reconcile: removing {ns}: {e}");
-                }
-            }
-        }
+    }
+
+    /// Namespaces of the VPCs held.
+    pub(crate) fn held_namespaces(&self) -> Vec<String> {
+        let slots: Vec<(String, Arc<Mutex<VpcSlot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(ns, slot)| (ns.clone(), slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter(|(_, slot)| lock(slot).doc.is_some())
+            .map(|(ns, _)| ns)
+            .collect()
     }
 
     fn reconcile_held(&self, applier: &Applier) {
@@ -254,7 +317,7 @@ impl VpcEngine {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let doc = match fs::read(entry.path())
+            let mut doc = match fs::read(entry.path())
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<VpcDoc>(&b).map_err(|e| e.to_string()))
             {
@@ -269,8 +332,17 @@ impl VpcEngine {
                 }
             };
             let ns = doc.vpc.namespace();
+            // Guest records saved since the document was written.
+            let lines = match self.replay_tier_logs(&mut doc) {
+                Ok(lines) => lines,
+                Err(e) => {
+                    log::error!("reconcile: skipping {ns}: tier record logs: {e}");
+                    continue;
+                }
+            };
             let slot = self.slot(&ns);
             let mut slot = lock(&slot);
+            slot.record_log_lines = lines;
             if doc.implemented {
                 match self.install(applier, &doc, None) {
                     Ok(links) => {
@@ -285,7 +357,9 @@ impl VpcEngine {
         }
     }
 
-    fn replay_pbr(&self, ns: &str) {
+    /// Re-adds the namespace's recorded pbr routes and rules after the
+    /// namespace was (re)built: reconcile, implement, `reboot-device`.
+    pub(crate) fn replay_pbr(&self, ns: &str) {
         match self.pbr.load(ns) {
             Ok(t) => {
                 if let Err(e) = self.runner().replay_pbr(ns, &t) {
@@ -294,6 +368,12 @@ impl VpcEngine {
             }
             Err(e) => log::error!("{ns}: loading pbr tables: {e}"),
         }
+    }
+
+    /// Forgets the namespace's pbr tables (the network is destroyed), so a
+    /// network re-created under the same id starts without them.
+    pub(crate) fn forget_pbr(&self, ns: &str) -> Result<(), ExecError> {
+        Ok(self.pbr.remove(ns)?)
     }
 
     /// Answers the VPC commands; `None` for everything else. Needs the
@@ -354,9 +434,11 @@ impl VpcEngine {
         let p = model::parse_vpc_payload(&env.payload, vpc_link_for)?;
         let ns = netbridge_protocol::namespace::vpc(&p.vpc_id);
         check_namespace(env, &ns)?;
+        // The executor's configured device when the envelope names none,
+        // as for isolated networks.
         let public_device = netbridge_protocol::payload::Devices::parse(env)?
             .public
-            .unwrap_or_else(|| applier_public_default(applier));
+            .unwrap_or_else(|| engine.public_device().to_string());
         let slot = self.slot(&ns);
         let mut slot = lock(&slot);
         let current = slot.doc.clone();
@@ -459,6 +541,7 @@ impl VpcEngine {
             }
         }
         self.save(&next)?;
+        slot.record_log_lines.clear();
         slot.doc = Some(next);
         log::info!("{ns}: {command} done");
         Ok(())
@@ -520,13 +603,6 @@ impl VpcEngine {
                 state.guest.domain.as_deref(),
             )
             .map_err(ExecError::Apply)
-    }
-
-    /// Forgets the policy-routing tables of an isolated network
-    /// (`destroy-network`: none of its files stay). The caller holds the
-    /// network's lock, as its custom actions do.
-    pub(crate) fn forget_pbr(&self, ns: &str) -> Result<(), ExecError> {
-        Ok(self.pbr.remove(ns)?)
     }
 
     /// Stops the radvd of a network (teardown of an isolated network or tier).
@@ -630,7 +706,10 @@ impl VpcEngine {
     }
 
     /// A guest-service command on a tier: the tier's guest state changes,
-    /// its daemons follow (when implemented), and the VPC document is saved.
+    /// its daemons follow (when implemented), then it is persisted like an
+    /// isolated network's: a change of records only as one line of the
+    /// tier's record log (the VPC document, with every tier's records, is
+    /// not rewritten); anything else rewrites the document.
     fn tier_guest(
         &self,
         engine: &super::engine::Engine,
@@ -642,66 +721,119 @@ impl VpcEngine {
         check_namespace(env, &ns)?;
         let network = netbridge_protocol::payload::NetworkFields::parse(&env.fields())?;
         let slot = self.slot(&ns);
-        let mut slot = lock(&slot);
-        let Some(current) = slot.doc.clone() else {
-            return Err(ProtocolError::InvalidField {
-                field: "vpc_id".into(),
-                reason: format!("VPC {vpc_id} is not implemented on this host"),
-            }
-            .into());
-        };
+        let mut guard = lock(&slot);
+        let slot = &mut *guard;
         let key = network.network_id.to_string();
-        let tier = match current.tiers.get(&key) {
-            Some(t) => t.clone(),
-            None => {
-                // Guest data may arrive before implement-network.
-                let req = NetworkRequest {
-                    network,
-                    devices: netbridge_protocol::payload::Devices::parse(env)?,
-                    command: NetworkCommand::Shutdown,
-                };
-                let mut t = NetworkState::new(&req, engine.guest_device());
-                t.namespace = ns.clone();
-                t
-            }
-        };
-        // An LB public address must be the VPC's before haproxy binds it.
-        if command == Command::ApplyLbRules && tier.implemented {
-            let mut probe = tier.guest.clone();
-            let mut vms = Default::default();
-            crate::services::apply(
-                command,
-                &env.payload,
-                &mut probe,
-                &mut vms,
-                &Default::default(),
-            )?;
-            for r in probe.lb_rules.values() {
-                if !current.vpc.addresses.contains_key(&r.public_ip) {
-                    return Err(ProtocolError::InvalidField {
-                        field: "lb_rules".into(),
-                        reason: format!("{} is not assigned to the VPC", r.public_ip),
+        // The document is borrowed, not cloned: it holds every tier's records.
+        let (updated, record_ops, old_guest) = {
+            let Some(doc) = slot.doc.as_ref() else {
+                return Err(ProtocolError::InvalidField {
+                    field: "vpc_id".into(),
+                    reason: format!("VPC {vpc_id} is not implemented on this host"),
+                }
+                .into());
+            };
+            let fresh;
+            let tier = match doc.tiers.get(&key) {
+                Some(t) => t,
+                None => {
+                    // Guest data may arrive before implement-network.
+                    let req = NetworkRequest {
+                        network,
+                        devices: netbridge_protocol::payload::Devices::parse(env)?,
+                        command: NetworkCommand::Shutdown,
+                    };
+                    let mut t = NetworkState::new(&req, engine.guest_device());
+                    t.namespace = ns.clone();
+                    fresh = t;
+                    &fresh
+                }
+            };
+            // An LB public address must be the VPC's before haproxy binds it.
+            if command == Command::ApplyLbRules && tier.implemented {
+                let mut probe = tier.guest.clone();
+                let mut vms = Default::default();
+                crate::services::apply(
+                    command,
+                    &env.payload,
+                    &mut probe,
+                    &mut vms,
+                    &Default::default(),
+                )?;
+                for r in probe.lb_rules.values() {
+                    if !doc.vpc.addresses.contains_key(&r.public_ip) {
+                        return Err(ProtocolError::InvalidField {
+                            field: "lb_rules".into(),
+                            reason: format!("{} is not assigned to the VPC", r.public_ip),
+                        }
+                        .into());
                     }
-                    .into());
                 }
             }
-        }
-        let updated = engine.tier_guest_command(command, env, &tier)?;
-        let lb_changed = updated.guest.lb_rules != tier.guest.lb_rules;
-        let new_guest = lb_changed.then(|| updated.guest.clone());
-        let mut next = current.clone();
-        next.tiers.insert(key, updated);
-        if let Some(new_guest) = new_guest {
+            let updated = engine.tier_guest_command(command, env, tier)?;
+            // Records of a tier the document already holds can be logged.
+            let record_ops = doc
+                .tiers
+                .contains_key(&key)
+                .then(|| record_log::delta(&tier.guest, &updated.guest))
+                .flatten();
+            let lb_changed = updated.guest.lb_rules != tier.guest.lb_rules;
+            (updated, record_ops, lb_changed.then(|| tier.guest.clone()))
+        };
+        let network_id = updated.network_id;
+        if let Some(old_guest) = old_guest {
             // Input-chain openings of the LB ports and the UDP LB DNAT
             // follow the rules; flows of revoked UDP backends go.
-            self.commit(engine.applier(), &mut slot, Some(&current), next, command)?;
-            engine.forget_stale_udp_flows(&ns, &tier.guest, &new_guest);
+            let current = slot.doc.clone();
+            let mut next = current.clone().ok_or_else(|| not_held(&ns))?;
+            let new_guest = updated.guest.clone();
+            next.tiers.insert(key, updated);
+            self.commit(engine.applier(), slot, current.as_ref(), next, command)?;
+            engine.forget_stale_udp_flows(&ns, &old_guest, &new_guest);
         } else {
-            self.save(&next)?;
-            slot.doc = Some(next);
+            self.persist_tier_guest(slot, &ns, key, updated, record_ops)?;
         }
-        log::info!("{ns}: {command} on tier {} done", tier.network_id);
+        log::info!("{ns}: {command} on tier {network_id} done");
         Ok(json!({ "namespace": ns }))
+    }
+
+    /// Persists a tier's new state after a guest command that changed no
+    /// LB rule: `record_ops` (its records' change, when nothing else
+    /// changed) as one line of the tier's record log, unless that log is
+    /// past its compaction threshold; else the whole document.
+    fn persist_tier_guest(
+        &self,
+        slot: &mut VpcSlot,
+        ns: &str,
+        key: String,
+        updated: NetworkState,
+        record_ops: Option<Vec<record_log::RecordOp>>,
+    ) -> Result<(), ExecError> {
+        let doc = slot.doc.as_mut().ok_or_else(|| not_held(ns))?;
+        if let Some(ops) = record_ops {
+            let lines = slot.record_log_lines.get(&key).copied().unwrap_or(0);
+            if ops.is_empty() {
+                doc.tiers.insert(key, updated);
+                return Ok(());
+            }
+            if !record_log::needs_compaction(lines + 1, &updated.guest) {
+                record_log::append(&self.tier_log_path(ns, &key), &ops)?;
+                slot.record_log_lines.insert(key.clone(), lines + 1);
+                doc.tiers.insert(key, updated);
+                return Ok(());
+            }
+        }
+        let previous = doc.tiers.insert(key.clone(), updated);
+        if let Err(e) = self.save(doc) {
+            // The state in force stays the one held before the command.
+            match previous {
+                Some(p) => doc.tiers.insert(key, p),
+                None => doc.tiers.remove(&key),
+            };
+            return Err(e);
+        }
+        slot.record_log_lines.clear();
+        Ok(())
     }
 
     /// Start-up: guest services of every implemented tier back (daemons
@@ -839,10 +971,6 @@ fn not_held(ns: &str) -> ExecError {
         field: "network_id".into(),
         reason: format!("{ns} is not held by this host"),
     })
-}
-
-fn applier_public_default(_applier: &Applier) -> String {
-    "eth1".to_string()
 }
 
 fn check_namespace(env: &Envelope, ns: &str) -> Result<(), ExecError> {
@@ -1498,6 +1626,37 @@ mod tests {
             err.to_string().starts_with("invalid value for 'route'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tier_logs_replay_onto_their_tiers_and_a_destroyed_tiers_log_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VpcEngine::open(dir.path()).unwrap();
+        let mut d = doc();
+        v.save(&d).unwrap();
+        let ip: std::net::Ipv4Addr = "10.1.1.20".parse().unwrap();
+        let record = crate::services::model::DnsRecord {
+            hostname: "vm20".into(),
+            ip6: None,
+        };
+        let set = [record_log::RecordOp::Dns { ip, record }];
+        record_log::append(&v.tier_log_path("cs-vpc-5", "11"), &set).unwrap();
+        record_log::append(&v.tier_log_path("cs-vpc-5", "11"), &set).unwrap();
+        // A tier the document no longer has, and another VPC's tier.
+        record_log::append(&v.tier_log_path("cs-vpc-5", "99"), &set).unwrap();
+        record_log::append(&v.tier_log_path("cs-vpc-55", "11"), &set).unwrap();
+        let lines = v.replay_tier_logs(&mut d).unwrap();
+        assert_eq!(lines, HashMap::from([("11".to_string(), 2)]));
+        assert_eq!(d.tiers["11"].guest.dns_records[&ip].hostname, "vm20");
+        assert!(d.tiers["12"].guest.dns_records.is_empty());
+        assert!(!v.tier_log_path("cs-vpc-5", "99").exists());
+        assert!(v.tier_log_path("cs-vpc-55", "11").exists());
+        // Saving the document folds the logs in: they go, this VPC's only.
+        v.save(&d).unwrap();
+        assert!(!v.tier_log_path("cs-vpc-5", "11").exists());
+        assert!(v.tier_log_path("cs-vpc-55", "11").exists());
+        let back: VpcDoc = serde_json::from_slice(&fs::read(v.path("cs-vpc-5")).unwrap()).unwrap();
+        assert_eq!(back, d);
     }
 
     #[test]

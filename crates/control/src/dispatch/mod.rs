@@ -391,6 +391,9 @@ impl Dispatcher {
             path.display()
         );
         let mut d = Dispatcher::with_runtime(journal, Some(runtime));
+        // Connections are opened inside the namespace whichever thread
+        // drives the request (`execute` blocks on the caller's thread).
+        d.client = Client::with_netns(Some(ns.clone()));
         d.netns = Some(ns);
         d.netns_failed = failed;
         Ok(d)

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::DispatchError;
@@ -18,6 +19,8 @@ use super::DispatchError;
 pub struct Netns {
     path: PathBuf,
     fd: OwnedFd,
+    /// Device and inode of the namespace file: its identity.
+    id: (u64, u64),
 }
 
 impl Netns {
@@ -36,9 +39,16 @@ impl Netns {
                 netbridge_protocol::sanitize_for_message(&shown)
             ))
         })?;
+        let meta = file.metadata().map_err(|e| {
+            DispatchError::Configuration(format!(
+                "cannot read network namespace '{}': {e}",
+                netbridge_protocol::sanitize_for_message(&shown)
+            ))
+        })?;
         let netns = Netns {
             path: path.to_path_buf(),
             fd: OwnedFd::from(file),
+            id: (meta.dev(), meta.ino()),
         };
         std::thread::scope(|s| {
             s.spawn(|| netns.enter())
@@ -56,6 +66,12 @@ impl Netns {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the calling thread is inside this namespace.
+    pub fn is_current_thread_in(&self) -> std::io::Result<bool> {
+        let here = std::fs::metadata("/proc/thread-self/ns/net")?;
+        Ok((here.dev(), here.ino()) == self.id)
     }
 
     /// Moves the calling thread into the namespace.
@@ -105,5 +121,6 @@ mod tests {
         }
         let n = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
         assert_eq!(n.path(), Path::new("/proc/self/ns/net"));
+        assert!(n.is_current_thread_in().unwrap());
     }
 }

@@ -26,6 +26,8 @@
 //!   networks/<ns>.json     0600  network state; `<ns>.log` its record log
 //!                                (see [`crate::record_log`])
 //!   vpcs/, pbr/, radvd/    0700  VPC state, policy-routing tables, radvd; 0600
+//!   vpcs/cs-vpc-<id>.tier-<network_id>.log
+//!                          0600  record log of a VPC tier
 //!   guest/                 0711
 //!     vmdata.key           0600  key of the VM data files (created once)
 //!     <key>/               0711  key: the namespace, or for a VPC tier

@@ -625,6 +625,10 @@ impl VpcState {
         use crate::planner::{self, Leg, LegRole, LinkPlan};
         use netbridge_protocol::validate::{self, Ipv4Cidr};
         let mut legs = Vec::new();
+        // Tier gateways are announced like an isolated network's guest
+        // address: after a rebuild or a move to another host the VMs' ARP
+        // entries point at the old veth.
+        let mut announce = Vec::new();
         for tier in self.tiers.values() {
             let st = tiers
                 .iter()
@@ -645,6 +649,8 @@ impl VpcState {
                     ),
                 ));
             }
+            let gateway = st.extension_ip.unwrap_or(tier.gateway);
+            announce.push((inner.clone(), gateway));
             legs.push(Leg {
                 role: LegRole::Guest,
                 host_name: planner::guest_host_name(st.network_id),
@@ -654,12 +660,11 @@ impl VpcState {
                 device: st.guest_device.clone(),
                 vlan: st.vlan,
                 addrs: vec![Ipv4Cidr {
-                    addr: st.extension_ip.unwrap_or(tier.gateway),
+                    addr: gateway,
                     prefix: tier.cidr.prefix_len(),
                 }],
             });
         }
-        let mut announce = Vec::new();
         for (link, ips) in self.links() {
             let Some(first) = ips.first() else { continue };
             let vlan = validate::vlan("public_vlan", &first.vlan)?;

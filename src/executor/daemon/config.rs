@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Directory of operator `custom-action` hooks (default /etc/netbridge/hooks).
     #[arg(long, value_name = "DIR")]
     pub hooks_dir: Option<PathBuf>,
+    /// File holding a bearer token (mode 0600, at least 16 bytes) that also
+    /// admits `GET /metrics`, for Prometheus, which cannot sign requests.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are refused so that a
@@ -91,6 +95,7 @@ pub struct FileConfig {
     pub host_name: Option<String>,
     pub body_limit: Option<usize>,
     pub hooks_dir: Option<PathBuf>,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// How the daemon serves.
@@ -114,6 +119,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Operator hooks of `custom-action`.
     pub hooks_dir: PathBuf,
+    /// Bearer token admitting `GET /metrics` besides signed requests.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> DaemonError {
@@ -270,6 +277,7 @@ impl Config {
                 .clone()
                 .or(file.hooks_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::executor::vpc_engine::DEFAULT_HOOKS_DIR)),
+            metrics_token_file: args.metrics_token_file.clone().or(file.metrics_token_file),
         })
     }
 }
@@ -330,6 +338,14 @@ mod tests {
         let c = Config::resolve(&RunArgs::default(), file).unwrap();
         assert_eq!(c.key_file, PathBuf::from("/etc/netbridge/executor.hmac"));
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.metrics_token_file, None);
+        let file =
+            FileConfig::parse("metrics_token_file = \"/etc/netbridge/metrics.token\"\n").unwrap();
+        let c = Config::resolve(&tls_args(), file).unwrap();
+        assert_eq!(
+            c.metrics_token_file,
+            Some(PathBuf::from("/etc/netbridge/metrics.token"))
+        );
     }
 
     #[test]

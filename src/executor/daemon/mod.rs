@@ -74,6 +74,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     // Joining another mount namespace resets the working directory.
     config.state_dir = absolute(config.state_dir);
     config.key_file = absolute(config.key_file);
+    config.metrics_token_file = config.metrics_token_file.map(absolute);
     if let Transport::Tls { cert, key } = &mut config.transport {
         *cert = absolute(cert.clone());
         *key = absolute(key.clone());
@@ -91,6 +92,10 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let keys = auth::KeyStore::open(&config.key_file)?;
+    let metrics_token = match &config.metrics_token_file {
+        Some(path) => Some(auth::KeyStore::open(path)?),
+        None => None,
+    };
     let tls = match &config.transport {
         Transport::Tls { cert, key } => {
             let server = tls::server_config(cert, key)?;
@@ -119,6 +124,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         network_count: std::sync::atomic::AtomicUsize::new(count),
         engine: Arc::new(engine),
         auth: auth::Authenticator::new(keys, started_secs),
+        metrics_token,
         metrics: metrics::Metrics::default(),
         started: Instant::now(),
         host: config.host_name.clone().unwrap_or_else(hostname),

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::auth::{Authenticator, SignedParts};
+use super::auth::{Authenticator, KeyStore, SignedParts};
 use super::metrics::Metrics;
 use crate::executor::{Engine, ExecError};
 use crate::protocol::{sanitize_for_message, signing, Command};
@@ -21,6 +21,8 @@ use crate::protocol::{sanitize_for_message, signing, Command};
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Authenticator,
+    /// Bearer token that also admits `GET /metrics` (Prometheus cannot sign).
+    pub metrics_token: Option<KeyStore>,
     pub metrics: Metrics,
     pub started: Instant,
     pub host: String,
@@ -135,6 +137,20 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| parts.uri.path());
+    if let Some(verdict) = metrics_bearer(&st, &parts) {
+        if let Err(reason) = verdict {
+            st.metrics.auth_failure(reason);
+            let text = match reason {
+                "key_unavailable" => "the metrics token file is unusable",
+                _ => "wrong bearer token for /metrics",
+            };
+            log::warn!("refused GET /metrics from {peer}: {text}");
+            return error_response(401, format!("authentication failed: {text}"));
+        }
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
     let signed = SignedParts {
         method: parts.method.as_str(),
         path,
@@ -154,6 +170,32 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// `GET /metrics` with `Authorization: Bearer …` when a metrics token is
+/// configured: `Some(Ok)` admits it, `Some(Err(reason))` refuses it, `None`
+/// leaves the request to the signature check.
+fn metrics_bearer(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Option<Result<(), &'static str>> {
+    use subtle::ConstantTimeEq;
+    let store = st.metrics_token.as_ref()?;
+    if parts.method != axum::http::Method::GET || parts.uri.path() != "/metrics" {
+        return None;
+    }
+    let given = header(&parts.headers, axum::http::header::AUTHORIZATION.as_str())?;
+    let Some(token) = given.strip_prefix("Bearer ") else {
+        return Some(Err("bad_token"));
+    };
+    let Some(expected) = store.key() else {
+        return Some(Err("key_unavailable"));
+    };
+    if bool::from(token.trim().as_bytes().ct_eq(&expected)) {
+        Some(Ok(()))
+    } else {
+        Some(Err("bad_token"))
+    }
 }
 
 async fn command(
@@ -289,6 +331,7 @@ mod tests {
     use tower::ServiceExt;
 
     const KEY: &[u8] = b"unit-test-key-0123456789abcdef";
+    const METRICS_TOKEN: &str = "unit-metrics-token-0123456789";
 
     /// A daemon whose engine sees an empty, private netns directory, so
     /// nothing on the machine is touched.
@@ -296,6 +339,9 @@ mod tests {
         let key_file = dir.join("key");
         std::fs::write(&key_file, KEY).unwrap();
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token_file = dir.join("metrics.token");
+        std::fs::write(&token_file, METRICS_TOKEN).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let netns_dir = dir.join("netns");
         std::fs::create_dir_all(&netns_dir).unwrap();
         let engine = Engine::open_with(
@@ -313,6 +359,7 @@ mod tests {
         let state = Arc::new(AppState {
             engine: Arc::new(engine),
             auth: Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
+            metrics_token: Some(KeyStore::open(&token_file).unwrap()),
             metrics: Metrics::default(),
             started: Instant::now(),
             host: "unit".into(),
@@ -380,6 +427,47 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("netbridge_executor_networks 0\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_token_admits_only_get_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let bearer = |method: &str, path: &str, token: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (status, body) = answer(&router, bearer("GET", "/metrics", METRICS_TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body
+            .as_str()
+            .unwrap()
+            .contains("netbridge_executor_networks 0\n"));
+        // The token opens nothing else, and a wrong token is counted.
+        let (status, _) = answer(&router, bearer("GET", "/v1/health", METRICS_TOKEN)).await;
+        assert_eq!(status, 401);
+        let (status, body) =
+            answer(&router, bearer("GET", "/metrics", "wrong-token-0123456789")).await;
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"status": "error", "message": "authentication failed: wrong bearer token for /metrics"})
+            )
+        );
+        let text = state.metrics.render(0, 0, "v");
+        assert!(
+            text.contains("netbridge_executor_auth_failures_total{reason=\"bad_token\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netbridge_executor_auth_failures_total{reason=\"unsigned\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

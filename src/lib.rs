@@ -19,6 +19,7 @@ mod jni;
 pub mod offerings;
 pub mod protocol;
 pub mod registry;
+pub mod status;
 
 /// Package version, compared by bridge and executors in the health handshake.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,6 +4,9 @@
 //!   the API's JSON; non-zero exit on an API error.
 //! - `netbridge serve`: CloudStack's API wire format over HTTP.
 //! - `netbridge keys create|list`: admin key pairs for `serve`.
+//! - `netbridge status [--output table|json]`: every extension, registration
+//!   and executor host with reachability, pinned certificate, signed health,
+//!   build skew and networks held; exit 1 when something is wrong.
 //! - `netbridge exec <command> <payload-file> [timeout-seconds]`: one network
 //!   command through the in-process bridge, with the script contract of
 //!   `netbridge-entrypoint` (stdout, exit 0 / 1 configuration or usage /
@@ -24,6 +27,8 @@ use netbridge::dispatch::DispatchError;
 
 /// Exit status of a command the API refused.
 const EXIT_API_ERROR: u8 = 1;
+/// Exit status of `status` when an executor or registration has a problem.
+const EXIT_STATUS_PROBLEM: u8 = 1;
 /// Exit status of a usage or local setup problem (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 
@@ -75,6 +80,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run one network command on its executor (script contract of netbridge-entrypoint)
     Exec(ExecArgs),
+    /// Health of every executor of every extension: reachability, pinned
+    /// certificate, signed health, build, networks; exit 1 when something is wrong
+    Status(StatusArgs),
     /// Manage the admin API keys accepted by `serve`
     Keys {
         #[command(subcommand)]
@@ -115,6 +123,26 @@ struct ExecArgs {
     /// Run executor traffic inside this network namespace (e.g. /run/netns/mgmt)
     #[arg(long, value_name = "PATH")]
     dispatch_netns: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// table (default) or json
+    #[arg(long, value_enum, default_value_t = StatusOutput::Table)]
+    output: StatusOutput,
+    /// Bound of each executor's probe, in seconds (1..300)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout: u64,
+    /// Run executor traffic inside this network namespace (e.g. /run/netns/mgmt)
+    #[arg(long, value_name = "PATH")]
+    dispatch_netns: Option<PathBuf>,
+}
+
+/// Output of `status`; kept apart from the `api` output options.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusOutput {
+    Table,
+    Json,
 }
 
 /// Default `exec` time budget.
@@ -471,6 +499,60 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
     }
 }
 
+fn run_status(global: &GlobalOpts, args: &StatusArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let api = global.api_config();
+    for file in [&api.database, &api.key_file] {
+        if let Err(Failure(text)) = ensure_dir_for(file) {
+            eprintln!("error: {text}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let mut config = BridgeConfig::new(api);
+    config.dispatch_netns = args.dispatch_netns.clone();
+    let bridge = match Bridge::open(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        eprint!("probing executors (at most {} s)…", args.timeout);
+    }
+    let options = netbridge::status::StatusOptions {
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let result = netbridge::status::collect(&bridge, &options);
+    if terminal {
+        // Clears the progress line.
+        eprint!("\r\x1b[2K");
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match args.output {
+        StatusOutput::Json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot render the report: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        StatusOutput::Table => print!("{}", netbridge::status::render_table(&report)),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_STATUS_PROBLEM)
+    }
+}
+
 fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let shown = path.display();
@@ -512,6 +594,7 @@ fn main() -> ExitCode {
             cmk,
         } => return run_api(&cli.global, command, params, *cmk),
         Cmd::Exec(args) => return run_exec(&cli.global, args),
+        Cmd::Status(args) => return run_status(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
     };

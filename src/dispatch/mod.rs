@@ -525,6 +525,30 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Configuration(format!("dispatch task failed: {e}")))?
     }
 
+    /// Runs `future` on the dispatcher's runtime threads (inside the
+    /// dispatch namespace, when there is one) and waits for it: diagnostics
+    /// such as `netbridge status` reach executors the way commands do.
+    pub fn run_on_runtime<F>(&self, future: F) -> Result<F::Output, DispatchError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers".into(),
+            ));
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DispatchError::Configuration(
+                "Dispatcher::run_on_runtime called from async code".into(),
+            ));
+        }
+        let task = runtime.spawn(future);
+        runtime
+            .block_on(task)
+            .map_err(|e| DispatchError::Configuration(format!("dispatch task failed: {e}")))
+    }
+
     /// The async form; runs on the caller's runtime.
     pub async fn execute_async(
         &self,

@@ -126,6 +126,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         auth: auth::Authenticator::new(keys, started_secs),
         metrics_token,
         metrics: metrics::Metrics::default(),
+        last_error: server::LastError::default(),
         started: Instant::now(),
         host: config.host_name.clone().unwrap_or_else(hostname),
         body_limit: config.body_limit,

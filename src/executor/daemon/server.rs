@@ -24,12 +24,34 @@ pub struct AppState {
     /// Bearer token that also admits `GET /metrics` (Prometheus cannot sign).
     pub metrics_token: Option<KeyStore>,
     pub metrics: Metrics,
+    /// The last command that failed applying or persisting, for `/v1/health`.
+    pub last_error: LastError,
     pub started: Instant,
     pub host: String,
     pub body_limit: usize,
     /// Last known network count: health must answer promptly even while a
     /// long command holds a network's lock.
     pub network_count: std::sync::atomic::AtomicUsize,
+}
+
+/// The last command that failed on the host: what `netbridge status` shows an
+/// operator without reading the executor's log.
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<Value>>);
+
+impl LastError {
+    pub fn record(&self, command: Command, message: &str) {
+        let entry = json!({"command": command.as_str(), "message": message, "at": now_secs()});
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+    }
+
+    pub fn get(&self) -> Value {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(Value::Null)
+    }
 }
 
 /// How long health and metrics wait for a fresh network count.
@@ -228,6 +250,7 @@ async fn command(
             st.metrics.command(command.as_str(), false, elapsed);
             if matches!(e, ExecError::Apply(_) | ExecError::State(_)) {
                 st.metrics.apply_error(command.as_str());
+                st.last_error.record(command, &e.to_string());
                 log::error!("{command}: {e}");
             } else {
                 log::info!("{command}: refused: {e}");
@@ -237,6 +260,8 @@ async fn command(
         Err(join) => {
             st.metrics.command(command.as_str(), false, elapsed);
             st.metrics.apply_error(command.as_str());
+            st.last_error
+                .record(command, &format!("engine task failed: {join}"));
             log::error!("{command}: engine task failed: {join}");
             error_response(500, format!("internal error while running {command}"))
         }
@@ -272,6 +297,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "version": crate::build_id(),
         "uptime_secs": st.started.elapsed().as_secs(),
         "networks": count,
+        "last_error": st.last_error.get(),
     }))
     .into_response()
 }
@@ -361,6 +387,7 @@ mod tests {
             auth: Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
             metrics_token: Some(KeyStore::open(&token_file).unwrap()),
             metrics: Metrics::default(),
+            last_error: LastError::default(),
             started: Instant::now(),
             host: "unit".into(),
             body_limit: 4096,
@@ -419,6 +446,7 @@ mod tests {
         assert_eq!(body["version"], crate::build_id());
         assert_eq!(body["networks"], 0);
         assert!(body["uptime_secs"].is_u64());
+        assert_eq!(body["last_error"], Value::Null);
         let (status, body) = answer(&router, signed("GET", "/v1/networks", b"")).await;
         assert_eq!((status, body), (200, json!({"networks": []})));
         let (status, body) = answer(&router, signed("GET", "/metrics", b"")).await;

@@ -479,6 +479,8 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
     }
     let mut config = BridgeConfig::new(api);
     config.dispatch_netns = args.dispatch_netns.clone();
+    let progress = TerminalProgress::start();
+    config.progress = progress.as_ref().map(TerminalProgress::sink);
     let bridge = match Bridge::open(config) {
         Ok(b) => b,
         Err(e) => return config_error(e.to_string()),
@@ -490,12 +492,79 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
         }
         _ => bridge.execute(&args.command, &payload, timeout),
     };
+    drop(progress);
     match result {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => exec_failure(&args.command, &e),
+    }
+}
+
+/// One status line on a terminal's stderr showing the stage of a long
+/// command (a journal replay "step 37 of 120", the executor working on a
+/// restore) and the seconds it has taken; cleared when done. Only when
+/// stderr is a terminal: scripts and CloudStack get clean output.
+struct TerminalProgress {
+    stages: std::sync::mpsc::Sender<Option<String>>,
+    painter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TerminalProgress {
+    /// Shown only for commands that take longer than this.
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+    const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn start() -> Option<TerminalProgress> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let (stages, rx) = std::sync::mpsc::channel::<Option<String>>();
+        let painter = std::thread::spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            let started = std::time::Instant::now();
+            let mut stage = String::new();
+            let mut shown = false;
+            loop {
+                match rx.recv_timeout(Self::REFRESH) {
+                    Ok(Some(next)) => stage = next,
+                    Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                let elapsed = started.elapsed();
+                if elapsed >= Self::QUIET && !stage.is_empty() {
+                    eprint!("\r\x1b[2K{stage} ({} s)", elapsed.as_secs());
+                    shown = true;
+                }
+            }
+            if shown {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        Some(TerminalProgress {
+            stages,
+            painter: Some(painter),
+        })
+    }
+
+    fn sink(&self) -> netbridge::dispatch::ProgressSink {
+        let stages = std::sync::Mutex::new(self.stages.clone());
+        Arc::new(move |stage: &str| {
+            if let Ok(tx) = stages.lock() {
+                let _ = tx.send(Some(netbridge::protocol::sanitize_for_message(stage)));
+            }
+        })
+    }
+}
+
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        let _ = self.stages.send(None);
+        if let Some(painter) = self.painter.take() {
+            let _ = painter.join();
+        }
     }
 }
 

@@ -298,12 +298,18 @@ fn string_map(
     Ok(out)
 }
 
+/// Receives each stage of a command as it begins ("replaying cs-net-42 to
+/// executor h2 (step 3 of 120: apply-fw-rules)"): what a terminal shows
+/// during long operations such as a journal replay on a move.
+pub type ProgressSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Per-call context: the deadline and what we were doing (for timeouts).
 struct Call {
     command: Command,
     timeout: Duration,
     deadline: Instant,
     stage: Mutex<String>,
+    progress: Option<ProgressSink>,
 }
 
 impl Call {
@@ -311,6 +317,9 @@ impl Call {
         self.deadline.saturating_duration_since(Instant::now())
     }
     fn note(&self, stage: String) {
+        if let Some(progress) = &self.progress {
+            progress(&stage);
+        }
         *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
     }
 }
@@ -327,6 +336,7 @@ pub struct Dispatcher {
     netns: Option<Arc<Netns>>,
     /// Set when a runtime thread could not enter `netns`.
     netns_failed: Arc<AtomicBool>,
+    progress: Option<ProgressSink>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -425,7 +435,14 @@ impl Dispatcher {
             settings: Settings::default(),
             netns: None,
             netns_failed: Arc::new(AtomicBool::new(false)),
+            progress: None,
         }
+    }
+
+    /// Reports the stages of every command to `sink` (see [`ProgressSink`]).
+    pub fn with_progress(mut self, sink: ProgressSink) -> Dispatcher {
+        self.progress = Some(sink);
+        self
     }
 
     pub fn with_settings(mut self, settings: Settings) -> Dispatcher {
@@ -574,6 +591,7 @@ impl Dispatcher {
             timeout,
             deadline: Instant::now() + timeout,
             stage: Mutex::new(String::from("starting")),
+            progress: self.progress.clone(),
         };
         let body = match details {
             // The executor reads the details from the envelope: keep them in
@@ -925,6 +943,7 @@ impl Dispatcher {
             timeout: call.timeout,
             deadline: call.deadline,
             stage: Mutex::new(String::new()),
+            progress: None,
         };
         let reply = self
             .send(&sub, config, host, &format!("/v1/commands/{command}"), body)

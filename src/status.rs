@@ -321,7 +321,7 @@ async fn probe(
         .as_ref()
         .and_then(|b| b.get("message"))
         .and_then(Value::as_str)
-        .map(|m| crate::protocol::sanitize_for_message(m));
+        .map(crate::protocol::sanitize_for_message);
     match reply.status {
         200 => {}
         401 => {

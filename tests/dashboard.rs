@@ -51,7 +51,7 @@ fn parse_exposition(text: &str) -> (BTreeMap<String, String>, Exported) {
             continue;
         }
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .unwrap_or_else(|| panic!("malformed sample line: {line}"));
         let name = &line[..name_end];
         let labels = series.entry(name.to_string()).or_default();

@@ -83,6 +83,7 @@ deb:
 	install -D -m 0644 packaging/executor.toml $(EXEC_STAGE)/etc/netbridge/executor.toml
 	install -D -m 0644 packaging/grafana-dashboard.json $(EXEC_STAGE)/usr/share/netbridge/grafana-dashboard.json
 	install -D -m 0755 $(DEB_BIN)/netbridge $(MGMT_STAGE)/usr/bin/netbridge
+	install -D -m 0644 packaging/netbridge.toml $(MGMT_STAGE)/etc/netbridge/netbridge.toml
 	install -D -m 0755 $(DEB_BIN)/netbridge-entrypoint $(MGMT_STAGE)/usr/bin/netbridge-entrypoint
 	install -D -m 0644 $(DEB_BIN)/libnetbridge.so $(MGMT_STAGE)/$(DEB_JNI)/libnetbridge.so
 	strip --strip-unneeded --remove-section=.comment --remove-section=.note \

@@ -175,6 +175,16 @@ fn debian_packages_lint_run_verify_and_survive_upgrade() {
         PathBuf::from("../../netbridge/netbridge.jar")
     );
     assert!(unpacked.join("usr/share/netbridge/netbridge.jar").is_file());
+    // The shipped store settings parse (all commented: the defaults).
+    let config = unpacked.join("etc/netbridge/netbridge.toml");
+    let state = dir.path().join("cli-state");
+    let said = run(Command::new(unpacked.join("usr/bin/netbridge"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["api", "listExtensions"]));
+    assert!(said.contains("listextensionsresponse"), "{said}");
     assert!(unpacked
         .join("usr/share/netbridge/grafana-dashboard.json")
         .is_file());

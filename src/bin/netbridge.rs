@@ -47,8 +47,12 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct GlobalOpts {
+    /// Store settings (state_dir, database, key_file) used where no flag is given
+    /// (default: /etc/netbridge/netbridge.toml when it exists)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// State directory with the database, the secret key file and the API keys file
-    /// (default: $NETBRIDGE_STATE_DIR, else /var/lib/netbridge)
+    /// (default: $NETBRIDGE_STATE_DIR, else state_dir of the config file, else /var/lib/netbridge)
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// SQLite database file (default: <state-dir>/netbridge.db)
@@ -181,7 +185,46 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
+/// The management package's configuration file.
+const DEFAULT_CONFIG: &str = "/etc/netbridge/netbridge.toml";
+
+/// `netbridge.toml`: where the store is, for every `netbridge` command run
+/// without the matching flags. Unknown keys are refused.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    state_dir: Option<PathBuf>,
+    database: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+impl StoreFile {
+    /// `--config`, else the default file when it exists.
+    fn load(explicit: Option<&Path>) -> Result<StoreFile, Failure> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(StoreFile::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Failure(format!("configuration file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Failure(format!("configuration file {}: {e}", path.display())))
+    }
+}
+
 impl GlobalOpts {
+    /// Reads the configuration file into the settings no flag gave.
+    fn apply_config_file(&mut self) -> Result<(), Failure> {
+        let file = StoreFile::load(self.config.as_deref())?;
+        if self.state_dir.is_none() && std::env::var_os("NETBRIDGE_STATE_DIR").is_none() {
+            self.state_dir = file.state_dir;
+        }
+        self.database = self.database.take().or(file.database);
+        self.key_file = self.key_file.take().or(file.key_file);
+        Ok(())
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
@@ -641,7 +684,7 @@ fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // `exec` keeps the script contract: usage errors exit 1 (2 means
         // "executor unreachable" there).
@@ -656,6 +699,16 @@ fn main() -> ExitCode {
         _ => log::LevelFilter::Warn,
     };
     init_logging(cli.global.log_level.unwrap_or(default_level));
+    if let Err(Failure(text)) = cli.global.apply_config_file() {
+        eprintln!("error: {text}");
+        // `exec` keeps the script contract: 1 is a configuration error there.
+        let code = if matches!(cli.command, Cmd::Exec(_)) {
+            1
+        } else {
+            EXIT_USAGE
+        };
+        return ExitCode::from(code);
+    }
     let outcome = match &cli.command {
         Cmd::Api {
             command,

@@ -444,8 +444,11 @@ impl MountHolder {
         let run_netns = c"/run/netns";
         let tmpfs = c"tmpfs";
         let opts = c"mode=0755";
-        let mut cmd = Command::new("sleep");
-        cmd.arg("86400")
+        // With the executor's privileges: a process may only join the
+        // namespaces of one whose capabilities are a subset of its own.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(unit_privileges(&[])?)
+            .args(["--", "sleep", "86400"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -864,8 +867,15 @@ impl Host {
             .map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         self.starts += 1;
-        let mut cmd = Command::new(executor_bin());
-        cmd.args(&args)
+        // Under the privileges the packaged unit grants (capability bounding
+        // set, no new privileges): every smoke test proves they suffice.
+        // CAP_SYS_CHROOT only for the test flag --mount-ns: joining the
+        // emulated host's mount namespace needs it; the service never does.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(unit_privileges(&["sys_chroot"])?)
+            .arg("--")
+            .arg(executor_bin())
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -1032,6 +1042,42 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `setpriv` arguments giving a process what `netbridge-executor.service`
+/// gives the daemon: its `CapabilityBoundingSet=` (plus `extra` capabilities)
+/// and `NoNewPrivileges=`.
+pub fn unit_privileges(extra: &[&str]) -> Result<Vec<String>, String> {
+    const UNIT: &str = include_str!("../packaging/netbridge-executor.service");
+    let caps = UNIT
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .ok_or("the unit has no CapabilityBoundingSet=")?;
+    let mut bounding = String::from("-all");
+    for cap in caps.split_whitespace() {
+        let name = cap
+            .strip_prefix("CAP_")
+            .ok_or_else(|| format!("unexpected capability '{cap}' in the unit"))?;
+        bounding.push_str(",+");
+        bounding.push_str(&name.to_ascii_lowercase());
+    }
+    for cap in extra {
+        bounding.push_str(",+");
+        bounding.push_str(cap);
+    }
+    let mut args = vec!["--bounding-set".to_string(), bounding];
+    if UNIT.lines().any(|l| l.trim() == "NoNewPrivileges=true") {
+        args.insert(0, "--no-new-privs".to_string());
+    }
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("setpriv").is_file()))
+        .unwrap_or(false);
+    if !found {
+        return Err(
+            "the smoke tests run the executor under setpriv (util-linux), which is missing".into(),
+        );
+    }
+    Ok(args)
 }
 
 fn executor_bin() -> &'static str {

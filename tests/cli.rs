@@ -566,3 +566,50 @@ fn an_unreadable_key_file_is_a_configuration_error() {
     );
     assert!(!state.join("netbridge.db").exists(), "database created");
 }
+
+#[test]
+fn the_configuration_file_places_the_store_and_flags_win() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("from-file");
+    let config = dir.path().join("netbridge.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", store.display())).expect("config");
+    let run = |extra: &[&str]| {
+        Command::new(&*BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .args(["api", "listExtensions"])
+            .env_remove("NETBRIDGE_STATE_DIR")
+            .output()
+            .expect("run netbridge")
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        store.join("netbridge.db").exists(),
+        "store placed by the file"
+    );
+    assert!(store.join("secret.key").exists());
+    // A flag wins over the file.
+    let flagged = dir.path().join("from-flag");
+    let out = run(&["--state-dir", flagged.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        flagged.join("netbridge.db").exists(),
+        "store placed by the flag"
+    );
+    // A typo is refused, naming the key; nothing is created.
+    std::fs::write(&config, "stat_dir = \"/nonexistent\"\n").expect("config");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("configuration file") && err.contains("stat_dir"),
+        "{err}"
+    );
+}

@@ -810,6 +810,17 @@ fn register_errors() {
         ],
         "Invalid value for detail executor.fingerprint: expected the hex SHA-256 of the executor certificate",
     );
+    let pin = "ab".repeat(32);
+    fx.err(
+        "registerExtension",
+        &[
+            ("extensionid", &net2),
+            ("resourceid", PN2),
+            ("resourcetype", "PhysicalNetwork"),
+            ("details[0].executor.fingerprint", &format!("{pin},abc")),
+        ],
+        "Invalid value for detail executor.fingerprint: expected the hex SHA-256 of the executor certificate",
+    );
     assert!(fx.providers(PN2).is_empty());
 }
 

@@ -188,7 +188,12 @@ fn send(
 #[test]
 fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
     let mut c = Cluster::new(2);
-    let d = dispatcher();
+    // The stages a terminal shows (netbridge exec) while the network moves.
+    let stages = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = stages.clone();
+    let d = dispatcher().with_progress(Arc::new(move |stage: &str| {
+        sink.lock().unwrap().push(stage.to_string())
+    }));
     let names = c.names();
     let det = c.details();
     // cksum("42") % 2 = 1
@@ -295,6 +300,28 @@ fn failover_replays_the_journal_in_order_and_drops_on_the_old_host() {
     assert_eq!(
         replayed[1].1["physical-network-extension-details"]["executor.key"],
         json!(KEY)
+    );
+    let seen = stages.lock().unwrap().clone();
+    let replay: Vec<&String> = seen.iter().filter(|s| s.starts_with("replaying")).collect();
+    assert_eq!(
+        replay,
+        [
+            "implement-network",
+            "assign-ip",
+            "apply-fw-rules",
+            "add-dns-entry"
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(
+            "replaying cs-net-42 to executor {} (step {} of 4: {c})",
+            names[0],
+            i + 1
+        ))
+        .collect::<Vec<_>>()
+        .iter()
+        .collect::<Vec<_>>(),
+        "{seen:#?}"
     );
     // The old host was told to drop the network.
     let old = c.fakes[1].received();

@@ -28,12 +28,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::api::{Api, ApiConfig, ApiError};
-use crate::dispatch::{CommandJournal, DispatchError, Dispatcher, Settings};
+use crate::dispatch::{CommandJournal, DispatchError, Dispatcher, ProgressSink, Settings};
 use crate::registry::{BindingTarget, RegistryError, RegistryJournal, ResourceType};
 use netbridge_protocol::{sanitize_for_message, Command};
 
 /// How to open a [`Bridge`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BridgeConfig {
     pub api: ApiConfig,
     /// Network namespace for executor traffic (`/run/netns/NAME`); `None`:
@@ -41,6 +41,19 @@ pub struct BridgeConfig {
     pub dispatch_netns: Option<PathBuf>,
     /// Dispatcher tunables (timeouts, retries); defaults suit production.
     pub settings: Settings,
+    /// Stages of long commands (journal replay on a move), for a terminal.
+    pub progress: Option<ProgressSink>,
+}
+
+impl std::fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeConfig")
+            .field("api", &self.api)
+            .field("dispatch_netns", &self.dispatch_netns)
+            .field("settings", &self.settings)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl BridgeConfig {
@@ -49,6 +62,7 @@ impl BridgeConfig {
             api,
             dispatch_netns: None,
             settings: Settings::default(),
+            progress: None,
         }
     }
 }
@@ -92,8 +106,11 @@ impl Bridge {
         let api = Api::open(config.api)?;
         let journal: Arc<dyn CommandJournal> =
             Arc::new(RegistryJournal::new(api.registry_handle()));
-        let dispatcher = Dispatcher::new_in_netns(journal, config.dispatch_netns.as_deref())?
+        let mut dispatcher = Dispatcher::new_in_netns(journal, config.dispatch_netns.as_deref())?
             .with_settings(config.settings);
+        if let Some(progress) = config.progress {
+            dispatcher = dispatcher.with_progress(progress);
+        }
         Ok(Bridge {
             api,
             dispatcher: Arc::new(dispatcher),

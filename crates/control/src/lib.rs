@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod dispatch;
 pub mod offerings;
 pub mod registry;
+pub mod status;
 
 pub use netbridge_protocol as protocol;
 pub use netbridge_protocol::{build_id, GIT_REVISION, VERSION};

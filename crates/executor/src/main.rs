@@ -4,6 +4,7 @@
 //! netbridge-executor [--config FILE] [flags…]        run the daemon
 //! netbridge-executor gen-cert --out-dir DIR [--name host1] [--san IP|DNS]…
 //! netbridge-executor fingerprint --cert FILE
+//! netbridge-executor gen-key --out FILE
 //! ```
 
 use std::path::PathBuf;
@@ -40,6 +41,13 @@ enum Sub {
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
     },
+    /// Write a new random HMAC key (64 hex characters, mode 0600) to FILE; the
+    /// same string goes into the registration detail `executor.key`. Never
+    /// overwrites an existing file.
+    GenKey {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
             })
         }
         Some(Sub::Fingerprint { cert }) => tls::fingerprint_file(&cert).map(|fp| println!("{fp}")),
+        Some(Sub::GenKey { out }) => daemon::auth::generate_key_file(&out)
+            .map(|()| eprintln!("key written to {} (mode 0600)", out.display())),
         None => daemon::run(cli.run),
     };
     match result {

@@ -41,6 +41,9 @@ pub(crate) enum BridgeError {
     /// A feature that is declared in the Java API but not provided by this build.
     #[error("{0}")]
     Unavailable(String),
+    /// The status report could not be made (registry unreadable).
+    #[error(transparent)]
+    Status(#[from] netbridge_control::status::StatusError),
 }
 
 impl BridgeError {
@@ -58,9 +61,10 @@ impl BridgeError {
                 ErrorKind::Timeout => exec_codes::TIMEOUT,
             },
             BridgeError::Argument(_) => codes::PARAM_ERROR,
-            BridgeError::Jni(_) | BridgeError::Handle | BridgeError::Unavailable(_) => {
-                codes::INTERNAL_ERROR
-            }
+            BridgeError::Jni(_)
+            | BridgeError::Handle
+            | BridgeError::Unavailable(_)
+            | BridgeError::Status(_) => codes::INTERNAL_ERROR,
         }
     }
 

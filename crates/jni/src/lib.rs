@@ -293,6 +293,30 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_execute
         .resolve::<ThrowNetBridge>()
 }
 
+/// `static native String status(long handle, long timeoutMillis)`: the
+/// `netbridge status` report as JSON (see [`netbridge_control::status`]).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_status<'caller>(
+    mut unowned_env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    handle: jlong,
+    timeout_millis: jlong,
+) -> JString<'caller> {
+    unowned_env
+        .with_env(|env| -> Result<JString<'caller>, BridgeError> {
+            // SAFETY: the Java read lock keeps the handle alive for this call.
+            let bridge = unsafe { bridge(handle)? };
+            let options = netbridge_control::status::StatusOptions {
+                timeout: timeout(timeout_millis)?,
+            };
+            let report = netbridge_control::status::collect(bridge, &options)?;
+            let text = serde_json::to_string(&report)
+                .map_err(|e| BridgeError::Unavailable(format!("cannot render the report: {e}")))?;
+            Ok(JString::from_str(env, text)?)
+        })
+        .resolve::<ThrowNetBridge>()
+}
+
 /// `static native String version()`: the build identity.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_version<'caller>(

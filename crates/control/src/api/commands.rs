@@ -781,8 +781,15 @@ fn check_registration_details(details: &[(String, String)]) -> Result<(), ApiErr
                 }
             }
             "executor.fingerprint" => {
-                let hex: String = v.trim().chars().filter(|c| *c != ':').collect();
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                // A comma list pins per-host certificates, or the old and the
+                // new one during a certificate rotation (as dispatch reads it).
+                let mut entries = v.split(',').map(str::trim).filter(|e| !e.is_empty());
+                let one_ok = |entry: &str| {
+                    let hex: String = entry.chars().filter(|c| *c != ':').collect();
+                    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                };
+                let ok = entries.clone().next().is_some() && entries.all(one_ok);
+                if !ok {
                     return Err(ApiError::param(format!(
                         "Invalid value for detail {k}: expected the hex SHA-256 of the executor certificate"
                     )));

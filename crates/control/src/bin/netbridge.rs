@@ -4,6 +4,9 @@
 //!   the API's JSON; non-zero exit on an API error.
 //! - `netbridge serve`: CloudStack's API wire format over HTTP.
 //! - `netbridge keys create|list`: admin key pairs for `serve`.
+//! - `netbridge status [--output table|json]`: every extension, registration
+//!   and executor host with reachability, pinned certificate, signed health,
+//!   build skew and networks held; exit 1 when something is wrong.
 //! - `netbridge exec <command> <payload-file> [timeout-seconds]`: one network
 //!   command through the in-process bridge, with the script contract of
 //!   `netbridge-entrypoint` (stdout, exit 0 / 1 configuration or usage /
@@ -27,6 +30,8 @@ use netbridge_control::dispatch::DispatchError;
 
 /// Exit status of a command the API refused.
 const EXIT_API_ERROR: u8 = 1;
+/// Exit status of `status` when an executor or registration has a problem.
+const EXIT_STATUS_PROBLEM: u8 = 1;
 /// Exit status of a usage or local setup problem (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 
@@ -45,8 +50,12 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct GlobalOpts {
+    /// Store settings (state_dir, database, key_file) used where no flag is given
+    /// (default: /etc/netbridge/netbridge.toml when it exists)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// State directory with the database, the secret key file and the API keys file
-    /// (default: $NETBRIDGE_STATE_DIR, else /var/lib/netbridge)
+    /// (default: $NETBRIDGE_STATE_DIR, else state_dir of the config file, else /var/lib/netbridge)
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// SQLite database file (default: <state-dir>/netbridge.db)
@@ -86,6 +95,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run one network command on its executor (script contract of netbridge-entrypoint)
     Exec(ExecArgs),
+    /// Health of every executor of every extension: reachability, pinned
+    /// certificate, signed health, build, networks; exit 1 when something is wrong
+    Status(StatusArgs),
     /// Manage the admin API keys accepted by `serve`
     Keys {
         #[command(subcommand)]
@@ -139,6 +151,26 @@ struct ExecArgs {
     dispatch_netns: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// table (default) or json
+    #[arg(long, value_enum, default_value_t = StatusOutput::Table)]
+    output: StatusOutput,
+    /// Bound of each executor's probe, in seconds (1..300)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout: u64,
+    /// Run executor traffic inside this network namespace (e.g. /run/netns/mgmt)
+    #[arg(long, value_name = "PATH")]
+    dispatch_netns: Option<PathBuf>,
+}
+
+/// Output of `status`; kept apart from the `api` output options.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusOutput {
+    Table,
+    Json,
+}
+
 /// Default `exec` time budget.
 const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 60;
 const MAX_EXEC_TIMEOUT_SECS: u64 = 86_400;
@@ -175,7 +207,46 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
+/// The management package's configuration file.
+const DEFAULT_CONFIG: &str = "/etc/netbridge/netbridge.toml";
+
+/// `netbridge.toml`: where the store is, for every `netbridge` command run
+/// without the matching flags. Unknown keys are refused.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    state_dir: Option<PathBuf>,
+    database: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+impl StoreFile {
+    /// `--config`, else the default file when it exists.
+    fn load(explicit: Option<&Path>) -> Result<StoreFile, Failure> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(StoreFile::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Failure(format!("configuration file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Failure(format!("configuration file {}: {e}", path.display())))
+    }
+}
+
 impl GlobalOpts {
+    /// Reads the configuration file into the settings no flag gave.
+    fn apply_config_file(&mut self) -> Result<(), Failure> {
+        let file = StoreFile::load(self.config.as_deref())?;
+        if self.state_dir.is_none() && std::env::var_os("NETBRIDGE_STATE_DIR").is_none() {
+            self.state_dir = file.state_dir;
+        }
+        self.database = self.database.take().or(file.database);
+        self.key_file = self.key_file.take().or(file.key_file);
+        Ok(())
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
@@ -548,6 +619,8 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
     }
     let mut config = BridgeConfig::new(api);
     config.dispatch_netns = args.dispatch_netns.clone();
+    let progress = TerminalProgress::start();
+    config.progress = progress.as_ref().map(TerminalProgress::sink);
     let bridge = match Bridge::open(config) {
         Ok(b) => b,
         Err(e) => return config_error(e.to_string()),
@@ -559,12 +632,133 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
         }
         _ => bridge.execute(&args.command, &payload, timeout),
     };
+    drop(progress);
     match result {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => exec_failure(&args.command, &e),
+    }
+}
+
+/// One status line on a terminal's stderr showing the stage of a long
+/// command (a journal replay "step 37 of 120", the executor working on a
+/// restore) and the seconds it has taken; cleared when done. Only when
+/// stderr is a terminal: scripts and CloudStack get clean output.
+struct TerminalProgress {
+    stages: std::sync::mpsc::Sender<Option<String>>,
+    painter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TerminalProgress {
+    /// Shown only for commands that take longer than this.
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+    const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn start() -> Option<TerminalProgress> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let (stages, rx) = std::sync::mpsc::channel::<Option<String>>();
+        let painter = std::thread::spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            let started = std::time::Instant::now();
+            let mut stage = String::new();
+            let mut shown = false;
+            loop {
+                match rx.recv_timeout(Self::REFRESH) {
+                    Ok(Some(next)) => stage = next,
+                    Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                let elapsed = started.elapsed();
+                if elapsed >= Self::QUIET && !stage.is_empty() {
+                    eprint!("\r\x1b[2K{stage} ({} s)", elapsed.as_secs());
+                    shown = true;
+                }
+            }
+            if shown {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        Some(TerminalProgress {
+            stages,
+            painter: Some(painter),
+        })
+    }
+
+    fn sink(&self) -> netbridge_control::dispatch::ProgressSink {
+        let stages = std::sync::Mutex::new(self.stages.clone());
+        Arc::new(move |stage: &str| {
+            if let Ok(tx) = stages.lock() {
+                let _ = tx.send(Some(netbridge_protocol::sanitize_for_message(stage)));
+            }
+        })
+    }
+}
+
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        let _ = self.stages.send(None);
+        if let Some(painter) = self.painter.take() {
+            let _ = painter.join();
+        }
+    }
+}
+
+fn run_status(global: &GlobalOpts, args: &StatusArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let api = global.api_config();
+    for file in [&api.database, &api.key_file] {
+        if let Err(Failure(text)) = ensure_dir_for(file) {
+            eprintln!("error: {text}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let mut config = BridgeConfig::new(api);
+    config.dispatch_netns = args.dispatch_netns.clone();
+    let bridge = match Bridge::open(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        eprint!("probing executors (at most {} s)…", args.timeout);
+    }
+    let options = netbridge_control::status::StatusOptions {
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let result = netbridge_control::status::collect(&bridge, &options);
+    if terminal {
+        // Clears the progress line.
+        eprint!("\r\x1b[2K");
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match args.output {
+        StatusOutput::Json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot render the report: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        StatusOutput::Table => print!("{}", netbridge_control::status::render_table(&report)),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_STATUS_PROBLEM)
     }
 }
 
@@ -587,7 +781,7 @@ fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // `exec` keeps the script contract: usage errors exit 1 (2 means
         // "executor unreachable" there).
@@ -602,6 +796,16 @@ fn main() -> ExitCode {
         _ => log::LevelFilter::Warn,
     };
     init_logging(cli.global.log_level.unwrap_or(default_level));
+    if let Err(Failure(text)) = cli.global.apply_config_file() {
+        eprintln!("error: {text}");
+        // `exec` keeps the script contract: 1 is a configuration error there.
+        let code = if matches!(cli.command, Cmd::Exec(_)) {
+            1
+        } else {
+            EXIT_USAGE
+        };
+        return ExitCode::from(code);
+    }
     let outcome = match &cli.command {
         Cmd::Api {
             command,
@@ -619,6 +823,7 @@ fn main() -> ExitCode {
             return run_api(&cli.global, &run, params);
         }
         Cmd::Exec(args) => return run_exec(&cli.global, args),
+        Cmd::Status(args) => return run_status(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
     };

@@ -303,12 +303,18 @@ fn string_map(
     Ok(out)
 }
 
+/// Receives each stage of a command as it begins ("replaying cs-net-42 to
+/// executor h2 (step 3 of 120: apply-fw-rules)"): what a terminal shows
+/// during long operations such as a journal replay on a move.
+pub type ProgressSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Per-call context: the deadline and what we were doing (for timeouts).
 struct Call {
     command: Command,
     timeout: Duration,
     deadline: Instant,
     stage: Mutex<String>,
+    progress: Option<ProgressSink>,
 }
 
 impl Call {
@@ -316,6 +322,9 @@ impl Call {
         self.deadline.saturating_duration_since(Instant::now())
     }
     fn note(&self, stage: String) {
+        if let Some(progress) = &self.progress {
+            progress(&stage);
+        }
         *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
     }
 }
@@ -332,6 +341,7 @@ pub struct Dispatcher {
     netns: Option<Arc<Netns>>,
     /// Set when a runtime thread could not enter `netns`.
     netns_failed: Arc<AtomicBool>,
+    progress: Option<ProgressSink>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -433,7 +443,14 @@ impl Dispatcher {
             settings: Settings::default(),
             netns: None,
             netns_failed: Arc::new(AtomicBool::new(false)),
+            progress: None,
         }
+    }
+
+    /// Reports the stages of every command to `sink` (see [`ProgressSink`]).
+    pub fn with_progress(mut self, sink: ProgressSink) -> Dispatcher {
+        self.progress = Some(sink);
+        self
     }
 
     pub fn with_settings(mut self, settings: Settings) -> Dispatcher {
@@ -533,6 +550,30 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Configuration(format!("dispatch task failed: {e}")))?
     }
 
+    /// Runs `future` on the dispatcher's runtime threads (inside the
+    /// dispatch namespace, when there is one) and waits for it: diagnostics
+    /// such as `netbridge status` reach executors the way commands do.
+    pub fn run_on_runtime<F>(&self, future: F) -> Result<F::Output, DispatchError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers".into(),
+            ));
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DispatchError::Configuration(
+                "Dispatcher::run_on_runtime called from async code".into(),
+            ));
+        }
+        let task = runtime.spawn(future);
+        runtime
+            .block_on(task)
+            .map_err(|e| DispatchError::Configuration(format!("dispatch task failed: {e}")))
+    }
+
     /// The async form; runs on the caller's runtime.
     pub async fn execute_async(
         &self,
@@ -559,6 +600,7 @@ impl Dispatcher {
             timeout,
             deadline: Instant::now() + timeout,
             stage: Mutex::new(String::from("starting")),
+            progress: self.progress.clone(),
         };
         let body = match details {
             // The executor reads the details from the envelope: keep them in
@@ -925,6 +967,7 @@ impl Dispatcher {
             timeout: call.timeout,
             deadline: call.deadline,
             stage: Mutex::new(String::new()),
+            progress: None,
         };
         let reply = self
             .send(&sub, config, host, &format!("/v1/commands/{command}"), body)

@@ -89,6 +89,34 @@ pub fn load_key_file(path: &Path) -> Result<(Vec<u8>, FileStamp), DaemonError> {
     Ok((key, FileStamp::of(&meta)))
 }
 
+/// Writes a new random key (32 bytes as 64 hex characters) to `path`, mode
+/// 0600. An existing file is never replaced: rotating a key means writing a
+/// new file and renaming it over the old one on purpose.
+pub fn generate_key_file(path: &Path) -> Result<(), DaemonError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |reason: String| DaemonError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| fail(format!("no randomness: {e}")))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                fail("exists; a key file is never overwritten".into())
+            }
+            _ => fail(e.to_string()),
+        })?;
+    file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// What identifies one version of the key file (a rename or a rewrite changes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
@@ -345,6 +373,24 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_key_is_private_loadable_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("executor.hmac");
+        generate_key_file(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (key, _) = load_key_file(&path).unwrap();
+        assert_eq!(key.len(), 64);
+        assert!(key.iter().all(u8::is_ascii_hexdigit));
+        let err = generate_key_file(&path).unwrap_err().to_string();
+        assert!(err.contains("never overwritten"), "{err}");
+        assert_eq!(load_key_file(&path).unwrap().0, key);
+    }
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 

@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// checked, over all connections not yet signed (default 64 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_unverified_body_bytes: Option<usize>,
+    /// File holding a bearer token (mode 0600, at least 16 bytes) that also
+    /// admits `GET /metrics`, for Prometheus, which cannot sign requests.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are refused so that a
@@ -134,6 +138,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_connections_per_peer: Option<usize>,
     pub max_unverified_body_bytes: Option<usize>,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// How the daemon serves.
@@ -157,6 +162,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Operator hooks of `custom-action`.
     pub hooks_dir: PathBuf,
+    /// Bearer token admitting `GET /metrics` besides signed requests.
+    pub metrics_token_file: Option<PathBuf>,
     /// Timeouts and caps of the HTTPS server.
     pub http: HttpLimits,
 }
@@ -440,6 +447,7 @@ impl Config {
                 .or(file.hooks_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::vpc_engine::DEFAULT_HOOKS_DIR)),
             http,
+            metrics_token_file: args.metrics_token_file.clone().or(file.metrics_token_file),
         })
     }
 }
@@ -553,6 +561,14 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
         // The example spells out the defaults.
         assert_eq!(c.http, HttpLimits::default());
+        assert_eq!(c.metrics_token_file, None);
+        let file =
+            FileConfig::parse("metrics_token_file = \"/etc/netbridge/metrics.token\"\n").unwrap();
+        let c = Config::resolve(&tls_args(), file).unwrap();
+        assert_eq!(
+            c.metrics_token_file,
+            Some(PathBuf::from("/etc/netbridge/metrics.token"))
+        );
     }
 
     #[test]

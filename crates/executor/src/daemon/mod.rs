@@ -80,6 +80,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     // Joining another mount namespace resets the working directory.
     config.state_dir = absolute(config.state_dir);
     config.key_file = absolute(config.key_file);
+    config.metrics_token_file = config.metrics_token_file.map(absolute);
     if let Transport::Tls { cert, key } = &mut config.transport {
         *cert = absolute(cert.clone());
         *key = absolute(key.clone());
@@ -97,6 +98,10 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let keys = auth::KeyStore::open(&config.key_file)?;
+    let metrics_token = match &config.metrics_token_file {
+        Some(path) => Some(auth::KeyStore::open(path)?),
+        None => None,
+    };
     let tls = match &config.transport {
         Transport::Tls { cert, key } => {
             let server = tls::server_config(cert, key)?;
@@ -131,13 +136,15 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         http.max_connections = fitting;
         http.max_connections_per_peer = http.max_connections_per_peer.min(fitting);
     }
-    let state = Arc::new(server::AppState::new(
+    let mut state = server::AppState::new(
         Arc::new(engine),
         auth::Authenticator::new(keys, started_secs),
         config.host_name.clone().unwrap_or_else(hostname),
         config.body_limit,
         http,
-    ));
+    );
+    state.metrics_token = metrics_token;
+    let state = Arc::new(state);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::auth::{Authenticator, SignedParts};
+use super::auth::{Authenticator, KeyStore, SignedParts};
 use super::config::HttpLimits;
 use super::conns::{Connection, Registry};
 use super::metrics::Metrics;
@@ -23,7 +23,11 @@ use netbridge_protocol::{sanitize_for_message, signing, Command};
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Authenticator,
+    /// Bearer token that also admits `GET /metrics` (Prometheus cannot sign).
+    pub metrics_token: Option<KeyStore>,
     pub metrics: Metrics,
+    /// The last command that failed applying or persisting, for `/v1/health`.
+    pub last_error: LastError,
     pub started: Instant,
     pub host: String,
     pub body_limit: usize,
@@ -53,7 +57,9 @@ impl AppState {
             network_count: std::sync::atomic::AtomicUsize::new(engine.network_count()),
             engine,
             auth,
+            metrics_token: None,
             metrics: Metrics::default(),
+            last_error: LastError::default(),
             started: Instant::now(),
             host,
             body_limit,
@@ -70,6 +76,26 @@ impl AppState {
 /// The connection a request arrived on (request extension).
 #[derive(Clone)]
 pub struct ConnRef(pub Arc<Connection>);
+
+/// The last command that failed on the host: what `netbridge status` shows an
+/// operator without reading the executor's log.
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<Value>>);
+
+impl LastError {
+    pub fn record(&self, command: Command, message: &str) {
+        let entry = json!({"command": command.as_str(), "message": message, "at": now_secs()});
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+    }
+
+    pub fn get(&self) -> Value {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(Value::Null)
+    }
+}
 
 /// How long health and metrics wait for a fresh network count.
 const COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
@@ -233,6 +259,19 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| parts.uri.path());
+    if let Some(verdict) = metrics_bearer(&st, &parts) {
+        if let Err(reason) = verdict {
+            st.metrics.auth_failure(reason);
+            let text = match reason {
+                "key_unavailable" => "the metrics token file is unusable",
+                _ => "wrong bearer token for /metrics",
+            };
+            log::warn!("refused GET /metrics from {peer}: {text}");
+            return error_response(401, format!("authentication failed: {text}"));
+        }
+        // A GET carries no body worth reading: it goes on unread.
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let mut signed = SignedParts {
         method: parts.method.as_str(),
         path,
@@ -324,6 +363,32 @@ async fn authenticate(State(st): State<Arc<AppState>>, req: Request, next: Next)
         .await
 }
 
+/// `GET /metrics` with `Authorization: Bearer …` when a metrics token is
+/// configured: `Some(Ok)` admits it, `Some(Err(reason))` refuses it, `None`
+/// leaves the request to the signature check.
+fn metrics_bearer(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Option<Result<(), &'static str>> {
+    use subtle::ConstantTimeEq;
+    let store = st.metrics_token.as_ref()?;
+    if parts.method != axum::http::Method::GET || parts.uri.path() != "/metrics" {
+        return None;
+    }
+    let given = header(&parts.headers, axum::http::header::AUTHORIZATION.as_str())?;
+    let Some(token) = given.strip_prefix("Bearer ") else {
+        return Some(Err("bad_token"));
+    };
+    let Some(expected) = store.key() else {
+        return Some(Err("key_unavailable"));
+    };
+    if bool::from(token.trim().as_bytes().ct_eq(&expected)) {
+        Some(Ok(()))
+    } else {
+        Some(Err("bad_token"))
+    }
+}
+
 async fn command(
     State(st): State<Arc<AppState>>,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -354,6 +419,7 @@ async fn command(
             st.metrics.command(command.as_str(), false, elapsed);
             if matches!(e, ExecError::Apply(_) | ExecError::State(_)) {
                 st.metrics.apply_error(command.as_str());
+                st.last_error.record(command, &e.to_string());
                 log::error!("{command}: {e}");
             } else {
                 log::info!("{command}: refused: {e}");
@@ -363,6 +429,8 @@ async fn command(
         Err(join) => {
             st.metrics.command(command.as_str(), false, elapsed);
             st.metrics.apply_error(command.as_str());
+            st.last_error
+                .record(command, &format!("engine task failed: {join}"));
             log::error!("{command}: engine task failed: {join}");
             error_response(500, format!("internal error while running {command}"))
         }
@@ -398,6 +466,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "version": netbridge_protocol::build_id(),
         "uptime_secs": st.started.elapsed().as_secs(),
         "networks": count,
+        "last_error": st.last_error.get(),
     }))
     .into_response()
 }
@@ -461,6 +530,7 @@ mod tests {
     use tower::ServiceExt;
 
     const KEY: &[u8] = b"unit-test-key-0123456789abcdef";
+    const METRICS_TOKEN: &str = "unit-metrics-token-0123456789";
 
     /// A daemon whose engine sees an empty, private netns directory, so
     /// nothing on the machine is touched.
@@ -468,6 +538,9 @@ mod tests {
         let key_file = dir.join("key");
         std::fs::write(&key_file, KEY).unwrap();
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token_file = dir.join("metrics.token");
+        std::fs::write(&token_file, METRICS_TOKEN).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let netns_dir = dir.join("netns");
         std::fs::create_dir_all(&netns_dir).unwrap();
         let engine = Engine::open_with(
@@ -482,7 +555,7 @@ mod tests {
             },
         )
         .unwrap();
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             Arc::new(engine),
             Authenticator::new(KeyStore::open(&key_file).unwrap(), 0),
             "unit".into(),
@@ -491,7 +564,9 @@ mod tests {
                 max_unverified_body_bytes: 8192,
                 ..HttpLimits::default()
             },
-        ));
+        );
+        state.metrics_token = Some(KeyStore::open(&token_file).unwrap());
+        let state = Arc::new(state);
         (router(state.clone()), state)
     }
 
@@ -545,6 +620,7 @@ mod tests {
         assert_eq!(body["version"], netbridge_protocol::build_id());
         assert_eq!(body["networks"], 0);
         assert!(body["uptime_secs"].is_u64());
+        assert_eq!(body["last_error"], Value::Null);
         let (status, body) = answer(&router, signed("GET", "/v1/networks", b"")).await;
         assert_eq!((status, body), (200, json!({"networks": []})));
         let (status, body) = answer(&router, signed("GET", "/metrics", b"")).await;
@@ -553,6 +629,47 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("netbridge_executor_networks 0\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_token_admits_only_get_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, state) = app(dir.path());
+        let bearer = |method: &str, path: &str, token: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (status, body) = answer(&router, bearer("GET", "/metrics", METRICS_TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body
+            .as_str()
+            .unwrap()
+            .contains("netbridge_executor_networks 0\n"));
+        // The token opens nothing else, and a wrong token is counted.
+        let (status, _) = answer(&router, bearer("GET", "/v1/health", METRICS_TOKEN)).await;
+        assert_eq!(status, 401);
+        let (status, body) =
+            answer(&router, bearer("GET", "/metrics", "wrong-token-0123456789")).await;
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"status": "error", "message": "authentication failed: wrong bearer token for /metrics"})
+            )
+        );
+        let text = state.metrics.render(0, 0, "v");
+        assert!(
+            text.contains("netbridge_executor_auth_failures_total{reason=\"bad_token\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netbridge_executor_auth_failures_total{reason=\"unsigned\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -35,6 +35,9 @@ final class NativeBridge {
     static native String executeRegistered(long handle, String extensionId, String physicalNetworkId,
             String command, String envelope, long timeoutMillis);
 
+    /** The executor status report as JSON; each host's probe is bounded by {@code timeoutMillis}. */
+    static native String status(long handle, long timeoutMillis);
+
     static native String version();
 
     /** The trivial call: round trip through the same error/panic machinery as every native. */

@@ -149,6 +149,29 @@ public final class NetBridge implements AutoCloseable {
         }
     }
 
+    /**
+     * The health of every executor of every extension, as {@code netbridge status --output json}
+     * prints it: per extension and registration, each executor host with {@code state} ({@code ok},
+     * {@code unreachable}, {@code pin_mismatch}, {@code auth_refused}, {@code unhealthy}),
+     * {@code reachable}, the presented certificate's {@code fingerprint} and {@code pin_match},
+     * {@code healthy} (signed health), {@code version} and {@code build_skew} against {@link
+     * #nativeVersion()}, {@code networks} held, {@code error} and the executor's {@code last_error};
+     * {@code ok} and {@code problems} at the top. Read-only; the hosts are probed concurrently.
+     *
+     * @param timeout bound of each host's probe (must be positive)
+     * @throws NetBridgeException 530 when the registry cannot be read
+     */
+    public String status(Duration timeout) {
+        long millis = timeoutMillis(timeout);
+        ReentrantReadWriteLock.ReadLock read = lock.readLock();
+        read.lock();
+        try {
+            return answered(NativeBridge.status(liveHandle(), millis));
+        } finally {
+            read.unlock();
+        }
+    }
+
     private static long timeoutMillis(Duration timeout) {
         Objects.requireNonNull(timeout, "timeout");
         if (timeout.isNegative() || timeout.isZero()) {

@@ -236,7 +236,8 @@ fn exercise(exec: &ExecutorProcess) {
         .expect("runtime");
     let client = Client::new();
     let host = HostEntry::parse(&exec.host(), 8443).expect("host");
-    let pin = netbridge_control::dispatch::config::parse_fingerprint(&exec.fingerprint).expect("pin");
+    let pin =
+        netbridge_control::dispatch::config::parse_fingerprint(&exec.fingerprint).expect("pin");
     let transport = Transport::Pinned(vec![pin]);
     let send = |key: &str, path: &str, body: Value| {
         let key = SecretKey::new(key.as_bytes());

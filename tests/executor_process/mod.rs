@@ -16,7 +16,7 @@ use std::time::Duration;
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn executor_binary() -> PathBuf {
-    PathBuf::from(netbridge_testbed::workspace_bin("netbridge-executor"))
+    netbridge_testbed::workspace_bin("netbridge-executor")
 }
 
 /// Writes a secret file with mode 0600 (the executor refuses looser modes).

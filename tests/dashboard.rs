@@ -288,6 +288,27 @@ fn exercise(exec: &ExecutorProcess) {
     // Unknown command: rejected before the engine.
     let reply = send(KEY, "/v1/commands/no-such-command", json!({}));
     assert_eq!(reply.status, 400);
+    drop(client);
+
+    // One unsigned connection per address: a second one is closed at
+    // accept; the first, which never starts its TLS handshake, is closed
+    // at the handshake deadline. Each close is seen as end of stream.
+    use std::io::Read as _;
+    let closed_by_executor = |stream: &mut std::net::TcpStream, what: &str| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what}: expected the executor to close it, got {other:?}"),
+        }
+    };
+    let mut idle = std::net::TcpStream::connect(exec.host()).expect("connect");
+    let mut second = std::net::TcpStream::connect(exec.host()).expect("connect");
+    closed_by_executor(&mut second, "a second unsigned connection");
+    closed_by_executor(&mut idle, "a connection without a handshake");
 }
 
 #[test]
@@ -302,7 +323,15 @@ fn every_dashboard_query_selects_metrics_the_executor_exports() {
             host_name: "nbdash",
             key: KEY,
             metrics_token: Some(TOKEN),
-            extra: vec![],
+            // Small enough for the exercise to reach the connection limits.
+            extra: [
+                "--tls-handshake-timeout",
+                "1",
+                "--max-connections-per-peer",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
         },
     );
     exercise(&exec);

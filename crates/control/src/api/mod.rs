@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub mod http;
 
 use crate::offerings::OfferingError;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, StoreLocation};
 
 /// Flat request parameters, as CloudStack receives them.
 pub type Params = BTreeMap<String, String>;
@@ -28,6 +28,9 @@ pub mod codes {
     pub const PARAM_ERROR: u16 = 431;
     /// Internal failure.
     pub const INTERNAL_ERROR: u16 = 530;
+    /// CloudStack's `RESOURCE_UNAVAILABLE_ERROR`: the call changed nothing
+    /// and may be retried (the shared registry stayed busy).
+    pub const RESOURCE_UNAVAILABLE: u16 = 534;
     /// Unknown API command.
     pub const UNSUPPORTED: u16 = 432;
 }
@@ -64,8 +67,9 @@ impl ApiError {
 /// Where the control plane keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
-    /// SQLite database file.
-    pub database: PathBuf,
+    /// The store: a SQLite file or CloudStack's MySQL/MariaDB database
+    /// (see [`StoreLocation`]).
+    pub database: StoreLocation,
     /// 32-byte key file for secrets at rest, created with mode 0600 on first use.
     pub key_file: PathBuf,
 }
@@ -82,7 +86,7 @@ impl ApiConfig {
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         ApiConfig {
-            database: dir.join("netbridge.db"),
+            database: StoreLocation::Sqlite(dir.join("netbridge.db")),
             key_file: dir.join("secret.key"),
         }
     }
@@ -96,7 +100,7 @@ pub struct Api {
 impl Api {
     /// Opens (and migrates) the store.
     pub fn open(config: ApiConfig) -> Result<Api, ApiError> {
-        let registry = Registry::open(&config.database, &config.key_file).map_err(|e| {
+        let registry = Registry::open_at(&config.database, &config.key_file).map_err(|e| {
             log::error!("cannot open the registry: {e}");
             ApiError::internal(format!("Cannot open the registry: {e}"))
         })?;
@@ -135,6 +139,12 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         if e.is_user_error() {
             ApiError::param(e.to_string())
+        } else if e.is_retryable() {
+            log::warn!("registry busy: {e}");
+            ApiError {
+                code: codes::RESOURCE_UNAVAILABLE,
+                text: e.to_string(),
+            }
         } else {
             log::error!("registry failure: {e}");
             ApiError::internal(format!("Internal error: {e}"))

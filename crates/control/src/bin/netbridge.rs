@@ -21,6 +21,7 @@ use netbridge_control::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOpt
 use netbridge_control::api::{Api, ApiConfig, ApiError};
 use netbridge_control::bridge::{Bridge, BridgeConfig};
 use netbridge_control::dispatch::DispatchError;
+use netbridge_control::registry::StoreLocation;
 
 /// Exit status of a command the API refused.
 const EXIT_API_ERROR: u8 = 1;
@@ -46,9 +47,15 @@ struct GlobalOpts {
     /// (default: $NETBRIDGE_STATE_DIR, else /var/lib/netbridge)
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// SQLite database file (default: <state-dir>/netbridge.db)
-    #[arg(long, global = true, value_name = "FILE")]
-    database: Option<PathBuf>,
+    /// The store: a SQLite file (a path or sqlite:///path), or CloudStack's database
+    /// mysql://user@host:port/cloud (password from $NETBRIDGE_DB_PASSWORD)
+    /// (default: <state-dir>/netbridge.db)
+    #[arg(long, global = true, value_name = "LOCATION", value_parser = parse_location)]
+    database: Option<StoreLocation>,
+    /// CloudStack's db.properties: use the `cloud` database it names (host, port,
+    /// user, password, name), instead of --database
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "database")]
+    cloudstack_db_properties: Option<PathBuf>,
     /// Key file encrypting secrets at rest (default: <state-dir>/secret.key)
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -140,6 +147,10 @@ enum KeysCmd {
     },
 }
 
+fn parse_location(text: &str) -> Result<StoreLocation, String> {
+    StoreLocation::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
     text.parse::<log::LevelFilter>().map_err(|_| {
         format!("unknown log level '{text}' (use off, error, warn, info, debug or trace)")
@@ -160,12 +171,19 @@ impl GlobalOpts {
             .unwrap_or_else(ApiConfig::default_state_dir)
     }
 
-    fn api_config(&self) -> ApiConfig {
+    /// The configured store and key file; a `db.properties` that cannot be
+    /// used is a configuration error naming what to fix.
+    fn api_config(&self) -> Result<ApiConfig, Failure> {
         let defaults = ApiConfig::in_dir(self.state_dir());
-        ApiConfig {
-            database: self.database.clone().unwrap_or(defaults.database),
+        let database = match (&self.cloudstack_db_properties, &self.database) {
+            (Some(file), _) => StoreLocation::from_cloudstack_db_properties(file)?,
+            (None, Some(location)) => location.clone(),
+            (None, None) => defaults.database,
+        };
+        Ok(ApiConfig {
+            database,
             key_file: self.key_file.clone().unwrap_or(defaults.key_file),
-        }
+        })
     }
 
     fn keys_file(&self, explicit: &Option<PathBuf>) -> PathBuf {
@@ -213,11 +231,19 @@ fn ensure_dir_for(file: &Path) -> Result<(), Failure> {
 }
 
 fn open_api(global: &GlobalOpts) -> Result<Api, ApiError> {
-    let config = global.api_config();
-    for file in [&config.database, &config.key_file] {
-        ensure_dir_for(file).map_err(|Failure(text)| ApiError::internal(text))?;
-    }
+    let config = global
+        .api_config()
+        .map_err(|Failure(text)| ApiError::internal(text))?;
+    ensure_dirs(&config).map_err(|Failure(text)| ApiError::internal(text))?;
     Api::open(config)
+}
+
+/// Creates the directories of the SQLite file and of the key file.
+fn ensure_dirs(config: &ApiConfig) -> Result<(), Failure> {
+    if let Some(db) = config.database.sqlite_path() {
+        ensure_dir_for(db)?;
+    }
+    ensure_dir_for(&config.key_file)
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -443,11 +469,12 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
         Ok(p) => p,
         Err(text) => return config_error(text),
     };
-    let api = global.api_config();
-    for file in [&api.database, &api.key_file] {
-        if let Err(Failure(text)) = ensure_dir_for(file) {
-            return config_error(text);
-        }
+    let api = match global.api_config() {
+        Ok(api) => api,
+        Err(Failure(text)) => return config_error(text),
+    };
+    if let Err(Failure(text)) = ensure_dirs(&api) {
+        return config_error(text);
     }
     let mut config = BridgeConfig::new(api);
     config.dispatch_netns = args.dispatch_netns.clone();

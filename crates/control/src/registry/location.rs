@@ -10,7 +10,9 @@
 //!   ends up in process listings). Parameters are the driver's: TLS with
 //!   `root_cert_path=/path/ca.pem` (the server is verified against that CA),
 //!   `socket=/run/mysqld/mysqld.sock`, `pool_min`, `pool_max`,
-//!   `tcp_connect_timeout_ms`, …;
+//!   `tcp_connect_timeout_ms`, …; and netbridge's own `lock_wait_timeout`
+//!   (seconds a statement waits for rows another server holds, default 10,
+//!   before the transaction is retried);
 //! - CloudStack's `db.properties` ([`StoreLocation::from_cloudstack_db_properties`]):
 //!   `db.cloud.host`, `db.cloud.port`, `db.cloud.username`,
 //!   `db.cloud.password`, `db.cloud.name`.

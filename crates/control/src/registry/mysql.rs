@@ -460,6 +460,9 @@ impl MysqlStore {
             parse(pool_min, 1, "pool_min")?,
             parse(pool_max, 16, "pool_max")?,
         );
+        // Seconds a statement waits for a row another server holds before
+        // the transaction is retried.
+        let lock_wait = parse(params.remove("lock_wait_timeout"), 10, "lock_wait_timeout")?;
         let constraints = PoolConstraints::new(min, max.max(1)).ok_or_else(|| {
             RegistryError::Config(format!(
                 "database: pool_min {min} must not exceed pool_max {max}"
@@ -476,9 +479,12 @@ impl MysqlStore {
             .tcp_connect_timeout(Some(Duration::from_secs(10)))
             .pool_opts(PoolOpts::default().with_constraints(constraints))
             .init(vec![
-                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                "SET SESSION time_zone = '+00:00'",
-                "SET SESSION innodb_lock_wait_timeout = 10",
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+                "SET SESSION time_zone = '+00:00'".to_string(),
+                format!(
+                    "SET SESSION innodb_lock_wait_timeout = {}",
+                    lock_wait.max(1)
+                ),
             ]);
         let opts = Opts::from(builder);
         let pool = Pool::new(opts).map_err(|e| {

@@ -118,6 +118,23 @@ fn config(db: &CloudDb, dir: &Path, params: &str) -> ApiConfig {
     }
 }
 
+/// `id, uuid, name, type, relative_path, state, path_ready, is_user_defined,
+/// removed` of an `extension` row.
+type ExtensionRow = (
+    u64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    u8,
+    u8,
+    Option<String>,
+);
+
+/// `uuid, physical_network_id, provider_name, state` and seven service flags.
+type ProviderRow = (String, u64, String, String, u8, u8, u8, u8, u8, u8, u8);
+
 fn is_uuid(s: &str) -> bool {
     uuid_shape(s) && s.as_bytes()[14] == b'4'
 }
@@ -171,17 +188,7 @@ fn rows_are_what_cloudstack_holds() {
     );
 
     // extension: CloudStack's columns, a v4 uuid, not removed.
-    let rows: Vec<(
-        u64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        u8,
-        u8,
-        Option<String>,
-    )> = fx.sql(
+    let rows: Vec<ExtensionRow> = fx.sql(
         "SELECT id, uuid, name, type, relative_path, state, path_ready, is_user_defined,
                 DATE_FORMAT(removed, '%Y') FROM extension WHERE name = 'ovs-ext'",
     );
@@ -244,7 +251,7 @@ fn rows_are_what_cloudstack_holds() {
     );
 
     // The provider row registration created, on CloudStack's numeric id.
-    let providers: Vec<(String, u64, String, String, u8, u8, u8, u8, u8, u8, u8)> = fx.sql(
+    let providers: Vec<ProviderRow> = fx.sql(
         "SELECT uuid, physical_network_id, provider_name, state, dhcp_service_provided,
                 dns_service_provided, source_nat_service_provided, static_nat_service_provided,
                 custom_action_service_provided, load_balance_service_provided, firewall_service_provided

@@ -133,11 +133,12 @@ fn store_location(
     }
 }
 
+/// The journal, and the registry whose key decrypts sealed details when
+/// the journal is the shared store's.
+type Opened = (Arc<dyn CommandJournal>, Option<Arc<Registry>>);
+
 /// The journal: the shared store's when configured, else local files.
-/// Also returns the registry, whose key decrypts sealed details.
-fn open_journal(
-    details: Option<&serde_json::Value>,
-) -> Result<(Arc<dyn CommandJournal>, Option<Arc<Registry>>), DispatchError> {
+fn open_journal(details: Option<&serde_json::Value>) -> Result<Opened, DispatchError> {
     if let Some(location) = store_location(details)? {
         let registry = Registry::open_at(&location, &key_file(details)).map_err(|e| {
             DispatchError::Configuration(format!("cannot open the registry {location}: {e}"))

@@ -134,9 +134,37 @@ const MIGRATIONS: &[&[&str]] = &[&[
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
 ]];
 
+/// Column names, each with the smallest `varchar` width needed (if any).
+type ColumnNeeds = &'static [(&'static str, Option<u64>)];
+
+/// `uuid, name, description, type, state, relative_path, created`.
+type ExtensionColumns = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// A registration with one of its visible details: map id, resource type,
+/// resource uuid, created, detail name, detail value.
+type ResourceDetailRow = (
+    u64,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// `seq, slot, network_id, sealed` of a journal entry.
+type EntryRow = (i64, Option<Vec<u8>>, Option<String>, Vec<u8>);
+
 /// Columns netbridge reads or writes in CloudStack's tables, and the
 /// smallest `varchar` width it needs where CloudStack widened one.
-const CLOUDSTACK_COLUMNS: &[(&str, &[(&str, Option<u64>)])] = &[
+const CLOUDSTACK_COLUMNS: &[(&str, ColumnNeeds)] = &[
     (
         "extension",
         &[
@@ -959,15 +987,7 @@ fn visible_detail<Q: Queryable>(
 }
 
 fn load_extension<Q: Queryable>(conn: &mut Q, id: u64, include: Include) -> Result<Extension> {
-    let row: Option<(
-        String,
-        String,
-        Option<String>,
-        String,
-        String,
-        String,
-        String,
-    )> = conn.exec_first(
+    let row: Option<ExtensionColumns> = conn.exec_first(
         format!(
             "SELECT uuid, name, description, type, state, relative_path, {CREATED}
                    FROM extension WHERE id = ?"
@@ -996,7 +1016,7 @@ fn load_extension<Q: Queryable>(conn: &mut Q, id: u64, include: Include) -> Resu
         ext.details = rows.into_iter().collect();
     }
     if include.resources {
-        let rows: Vec<(u64, String, Option<String>, String, Option<String>, Option<String>)> = conn.exec(
+        let rows: Vec<ResourceDetailRow> = conn.exec(
             "SELECT m.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
                     DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value
                FROM extension_resource_map m
@@ -1118,7 +1138,7 @@ impl MysqlStore {
     }
 
     fn entries<Q: Queryable>(&self, conn: &mut Q, key: &str) -> Result<Vec<JournalEntry>> {
-        let rows: Vec<(i64, Option<Vec<u8>>, Option<String>, Vec<u8>)> = conn.exec(
+        let rows: Vec<EntryRow> = conn.exec(
             "SELECT seq, slot, network_id, sealed FROM netbridge_journal_entries WHERE `key` = ? ORDER BY seq",
             (key,),
         )?;

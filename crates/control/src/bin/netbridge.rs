@@ -87,6 +87,33 @@ enum Cmd {
         #[command(subcommand)]
         action: KeysCmd,
     },
+    /// Copy a store into another
+    Store {
+        #[command(subcommand)]
+        action: StoreCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Copy every extension, registration, provider state, binding, offering and
+    /// journal from one store into another (e.g. the SQLite registry into CloudStack's
+    /// database); secrets are re-encrypted with the destination's key; idempotent;
+    /// refuses to overwrite anything that differs
+    Migrate {
+        /// The store to copy (a path, sqlite:///path or mysql://…)
+        #[arg(long, value_name = "LOCATION", value_parser = parse_location)]
+        from: StoreLocation,
+        /// The store to copy into
+        #[arg(long, value_name = "LOCATION", value_parser = parse_location)]
+        to: StoreLocation,
+        /// Key file of the source (default: --key-file, else <state-dir>/secret.key)
+        #[arg(long, value_name = "FILE")]
+        from_key_file: Option<PathBuf>,
+        /// Key file of the destination (default: the source's)
+        #[arg(long, value_name = "FILE")]
+        to_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -442,6 +469,47 @@ fn run_keys(global: &GlobalOpts, action: &KeysCmd) -> Result<(), Failure> {
     }
 }
 
+fn run_store(global: &GlobalOpts, action: &StoreCmd) -> Result<(), Failure> {
+    match action {
+        StoreCmd::Migrate {
+            from,
+            to,
+            from_key_file,
+            to_key_file,
+        } => {
+            use netbridge_control::registry::{migrate, Registry};
+            let default_key = global
+                .key_file
+                .clone()
+                .unwrap_or_else(|| ApiConfig::in_dir(global.state_dir()).key_file);
+            let from_key = from_key_file.clone().unwrap_or(default_key);
+            let to_key = to_key_file.clone().unwrap_or_else(|| from_key.clone());
+            if from == to {
+                return Err(Failure("--from and --to name the same store".to_string()));
+            }
+            if !from_key.exists() {
+                return Err(Failure(format!(
+                    "the source's key file {} does not exist",
+                    from_key.display()
+                )));
+            }
+            let source = Registry::open_at(from, &from_key)
+                .map_err(|e| Failure(format!("cannot open the source {from}: {e}")))?;
+            if let Some(db) = to.sqlite_path() {
+                ensure_dir_for(db)?;
+            }
+            ensure_dir_for(&to_key)?;
+            let destination = Registry::open_at(to, &to_key)
+                .map_err(|e| Failure(format!("cannot open the destination {to}: {e}")))?;
+            let report = migrate::migrate(&source, &destination)
+                .map_err(|e| Failure(format!("migration from {from} to {to}: {e}")))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!("note: migrated {from} into {to}");
+            Ok(())
+        }
+    }
+}
+
 /// `exec` failure in the script form: the error JSON on stdout, the text on
 /// stderr, exit 1/2/3 by kind.
 fn exec_failure(command: &str, err: &DispatchError) -> ExitCode {
@@ -541,6 +609,7 @@ fn main() -> ExitCode {
         Cmd::Exec(args) => return run_exec(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
+        Cmd::Store { action } => run_store(&cli.global, action),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@
 
 pub mod journal;
 pub mod location;
+pub mod migrate;
 pub mod mysql;
 pub mod secrets;
 pub mod sqlite;
@@ -483,6 +484,21 @@ pub trait Store: Send + Sync {
     fn list_bindings(&self) -> Result<Vec<Binding>>;
     /// Replaces the whole journal of `key` (for migration).
     fn journal_replace(&self, key: &str, state: &JournalState) -> Result<()>;
+    /// Creates an extension as it is elsewhere: same uuid, name, state,
+    /// path, `created` and every detail (hidden ones sealed with this
+    /// store's key). For migration; `Conflict` when the uuid or name exists.
+    fn import_extension(&self, ext: &Extension, details: &FullDetails) -> Result<()>;
+    /// Sets when a registration was made (migration keeps the original).
+    fn set_registration_created(
+        &self,
+        ext_uuid: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        created: &str,
+    ) -> Result<()>;
+    /// Whether a resource can be registered with (CloudStack's database:
+    /// its `physical_network` / `cluster` row exists; SQLite: always).
+    fn resource_exists(&self, resource_type: ResourceType, uuid: &str) -> Result<bool>;
 }
 
 /// The registry handle; `Send + Sync`, shared by the API, the dispatcher's

@@ -337,6 +337,15 @@ fn now_datetime() -> String {
     ts.get(..19).unwrap_or(&ts).replacen('T', " ", 1)
 }
 
+/// CloudStack's API date (`2026-11-27T21:09:09+0000`) as a DATETIME value
+/// (`2026-11-27 21:09:09`); now when it is not one.
+fn datetime_of(api_date: &str) -> String {
+    match api_date.get(..19) {
+        Some(t) if api_date.ends_with("+0000") => t.replacen('T', " ", 1),
+        _ => now_datetime(),
+    }
+}
+
 const CREATED: &str = "DATE_FORMAT(created, '%Y-%m-%dT%H:%i:%s+0000')";
 
 /// Whether a driver error is a transient conflict with another transaction
@@ -2029,6 +2038,68 @@ impl Store for MysqlStore {
 
     fn list_bindings(&self) -> Result<Vec<Binding>> {
         self.read(|conn| Self::binding_rows(conn, "", mysql::Params::Empty))
+    }
+
+    fn set_registration_created(
+        &self,
+        ext_uuid: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        created: &str,
+    ) -> Result<()> {
+        let created = datetime_of(created);
+        self.write(|tx| {
+            let ext = ext_id(tx, false, ext_uuid)?.ok_or_else(|| not_found_extension(ext_uuid))?;
+            if let Some(map_id) = Self::registration(tx, ext, resource_type, resource_id)? {
+                tx.exec_drop(
+                    "UPDATE extension_resource_map SET created = ? WHERE id = ?",
+                    (&created, map_id),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn resource_exists(&self, resource_type: ResourceType, uuid: &str) -> Result<bool> {
+        self.read(|conn| Ok(Self::resource_numeric_id(conn, resource_type, uuid)?.is_some()))
+    }
+
+    fn import_extension(&self, ext: &Extension, details: &FullDetails) -> Result<()> {
+        let created = datetime_of(&ext.created);
+        self.write(|tx| {
+            Self::lock(tx, "extension-names")?;
+            let taken: Option<u64> = tx.exec_first(
+                "SELECT id FROM extension WHERE uuid = ? OR (name = ? AND removed IS NULL) LIMIT 1",
+                (&ext.id, &ext.name),
+            )?;
+            if taken.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "extension '{}' ({}) already exists",
+                    ext.name, ext.id
+                )));
+            }
+            tx.exec_drop(
+                "INSERT INTO extension (uuid, name, description, type, relative_path, path_ready,
+                                        is_user_defined, state, created, removed)
+                 VALUES (?, ?, ?, ?, ?, 0, 1, ?, ?, NULL)",
+                (
+                    &ext.id,
+                    &ext.name,
+                    &ext.description,
+                    ext.ext_type.as_str(),
+                    &ext.path,
+                    ext.state.as_str(),
+                    &created,
+                ),
+            )?;
+            let id = tx
+                .last_insert_id()
+                .ok_or_else(|| RegistryError::Io("no id for the imported extension".into()))?;
+            for (k, v) in details.merged() {
+                self.put_detail(tx, Owner::Extension, id, &k, &v)?;
+            }
+            Ok(())
+        })
     }
 
     fn journal_replace(&self, key: &str, state: &JournalState) -> Result<()> {

@@ -1153,6 +1153,60 @@ impl Store for SqliteStore {
     fn journal_replace(&self, key: &str, state: &JournalState) -> Result<()> {
         self.write(|tx| self.journal_replace_rows(tx, key, state))
     }
+
+    fn set_registration_created(
+        &self,
+        ext_uuid: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+        created: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE registrations SET created = ?4 WHERE resource_type = ?2 AND resource_id = ?3
+                   AND extension_id = (SELECT id FROM extensions WHERE uuid = ?1)",
+            )?
+            .execute(params![ext_uuid, resource_type.as_str(), resource_id, created])?;
+            Ok(())
+        })
+    }
+
+    fn resource_exists(&self, _resource_type: ResourceType, _uuid: &str) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn import_extension(&self, ext: &Extension, details: &FullDetails) -> Result<()> {
+        self.write(|tx| {
+            let taken: Option<i64> = tx
+                .prepare_cached("SELECT id FROM extensions WHERE uuid = ?1 OR name = ?2")?
+                .query_row(params![ext.id, ext.name], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "extension '{}' ({}) already exists",
+                    ext.name, ext.id
+                )));
+            }
+            tx.prepare_cached(
+                "INSERT INTO extensions (uuid, name, description, type, state, path, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                ext.id,
+                ext.name,
+                ext.description,
+                ext.ext_type.as_str(),
+                ext.state.as_str(),
+                ext.path,
+                ext.created
+            ])?;
+            let rowid = tx.last_insert_rowid();
+            for (k, v) in details.merged() {
+                self.put_detail(tx, Owner::Extension, rowid, &ext.id, &k, &v)?;
+            }
+            Ok(())
+        })
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {

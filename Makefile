@@ -42,7 +42,7 @@ rust-test:
 
 # The end-to-end suites (e2e/, root only) need the binaries and the testbed program.
 java-test:
-	$(CARGO) build --workspace --lib --bins --example testbed
+	$(CARGO) build --workspace --lib --bins --example testbed --example mariadb
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true test
 
 bench:

@@ -2,11 +2,12 @@
 //! and benchmarks that need one (they cannot start it themselves):
 //!
 //! ```text
-//! cargo run --example mariadb -- [--physical-networks N] [--server-option --key=value]…
+//! cargo run --example mariadb -- [--physical-networks N] [--physical-network UUID]…
+//!                                 [--server-option --key=value]…
 //! ```
 //!
-//! Prints one JSON line, `{"url": "mysql://…", "physical_networks": [uuid, …],
-//! "pid": …}`, then serves until its standard input closes (the caller
+//! Prints one JSON line, `{"url": "mysql://…", "socket_url": "mysql://…?socket=…",
+//! "physical_networks": [uuid, …], "pid": …}`, then serves until its standard input closes (the caller
 //! ends it by closing the pipe, or it dies with it), and stops the server
 //! (by PID) and removes its data directory.
 
@@ -17,6 +18,7 @@ use netbridge_testbed::mariadb::MariaDb;
 fn main() {
     let mut networks = 10usize;
     let mut options: Vec<String> = Vec::new();
+    let mut extra: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -27,6 +29,7 @@ fn main() {
                     .expect("--physical-networks N")
             }
             "--server-option" => options.push(args.next().expect("--server-option --key=value")),
+            "--physical-network" => extra.push(args.next().expect("--physical-network UUID")),
             other => {
                 eprintln!("unknown argument '{other}'");
                 std::process::exit(1);
@@ -42,9 +45,13 @@ fn main() {
             db.add_physical_network(&uuid);
             uuid
         })
+        .chain(extra.into_iter().inspect(|uuid| {
+            db.add_physical_network(uuid);
+        }))
         .collect();
     let line = serde_json::json!({
         "url": db.url,
+        "socket_url": db.socket_url,
         "database": db.name,
         "physical_networks": uuids,
         "pid": server.pid(),

@@ -48,6 +48,9 @@ pub struct CloudDb {
     pub name: String,
     /// `mysql://netbridge:…@127.0.0.1:<port>/<name>`.
     pub url: String,
+    /// The same through the Unix socket (reachable from any network
+    /// namespace): `mysql://netbridge:…@localhost/<name>?socket=…`.
+    pub socket_url: String,
     socket: PathBuf,
     port: u16,
 }
@@ -279,6 +282,10 @@ impl MariaDb {
         }
         CloudDb {
             url: format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{name}", self.port),
+            socket_url: format!(
+                "mysql://{USER}:{PASSWORD}@localhost/{name}?socket={}",
+                self.socket.display()
+            ),
             name,
             socket: self.socket.clone(),
             port: self.port,

@@ -422,3 +422,328 @@ pub fn cloud_database(prefix: &str) -> CloudDb {
         .expect("the shared MariaDB was stopped")
         .cloud_database(prefix)
 }
+
+/// A Galera cluster of private MariaDB nodes on loopback ports (Debian's
+/// `galera-4`), each with its own data directory; node 0 bootstraps the
+/// cluster, the others join by state transfer (rsync). CloudStack
+/// operators run their database like this.
+pub struct Galera {
+    nodes: Vec<GaleraNode>,
+    dir: Option<tempfile::TempDir>,
+    cluster_address: String,
+}
+
+struct GaleraNode {
+    child: Option<Child>,
+    data: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    port: u16,
+    galera_port: u16,
+    ist_port: u16,
+    sst_port: u16,
+}
+
+const GALERA_PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
+
+/// The account the nodes run as when the tests run as root: the rsync
+/// state transfer's daemon writes as this account too (as root it would
+/// switch to `nobody` and fail on root's private directories).
+const GALERA_USER: &str = "nobody";
+
+/// `chown -R user` through the argument vector (no shell).
+fn chown_tree(path: &Path, user: &str) {
+    let ok = Command::new("chown")
+        .arg("-R")
+        .arg(user)
+        .arg(path)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "chown -R {user} {}", path.display());
+}
+
+impl Galera {
+    /// Starts `size` nodes and waits until all are synced.
+    pub fn start(size: usize) -> Galera {
+        assert!(
+            Path::new(GALERA_PROVIDER).exists(),
+            "{GALERA_PROVIDER} not found: install Debian's galera-4 package (and rsync)"
+        );
+        let install = find_binary(INSTALL_DB).unwrap_or_else(|| {
+            panic!("{INSTALL_DB} not found: install Debian's mariadb-server package")
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("nb-galera-")
+            .tempdir()
+            .expect("temporary directory");
+        if is_root() {
+            // The nodes run as `nobody` (see GALERA_USER): it must reach them.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        let nodes: Vec<GaleraNode> = (0..size)
+            .map(|i| {
+                let node_dir = dir.path().join(format!("node{i}"));
+                let data = node_dir.join("data");
+                std::fs::create_dir_all(&node_dir).expect("node directory");
+                let mut cmd = Command::new(&install);
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", data.display()))
+                    .arg("--auth-root-authentication-method=normal")
+                    .arg("--skip-test-db")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                if is_root() {
+                    cmd.arg(format!("--user={GALERA_USER}"));
+                }
+                assert!(cmd.status().expect("mariadb-install-db").success());
+                if is_root() {
+                    chown_tree(&node_dir, GALERA_USER);
+                }
+                GaleraNode {
+                    child: None,
+                    data,
+                    socket: node_dir.join("mysqld.sock"),
+                    log: node_dir.join("server.log"),
+                    port: free_port(),
+                    galera_port: free_port(),
+                    ist_port: free_port(),
+                    sst_port: free_port(),
+                }
+            })
+            .collect();
+        let cluster_address = format!(
+            "gcomm://{}",
+            nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.galera_port))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut galera = Galera {
+            nodes,
+            dir: Some(dir),
+            cluster_address,
+        };
+        galera.launch(0, true);
+        galera.wait_synced(0);
+        let mut c = galera.root_conn(0);
+        for host in ["127.0.0.1", "localhost"] {
+            c.query_drop(format!(
+                "CREATE USER IF NOT EXISTS '{USER}'@'{host}' IDENTIFIED BY '{PASSWORD}'"
+            ))
+            .expect("create user");
+            c.query_drop(format!("GRANT ALL ON *.* TO '{USER}'@'{host}'"))
+                .expect("grant");
+        }
+        for i in 1..size {
+            galera.launch(i, false);
+            galera.wait_synced(i);
+        }
+        galera
+    }
+
+    fn launch(&mut self, i: usize, bootstrap: bool) {
+        let server = find_binary(SERVER).expect("mariadbd");
+        let address = self.cluster_address.clone();
+        let n = &mut self.nodes[i];
+        let mut cmd = Command::new(server);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", n.data.display()))
+            .arg(format!("--socket={}", n.socket.display()))
+            .arg(format!("--port={}", n.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--log-error={}", n.log.display()))
+            .arg("--skip-name-resolve")
+            .arg("--performance-schema=OFF")
+            .arg("--innodb-buffer-pool-size=64M")
+            .arg("--binlog-format=ROW")
+            .arg("--innodb-autoinc-lock-mode=2")
+            .arg("--wsrep-on=ON")
+            .arg(format!("--wsrep-provider={GALERA_PROVIDER}"))
+            .arg("--wsrep-cluster-name=netbridge-test")
+            .arg(format!("--wsrep-cluster-address={address}"))
+            .arg(format!("--wsrep-node-name=node{i}"))
+            .arg(format!("--wsrep-node-address=127.0.0.1:{}", n.galera_port))
+            .arg(format!("--wsrep-node-incoming-address=127.0.0.1:{}", n.port))
+            .arg(format!(
+                "--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:{};ist.recv_addr=127.0.0.1:{};gcache.size=64M;evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S",
+                n.galera_port, n.ist_port
+            ))
+            .arg(format!("--wsrep-sst-receive-address=127.0.0.1:{}", n.sst_port))
+            .arg("--wsrep-sst-method=rsync");
+        if bootstrap {
+            cmd.arg("--wsrep-new-cluster");
+        }
+        if is_root() {
+            cmd.arg(format!("--user={GALERA_USER}"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        crate::die_with_parent(&mut cmd);
+        n.child = Some(cmd.spawn().expect("start a Galera node"));
+    }
+
+    /// Until node `i` answers and reports `Synced` (bounded; panics with its log).
+    pub fn wait_synced(&mut self, i: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(child) = self.nodes[i].child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.nodes[i].child = None;
+                    panic!("Galera node {i} exited ({status})\n{}", self.logs());
+                }
+            }
+            if let Ok(mut c) = self.try_root(i) {
+                let state: Option<(String, String)> = c
+                    .query_first("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+                    .unwrap_or(None);
+                if state.is_some_and(|(_, v)| v == "Synced") {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "Galera node {i} not synced after {DEADLINE:?}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of every node's log (for failures).
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(150).collect();
+            out.push_str(&format!("--- node {i} log (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn try_root(&self, i: usize) -> Result<mysql::Conn, mysql::Error> {
+        let opts = mysql::OptsBuilder::new()
+            .socket(Some(self.nodes[i].socket.display().to_string()))
+            .user(Some("root"))
+            .prefer_socket(true);
+        mysql::Conn::new(opts)
+    }
+
+    pub fn root_conn(&self, i: usize) -> mysql::Conn {
+        self.try_root(i).expect("root connection to a Galera node")
+    }
+
+    /// A CloudStack database created through node 0 (replicated to all);
+    /// `url(i)` reaches it through node `i`.
+    pub fn cloud_database(&self, prefix: &str) -> GaleraDb {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let name = format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut c = self.root_conn(0);
+        c.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8"))
+            .expect("create database");
+        c.query_drop(format!("USE `{name}`")).expect("use");
+        for statement in CLOUDSTACK_SCHEMA
+            .split(";\n")
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .filter(|s| !s.trim().is_empty())
+        {
+            c.query_drop(&statement)
+                .unwrap_or_else(|e| panic!("CloudStack schema: {e}\n{statement}"));
+        }
+        GaleraDb {
+            name,
+            ports: self.nodes.iter().map(|n| n.port).collect(),
+        }
+    }
+
+    /// SIGKILL of node `i` (its data directory stays).
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its data directory: it rejoins the cluster
+    /// (incremental or full state transfer).
+    pub fn restart(&mut self, i: usize) {
+        self.launch(i, false);
+        self.wait_synced(i);
+    }
+
+    /// `wsrep_cluster_size` seen by node `i`.
+    pub fn cluster_size(&self, i: usize) -> u32 {
+        let row: Option<(String, String)> = self
+            .root_conn(i)
+            .query_first("SHOW STATUS LIKE 'wsrep_cluster_size'")
+            .expect("status");
+        row.and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Stops every node (SIGTERM, SIGKILL past the deadline) and removes
+    /// the directories.
+    pub fn stop(&mut self) {
+        for n in self.nodes.iter_mut().rev() {
+            if let Some(mut child) = n.child.take() {
+                // SAFETY: signalling our own child by PID.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                if !wait_exit(&mut child, DEADLINE) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+impl Drop for Galera {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A database of a Galera cluster.
+#[derive(Debug, Clone)]
+pub struct GaleraDb {
+    pub name: String,
+    ports: Vec<u16>,
+}
+
+impl GaleraDb {
+    /// The location through node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{}",
+            self.ports[i], self.name
+        )
+    }
+
+    /// A connection through node `i`.
+    pub fn conn(&self, i: usize) -> mysql::Conn {
+        let opts = mysql::OptsBuilder::new()
+            .ip_or_hostname(Some("127.0.0.1"))
+            .tcp_port(self.ports[i])
+            .user(Some(USER))
+            .pass(Some(PASSWORD))
+            .db_name(Some(self.name.clone()));
+        mysql::Conn::new(opts).expect("connection to a Galera node")
+    }
+}

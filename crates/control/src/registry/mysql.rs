@@ -513,25 +513,39 @@ impl MysqlStore {
             .pass(location.password.as_ref().map(|p| p.expose().to_string()))
             .db_name(Some(location.database.clone()))
             .stmt_cache_size(Some(256))
-            .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
-            .init(vec![
-                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
-                "SET SESSION time_zone = '+00:00'".to_string(),
-                format!(
-                    "SET SESSION innodb_lock_wait_timeout = {}",
-                    lock_wait.max(1)
-                ),
-            ]);
-        let opts = Opts::from(builder);
-        let pool = Pool::new(opts).map_err(|e| {
+            .tcp_connect_timeout(Some(Duration::from_secs(10)));
+        let unreachable = |e: mysql::Error| {
             RegistryError::Config(format!("cannot connect to the database {location}: {e}"))
-        })?;
-        let mut conn = pool.get_conn().map_err(|e| {
-            RegistryError::Config(format!("cannot connect to the database {location}: {e}"))
-        })?;
+        };
+        // One plain connection first: the checks, the migration, and whether
+        // the server is a Galera node.
+        let mut conn = mysql::Conn::new(builder.clone()).map_err(unreachable)?;
         check_cloudstack_schema(&mut conn, &location.database)?;
         migrate(&mut conn)?;
+        let mut init = vec![
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+            "SET SESSION time_zone = '+00:00'".to_string(),
+            format!(
+                "SET SESSION innodb_lock_wait_timeout = {}",
+                lock_wait.max(1)
+            ),
+        ];
+        let galera: Option<(String, String)> =
+            conn.query_first("SHOW VARIABLES LIKE 'wsrep_on'")?;
+        if galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+            // Management servers talk to different nodes: a read must see
+            // what another server committed before it (causal reads).
+            init.push("SET SESSION wsrep_sync_wait = 1".to_string());
+            log::info!(
+                "{location} is a Galera node: reads wait for the cluster (wsrep_sync_wait=1)"
+            );
+        }
+        let pool = Pool::new(Opts::from(
+            builder
+                .pool_opts(PoolOpts::default().with_constraints(constraints))
+                .init(init),
+        ))
+        .map_err(unreachable)?;
         if !key_file.exists() {
             // A fresh key could never decrypt what is stored.
             let (details, entries): (u64, u64) = conn
@@ -865,7 +879,7 @@ fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_micros(base + jitter * u64::from(attempt)));
 }
 
-fn check_cloudstack_schema(conn: &mut mysql::PooledConn, database: &str) -> Result<()> {
+fn check_cloudstack_schema(conn: &mut mysql::Conn, database: &str) -> Result<()> {
     let rows: Vec<(String, String, String, Option<u64>)> = conn.exec(
         "SELECT table_name, column_name, data_type, character_maximum_length
            FROM information_schema.columns WHERE table_schema = ?",
@@ -912,7 +926,7 @@ fn check_cloudstack_schema(conn: &mut mysql::PooledConn, database: &str) -> Resu
     Ok(())
 }
 
-fn migrate(conn: &mut mysql::PooledConn) -> Result<()> {
+fn migrate(conn: &mut mysql::Conn) -> Result<()> {
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS netbridge_schema (
             id TINYINT UNSIGNED NOT NULL PRIMARY KEY,

@@ -9,14 +9,14 @@ export NETBRIDGE_PYTHON := $(VENV)/bin/python3
 .PHONY: deps demo test rust-test java-test lint bench
 
 # Host tools the data plane and its tests use; installed (Debian) only when missing.
-HOST_TOOLS = ip nft iptables dnsmasq haproxy radvd ping curl dig dhclient conntrack mariadbd mariadb-install-db mariadb-dump
+HOST_TOOLS = ip nft iptables dnsmasq haproxy radvd ping curl dig dhclient conntrack mariadbd mariadb-install-db mariadb-dump rsync
 deps:
 	@missing=""; for t in $(HOST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing packages for:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 nftables iptables dnsmasq-base haproxy radvd iputils-ping curl dnsutils isc-dhcp-client conntrack \
-	    mariadb-server mariadb-client >/dev/null; \
+	    mariadb-server mariadb-client galera-4 rsync >/dev/null; \
 	fi
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(NETBRIDGE_PYTHON) -c 'import cs' 2>/dev/null || { python3 -m venv --clear $(VENV) && $(NETBRIDGE_PYTHON) -m pip install -q --disable-pip-version-check 'cs==5.2.0'; }

@@ -18,6 +18,7 @@ deps:
 	    iproute2 nftables iptables dnsmasq-base haproxy radvd iputils-ping curl dnsutils isc-dhcp-client conntrack \
 	    mariadb-server mariadb-client galera-4 rsync >/dev/null; \
 	fi
+	@test -e /usr/lib/galera/libgalera_smm.so || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends galera-4 >/dev/null; }
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(NETBRIDGE_PYTHON) -c 'import cs' 2>/dev/null || { python3 -m venv --clear $(VENV) && $(NETBRIDGE_PYTHON) -m pip install -q --disable-pip-version-check 'cs==5.2.0'; }
 

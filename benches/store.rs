@@ -9,7 +9,11 @@
 //!   executor stand-in, with the journal in local files and in MariaDB.
 //!
 //! `cargo bench --bench store` (after `cargo build --release --bins`);
-//! `NBS_BENCH_QUICK=1` for fewer samples.
+//! `NBS_BENCH_QUICK=1` for fewer samples; `NBS_BENCH_FLUSH=2` runs MariaDB
+//! with `innodb_flush_log_at_trx_commit=2` (the log written at each commit,
+//! flushed to disk once a second: what Galera deployments, durable through
+//! replication, usually run) instead of the default flush at every commit;
+//! `NBS_BENCH_ONLY=mariadb` skips the SQLite part.
 
 use std::process::Command;
 use std::sync::Arc;

@@ -621,41 +621,55 @@ impl MysqlStore {
 
     // ---- details ------------------------------------------------------------
 
-    fn put_detail(
+    /// Sets `details` (replacing rows of the same names): one DELETE for
+    /// the names and one multi-row INSERT, hidden values sealed.
+    fn put_details<K: AsRef<str>, V: AsRef<str>>(
         &self,
         tx: &mut Transaction<'_>,
         owner: Owner,
         owner_id: u64,
-        name: &str,
-        value: &str,
+        details: &[(K, V)],
     ) -> Result<()> {
-        let (stored, display) = if is_hidden_key(name) {
-            (seal_value(&self.cipher, name, value)?, 0u8)
-        } else {
-            (value.to_string(), 1u8)
-        };
-        if stored.chars().count() > DETAIL_VALUE_MAX {
-            return Err(RegistryError::Invalid(format!(
-                "details: the value of '{name}' is too long ({} characters{}; CloudStack {CLOUDSTACK_VERSION} stores at most {DETAIL_VALUE_MAX})",
-                stored.chars().count(),
-                if display == 0 { " once encrypted" } else { "" },
-            )));
+        if details.is_empty() {
+            return Ok(());
         }
+        let mut rows: Vec<mysql::Value> = Vec::with_capacity(details.len() * 4);
+        let mut names: Vec<mysql::Value> = Vec::with_capacity(details.len() + 1);
+        names.push(owner_id.into());
+        for (name, value) in details {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            let (stored, display) = if is_hidden_key(name) {
+                (seal_value(&self.cipher, name, value)?, 0u8)
+            } else {
+                (value.to_string(), 1u8)
+            };
+            if stored.chars().count() > DETAIL_VALUE_MAX {
+                return Err(RegistryError::Invalid(format!(
+                    "details: the value of '{name}' is too long ({} characters{}; CloudStack {CLOUDSTACK_VERSION} stores at most {DETAIL_VALUE_MAX})",
+                    stored.chars().count(),
+                    if display == 0 { " once encrypted" } else { "" },
+                )));
+            }
+            names.push(name.into());
+            rows.extend([owner_id.into(), name.into(), stored.into(), display.into()]);
+        }
+        let marks = vec!["?"; details.len()].join(", ");
         tx.exec_drop(
             format!(
-                "DELETE FROM {} WHERE {} = ? AND name = ?",
+                "DELETE FROM {} WHERE {} = ? AND name IN ({marks})",
                 owner.table(),
                 owner.column()
             ),
-            (owner_id, name),
+            mysql::Params::Positional(names),
         )?;
+        let tuples = vec!["(?, ?, ?, ?)"; details.len()].join(", ");
         tx.exec_drop(
             format!(
-                "INSERT INTO {} ({}, name, value, display) VALUES (?, ?, ?, ?)",
+                "INSERT INTO {} ({}, name, value, display) VALUES {tuples}",
                 owner.table(),
                 owner.column()
             ),
-            (owner_id, name, stored, display),
+            mysql::Params::Positional(rows),
         )?;
         Ok(())
     }
@@ -682,9 +696,7 @@ impl MysqlStore {
             }
             DetailsUpdate::Replace(details) => {
                 tx.exec_drop(del_visible, (owner_id,))?;
-                for (k, v) in details {
-                    self.put_detail(tx, owner, owner_id, k, v)?;
-                }
+                self.put_details(tx, owner, owner_id, details)?;
             }
         }
         Ok(())
@@ -1335,9 +1347,7 @@ impl Store for MysqlStore {
             let id = tx
                 .last_insert_id()
                 .ok_or_else(|| RegistryError::Io("no id for the new extension".into()))?;
-            for (k, v) in &new.details {
-                self.put_detail(tx, Owner::Extension, id, k, v)?;
-            }
+            self.put_details(tx, Owner::Extension, id, &new.details)?;
             load_extension(tx, id, Include::ALL)
         })
     }
@@ -1552,9 +1562,7 @@ impl Store for MysqlStore {
             let map_id = tx
                 .last_insert_id()
                 .ok_or_else(|| RegistryError::Io("no id for the new registration".into()))?;
-            for (k, v) in details {
-                self.put_detail(tx, Owner::Registration, map_id, k, v)?;
-            }
+            self.put_details(tx, Owner::Registration, map_id, details)?;
             if resource_type == ResourceType::PhysicalNetwork {
                 let services = visible_detail(tx, Owner::Extension, row.id, offerings::SERVICES_KEY)?
                     .and_then(|v| offerings::parse_services(&v).ok())
@@ -2034,11 +2042,26 @@ impl Store for MysqlStore {
     ) -> Result<()> {
         check_key(key).map_err(|e| RegistryError::Invalid(e.0))?;
         let change = Change::new(command, envelope);
-        self.write(|tx| {
-            let mut head = Self::lock_head(tx, key)?;
-            self.apply(tx, key, &change)?;
-            head.host = change.host_after(host);
-            Self::put_head(tx, key, &head)
+        self.write(|tx| match change.host_after(host) {
+            // The usual case in one statement: the journal's lock taken and
+            // the host named (the head stays, pending drops untouched).
+            Some(host) => {
+                tx.exec_drop(
+                    "INSERT INTO netbridge_journal_heads (`key`, host, pending_drops, version, updated)
+                     VALUES (?, ?, '', 1, ?)
+                     ON DUPLICATE KEY UPDATE version = version + 1, host = VALUES(host),
+                                             updated = VALUES(updated)",
+                    (key, &host, now_datetime()),
+                )?;
+                self.apply(tx, key, &change)
+            }
+            // A teardown: the head may go away with the entries.
+            None => {
+                let mut head = Self::lock_head(tx, key)?;
+                self.apply(tx, key, &change)?;
+                head.host = None;
+                Self::put_head(tx, key, &head)
+            }
         })
     }
 
@@ -2118,9 +2141,8 @@ impl Store for MysqlStore {
             let id = tx
                 .last_insert_id()
                 .ok_or_else(|| RegistryError::Io("no id for the imported extension".into()))?;
-            for (k, v) in details.merged() {
-                self.put_detail(tx, Owner::Extension, id, &k, &v)?;
-            }
+            let merged: Vec<(String, String)> = details.merged().into_iter().collect();
+            self.put_details(tx, Owner::Extension, id, &merged)?;
             Ok(())
         })
     }

@@ -137,17 +137,6 @@ const MIGRATIONS: &[&[&str]] = &[&[
 /// Column names, each with the smallest `varchar` width needed (if any).
 type ColumnNeeds = &'static [(&'static str, Option<u64>)];
 
-/// `uuid, name, description, type, state, relative_path, created`.
-type ExtensionColumns = (
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-);
-
 /// A registration with one of its visible details: map id, resource type,
 /// resource uuid, created, detail name, detail value.
 type ResourceDetailRow = (
@@ -998,20 +987,47 @@ fn ext_id<Q: Queryable>(conn: &mut Q, by_name: bool, value: &str) -> Result<Opti
 }
 
 fn ext_by_uuid<Q: Queryable>(conn: &mut Q, uuid: &str) -> Result<Option<ExtRow>> {
-    match ext_id(conn, false, uuid)? {
-        Some(id) => Ok(Some(ExtRow {
-            id,
-            ext: load_extension(
-                conn,
-                id,
-                Include {
-                    details: false,
-                    resources: false,
-                },
-            )?,
-        })),
-        None => Ok(None),
-    }
+    Ok(
+        extension_row(conn, "uuid = ? AND removed IS NULL", uuid.into())?
+            .map(|(id, ext)| ExtRow { id, ext }),
+    )
+}
+
+/// The extension row matching `condition` (one parameter), without
+/// details or registrations: one query.
+fn extension_row<Q: Queryable>(
+    conn: &mut Q,
+    condition: &str,
+    param: mysql::Value,
+) -> Result<Option<(u64, Extension)>> {
+    let row: Option<mysql::Row> = conn.exec_first(
+        format!(
+            "SELECT id, uuid, name, description, type, state, relative_path, {CREATED}
+               FROM extension WHERE {condition}"
+        ),
+        mysql::Params::Positional(vec![param]),
+    )?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let id: u64 = take(&row, 0)?;
+    let description: Option<String> = take(&row, 3)?;
+    let ty: String = take(&row, 4)?;
+    let state: String = take(&row, 5)?;
+    Ok(Some((
+        id,
+        Extension {
+            id: take(&row, 1)?,
+            name: take(&row, 2)?,
+            description: description.unwrap_or_default(),
+            ext_type: ExtensionType::parse(&ty).unwrap_or(ExtensionType::Orchestrator),
+            state: State::parse(&state).unwrap_or(State::Disabled),
+            path: take(&row, 6)?,
+            created: take(&row, 7)?,
+            details: BTreeMap::new(),
+            resources: Vec::new(),
+        },
+    )))
 }
 
 fn visible_detail<Q: Queryable>(
@@ -1031,27 +1047,18 @@ fn visible_detail<Q: Queryable>(
 }
 
 fn load_extension<Q: Queryable>(conn: &mut Q, id: u64, include: Include) -> Result<Extension> {
-    let row: Option<ExtensionColumns> = conn.exec_first(
-        format!(
-            "SELECT uuid, name, description, type, state, relative_path, {CREATED}
-                   FROM extension WHERE id = ?"
-        ),
-        (id,),
-    )?;
-    let Some((uuid, name, description, ty, state, path, created)) = row else {
-        return Err(RegistryError::Io(format!("extension row {id} vanished")));
-    };
-    let mut ext = Extension {
-        id: uuid,
-        name,
-        description: description.unwrap_or_default(),
-        ext_type: ExtensionType::parse(&ty).unwrap_or(ExtensionType::Orchestrator),
-        state: State::parse(&state).unwrap_or(State::Disabled),
-        path,
-        created,
-        details: BTreeMap::new(),
-        resources: Vec::new(),
-    };
+    let (_, ext) = extension_row(conn, "id = ?", id.into())?
+        .ok_or_else(|| RegistryError::Io(format!("extension row {id} vanished")))?;
+    with_parts(conn, id, ext, include)
+}
+
+/// `ext` (row `id`) with its visible details and registrations as asked.
+fn with_parts<Q: Queryable>(
+    conn: &mut Q,
+    id: u64,
+    mut ext: Extension,
+    include: Include,
+) -> Result<Extension> {
     if include.details {
         let rows: Vec<(String, String)> = conn.exec(
             "SELECT name, value FROM extension_details WHERE extension_id = ? AND display = 1 ORDER BY id",
@@ -1432,10 +1439,12 @@ impl Store for MysqlStore {
     }
 
     fn get_extension(&self, uuid: &str, include: Include) -> Result<Option<Extension>> {
-        self.read(|conn| match ext_id(conn, false, uuid)? {
-            Some(id) => load_extension(conn, id, include).map(Some),
-            None => Ok(None),
-        })
+        self.read(
+            |conn| match extension_row(conn, "uuid = ? AND removed IS NULL", uuid.into())? {
+                Some((id, ext)) => with_parts(conn, id, ext, include).map(Some),
+                None => Ok(None),
+            },
+        )
     }
 
     fn find_extension_by_name(&self, name: &str, include: Include) -> Result<Option<Extension>> {
@@ -1452,6 +1461,20 @@ impl Store for MysqlStore {
         page: Option<(usize, usize)>,
     ) -> Result<(usize, Vec<Extension>)> {
         self.read(|conn| {
+            if let (Some(id), None, None, None) =
+                (&filter.id, &filter.name, &filter.keyword, filter.ext_type)
+            {
+                // Hot path (`listExtensions id=…`): the row and its parts.
+                let found = match extension_row(conn, "uuid = ? AND removed IS NULL", id.into())? {
+                    Some((rowid, ext)) => vec![with_parts(conn, rowid, ext, include)?],
+                    None => Vec::new(),
+                };
+                let count = found.len();
+                let skip = page
+                    .map(|(p, s)| p.saturating_sub(1).saturating_mul(s))
+                    .unwrap_or(0);
+                return Ok((count, found.into_iter().skip(skip).collect()));
+            }
             let rows: Vec<(u64, String, String, Option<String>, String)> = match &filter.id {
                 Some(id) => conn.exec(
                     "SELECT id, uuid, name, description, type FROM extension

@@ -531,7 +531,14 @@ impl MysqlStore {
         }
         let pool = Pool::new(Opts::from(
             builder
-                .pool_opts(PoolOpts::default().with_constraints(constraints))
+                // No reset when a connection goes back to the pool: it would
+                // drop the session settings above and every prepared
+                // statement (transactions always end in commit or rollback).
+                .pool_opts(
+                    PoolOpts::default()
+                        .with_constraints(constraints)
+                        .with_reset_connection(false),
+                )
                 .init(init),
         ))
         .map_err(unreachable)?;

@@ -13,7 +13,8 @@
 //! with `innodb_flush_log_at_trx_commit=2` (the log written at each commit,
 //! flushed to disk once a second: what Galera deployments, durable through
 //! replication, usually run) instead of the default flush at every commit;
-//! `NBS_BENCH_ONLY=mariadb` skips the SQLite part.
+//! `NBS_BENCH_ONLY=mariadb` skips the SQLite part; `NBS_BENCH_PARAMS` adds
+//! location parameters (e.g. `check_health=false`).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -241,6 +242,14 @@ fn entry_point(label: &str, env: &[(&str, String)], dir: &std::path::Path) {
     );
 }
 
+/// The location with `NBS_BENCH_PARAMS` appended.
+fn with_params(url: &str) -> String {
+    match std::env::var("NBS_BENCH_PARAMS") {
+        Ok(p) if !p.is_empty() => format!("{url}?{p}"),
+        _ => url.to_string(),
+    }
+}
+
 fn main() {
     println!(
         "store benchmark: {} cpus, load {}",
@@ -256,23 +265,26 @@ fn main() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // SQLite.
-    control_plane("sqlite", ApiConfig::in_dir(dir.path().join("cp")));
-    journal(
-        "sqlite",
-        Registry::open(&dir.path().join("j/nb.db"), &dir.path().join("j/k")).expect("open"),
-    );
-    entry_point(
-        "files",
-        &[(
-            "NETBRIDGE_STATE_DIR",
-            dir.path().join("ep").display().to_string(),
-        )],
-        dir.path(),
-    );
+    if std::env::var("NBS_BENCH_ONLY").as_deref() != Ok("mariadb") {
+        control_plane("sqlite", ApiConfig::in_dir(dir.path().join("cp")));
+        journal(
+            "sqlite",
+            Registry::open(&dir.path().join("j/nb.db"), &dir.path().join("j/k")).expect("open"),
+        );
+        entry_point(
+            "files",
+            &[(
+                "NETBRIDGE_STATE_DIR",
+                dir.path().join("ep").display().to_string(),
+            )],
+            dir.path(),
+        );
+    }
 
-    // MariaDB (loopback TCP, the server's defaults: every commit flushed).
-    let server = MariaDb::start();
+    // MariaDB over loopback TCP.
+    let flush = std::env::var("NBS_BENCH_FLUSH").unwrap_or_else(|_| "1".into());
+    println!("MariaDB: innodb_flush_log_at_trx_commit={flush}");
+    let server = MariaDb::start_with(&[&format!("--innodb-flush-log-at-trx-commit={flush}")]);
     let cp = server.cloud_database("bench");
     for r in 0..REGISTRATIONS {
         cp.add_physical_network(&pn(r));
@@ -280,7 +292,7 @@ fn main() {
     control_plane(
         "mariadb",
         ApiConfig {
-            database: StoreLocation::parse(&cp.url).expect("url"),
+            database: StoreLocation::parse(&with_params(&cp.url)).expect("url"),
             key_file: dir.path().join("m.key"),
         },
     );
@@ -288,7 +300,7 @@ fn main() {
     journal(
         "mariadb",
         Registry::open_at(
-            &StoreLocation::parse(&jdb.url).expect("url"),
+            &StoreLocation::parse(&with_params(&jdb.url)).expect("url"),
             &dir.path().join("m.key"),
         )
         .expect("open"),
@@ -297,7 +309,7 @@ fn main() {
     entry_point(
         "mariadb",
         &[
-            ("NETBRIDGE_DATABASE", edb.url.clone()),
+            ("NETBRIDGE_DATABASE", with_params(&edb.url)),
             (
                 "NETBRIDGE_KEY_FILE",
                 dir.path().join("m.key").display().to_string(),

@@ -10,7 +10,8 @@
 //!   ends up in process listings). Parameters are the driver's: TLS with
 //!   `root_cert_path=/path/ca.pem` (the server is verified against that CA),
 //!   `socket=/run/mysqld/mysqld.sock`, `pool_min`, `pool_max`,
-//!   `tcp_connect_timeout_ms`, …; and netbridge's own `lock_wait_timeout`
+//!   `tcp_connect_timeout_ms`, `check_health=false` (no ping before each use
+//!   of a pooled connection), …; and netbridge's own `lock_wait_timeout`
 //!   (seconds a statement waits for rows another server holds, default 10,
 //!   before the transaction is retried);
 //! - CloudStack's `db.properties` ([`StoreLocation::from_cloudstack_db_properties`]):

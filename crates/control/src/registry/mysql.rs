@@ -489,6 +489,17 @@ impl MysqlStore {
         // Seconds a statement waits for a row another server holds before
         // the transaction is retried.
         let lock_wait = parse(params.remove("lock_wait_timeout"), 10, "lock_wait_timeout")?;
+        // A ping before each use of a pooled connection (one round trip)
+        // finds connections the server closed; `check_health=false` saves it.
+        let check_health = match params.remove("check_health").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(RegistryError::Config(format!(
+                    "database: check_health '{other}' is not true or false"
+                )))
+            }
+        };
         let constraints = PoolConstraints::new(min, max.max(1)).ok_or_else(|| {
             RegistryError::Config(format!(
                 "database: pool_min {min} must not exceed pool_max {max}"
@@ -537,7 +548,8 @@ impl MysqlStore {
                 .pool_opts(
                     PoolOpts::default()
                         .with_constraints(constraints)
-                        .with_reset_connection(false),
+                        .with_reset_connection(false)
+                        .with_check_health(check_health),
                 )
                 .init(init),
         ))

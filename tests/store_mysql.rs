@@ -866,10 +866,23 @@ fn a_server_killed_in_the_middle_of_a_transaction_changes_nothing() {
             .unwrap();
         n[0]
     };
+    // Its statement on the provider rows is running (blocked on them).
+    let blocked = || -> u64 {
+        let n: Vec<u64> = fx
+            .db
+            .conn()
+            .exec(
+                "SELECT COUNT(*) FROM information_schema.processlist
+                  WHERE db = ? AND info LIKE 'UPDATE physical_network_service_providers%'",
+                (&fx.db.name,),
+            )
+            .unwrap();
+        n[0]
+    };
     wait_until(
-        "the server's transaction to wait for a lock",
+        "the server's transaction to block on the provider rows",
         Duration::from_secs(60),
-        || transactions("LOCK WAIT") >= 1,
+        || blocked() >= 1,
     );
     // SAFETY: signalling our own child by PID.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
@@ -879,7 +892,7 @@ fn a_server_killed_in_the_middle_of_a_transaction_changes_nothing() {
     wait_until(
         "the killed server's transaction to roll back",
         Duration::from_secs(60),
-        || transactions("%") == 0,
+        || blocked() == 0 && transactions("%") == 0,
     );
     let details = fx.ok("listExtensions", &[("id", &ext)])["listextensionsresponse"]["extension"]
         [0]["details"]

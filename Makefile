@@ -10,15 +10,17 @@ export NETBRIDGE_PYTHON := $(VENV)/bin/python3
 
 # Host tools the data plane and its tests use; installed (Debian) only when missing.
 HOST_TOOLS = ip nft iptables dnsmasq haproxy radvd ping curl dig dhclient conntrack \
-	dpkg-deb dpkg-shlibdeps lintian systemd-analyze
+	dpkg-deb dpkg-shlibdeps lintian systemd-analyze \
+	mariadbd mariadb-install-db mariadb-dump rsync
 deps:
 	@missing=""; for t in $(HOST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing packages for:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 nftables iptables dnsmasq-base haproxy radvd iputils-ping curl dnsutils isc-dhcp-client conntrack \
-	    dpkg-dev lintian systemd >/dev/null; \
+	    dpkg-dev lintian systemd mariadb-server mariadb-client galera-4 rsync >/dev/null; \
 	fi
+	@test -e /usr/lib/galera/libgalera_smm.so || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends galera-4 >/dev/null; }
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(NETBRIDGE_PYTHON) -c 'import cs' 2>/dev/null || { python3 -m venv --clear $(VENV) && $(NETBRIDGE_PYTHON) -m pip install -q --disable-pip-version-check 'cs==5.2.0'; }
 
@@ -43,7 +45,7 @@ rust-test:
 
 # The end-to-end suites (e2e/, root only) need the binaries and the testbed program.
 java-test:
-	$(CARGO) build --workspace --lib --bins --example testbed
+	$(CARGO) build --workspace --lib --bins --example testbed --example mariadb
 	$(MVN) -f java/pom.xml -Dnetbridge.cargo.skip=true test
 
 bench:

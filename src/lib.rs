@@ -53,6 +53,7 @@
 //! the thread that started them (PR_SET_PDEATHSIG), so nothing outlives a
 //! crashed run.
 
+pub mod mariadb;
 pub mod stand_in;
 
 use std::fs::File;
@@ -412,7 +413,7 @@ fn kill_mount_ns_members(inode: u64) {
 }
 
 /// Sets PR_SET_PDEATHSIG so a helper dies with the thread that started it.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {

@@ -577,7 +577,10 @@ fn open_refuses_unusable_settings_as_configuration_errors() {
     ];
     for (database, key_file, expected) in cases {
         let before = paths_under(d);
-        let config = BridgeConfig::new(ApiConfig { database, key_file });
+        let config = BridgeConfig::new(ApiConfig {
+            database: netbridge_control::registry::StoreLocation::Sqlite(database),
+            key_file,
+        });
         let e = Bridge::open(config).unwrap_err();
         assert!(e.is_configuration(), "{e:?}");
         let netbridge_control::bridge::BridgeOpenError::Api(api) = &e else {

@@ -1,7 +1,12 @@
-//! Control-plane API tests: every rule and error text of docs/control-plane.md.
+//! Control-plane API tests: every rule and error text of docs/control-plane.md,
+//! run against both stores: the embedded SQLite file (`sqlite::…`) and
+//! CloudStack's database on a private MariaDB server (`mariadb::…`, see
+//! `netbridge_testbed::mariadb`). One suite: each test is a function of the
+//! backend, and `on_both_backends!` makes the two `#[test]`s.
 
 use netbridge_control::api::{Api, ApiConfig, ApiError, Params};
-use netbridge_control::registry::{BindingTarget, ResourceType};
+use netbridge_control::registry::{BindingTarget, ResourceType, StoreLocation};
+use netbridge_testbed::mariadb::{cloud_database, CloudDb};
 use serde_json::Value;
 
 const PN1: &str = "7b6b8a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -49,23 +54,67 @@ fn expected_codes(text: &str) -> (u16, u32) {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    MariaDb,
+}
+
+/// Where a test's store lives: a SQLite file in `dir`, or a fresh CloudStack
+/// database (with the physical networks and cluster the suite registers
+/// with, as CloudStack would hold them); the key file is in `dir`.
+struct Store {
+    dir: tempfile::TempDir,
+    db: Option<CloudDb>,
+}
+
+impl Store {
+    fn new(backend: Backend) -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let db = (backend == Backend::MariaDb).then(|| {
+            let db = cloud_database("cp");
+            db.add_physical_network(PN1);
+            db.add_physical_network(PN2);
+            db.add_cluster(CLUSTER);
+            db
+        });
+        Store { dir, db }
+    }
+
+    /// The configuration of this store with the key file `key` in `dir`.
+    fn config_with_key(&self, key: &str) -> ApiConfig {
+        let in_dir = ApiConfig::in_dir(self.dir.path());
+        ApiConfig {
+            database: match &self.db {
+                Some(db) => StoreLocation::parse(&db.url).unwrap(),
+                None => in_dir.database,
+            },
+            key_file: self.dir.path().join(key),
+        }
+    }
+
+    fn config(&self) -> ApiConfig {
+        self.config_with_key("secret.key")
+    }
+}
+
 struct Fx {
     api: Api,
-    dir: tempfile::TempDir,
+    store: Store,
 }
 
 impl Fx {
-    fn new() -> Fx {
-        let dir = tempfile::tempdir().unwrap();
-        let api = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
-        Fx { api, dir }
+    fn on(backend: Backend) -> Fx {
+        let store = Store::new(backend);
+        let api = Api::open(store.config()).unwrap();
+        Fx { api, store }
     }
 
     fn reopen(self) -> Fx {
-        let Fx { api, dir } = self;
+        let Fx { api, store } = self;
         drop(api);
-        let api = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
-        Fx { api, dir }
+        let api = Api::open(store.config()).unwrap();
+        Fx { api, store }
     }
 
     /// One call; an asynchronous command's job is waited for and answered
@@ -182,9 +231,8 @@ fn strings(v: &Value) -> Vec<String> {
 
 // ---- createExtension -----------------------------------------------------------
 
-#[test]
-fn create_extension_response_shape_and_defaults() {
-    let fx = Fx::new();
+fn create_extension_response_shape_and_defaults(backend: Backend) {
+    let fx = Fx::on(backend);
     let r = fx.ok(
         "createExtension",
         &[
@@ -228,9 +276,8 @@ fn create_extension_response_shape_and_defaults() {
     );
 }
 
-#[test]
-fn create_extension_errors() {
-    let fx = Fx::new();
+fn create_extension_errors(backend: Backend) {
+    let fx = Fx::on(backend);
     fx.create("dup", "NetworkOrchestrator", &[]);
     fx.err(
         "createExtension",
@@ -314,9 +361,8 @@ fn create_extension_errors() {
     assert_eq!(r["listextensionsresponse"]["count"], 2);
 }
 
-#[test]
-fn injection_strings_are_plain_data() {
-    let fx = Fx::new();
+fn injection_strings_are_plain_data(backend: Backend) {
+    let fx = Fx::on(backend);
     let name = "x'); DROP TABLE extensions; --";
     let e = fx.create(
         name,
@@ -341,9 +387,8 @@ fn injection_strings_are_plain_data() {
 
 // ---- details validation ----------------------------------------------------------
 
-#[test]
-fn network_services_and_capabilities_are_validated_and_canonical() {
-    let fx = Fx::new();
+fn network_services_and_capabilities_are_validated_and_canonical(backend: Backend) {
+    let fx = Fx::on(backend);
     let e = fx.create(
         "n",
         "NetworkOrchestrator",
@@ -449,9 +494,8 @@ fn network_services_and_capabilities_are_validated_and_canonical() {
     assert_eq!(r["listextensionsresponse"], serde_json::json!({}));
 }
 
-#[test]
-fn bad_details_parameters() {
-    let fx = Fx::new();
+fn bad_details_parameters(backend: Backend) {
+    let fx = Fx::on(backend);
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("details[0].key", "a")], "Invalid parameter details[0]: details[0].value is missing"),
         (&[("details[0].value", "a")], "Invalid parameter details[0]: details[0].key is missing"),
@@ -497,9 +541,8 @@ fn bad_details_parameters() {
     );
 }
 
-#[test]
-fn parameter_names_are_case_insensitive_and_unknown_command_is_refused() {
-    let fx = Fx::new();
+fn parameter_names_are_case_insensitive_and_unknown_command_is_refused(backend: Backend) {
+    let fx = Fx::on(backend);
     let r = fx.ok(
         "CREATEEXTENSION",
         &[
@@ -525,9 +568,8 @@ fn parameter_names_are_case_insensitive_and_unknown_command_is_refused() {
 
 // ---- updateExtension / deleteExtension -------------------------------------------
 
-#[test]
-fn update_extension_replaces_visible_details_and_keeps_hidden() {
-    let fx = Fx::new();
+fn update_extension_replaces_visible_details_and_keeps_hidden(backend: Backend) {
+    let fx = Fx::on(backend);
     let e = fx.create(
         "u",
         "Orchestrator",
@@ -600,9 +642,8 @@ fn update_extension_replaces_visible_details_and_keeps_hidden() {
     );
 }
 
-#[test]
-fn delete_extension_refused_while_registered() {
-    let fx = Fx::new();
+fn delete_extension_refused_while_registered(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("del");
     fx.register(&id, "PhysicalNetwork", PN1, &[]);
     fx.err(
@@ -632,9 +673,8 @@ fn delete_extension_refused_while_registered() {
 
 // ---- listExtensions ----------------------------------------------------------------
 
-#[test]
-fn list_extensions_filters_and_detail_levels() {
-    let fx = Fx::new();
+fn list_extensions_filters_and_detail_levels(backend: Backend) {
+    let fx = Fx::on(backend);
     let a = fx.create_ref("alpha");
     let b = fx.create(
         "beta",
@@ -716,9 +756,8 @@ fn list_extensions_filters_and_detail_levels() {
 
 // ---- registerExtension / unregisterExtension -------------------------------------
 
-#[test]
-fn register_errors() {
-    let fx = Fx::new();
+fn register_errors(backend: Backend) {
+    let fx = Fx::on(backend);
     let net = fx.create_ref("net");
     let orch = fx.create("orch", "Orchestrator", &[])["id"]
         .as_str()
@@ -824,9 +863,8 @@ fn register_errors() {
     assert!(fx.providers(PN2).is_empty());
 }
 
-#[test]
-fn provider_lifecycle_follows_registration_and_services() {
-    let fx = Fx::new();
+fn provider_lifecycle_follows_registration_and_services(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("prov");
     fx.register(&id, "PhysicalNetwork", PN1, &[]);
     let p = fx.providers(PN1);
@@ -914,9 +952,8 @@ fn provider_lifecycle_follows_registration_and_services() {
         .is_none());
 }
 
-#[test]
-fn extension_without_services_gets_empty_provider() {
-    let fx = Fx::new();
+fn extension_without_services_gets_empty_provider(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create("bare", "NetworkOrchestrator", &[])["id"]
         .as_str()
         .unwrap()
@@ -927,9 +964,8 @@ fn extension_without_services_gets_empty_provider() {
     assert!(p[0].get("servicelist").is_none(), "{}", p[0]);
 }
 
-#[test]
-fn unregister_refused_while_a_network_uses_the_provider() {
-    let fx = Fx::new();
+fn unregister_refused_while_a_network_uses_the_provider(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("busy");
     fx.register(&id, "PhysicalNetwork", PN1, &[]);
     let reg = fx.api.registry();
@@ -988,9 +1024,8 @@ fn unregister_refused_while_a_network_uses_the_provider() {
 
 // ---- updateRegisteredExtension ---------------------------------------------------
 
-#[test]
-fn update_registered_extension_exact_semantics() {
-    let fx = Fx::new();
+fn update_registered_extension_exact_semantics(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("ure");
     fx.register(
         &id,
@@ -1105,9 +1140,8 @@ fn update_registered_extension_exact_semantics() {
     );
 }
 
-#[test]
-fn update_registered_extension_on_cluster() {
-    let fx = Fx::new();
+fn update_registered_extension_on_cluster(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create("cl", "Orchestrator", &[])["id"]
         .as_str()
         .unwrap()
@@ -1145,9 +1179,8 @@ fn update_registered_extension_on_cluster() {
 
 // ---- offerings -----------------------------------------------------------------------
 
-#[test]
-fn generate_offerings_for_reference_extension() {
-    let fx = Fx::new();
+fn generate_offerings_for_reference_extension(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("refext");
     let r = fx.ok(
         "generateNetworkOfferings",
@@ -1265,9 +1298,8 @@ fn generate_offerings_for_reference_extension() {
     );
 }
 
-#[test]
-fn generation_applies_public_ip_dependency_and_type_rules() {
-    let fx = Fx::new();
+fn generation_applies_public_ip_dependency_and_type_rules(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create(
         "dep",
         "NetworkOrchestrator",
@@ -1316,9 +1348,8 @@ fn generation_applies_public_ip_dependency_and_type_rules() {
     );
 }
 
-#[test]
-fn validate_network_offering() {
-    let fx = Fx::new();
+fn validate_network_offering(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("val");
     let ok = fx.ok(
         "validateNetworkOffering",
@@ -1415,9 +1446,8 @@ fn validate_network_offering() {
 
 // ---- persistence, secrets, concurrency ----------------------------------------------
 
-#[test]
-fn data_survives_reopen() {
-    let fx = Fx::new();
+fn data_survives_reopen(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create_ref("persist");
     fx.register(
         &id,
@@ -1462,9 +1492,8 @@ fn data_survives_reopen() {
     );
 }
 
-#[test]
-fn secrets_are_not_in_the_database_files() {
-    let fx = Fx::new();
+fn secrets_are_not_in_the_database_files(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create(
         "sec",
         "NetworkOrchestrator",
@@ -1503,26 +1532,42 @@ fn secrets_are_not_in_the_database_files() {
     assert_eq!(full.hidden.len(), 3);
     assert_eq!(full.get("Admin.Password"), Some(SECRET));
     assert!(listed.contains("plain-marker-42"));
-    let db = fx.dir.path().join("netbridge.db");
-    let mut raw = std::fs::read(&db).unwrap();
-    let wal = db.with_extension("db-wal");
-    raw.extend(std::fs::read(&wal).unwrap_or_default());
+    // Every byte the store holds: the SQLite file and its WAL, or a dump
+    // of the CloudStack database as an operator's backup would hold it.
+    let raw: Vec<u8> = match &fx.store.db {
+        None => {
+            let db = fx.store.dir.path().join("netbridge.db");
+            let mut raw = std::fs::read(&db).unwrap();
+            raw.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
+            raw
+        }
+        Some(db) => {
+            let dump = db.dump();
+            // Hidden details are CloudStack rows with display=0, sealed in
+            // netbridge's self-describing form.
+            assert!(dump.contains("'sshkey','netbridge:aes256gcm:v1:"), "{dump}");
+            assert!(
+                dump.contains("'executor.key','netbridge:aes256gcm:v1:"),
+                "{dump}"
+            );
+            dump.into_bytes()
+        }
+    };
     let contains = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
     // The visible marker proves we are looking at the right bytes.
     assert!(contains(b"plain-marker-42"));
     assert!(!contains(SECRET.as_bytes()));
     // And the key file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(fx.dir.path().join("secret.key"))
+    let mode = std::fs::metadata(fx.store.dir.path().join("secret.key"))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn wrong_key_file_cannot_read_secrets() {
-    let fx = Fx::new();
+fn wrong_key_file_cannot_read_secrets(backend: Backend) {
+    let fx = Fx::on(backend);
     let id = fx.create("k", "NetworkOrchestrator", &[])["id"]
         .as_str()
         .unwrap()
@@ -1533,12 +1578,9 @@ fn wrong_key_file_cannot_read_secrets() {
         PN1,
         &[("details[0].executor.key", SECRET)],
     );
-    let Fx { api, dir } = fx;
+    let Fx { api, store } = fx;
     drop(api);
-    let cfg = ApiConfig {
-        database: dir.path().join("netbridge.db"),
-        key_file: dir.path().join("other.key"),
-    };
+    let cfg = store.config_with_key("other.key");
     // A missing key file is not silently replaced while secrets exist: the
     // key file setting is the operator's to fix (431).
     let e = Api::open(cfg.clone()).err().unwrap();
@@ -1573,9 +1615,8 @@ fn wrong_key_file_cannot_read_secrets() {
     assert!(api.call("listExtensions", &p).is_ok());
 }
 
-#[test]
-fn concurrent_calls_are_consistent() {
-    let fx = Fx::new();
+fn concurrent_calls_are_consistent(backend: Backend) {
+    let fx = Fx::on(backend);
     let ids: Vec<String> = (0..4).map(|i| fx.create_ref(&format!("c{i}"))).collect();
     for id in &ids {
         fx.register(
@@ -1623,9 +1664,8 @@ fn concurrent_calls_are_consistent() {
     }
 }
 
-#[test]
-fn more_bad_input() {
-    let fx = Fx::new();
+fn more_bad_input(backend: Backend) {
+    let fx = Fx::on(backend);
     fx.err(
         "createExtension",
         &[("name", "   "), ("type", "Orchestrator")],
@@ -1693,13 +1733,12 @@ fn more_bad_input() {
     );
 }
 
-#[test]
-fn api_is_shareable_and_refuses_a_loose_key_file() {
+fn api_is_shareable_and_refuses_a_loose_key_file(backend: Backend) {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Api>();
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = ApiConfig::in_dir(dir.path().join("state"));
+    let store = Store::new(backend);
+    let cfg = store.config_with_key("state/secret.key");
     drop(Api::open(cfg.clone()).unwrap());
     std::fs::set_permissions(&cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = Api::open(cfg).err().unwrap();
@@ -1711,12 +1750,11 @@ fn api_is_shareable_and_refuses_a_loose_key_file() {
     );
 }
 
-#[test]
-fn two_handles_on_one_database_see_each_other() {
-    // e.g. the CLI next to a running server.
-    let dir = tempfile::tempdir().unwrap();
-    let a = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
-    let b = Api::open(ApiConfig::in_dir(dir.path())).unwrap();
+fn two_handles_on_one_database_see_each_other(backend: Backend) {
+    // e.g. the CLI next to a running server, or two management servers.
+    let store = Store::new(backend);
+    let a = Api::open(store.config()).unwrap();
+    let b = Api::open(store.config()).unwrap();
     let p: Params = [("name", "shared"), ("type", "Orchestrator")]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1730,3 +1768,49 @@ fn two_handles_on_one_database_see_each_other() {
     let e = b.call("createExtension", &p).unwrap_err();
     assert_eq!(e.text, "Extension by name already exists");
 }
+
+/// One `#[test]` per backend for each test function of the suite.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod mariadb {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::MariaDb)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    create_extension_response_shape_and_defaults,
+    create_extension_errors,
+    injection_strings_are_plain_data,
+    network_services_and_capabilities_are_validated_and_canonical,
+    bad_details_parameters,
+    parameter_names_are_case_insensitive_and_unknown_command_is_refused,
+    update_extension_replaces_visible_details_and_keeps_hidden,
+    delete_extension_refused_while_registered,
+    list_extensions_filters_and_detail_levels,
+    register_errors,
+    provider_lifecycle_follows_registration_and_services,
+    extension_without_services_gets_empty_provider,
+    unregister_refused_while_a_network_uses_the_provider,
+    update_registered_extension_exact_semantics,
+    update_registered_extension_on_cluster,
+    generate_offerings_for_reference_extension,
+    generation_applies_public_ip_dependency_and_type_rules,
+    validate_network_offering,
+    data_survives_reopen,
+    secrets_are_not_in_the_database_files,
+    wrong_key_file_cannot_read_secrets,
+    concurrent_calls_are_consistent,
+    more_bad_input,
+    api_is_shareable_and_refuses_a_loose_key_file,
+    two_handles_on_one_database_see_each_other,
+);

@@ -125,15 +125,26 @@ impl Bridge {
         &self.dispatcher
     }
 
-    /// Runs `command` with the details of the envelope. Blocking.
+    /// Runs `command` with the details of the envelope. Blocking. Hidden
+    /// details that CloudStack passes as netbridge sealed them in its
+    /// database are decrypted first (in memory only).
     pub fn execute(
         &self,
         command: &str,
         envelope: &[u8],
         timeout: Duration,
     ) -> Result<String, DispatchError> {
-        self.dispatcher
-            .execute_shared(command, envelope, None, timeout)
+        let revealed = self
+            .api
+            .registry()
+            .reveal_envelope(envelope)
+            .map_err(|e| DispatchError::Configuration(format!("registration details: {e}")))?;
+        self.dispatcher.execute_shared(
+            command,
+            revealed.as_deref().unwrap_or(envelope),
+            None,
+            timeout,
+        )
     }
 
     /// Runs `command` with the details of extension `extension_id`'s

@@ -28,6 +28,7 @@ use ::jni::{Env, EnvUnowned};
 use error::{BridgeError, ThrowNetBridge};
 use netbridge_control::api::{ApiConfig, Params};
 use netbridge_control::bridge::{Bridge, BridgeConfig};
+use netbridge_control::registry::StoreLocation;
 
 /// Java classes the native side calls back into, pinned by global references
 /// handed over by `NativeBridge.init` (so the right class loader is used even
@@ -147,13 +148,17 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_setMaxL
         .resolve::<ThrowNetBridge>()
 }
 
-/// `static native long open(String database, String keyFile, String dispatchNetns)`
-/// (`dispatchNetns` may be null).
+/// `static native long open(String database, String cloudstackDbProperties, String keyFile,
+/// String dispatchNetns)`: `database` is a store location (a SQLite path,
+/// `sqlite:///path` or `mysql://user@host:port/cloud`); when
+/// `cloudstackDbProperties` (CloudStack's `db.properties`) is given, the
+/// database it names is used instead. `dispatchNetns` may be null.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_open<'caller>(
     mut unowned_env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     database: JString<'caller>,
+    cloudstack_db_properties: JString<'caller>,
     key_file: JString<'caller>,
     dispatch_netns: JString<'caller>,
 ) -> jlong {
@@ -166,13 +171,20 @@ pub extern "system" fn Java_org_apache_cloudstack_netbridge_NativeBridge_open<'c
             } else {
                 Some(dispatch_netns.try_to_string(env)?)
             };
+            let location = if cloudstack_db_properties.is_null() {
+                StoreLocation::parse(&database)
+            } else {
+                let file = cloudstack_db_properties.try_to_string(env)?;
+                StoreLocation::from_cloudstack_db_properties(std::path::Path::new(&file))
+            }
+            .map_err(|e| BridgeError::Argument(e.to_string()))?;
             let mut config = BridgeConfig::new(ApiConfig {
-                database: database.clone().into(),
+                database: location.clone(),
                 key_file: key_file.into(),
             });
             config.dispatch_netns = netns.map(Into::into);
             let bridge = Bridge::open(config)?;
-            log::info!(target: "netbridge::jni", "netbridge {} opened {database}", netbridge_control::build_id());
+            log::info!(target: "netbridge::jni", "netbridge {} opened {location}", netbridge_control::build_id());
             let raw = Arc::into_raw(Arc::new(bridge));
             Ok(raw as usize as jlong)
         })

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub mod http;
 
 use crate::offerings::OfferingError;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, StoreLocation};
 
 /// Flat request parameters, as CloudStack receives them.
 pub type Params = BTreeMap<String, String>;
@@ -34,6 +34,9 @@ pub mod codes {
     pub const UNAUTHORIZED: u16 = 401;
     /// `InvalidParameterValueException` and other parameter problems.
     pub const PARAM_ERROR: u16 = 431;
+    /// CloudStack's `RESOURCE_UNAVAILABLE_ERROR`: the call changed nothing
+    /// and may be retried (the shared registry stayed busy).
+    pub const RESOURCE_UNAVAILABLE: u16 = 534;
     /// An API that is not available.
     pub const UNSUPPORTED: u16 = 432;
     /// Internal failure, and the extension manager's own refusals
@@ -51,6 +54,8 @@ pub mod cs_codes {
     /// `ServerApiException` raised on its own (transport, authentication,
     /// unknown command).
     pub const SERVER_API: u32 = 9999;
+    /// `ResourceUnavailableException`.
+    pub const RESOURCE_UNAVAILABLE: u32 = 4380;
 }
 
 /// An API error: CloudStack error code, exception code and text. The text
@@ -121,8 +126,9 @@ impl ApiError {
 /// Where the control plane keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
-    /// SQLite database file.
-    pub database: PathBuf,
+    /// The store: a SQLite file or CloudStack's MySQL/MariaDB database
+    /// (see [`StoreLocation`]).
+    pub database: StoreLocation,
     /// 32-byte key file for secrets at rest, created with mode 0600 on first use.
     pub key_file: PathBuf,
 }
@@ -139,7 +145,7 @@ impl ApiConfig {
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         ApiConfig {
-            database: dir.join("netbridge.db"),
+            database: StoreLocation::Sqlite(dir.join("netbridge.db")),
             key_file: dir.join("secret.key"),
         }
     }
@@ -163,7 +169,7 @@ impl Api {
     /// path that cannot be used is a parameter error (431) whose text names
     /// the setting, its path and the problem; anything else is internal (530).
     pub fn open(config: ApiConfig) -> Result<Api, ApiError> {
-        let registry = Registry::open(&config.database, &config.key_file).map_err(|e| {
+        let registry = Registry::open_at(&config.database, &config.key_file).map_err(|e| {
             log::error!("cannot open the registry: {e}");
             match e.setting_problem() {
                 Some(problem) => ApiError::param(problem),
@@ -261,6 +267,13 @@ impl From<RegistryError> for ApiError {
             ApiError::internal(e.to_string())
         } else if e.is_user_error() {
             ApiError::param(e.to_string())
+        } else if e.is_retryable() {
+            log::warn!("registry busy: {e}");
+            ApiError {
+                code: codes::RESOURCE_UNAVAILABLE,
+                cs_code: cs_codes::RESOURCE_UNAVAILABLE,
+                text: e.to_string(),
+            }
         } else {
             log::error!("registry failure: {e}");
             ApiError::internal(format!("Internal error: {e}"))

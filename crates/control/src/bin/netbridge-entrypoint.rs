@@ -9,10 +9,22 @@
 //! i.e. a wrong `executor.key`, is a configuration error). On failure stdout carries
 //! `{"status":"error","message":…}` and stderr the message.
 //!
-//! State journal (for replay on failover): the directory in
-//! `NETBRIDGE_STATE_DIR`, else the registration detail `bridge.state.dir`,
-//! else `/var/lib/netbridge/bridge`. When the default cannot be created the
-//! command still runs, without replay, and a warning goes to stderr.
+//! State journal (for replay on failover):
+//! - shared by every management server, in the registry's database, when a
+//!   store is configured: `NETBRIDGE_DATABASE` (a store location such as
+//!   `mysql://cloud@db:3306/cloud`, password in `NETBRIDGE_DB_PASSWORD`) or
+//!   `NETBRIDGE_CLOUDSTACK_DB_PROPERTIES` (CloudStack's `db.properties`), else
+//!   the registration details `bridge.database` /
+//!   `bridge.cloudstack.db.properties`. The key file (the same on every
+//!   management server) is `NETBRIDGE_KEY_FILE`, else the detail
+//!   `bridge.key.file`, else `/var/lib/netbridge/secret.key`;
+//! - otherwise local files: the directory in `NETBRIDGE_STATE_DIR`, else the
+//!   registration detail `bridge.state.dir`, else `/var/lib/netbridge/bridge`.
+//!   When the default cannot be created the command still runs, without
+//!   replay, and a warning goes to stderr.
+//!
+//! Hidden registration details that CloudStack passes as netbridge sealed
+//! them in its database are decrypted with the key file before use.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -23,11 +35,22 @@ use std::time::Duration;
 use netbridge_control::dispatch::{
     CommandJournal, DispatchError, Dispatcher, FileJournal, MemoryJournal,
 };
+use netbridge_control::registry::{
+    mysql::contains_sealed, mysql::reveal_sealed_envelope, secrets::Cipher, Registry,
+    RegistryJournal, StoreLocation,
+};
 
 const USAGE: &str = "usage: netbridge-entrypoint <command> <payload-file> <timeout-seconds>";
 const STATE_DIR_ENV: &str = "NETBRIDGE_STATE_DIR";
 const STATE_DIR_DETAIL: &str = "bridge.state.dir";
 const DEFAULT_STATE_DIR: &str = "/var/lib/netbridge/bridge";
+const DATABASE_ENV: &str = "NETBRIDGE_DATABASE";
+const DATABASE_DETAIL: &str = "bridge.database";
+const DB_PROPERTIES_ENV: &str = "NETBRIDGE_CLOUDSTACK_DB_PROPERTIES";
+const DB_PROPERTIES_DETAIL: &str = "bridge.cloudstack.db.properties";
+const KEY_FILE_ENV: &str = "NETBRIDGE_KEY_FILE";
+const KEY_FILE_DETAIL: &str = "bridge.key.file";
+const DEFAULT_KEY_FILE: &str = "/var/lib/netbridge/secret.key";
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 fn fail(command: &str, err: &DispatchError) -> ExitCode {
@@ -59,24 +82,107 @@ fn read_payload(path: &str) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
-/// The state directory, and whether it was chosen explicitly.
-fn state_dir(payload: &[u8]) -> (PathBuf, bool) {
-    if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
-        return (PathBuf::from(dir), true);
+/// A setting from the environment, else from the registration details.
+fn setting(details: Option<&serde_json::Value>, env: &str, detail: &str) -> Option<String> {
+    if let Some(v) = std::env::var(env).ok().filter(|v| !v.trim().is_empty()) {
+        return Some(v.trim().to_string());
     }
-    let detail = serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| {
-            v.get("physical-network-extension-details")?
-                .get(STATE_DIR_DETAIL)?
-                .as_str()
-                .map(str::to_string)
-        })
-        .filter(|d| !d.trim().is_empty());
-    match detail {
-        Some(d) => (PathBuf::from(d.trim()), true),
+    details?
+        .get(detail)?
+        .as_str()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
+/// The registration details of the envelope, when it parses.
+fn registration_details(payload: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("physical-network-extension-details")
+        .cloned()
+}
+
+/// The state directory, and whether it was chosen explicitly.
+fn state_dir(details: Option<&serde_json::Value>) -> (PathBuf, bool) {
+    match setting(details, STATE_DIR_ENV, STATE_DIR_DETAIL) {
+        Some(d) => (PathBuf::from(d), true),
         None => (PathBuf::from(DEFAULT_STATE_DIR), false),
     }
+}
+
+fn key_file(details: Option<&serde_json::Value>) -> PathBuf {
+    PathBuf::from(
+        setting(details, KEY_FILE_ENV, KEY_FILE_DETAIL).unwrap_or_else(|| DEFAULT_KEY_FILE.into()),
+    )
+}
+
+/// The shared store, when one is configured.
+fn store_location(
+    details: Option<&serde_json::Value>,
+) -> Result<Option<StoreLocation>, DispatchError> {
+    let config =
+        |e: netbridge_control::registry::LocationError| DispatchError::Configuration(e.to_string());
+    if let Some(file) = setting(details, DB_PROPERTIES_ENV, DB_PROPERTIES_DETAIL) {
+        return StoreLocation::from_cloudstack_db_properties(std::path::Path::new(&file))
+            .map(Some)
+            .map_err(config);
+    }
+    match setting(details, DATABASE_ENV, DATABASE_DETAIL) {
+        Some(text) => StoreLocation::parse(&text).map(Some).map_err(config),
+        None => Ok(None),
+    }
+}
+
+/// The journal, and the registry whose key decrypts sealed details when
+/// the journal is the shared store's.
+type Opened = (Arc<dyn CommandJournal>, Option<Arc<Registry>>);
+
+/// The journal: the shared store's when configured, else local files.
+fn open_journal(details: Option<&serde_json::Value>) -> Result<Opened, DispatchError> {
+    if let Some(location) = store_location(details)? {
+        let registry = Registry::open_at(&location, &key_file(details)).map_err(|e| {
+            DispatchError::Configuration(format!("cannot open the registry {location}: {e}"))
+        })?;
+        let registry = Arc::new(registry);
+        return Ok((
+            Arc::new(RegistryJournal::new(registry.clone())),
+            Some(registry),
+        ));
+    }
+    let (dir, explicit) = state_dir(details);
+    match FileJournal::open(&dir) {
+        Ok(j) => Ok((Arc::new(j), None)),
+        Err(e) if explicit => Err(DispatchError::Configuration(e.to_string())),
+        Err(e) => {
+            log::warn!("{e}; continuing without failover replay (set {STATE_DIR_ENV})");
+            Ok((Arc::new(MemoryJournal::new()), None))
+        }
+    }
+}
+
+/// The payload with sealed registration details decrypted; unchanged when
+/// none is sealed.
+fn reveal(
+    payload: Vec<u8>,
+    registry: Option<&Registry>,
+    details: Option<&serde_json::Value>,
+) -> Result<Vec<u8>, DispatchError> {
+    if !contains_sealed(&payload) {
+        return Ok(payload);
+    }
+    let failed = |e: netbridge_control::registry::RegistryError| {
+        DispatchError::Configuration(format!("sealed registration details: {e}"))
+    };
+    let revealed = match registry {
+        Some(r) => r.reveal_envelope(&payload),
+        None => {
+            let cipher = Cipher::load_existing(&key_file(details)).map_err(failed)?;
+            reveal_sealed_envelope(&cipher, &payload)
+        }
+    }
+    .map_err(failed)?;
+    Ok(revealed.unwrap_or(payload))
 }
 
 fn main() -> ExitCode {
@@ -110,16 +216,14 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(&e),
     };
-    let (dir, explicit) = state_dir(&payload);
-    let journal: Arc<dyn CommandJournal> = match FileJournal::open(&dir) {
-        Ok(j) => Arc::new(j),
-        Err(e) if explicit => {
-            return fail(&command_name, &DispatchError::Configuration(e.to_string()));
-        }
-        Err(e) => {
-            log::warn!("{e}; continuing without failover replay (set {STATE_DIR_ENV})");
-            Arc::new(MemoryJournal::new())
-        }
+    let details = registration_details(&payload);
+    let (journal, registry) = match open_journal(details.as_ref()) {
+        Ok(opened) => opened,
+        Err(e) => return fail(&command_name, &e),
+    };
+    let payload = match reveal(payload, registry.as_deref(), details.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return fail(&command_name, &e),
     };
     let dispatcher = match Dispatcher::new_current_thread(journal) {
         Ok(d) => d,

@@ -27,6 +27,7 @@ use netbridge_control::api::http::{self, Duplicates, KeyRing, KeyStore, ServeOpt
 use netbridge_control::api::{Api, ApiConfig, ApiError};
 use netbridge_control::bridge::{Bridge, BridgeConfig};
 use netbridge_control::dispatch::DispatchError;
+use netbridge_control::registry::StoreLocation;
 
 /// Exit status of a command the API refused.
 const EXIT_API_ERROR: u8 = 1;
@@ -58,9 +59,15 @@ struct GlobalOpts {
     /// (default: $NETBRIDGE_STATE_DIR, else state_dir of the config file, else /var/lib/netbridge)
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// SQLite database file (default: <state-dir>/netbridge.db)
-    #[arg(long, global = true, value_name = "FILE")]
-    database: Option<PathBuf>,
+    /// The store: a SQLite file (a path or sqlite:///path), or CloudStack's database
+    /// mysql://user@host:port/cloud (password from $NETBRIDGE_DB_PASSWORD)
+    /// (default: <state-dir>/netbridge.db)
+    #[arg(long, global = true, value_name = "LOCATION", value_parser = parse_location)]
+    database: Option<StoreLocation>,
+    /// CloudStack's db.properties: use the `cloud` database it names (host, port,
+    /// user, password, name), instead of --database
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "database")]
+    cloudstack_db_properties: Option<PathBuf>,
     /// Key file encrypting secrets at rest (default: <state-dir>/secret.key)
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -102,6 +109,33 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         action: KeysCmd,
+    },
+    /// Copy a store into another
+    Store {
+        #[command(subcommand)]
+        action: StoreCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Copy every extension, registration, provider state, binding, offering and
+    /// journal from one store into another (e.g. the SQLite registry into CloudStack's
+    /// database); secrets are re-encrypted with the destination's key; idempotent;
+    /// refuses to overwrite anything that differs
+    Migrate {
+        /// The store to copy (a path, sqlite:///path or mysql://…)
+        #[arg(long, value_name = "LOCATION", value_parser = parse_location)]
+        from: StoreLocation,
+        /// The store to copy into
+        #[arg(long, value_name = "LOCATION", value_parser = parse_location)]
+        to: StoreLocation,
+        /// Key file of the source (default: --key-file, else <state-dir>/secret.key)
+        #[arg(long, value_name = "FILE")]
+        from_key_file: Option<PathBuf>,
+        /// Key file of the destination (default: the source's)
+        #[arg(long, value_name = "FILE")]
+        to_key_file: Option<PathBuf>,
     },
 }
 
@@ -194,6 +228,10 @@ enum KeysCmd {
     },
 }
 
+fn parse_location(text: &str) -> Result<StoreLocation, String> {
+    StoreLocation::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
     text.parse::<log::LevelFilter>().map_err(|_| {
         format!("unknown log level '{text}' (use off, error, warn, info, debug or trace)")
@@ -216,7 +254,8 @@ const DEFAULT_CONFIG: &str = "/etc/netbridge/netbridge.toml";
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     state_dir: Option<PathBuf>,
-    database: Option<PathBuf>,
+    /// A SQLite path, `sqlite:///path` or `mysql://…`, as `--database`.
+    database: Option<String>,
     key_file: Option<PathBuf>,
 }
 
@@ -242,7 +281,15 @@ impl GlobalOpts {
         if self.state_dir.is_none() && std::env::var_os("NETBRIDGE_STATE_DIR").is_none() {
             self.state_dir = file.state_dir;
         }
-        self.database = self.database.take().or(file.database);
+        let from_file = file
+            .database
+            .as_deref()
+            .map(|d| {
+                StoreLocation::parse(d)
+                    .map_err(|e| Failure(format!("configuration file: database: {e}")))
+            })
+            .transpose()?;
+        self.database = self.database.take().or(from_file);
         self.key_file = self.key_file.take().or(file.key_file);
         Ok(())
     }
@@ -253,12 +300,19 @@ impl GlobalOpts {
             .unwrap_or_else(ApiConfig::default_state_dir)
     }
 
-    fn api_config(&self) -> ApiConfig {
+    /// The configured store and key file; a `db.properties` that cannot be
+    /// used is a configuration error naming what to fix.
+    fn api_config(&self) -> Result<ApiConfig, Failure> {
         let defaults = ApiConfig::in_dir(self.state_dir());
-        ApiConfig {
-            database: self.database.clone().unwrap_or(defaults.database),
+        let database = match (&self.cloudstack_db_properties, &self.database) {
+            (Some(file), _) => StoreLocation::from_cloudstack_db_properties(file)?,
+            (None, Some(location)) => location.clone(),
+            (None, None) => defaults.database,
+        };
+        Ok(ApiConfig {
+            database,
             key_file: self.key_file.clone().unwrap_or(defaults.key_file),
-        }
+        })
     }
 
     fn keys_file(&self, explicit: &Option<PathBuf>) -> PathBuf {
@@ -306,10 +360,10 @@ fn ensure_dir_for(file: &Path) -> Result<(), Failure> {
 }
 
 fn open_api(global: &GlobalOpts) -> Result<Api, ApiError> {
-    let config = global.api_config();
-    for file in [&config.database, &config.key_file] {
-        ensure_dir_for(file).map_err(|Failure(text)| ApiError::internal(text))?;
-    }
+    let config = global
+        .api_config()
+        .map_err(|Failure(text)| ApiError::internal(text))?;
+    ensure_dirs(&config).map_err(|Failure(text)| ApiError::internal(text))?;
     Api::open(config)
 }
 
@@ -321,6 +375,14 @@ fn emit(text: &str) -> std::io::Result<()> {
     out.write_all(text.as_bytes())?;
     out.write_all(b"\n")?;
     out.flush()
+}
+
+/// Creates the directories of the SQLite file and of the key file.
+fn ensure_dirs(config: &ApiConfig) -> Result<(), Failure> {
+    if let Some(db) = config.database.sqlite_path() {
+        ensure_dir_for(db)?;
+    }
+    ensure_dir_for(&config.key_file)
 }
 
 fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
@@ -584,6 +646,47 @@ fn run_keys(global: &GlobalOpts, action: &KeysCmd) -> Result<(), Failure> {
     }
 }
 
+fn run_store(global: &GlobalOpts, action: &StoreCmd) -> Result<(), Failure> {
+    match action {
+        StoreCmd::Migrate {
+            from,
+            to,
+            from_key_file,
+            to_key_file,
+        } => {
+            use netbridge_control::registry::{migrate, Registry};
+            let default_key = global
+                .key_file
+                .clone()
+                .unwrap_or_else(|| ApiConfig::in_dir(global.state_dir()).key_file);
+            let from_key = from_key_file.clone().unwrap_or(default_key);
+            let to_key = to_key_file.clone().unwrap_or_else(|| from_key.clone());
+            if from == to {
+                return Err(Failure("--from and --to name the same store".to_string()));
+            }
+            if !from_key.exists() {
+                return Err(Failure(format!(
+                    "the source's key file {} does not exist",
+                    from_key.display()
+                )));
+            }
+            let source = Registry::open_at(from, &from_key)
+                .map_err(|e| Failure(format!("cannot open the source {from}: {e}")))?;
+            if let Some(db) = to.sqlite_path() {
+                ensure_dir_for(db)?;
+            }
+            ensure_dir_for(&to_key)?;
+            let destination = Registry::open_at(to, &to_key)
+                .map_err(|e| Failure(format!("cannot open the destination {to}: {e}")))?;
+            let report = migrate::migrate(&source, &destination)
+                .map_err(|e| Failure(format!("migration from {from} to {to}: {e}")))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!("note: migrated {from} into {to}");
+            Ok(())
+        }
+    }
+}
+
 /// `exec` failure in the script form: the error JSON on stdout, the text on
 /// stderr, exit 1/2/3 by kind.
 fn exec_failure(command: &str, err: &DispatchError) -> ExitCode {
@@ -611,11 +714,12 @@ fn run_exec(global: &GlobalOpts, args: &ExecArgs) -> ExitCode {
         Ok(p) => p,
         Err(text) => return config_error(text),
     };
-    let api = global.api_config();
-    for file in [&api.database, &api.key_file] {
-        if let Err(Failure(text)) = ensure_dir_for(file) {
-            return config_error(text);
-        }
+    let api = match global.api_config() {
+        Ok(api) => api,
+        Err(Failure(text)) => return config_error(text),
+    };
+    if let Err(Failure(text)) = ensure_dirs(&api) {
+        return config_error(text);
     }
     let mut config = BridgeConfig::new(api);
     config.dispatch_netns = args.dispatch_netns.clone();
@@ -710,13 +814,16 @@ impl Drop for TerminalProgress {
 
 fn run_status(global: &GlobalOpts, args: &StatusArgs) -> ExitCode {
     use std::io::IsTerminal;
-    let api = global.api_config();
-    for file in [&api.database, &api.key_file] {
-        if let Err(Failure(text)) = ensure_dir_for(file) {
+    let api = match global
+        .api_config()
+        .and_then(|api| ensure_dirs(&api).map(|()| api))
+    {
+        Ok(api) => api,
+        Err(Failure(text)) => {
             eprintln!("error: {text}");
             return ExitCode::from(EXIT_USAGE);
         }
-    }
+    };
     let mut config = BridgeConfig::new(api);
     config.dispatch_netns = args.dispatch_netns.clone();
     let bridge = match Bridge::open(config) {
@@ -826,6 +933,7 @@ fn main() -> ExitCode {
         Cmd::Status(args) => return run_status(&cli.global, args),
         Cmd::Serve(args) => run_serve(&cli.global, args),
         Cmd::Keys { action } => run_keys(&cli.global, action),
+        Cmd::Store { action } => run_store(&cli.global, action),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

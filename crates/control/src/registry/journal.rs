@@ -1,6 +1,7 @@
 //! The bridge's command journal ([`crate::dispatch::CommandJournal`]) in the
 //! registry, so the desired state sent for each network/VPC survives
-//! restarts and is shared by every process using the same database.
+//! restarts and is shared by every process using the same database
+//! ([`RegistryJournal`], whatever the backend), and its SQLite rows.
 //!
 //! Stored incrementally, so a command costs the same whatever the size of
 //! the network:
@@ -25,6 +26,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::sqlite::SqliteStore;
 use super::{now_timestamp, Registry, RegistryError};
 use crate::dispatch::journal::{check_key, prefix_end, Change, Effect, JournalEntry, PendingDrop};
 use crate::dispatch::{CommandJournal, JournalError, JournalHead, JournalState};
@@ -37,7 +39,7 @@ fn blob_aad(key: &str) -> String {
 
 /// Associated data of one entry: a row copied to another key, position or
 /// slot does not decrypt.
-fn entry_aad(key: &str, seq: i64, slot: Option<&str>) -> String {
+pub(super) fn entry_aad(key: &str, seq: i64, slot: Option<&str>) -> String {
     match slot {
         Some(s) => format!("netbridge/v2/journal/{key}/{seq}/s{s}"),
         None => format!("netbridge/v2/journal/{key}/{seq}/-"),
@@ -48,24 +50,24 @@ fn journal_error(e: RegistryError) -> JournalError {
     JournalError(e.to_string())
 }
 
-fn corrupt(key: &str, what: impl std::fmt::Display) -> RegistryError {
+pub(super) fn corrupt(key: &str, what: impl std::fmt::Display) -> RegistryError {
     RegistryError::Io(format!("corrupt journal of {key}: {what}"))
 }
 
-/// What is sealed per entry.
+/// What is sealed per entry (the same form in every backend).
 #[derive(Serialize)]
-struct SealedRef<'a> {
-    command: &'a str,
-    envelope: &'a Value,
+pub(super) struct SealedRef<'a> {
+    pub(super) command: &'a str,
+    pub(super) envelope: &'a Value,
 }
 
 #[derive(Deserialize)]
-struct Sealed {
-    command: String,
-    envelope: Value,
+pub(super) struct Sealed {
+    pub(super) command: String,
+    pub(super) envelope: Value,
 }
 
-fn encode_drops(drops: &[PendingDrop]) -> Result<String, RegistryError> {
+pub(super) fn encode_drops(drops: &[PendingDrop]) -> Result<String, RegistryError> {
     if drops.is_empty() {
         return Ok(String::new());
     }
@@ -73,8 +75,8 @@ fn encode_drops(drops: &[PendingDrop]) -> Result<String, RegistryError> {
         .map_err(|e| RegistryError::Io(format!("cannot encode journal: {e}")))
 }
 
-impl Registry {
-    fn journal_head(
+impl SqliteStore {
+    fn head_in(
         &self,
         conn: &rusqlite::Connection,
         key: &str,
@@ -305,7 +307,7 @@ impl Registry {
     }
 
     /// Replaces everything stored for `key` by `state`.
-    fn journal_replace(
+    pub(super) fn journal_replace_rows(
         &self,
         tx: &Transaction<'_>,
         key: &str,
@@ -336,7 +338,7 @@ impl Registry {
                 });
                 match state {
                     Ok(state) if check_key(&key).is_ok() => {
-                        self.journal_replace(tx, &key, &state)?;
+                        self.journal_replace_rows(tx, &key, &state)?;
                         tx.execute("DELETE FROM dispatch_journal WHERE key = ?1", [&key])?;
                         log::info!("state journal of {key} converted to rows");
                     }
@@ -348,13 +350,74 @@ impl Registry {
         })
     }
 
-    /// Number of journaled networks/VPCs (for status and tests).
-    pub fn journal_count(&self) -> Result<usize, RegistryError> {
+    pub(super) fn journal_count_rows(&self) -> Result<usize, RegistryError> {
         self.read(|conn| {
             let n: i64 = conn
                 .prepare_cached("SELECT COUNT(*) FROM journal_heads")?
                 .query_row([], |r| r.get(0))?;
             Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
+    pub(super) fn journal_key_rows(&self) -> Result<Vec<String>, RegistryError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key FROM journal_heads UNION SELECT key FROM journal_entries ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub(super) fn journal_load_rows(&self, key: &str) -> Result<JournalState, RegistryError> {
+        self.read(|conn| {
+            let head = self.head_in(conn, key)?.unwrap_or_default();
+            Ok(JournalState {
+                host: head.host,
+                entries: self.journal_entries(conn, key)?,
+                pending_drops: head.pending_drops,
+            })
+        })
+    }
+
+    pub(super) fn journal_head_row(&self, key: &str) -> Result<JournalHead, RegistryError> {
+        self.read(|conn| Ok(self.head_in(conn, key)?.unwrap_or_default()))
+    }
+
+    pub(super) fn journal_update_head_row(
+        &self,
+        key: &str,
+        change: &mut dyn FnMut(&mut JournalHead),
+    ) -> Result<JournalHead, RegistryError> {
+        self.write(|tx| {
+            let mut head = self.head_in(tx, key)?.unwrap_or_default();
+            let before = head.clone();
+            change(&mut head);
+            if head != before {
+                self.journal_put_head(tx, key, &head)?;
+            }
+            Ok(head)
+        })
+    }
+
+    pub(super) fn journal_record_rows(
+        &self,
+        key: &str,
+        host: &str,
+        command: Command,
+        envelope: &Value,
+    ) -> Result<(), RegistryError> {
+        let change = Change::new(command, envelope);
+        self.write(|tx| {
+            let head = self.head_in(tx, key)?;
+            self.journal_apply(tx, key, &change)?;
+            let host = change.host_after(host);
+            if head.as_ref().map(|h| &h.host) != Some(&host) {
+                let mut head = head.unwrap_or_default();
+                head.host = host;
+                self.journal_put_head(tx, key, &head)?;
+            }
+            Ok(())
         })
     }
 }
@@ -380,22 +443,17 @@ impl RegistryJournal {
 impl CommandJournal for RegistryJournal {
     fn load(&self, key: &str) -> Result<JournalState, JournalError> {
         check_key(key)?;
-        let reg = &self.registry;
-        reg.read(|conn| {
-            let head = reg.journal_head(conn, key)?.unwrap_or_default();
-            Ok(JournalState {
-                host: head.host,
-                entries: reg.journal_entries(conn, key)?,
-                pending_drops: head.pending_drops,
-            })
-        })
-        .map_err(journal_error)
+        self.registry
+            .store()
+            .journal_load(key)
+            .map_err(journal_error)
     }
 
     fn head(&self, key: &str) -> Result<JournalHead, JournalError> {
         check_key(key)?;
-        let reg = &self.registry;
-        reg.read(|conn| Ok(reg.journal_head(conn, key)?.unwrap_or_default()))
+        self.registry
+            .store()
+            .journal_head(key)
             .map_err(journal_error)
     }
 
@@ -405,17 +463,10 @@ impl CommandJournal for RegistryJournal {
         change: &mut dyn FnMut(&mut JournalHead),
     ) -> Result<JournalHead, JournalError> {
         check_key(key)?;
-        let reg = &self.registry;
-        reg.write(|tx| {
-            let mut head = reg.journal_head(tx, key)?.unwrap_or_default();
-            let before = head.clone();
-            change(&mut head);
-            if head != before {
-                reg.journal_put_head(tx, key, &head)?;
-            }
-            Ok(head)
-        })
-        .map_err(journal_error)
+        self.registry
+            .store()
+            .journal_update_head(key, change)
+            .map_err(journal_error)
     }
 
     fn record(
@@ -426,20 +477,10 @@ impl CommandJournal for RegistryJournal {
         envelope: &Value,
     ) -> Result<(), JournalError> {
         check_key(key)?;
-        let change = Change::new(command, envelope);
-        let reg = &self.registry;
-        reg.write(|tx| {
-            let head = reg.journal_head(tx, key)?;
-            reg.journal_apply(tx, key, &change)?;
-            let host = change.host_after(host);
-            if head.as_ref().map(|h| &h.host) != Some(&host) {
-                let mut head = head.unwrap_or_default();
-                head.host = host;
-                reg.journal_put_head(tx, key, &head)?;
-            }
-            Ok(())
-        })
-        .map_err(journal_error)
+        self.registry
+            .store()
+            .journal_record(key, host, command, envelope)
+            .map_err(journal_error)
     }
 }
 
@@ -450,6 +491,14 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> Arc<Registry> {
         Arc::new(Registry::open(&dir.join("nb.db"), &dir.join("secret.key")).unwrap())
+    }
+
+    /// A second connection on the test's SQLite file, for what the store
+    /// does not offer (raw rows).
+    fn raw_conn(dir: &std::path::Path) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(dir.join("nb.db")).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c
     }
 
     fn raw_db(dir: &std::path::Path) -> String {
@@ -537,14 +586,12 @@ mod tests {
         .unwrap();
         assert_eq!(reg.journal_count().unwrap(), 1);
         assert_eq!(j.load("cs-net-42").unwrap(), JournalState::default());
-        let rows: i64 = reg
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT COUNT(*) FROM journal_entries WHERE key = 'cs-net-42'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
+        let rows: i64 = raw_conn(dir.path())
+            .query_row(
+                "SELECT COUNT(*) FROM journal_entries WHERE key = 'cs-net-42'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(rows, 0);
     }
@@ -739,33 +786,31 @@ mod tests {
             last_attempt: 5,
         });
         let blob = reg
-            .cipher
+            .store()
+            .cipher()
             .seal(
                 &blob_aad("cs-net-42"),
                 &serde_json::to_string(&state).unwrap(),
             )
             .unwrap();
-        reg.write(|tx| {
-            tx.execute(
+        raw_conn(dir.path())
+            .execute(
                 "INSERT INTO dispatch_journal (key, state, updated) VALUES ('cs-net-42', ?1, 'x'),
                  ('cs-net-43', x'00112233445566778899aabbccddeeff0011223344', 'x')",
                 [blob],
-            )?;
-            Ok(())
-        })
-        .unwrap();
+            )
+            .unwrap();
         drop(reg);
         let reg = open(dir.path());
         let j = RegistryJournal::new(reg.clone());
         assert_eq!(j.load("cs-net-42").unwrap(), state);
         // The blob that does not decrypt stays where it was, unused.
-        let left: Vec<String> = reg
-            .read(|c| {
-                let mut st = c.prepare("SELECT key FROM dispatch_journal")?;
-                let rows = st.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap();
+        let left: Vec<String> = {
+            let c = raw_conn(dir.path());
+            let mut st = c.prepare("SELECT key FROM dispatch_journal").unwrap();
+            let rows = st.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
         assert_eq!(left, vec!["cs-net-43".to_string()]);
         assert_eq!(j.load("cs-net-43").unwrap(), JournalState::default());
     }
@@ -782,11 +827,9 @@ mod tests {
             &env(json!({"network_id": "42"})),
         )
         .unwrap();
-        reg.write(|tx| {
-            tx.execute("UPDATE journal_entries SET seq = seq + 5", [])?;
-            Ok(())
-        })
-        .unwrap();
+        raw_conn(dir.path())
+            .execute("UPDATE journal_entries SET seq = seq + 5", [])
+            .unwrap();
         assert!(j.load("cs-net-42").is_err());
     }
 }

@@ -112,6 +112,18 @@ impl Cipher {
         Ok(Cipher::from_key(&key))
     }
 
+    /// Loads an existing key file (never creates one): for processes that
+    /// only decrypt what a management server sealed.
+    pub fn load_existing(path: &Path) -> Result<Cipher, RegistryError> {
+        if !path.exists() {
+            return Err(RegistryError::KeyFile(format!(
+                "key file {} does not exist; copy it from a management server of this database",
+                path.display()
+            )));
+        }
+        Cipher::load_or_create(path)
+    }
+
     fn from_key(key: &[u8]) -> Cipher {
         Cipher {
             aead: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),

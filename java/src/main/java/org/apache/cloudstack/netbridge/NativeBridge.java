@@ -23,8 +23,14 @@ final class NativeBridge {
 
     static native void setMaxLogLevel(int code);
 
-    /** {@code dispatchNetns} may be null (the caller's namespace). */
-    static native long open(String database, String keyFile, String dispatchNetns);
+    /**
+     * {@code database}: a store location (SQLite path, {@code sqlite:///path} or
+     * {@code mysql://user@host:port/cloud}); {@code cloudstackDbProperties}, when not null,
+     * names CloudStack's {@code db.properties} whose database is used instead.
+     * {@code dispatchNetns} may be null (the caller's namespace).
+     */
+    static native long open(String database, String cloudstackDbProperties, String keyFile,
+            String dispatchNetns);
 
     static native void close(long handle);
 

@@ -45,7 +45,9 @@ public final class NetBridge implements AutoCloseable {
             NativeLog.LOGGER.setLevel(config.logLevel());
         }
         NativeLog.applyLevel();
-        long h = NativeBridge.open(config.database().toString(), config.keyFile().toString(),
+        long h = NativeBridge.open(config.database(),
+                config.cloudstackDbProperties() == null ? null : config.cloudstackDbProperties().toString(),
+                config.keyFile().toString(),
                 config.dispatchNetns() == null ? null : config.dispatchNetns().toString());
         return new NetBridge(config, h);
     }

@@ -29,12 +29,16 @@ import org.apache.cloudstack.netbridge.NetBridgeConfig;
  *     -Dexec.classpathScope=test -Dexec.mainClass=org.apache.cloudstack.netbridge.bench.ApiBenchmark
  * </pre>
  * System properties: {@code bench.extensions} (1000), {@code bench.registrations} (10),
- * {@code bench.iterations} (5000), {@code bench.pings} (5000000).
+ * {@code bench.iterations} (5000), {@code bench.pings} (5000000), {@code bench.store}
+ * ({@code sqlite} or {@code mariadb}, see {@link BenchStore}).
  */
 public final class ApiBenchmark {
     private static final String SERVICES = "Dhcp,Dns,UserData,SourceNat,StaticNat,PortForwarding,Firewall,Lb,NetworkACL,CustomAction";
     private static final String CAPABILITIES = "{\"SourceNat\":{\"SupportedSourceNatTypes\":\"peraccount\"},"
             + "\"Lb\":{\"SupportedLBAlgorithms\":\"roundrobin,leastconn,source\",\"SupportedProtocols\":\"tcp,udp\"}}";
+
+    /** The physical networks registered with (CloudStack's database knows them). */
+    private static List<String> physicalNetworks;
 
     private ApiBenchmark() {
     }
@@ -52,8 +56,15 @@ public final class ApiBenchmark {
         System.out.println("  java     " + System.getProperty("java.vm.name") + " " + System.getProperty("java.version"));
 
         Path dir = Files.createTempDirectory("netbridge-bench-");
-        try (NetBridge b = NetBridge.open(NetBridgeConfig.builder()
-                .database(dir.resolve("netbridge.db")).keyFile(dir.resolve("secret.key")).logLevel("off").build())) {
+        List<String> networks = new ArrayList<>();
+        for (int r = 0; r < registrations; r++) {
+            networks.add(UUID.randomUUID().toString());
+        }
+        try (BenchStore store = BenchStore.open(dir.resolve("netbridge.db"), networks);
+                NetBridge b = NetBridge.open(NetBridgeConfig.builder()
+                .database(store.location).keyFile(dir.resolve("secret.key")).logLevel("off").build())) {
+            System.out.println("  store    " + store.describe());
+            physicalNetworks = networks;
             boolean stub = false;
             try {
                 b.api("listExtensions", Map.of());
@@ -67,6 +78,8 @@ public final class ApiBenchmark {
             }
             pingFigures(pings);
             System.out.println("  goals: p50 < 100 us for both API calls, < 1 us for the trivial call");
+        } catch (Exception e) {
+            throw new IOException(e);
         } finally {
             deleteTree(dir);
         }
@@ -85,7 +98,7 @@ public final class ApiBenchmark {
                         "network.service.capabilities", CAPABILITIES));
                 ids[e] = extractId(b.api("createExtension", p));
                 for (int r = 0; r < registrations; r++) {
-                    pns[e][r] = UUID.randomUUID().toString();
+                    pns[e][r] = physicalNetworks.get(r);
                     Map<String, String> q = new LinkedHashMap<>();
                     q.put("extensionid", ids[e]);
                     q.put("resourceid", pns[e][r]);

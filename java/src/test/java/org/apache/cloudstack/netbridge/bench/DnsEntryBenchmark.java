@@ -5,6 +5,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.stream.Stream;
@@ -74,11 +75,14 @@ public final class DnsEntryBenchmark {
 
         String prefix = System.getProperty("bench.prefix", "nbq");
         Path dir = Files.createTempDirectory(prefix + "-dns-bench-");
-        try (Testbed tb = Testbed.start(prefix, "--executor-log-level", "warn");
-                NetBridge b = NetBridge.open(NetBridgeConfig.builder().database(dir.resolve("bridge.db"))
+        String physicalNetwork = java.util.UUID.randomUUID().toString();
+        try (BenchStore store = BenchStore.open(dir.resolve("bridge.db"), List.of(physicalNetwork));
+                Testbed tb = Testbed.start(prefix, "--executor-log-level", "warn");
+                NetBridge b = NetBridge.open(NetBridgeConfig.builder().database(store.anyNamespaceLocation)
                         .keyFile(dir.resolve("bridge.key")).logLevel("off")
                         .dispatchNetns(Path.of(tb.str("mgmt_netns"))).build())) {
-            ControlPlane cp = new ControlPlane(b, s -> { });
+            System.out.println("  store    " + store.describe() + " (the bridge's registry and journal)");
+            ControlPlane cp = new ControlPlane(b, s -> { }, physicalNetwork);
             cp.createExtension(prefix + "-dns-bench");
             String key = tb.str("executor.key");
             cp.register(ControlPlane.registrationDetails(tb, key));
@@ -146,6 +150,11 @@ public final class DnsEntryBenchmark {
             double p50b = -1;
             if (Files.isExecutable(entry) && procRuns > 0) {
                 EntrypointTransport ep = new EntrypointTransport(entry, tb.mgmtNetnsName(), dir.resolve("entry"));
+                if (BenchStore.mariadb()) {
+                    // The entry point's journal in the same shared rows as the bridge's.
+                    ep.withEnvironment("NETBRIDGE_DATABASE", store.anyNamespaceLocation)
+                            .withEnvironment("NETBRIDGE_KEY_FILE", dir.resolve("bridge.key").toString());
+                }
                 CloudStackSim viaProc = new CloudStackSim(ep, 209, CloudStackSim.physicalDetails(tb, key));
                 viaProc.details().putAll(cs.details());
                 long[] p = new long[procRuns];

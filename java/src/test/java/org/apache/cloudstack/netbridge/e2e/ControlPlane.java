@@ -18,12 +18,19 @@ public final class ControlPlane {
 
     private final NetBridge bridge;
     private final Consumer<String> log;
-    public final String physicalNetworkId = UUID.randomUUID().toString();
+    /** The physical network registered with. */
+    public final String physicalNetworkId;
     public String extensionId;
 
     public ControlPlane(NetBridge bridge, Consumer<String> log) {
+        this(bridge, log, UUID.randomUUID().toString());
+    }
+
+    /** On a given physical network (one that CloudStack's database knows). */
+    public ControlPlane(NetBridge bridge, Consumer<String> log, String physicalNetworkId) {
         this.bridge = bridge;
         this.log = log;
+        this.physicalNetworkId = physicalNetworkId;
     }
 
     public static Map<String, String> params(String... kv) {

@@ -29,6 +29,15 @@ public final class EntrypointTransport implements Transport {
         this.payloadDir = Files.createDirectories(workDir.resolve("payloads"));
     }
 
+    /** Extra environment of every run (e.g. {@code NETBRIDGE_DATABASE} for the shared journal). */
+    private final java.util.Map<String, String> environment = new java.util.concurrent.ConcurrentHashMap<>();
+
+    /** Adds {@code name=value} to the environment of every later run. */
+    public EntrypointTransport withEnvironment(String name, String value) {
+        environment.put(name, value);
+        return this;
+    }
+
     /** Standard error of the last {@link #run} (the entry point's diagnostics). */
     public volatile String lastStderr = "";
 
@@ -42,6 +51,7 @@ public final class EntrypointTransport implements Transport {
             ProcessBuilder pb = new ProcessBuilder(List.of("ip", "netns", "exec", netns, entrypoint.toString(),
                     command, payload.toString(), Integer.toString(timeoutSeconds)));
             pb.environment().put("NETBRIDGE_STATE_DIR", stateDir.toString());
+            pb.environment().putAll(environment);
             pb.redirectError(err.toFile());
             Process p = pb.start();
             byte[] out = p.getInputStream().readAllBytes();

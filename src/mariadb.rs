@@ -543,6 +543,11 @@ impl Galera {
             galera.launch(i, false);
             galera.wait_synced(i);
         }
+        // A donor of a state transfer goes back to Synced on its own, after
+        // its joiner did; until then it refuses or holds writes.
+        for i in 0..size {
+            galera.wait_synced(i);
+        }
         galera
     }
 
@@ -684,6 +689,12 @@ impl Galera {
     pub fn restart(&mut self, i: usize) {
         self.launch(i, false);
         self.wait_synced(i);
+        // Its donor, too, is back to Synced before anyone writes to it.
+        for other in 0..self.nodes.len() {
+            if self.nodes[other].child.is_some() {
+                self.wait_synced(other);
+            }
+        }
     }
 
     /// `wsrep_cluster_size` seen by node `i`.

@@ -32,6 +32,19 @@ fn call(api: &Api, cmd: &str, params: &[(&str, &str)]) -> Result<Value, String> 
         .map_err(|e| format!("{} {}", e.code, e.text))
 }
 
+/// [`call`] as a CloudStack client makes it: 534 means the store stayed
+/// busy and nothing changed, so the same call is made again (bounded).
+fn call_retrying(api: &Api, cmd: &str, params: &[(&str, &str)]) -> Result<Value, String> {
+    let mut answer = call(api, cmd, params);
+    for _ in 0..50 {
+        match &answer {
+            Err(e) if e.starts_with("534 ") => answer = call(api, cmd, params),
+            _ => break,
+        }
+    }
+    answer
+}
+
 fn server(db: &GaleraDb, node: usize, dir: &std::path::Path) -> Api {
     Api::open(ApiConfig {
         database: StoreLocation::parse(&db.url(node)).unwrap(),
@@ -112,7 +125,7 @@ fn three_servers_on_three_galera_nodes() {
                 barrier.wait();
                 for round in 0..10 {
                     let tag = format!("n{i}-r{round}");
-                    call(
+                    call_retrying(
                         api,
                         "updateRegisteredExtension",
                         &[
@@ -171,15 +184,31 @@ fn three_servers_on_three_galera_nodes() {
                 for n in 0..30 {
                     let name = format!("burst-{i}-{n}");
                     let ip = format!("10.{i}.0.{n}");
-                    let created = call(
+                    let created = call_retrying(
                         api,
                         "createExtension",
                         &[("name", &name), ("type", "Orchestrator")],
                     );
-                    let recorded = created.is_ok()
-                        && journal
-                            .record("cs-net-7", "h1", NetCommand::AddDnsEntry, &dns(&ip))
-                            .is_ok();
+                    // A busy store changed nothing: the entry point retries too.
+                    let record = || {
+                        let mut result =
+                            journal.record("cs-net-7", "h1", NetCommand::AddDnsEntry, &dns(&ip));
+                        for _ in 0..50 {
+                            match &result {
+                                Err(e) if e.to_string().contains("busy") => {
+                                    result = journal.record(
+                                        "cs-net-7",
+                                        "h1",
+                                        NetCommand::AddDnsEntry,
+                                        &dns(&ip),
+                                    )
+                                }
+                                _ => break,
+                            }
+                        }
+                        result
+                    };
+                    let recorded = created.is_ok() && record().is_ok();
                     if recorded {
                         acked.lock().unwrap().push(format!("{name} {ip}"));
                     } else if i == 2 && killed.load(Ordering::SeqCst) {

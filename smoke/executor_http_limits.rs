@@ -339,9 +339,11 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     let limit = Duration::from_secs(1);
     let ex = Executor::start(&["--idle-timeout", "1", "--tls-handshake-timeout", "1"]);
 
-    // A TLS connection that never sends a request.
-    let mut idle = ex.tls();
+    // Each clock starts before the client's last step, so that it cannot
+    // start after the server's deadline did (the client may be scheduled
+    // late on a busy machine). A TLS connection that never sends a request:
     let start = Instant::now();
+    let mut idle = ex.tls();
     wait_closed(&mut idle).expect("idle connection closed");
     assert!(
         start.elapsed() >= limit,
@@ -351,10 +353,10 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
 
     // A keep-alive connection after a signed request.
     let mut kept = ex.tls();
+    let start = Instant::now();
     let reply = ex.signed(&mut kept, "GET", "/v1/health", b"");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("connection"), None);
-    let start = Instant::now();
     wait_closed(&mut kept).expect("keep-alive connection closed");
     assert!(
         start.elapsed() >= limit,
@@ -363,8 +365,8 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     );
 
     // A TCP connection that never starts the TLS handshake.
-    let mut silent = tcp_from(Ipv4Addr::LOCALHOST, None);
     let start = Instant::now();
+    let mut silent = tcp_from(Ipv4Addr::LOCALHOST, None);
     wait_closed(&mut silent).expect("connection without handshake closed");
     assert!(
         start.elapsed() >= limit,
@@ -465,11 +467,11 @@ fn slow_heads_and_lying_content_lengths_get_408_json_and_are_closed() {
     // Slowloris: the head keeps growing, one byte per poll of the answer;
     // the deadline runs from its first byte whatever the progress.
     let mut slow = ex.tls();
+    let start = Instant::now();
     send(
         &mut slow,
         b"GET /v1/health HTTP/1.1\r\nHost: executor\r\nX-Slow: ",
     );
-    let start = Instant::now();
     slow.sock
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("read timeout");

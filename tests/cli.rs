@@ -248,19 +248,29 @@ fn keys_create_prints_the_secret_once_and_list_never_shows_it() {
         .to_string();
     assert_eq!(created["name"], "ops");
 
-    let keys = state.join("api-keys.toml");
-    let mode = std::fs::metadata(&keys)
+    // In the store, sealed: the database never holds the secret in plain text.
+    let db = std::fs::read(state.join("netbridge.db")).expect("database");
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret key is stored in plain text"
+    );
+    assert!(!state.join("api-keys.toml").exists());
+    // With --keys-file the key goes to that file, private.
+    let file = state.join("local-keys.toml");
+    let file_arg = file.to_str().expect("path");
+    netbridge(
+        &state,
+        &["keys", "create", "--name", "local", "--keys-file", file_arg],
+    )
+    .ok();
+    let mode = std::fs::metadata(&file)
         .expect("keys file")
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let dir_mode = std::fs::metadata(&state)
-        .expect("state dir")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(dir_mode, 0o700);
+    let listed = netbridge(&state, &["keys", "list", "--keys-file", file_arg]).ok();
+    assert_eq!(listed[0]["name"], "local");
 
     let run = netbridge(&state, &["keys", "list"]);
     assert!(!run.stdout.contains(&secret));

@@ -652,31 +652,45 @@ fn requests_the_http_parser_refuses_get_the_error_body() {
 }
 
 #[test]
-fn serve_refuses_a_keys_file_readable_by_others_or_missing() {
+fn serve_refuses_a_store_without_keys_and_a_keys_file_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
     let state = state_dir();
-    let out = Command::new(&*BIN)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .expect("run serve");
+    let serve = |extra: &[&str]| {
+        Command::new(&*BIN)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .expect("run serve")
+    };
+    let out = serve(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("none; create one with `netbridge keys create`"),
+        "{stderr}"
+    );
+
+    // A keys file given instead of the store: missing, then readable by others.
+    let keys = state.path().join("api-keys.toml");
+    let keys_arg = keys.to_str().expect("path");
+    let out = serve(&["--keys-file", keys_arg]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not found; create a key with `netbridge keys create`"),
         "{stderr}"
     );
-
-    create_key(state.path());
-    let keys = state.path().join("api-keys.toml");
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = Command::new(&*BIN)
+    let created = Command::new(&*BIN)
         .arg("--state-dir")
         .arg(state.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["keys", "create", "--name", "file", "--keys-file", keys_arg])
         .output()
-        .expect("run serve");
+        .expect("keys create");
+    assert!(created.status.success());
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = serve(&["--keys-file", keys_arg]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -754,7 +768,7 @@ fn request_log_names_the_command_but_never_secrets_or_signatures() {
 }
 
 #[test]
-fn sighup_reloads_the_keys_file() {
+fn sighup_reloads_the_keys() {
     let state = state_dir();
     let first = create_key(state.path());
     let server = Server::start(state.path());

@@ -15,6 +15,7 @@ use netbridge_control::registry::{
 use netbridge_testbed::mariadb::cloud_database;
 use serde_json::{json, Value};
 
+const API_SECRET: &str = "nb-test-api-Secret-42";
 const PN1: &str = "7b6b8a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 const CLUSTER: &str = "c1a2b3c4-d5e6-4f70-8192-a3b4c5d6e7f8";
 const SECRET: &str = "S3cr3t-executor-key-value-9f8e7d";
@@ -177,6 +178,10 @@ fn sqlite_registry_moves_into_cloudstacks_database() {
         )
         .unwrap();
     let source_journal = journal.load("cs-net-209").unwrap();
+    source
+        .registry()
+        .add_api_key("ops", "ops-api-key", API_SECRET)
+        .unwrap();
     let source_listing = listing(&source);
     drop(journal);
     drop(source);
@@ -191,7 +196,7 @@ fn sqlite_registry_moves_into_cloudstacks_database() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         report["created"],
-        json!({"extensions": 2, "registrations": 2, "bindings": 1, "offerings": 1, "journals": 1})
+        json!({"extensions": 2, "registrations": 2, "bindings": 1, "offerings": 1, "journals": 1, "api_keys": 1})
     );
     assert!(
         !err.contains("nb-test-Pa55"),
@@ -204,6 +209,16 @@ fn sqlite_registry_moves_into_cloudstacks_database() {
         key_file: new_key.clone(),
     })
     .unwrap();
+    let keys = dest.registry().api_keys().unwrap();
+    assert_eq!(
+        (
+            keys[0].name.as_str(),
+            keys[0].apikey.as_str(),
+            keys[0].secretkey.expose()
+        ),
+        ("ops", "ops-api-key", API_SECRET),
+        "the API key moved, readable with the new key"
+    );
     let (moved, names) = without_resource_names(listing(&dest));
     assert_eq!(moved, without_resource_names(source_listing).0);
     // Names now come from CloudStack's physical_network and cluster rows.
@@ -243,7 +258,7 @@ fn sqlite_registry_moves_into_cloudstacks_database() {
     let dest_journal = RegistryJournal::new(dest.registry_handle());
     assert_eq!(dest_journal.load("cs-net-209").unwrap(), source_journal);
     let dump = db.dump();
-    assert!(!dump.contains(SECRET) && !dump.contains(VM_PASSWORD));
+    assert!(!dump.contains(SECRET) && !dump.contains(VM_PASSWORD) && !dump.contains(API_SECRET));
     drop(dest_journal);
     drop(dest);
     // Sealed with the new key: the old one cannot read them.
@@ -266,11 +281,11 @@ fn sqlite_registry_moves_into_cloudstacks_database() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         report["created"],
-        json!({"extensions": 0, "registrations": 0, "bindings": 0, "offerings": 0, "journals": 0})
+        json!({"extensions": 0, "registrations": 0, "bindings": 0, "offerings": 0, "journals": 0, "api_keys": 0})
     );
     assert_eq!(
         report["unchanged"],
-        json!({"extensions": 2, "registrations": 2, "bindings": 1, "offerings": 1, "journals": 1})
+        json!({"extensions": 2, "registrations": 2, "bindings": 1, "offerings": 1, "journals": 1, "api_keys": 1})
     );
 
     // A row changed in the destination is not overwritten, and nothing

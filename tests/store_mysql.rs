@@ -424,6 +424,7 @@ fn schema_check_refuses_other_cloudstack_schemas_and_never_alters_them() {
     assert_eq!(
         ours,
         vec![
+            "netbridge_api_keys",
             "netbridge_async_jobs",
             "netbridge_bindings",
             "netbridge_journal_entries",

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 
 use super::{codes, Api, ApiError, Params};
+use crate::registry::Registry;
 use netbridge_protocol::sanitize_for_message;
 
 /// Default listen address: CloudStack's integration API port, loopback only.
@@ -84,6 +85,8 @@ pub enum HttpError {
     Random(String),
     #[error("invalid key name '{0}': use 1-64 characters from [A-Za-z0-9._-]")]
     KeyName(String),
+    #[error("API keys in the store {location}: {reason}")]
+    StoredKeys { location: String, reason: String },
 }
 
 fn keys_error(path: &Path, reason: impl Into<String>) -> HttpError {
@@ -197,6 +200,54 @@ impl KeyStore {
     fn find(&self, apikey: &str) -> Option<&ApiKey> {
         self.keys.iter().find(|k| k.apikey == apikey)
     }
+}
+
+impl KeyStore {
+    /// The keys held by the store (shared by every management server on
+    /// it); refuses a store without keys.
+    pub fn from_registry(registry: &Registry) -> Result<KeyStore, HttpError> {
+        let stored_error = |reason: String| HttpError::StoredKeys {
+            location: registry.location().to_string(),
+            reason,
+        };
+        let keys = registry
+            .api_keys()
+            .map_err(|e| stored_error(e.to_string()))?;
+        if keys.is_empty() {
+            return Err(stored_error(
+                "none; create one with `netbridge keys create`".into(),
+            ));
+        }
+        Ok(KeyStore {
+            keys: keys
+                .into_iter()
+                .map(|k| ApiKey {
+                    name: k.name,
+                    apikey: k.apikey,
+                    secretkey: k.secretkey.expose().to_string(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Generates a new admin key pair into the store.
+pub fn create_stored_key(registry: &Registry, name: &str) -> Result<NewKey, HttpError> {
+    if !valid_key_name(name) {
+        return Err(HttpError::KeyName(sanitize_for_message(name)));
+    }
+    let new = NewKey {
+        name: name.to_string(),
+        apikey: random_token()?,
+        secretkey: random_token()?,
+    };
+    registry
+        .add_api_key(&new.name, &new.apikey, &new.secretkey)
+        .map_err(|e| HttpError::StoredKeys {
+            location: registry.location().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(new)
 }
 
 /// Reads and validates the keys file; `None` when it does not exist.

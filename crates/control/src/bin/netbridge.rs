@@ -55,7 +55,7 @@ struct GlobalOpts {
     /// (default: /etc/netbridge/netbridge.toml when it exists)
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// State directory with the database, the secret key file and the API keys file
+    /// State directory with the database and the secret key file
     /// (default: $NETBRIDGE_STATE_DIR, else state_dir of the config file, else /var/lib/netbridge)
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -155,7 +155,7 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed)
     #[arg(long, default_value = http::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
     listen: std::net::SocketAddr,
-    /// API keys file (default: <state-dir>/api-keys.toml); must be mode 0600 or stricter
+    /// Take the API keys from this file (mode 0600 or stricter) instead of the store
     #[arg(long, value_name = "FILE")]
     keys_file: Option<PathBuf>,
     /// Largest accepted request body in bytes
@@ -211,18 +211,19 @@ const MAX_EXEC_TIMEOUT_SECS: u64 = 86_400;
 
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
-    /// Generate an apikey/secretkey pair into the keys file; the secret is printed once
+    /// Generate an apikey/secretkey pair into the store (shared by every management
+    /// server on it, the secret sealed); the secret is printed once
     Create {
         /// Label for the key, shown in logs ([A-Za-z0-9._-], at most 64)
         #[arg(long, default_value = "admin")]
         name: String,
-        /// API keys file (default: <state-dir>/api-keys.toml)
+        /// Write the key into this file (mode 0600) instead of the store
         #[arg(long, value_name = "FILE")]
         keys_file: Option<PathBuf>,
     },
     /// List key names and api keys (never secrets)
     List {
-        /// API keys file (default: <state-dir>/api-keys.toml)
+        /// List the keys of this file instead of the store's
         #[arg(long, value_name = "FILE")]
         keys_file: Option<PathBuf>,
     },
@@ -314,11 +315,30 @@ impl GlobalOpts {
             key_file: self.key_file.clone().unwrap_or(defaults.key_file),
         })
     }
+}
 
-    fn keys_file(&self, explicit: &Option<PathBuf>) -> PathBuf {
-        explicit
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join(http::KEYS_FILE_NAME))
+/// Where `netbridge serve` takes its admin keys from.
+#[derive(Clone)]
+enum KeySource {
+    /// The store (the default): the same keys on every management server.
+    Store(Arc<Api>),
+    /// A keys file given with `--keys-file`.
+    File(PathBuf),
+}
+
+impl KeySource {
+    fn load(&self) -> Result<KeyStore, http::HttpError> {
+        match self {
+            KeySource::Store(api) => KeyStore::from_registry(api.registry()),
+            KeySource::File(path) => KeyStore::load(path),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            KeySource::Store(api) => format!("the store {}", api.registry().location()),
+            KeySource::File(path) => path.display().to_string(),
+        }
     }
 }
 
@@ -550,9 +570,12 @@ fn run_serve(global: &GlobalOpts, args: &ServeArgs) -> Result<(), Failure> {
     if args.max_body_bytes == 0 {
         return Err(Failure("--max-body-bytes must be at least 1".into()));
     }
-    let keys_path = global.keys_file(&args.keys_file);
-    let keys = KeyStore::load(&keys_path)?;
     let api = Arc::new(open_api(global).map_err(|e| Failure(e.text))?);
+    let source = match &args.keys_file {
+        Some(path) => KeySource::File(path.clone()),
+        None => KeySource::Store(api.clone()),
+    };
+    let keys = source.load()?;
     if !args.listen.ip().is_loopback() {
         log::warn!(
             "listening on non-loopback address {}: the API is reachable from the network (plain HTTP)",
@@ -578,26 +601,32 @@ fn run_serve(global: &GlobalOpts, args: &ServeArgs) -> Result<(), Failure> {
         println!("listening on http://{bound}/client/api");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        log::info!("serving {} key(s) from {}", keys.len(), keys_path.display());
+        log::info!("serving {} key(s) from {}", keys.len(), source.describe());
         let options = ServeOptions {
             max_body_bytes: args.max_body_bytes,
         };
         let ring = KeyRing::new(keys);
-        tokio::spawn(reload_keys_on_hangup(hup, ring.clone(), keys_path.clone()));
+        tokio::spawn(reload_keys_on_hangup(hup, ring.clone(), source.clone()));
         http::serve(listener, api, ring, options, shutdown_signal()).await?;
         log::info!("stopped");
         Ok::<(), Failure>(())
     })
 }
 
-/// SIGHUP re-reads the keys file; a bad file keeps the keys in force.
-async fn reload_keys_on_hangup(mut hup: tokio::signal::unix::Signal, ring: KeyRing, path: PathBuf) {
+/// SIGHUP re-reads the keys; a bad source keeps the keys in force.
+async fn reload_keys_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    ring: KeyRing,
+    source: KeySource,
+) {
     while hup.recv().await.is_some() {
-        match KeyStore::load(&path) {
-            Ok(store) => {
-                log::info!("reloaded {} key(s) from {}", store.len(), path.display());
+        let reading = source.clone();
+        match tokio::task::spawn_blocking(move || reading.load()).await {
+            Ok(Ok(store)) => {
+                log::info!("reloaded {} key(s) from {}", store.len(), source.describe());
                 ring.replace(store);
             }
+            Ok(Err(e)) => log::error!("keys not reloaded, previous keys stay in force: {e}"),
             Err(e) => log::error!("keys not reloaded, previous keys stay in force: {e}"),
         }
     }
@@ -622,19 +651,29 @@ async fn shutdown_signal() {
 fn run_keys(global: &GlobalOpts, action: &KeysCmd) -> Result<(), Failure> {
     match action {
         KeysCmd::Create { name, keys_file } => {
-            let path = global.keys_file(keys_file);
-            let key = http::create_key(&path, name)?;
+            let (key, place) = match keys_file {
+                Some(path) => (http::create_key(path, name)?, path.display().to_string()),
+                None => {
+                    let api = open_api(global).map_err(|e| Failure(e.text))?;
+                    let key = http::create_stored_key(api.registry(), name)?;
+                    (key, format!("the store {}", api.registry().location()))
+                }
+            };
             println!("{}", serde_json::to_string_pretty(&key)?);
             eprintln!(
-                "note: key '{}' added to {}; the secret key is shown only this once",
-                key.name,
-                path.display()
+                "note: key '{}' added to {place}; the secret key is shown only this once",
+                key.name
             );
             Ok(())
         }
         KeysCmd::List { keys_file } => {
-            let path = global.keys_file(keys_file);
-            let store = KeyStore::load(&path)?;
+            let store = match keys_file {
+                Some(path) => KeyStore::load(path)?,
+                None => {
+                    let api = open_api(global).map_err(|e| Failure(e.text))?;
+                    KeyStore::from_registry(api.registry())?
+                }
+            };
             let list: Vec<serde_json::Value> = store
                 .public_view()
                 .into_iter()

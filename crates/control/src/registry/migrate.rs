@@ -39,6 +39,7 @@ pub struct Counts {
     pub bindings: usize,
     pub offerings: usize,
     pub journals: usize,
+    pub api_keys: usize,
 }
 
 /// Everything a store holds, hidden details decrypted (in memory only).
@@ -49,6 +50,7 @@ struct Snapshot {
     bindings: Vec<Binding>,
     offerings: Vec<StoredOffering>,
     journals: Vec<(String, JournalState)>,
+    api_keys: Vec<super::StoredApiKey>,
 }
 
 struct Registration {
@@ -69,6 +71,7 @@ fn snapshot(from: &Registry) -> Result<Snapshot> {
         bindings: from.store().list_bindings()?,
         offerings: Vec::new(),
         journals: Vec::new(),
+        api_keys: from.api_keys()?,
     };
     for ext in extensions {
         let details = from.extension_details_full(&ext.id)?;
@@ -262,6 +265,27 @@ pub fn migrate(from: &Registry, to: &Registry) -> Result<Report> {
         }
     }
 
+    let existing_keys = to.api_keys()?;
+    let mut new_keys = Vec::new();
+    for k in &source.api_keys {
+        let same_name = existing_keys.iter().find(|e| e.name == k.name);
+        let same_apikey = existing_keys.iter().find(|e| e.apikey == k.apikey);
+        match (same_name, same_apikey) {
+            (Some(e), _)
+                if e.apikey == k.apikey && e.secretkey.expose() == k.secretkey.expose() =>
+            {
+                report.unchanged.api_keys += 1
+            }
+            (None, None) => new_keys.push(k),
+            _ => {
+                return Err(conflict(format!(
+                    "API key '{}' differs in the destination",
+                    k.name
+                )))
+            }
+        }
+    }
+
     // 2. Write.
     for (ext, details) in new_extensions {
         to.store().import_extension(ext, details)?;
@@ -321,6 +345,10 @@ pub fn migrate(from: &Registry, to: &Registry) -> Result<Report> {
     for (key, state) in new_journals {
         to.store().journal_replace(key, state)?;
         report.created.journals += 1;
+    }
+    for k in new_keys {
+        to.add_api_key(&k.name, &k.apikey, k.secretkey.expose())?;
+        report.created.api_keys += 1;
     }
     Ok(report)
 }

@@ -373,6 +373,15 @@ pub struct ProviderFilter {
     pub state: Option<State>,
 }
 
+/// An admin key pair of the HTTP API as the store holds it (the secret
+/// sealed at rest, like a hidden detail).
+#[derive(Debug, Clone)]
+pub struct StoredApiKey {
+    pub name: String,
+    pub apikey: String,
+    pub secretkey: Secret,
+}
+
 /// State of an asynchronous job (`jobstatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
@@ -613,6 +622,10 @@ pub trait Store: Send + Sync {
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
     /// Pending jobs (to find those whose process is gone), oldest first.
     fn pending_jobs(&self) -> Result<Vec<Job>>;
+    /// The HTTP API's admin keys, oldest first.
+    fn api_keys(&self) -> Result<Vec<StoredApiKey>>;
+    /// Adds an admin key; `Conflict` when the name or the api key exists.
+    fn add_api_key(&self, name: &str, apikey: &str, secretkey: &str) -> Result<()>;
 }
 
 /// The registry handle; `Send + Sync`, shared by the API, the dispatcher's
@@ -711,6 +724,17 @@ impl Registry {
     /// Pending jobs (to find those whose process is gone).
     pub fn pending_jobs(&self) -> Result<Vec<Job>> {
         self.store.pending_jobs()
+    }
+
+    /// The HTTP API's admin keys (shared by every management server on
+    /// the store), secrets decrypted in memory only.
+    pub fn api_keys(&self) -> Result<Vec<StoredApiKey>> {
+        self.store.api_keys()
+    }
+
+    /// Adds an admin key of the HTTP API.
+    pub fn add_api_key(&self, name: &str, apikey: &str, secretkey: &str) -> Result<()> {
+        self.store.add_api_key(name, apikey, secretkey)
     }
 
     // ---- extensions -------------------------------------------------------

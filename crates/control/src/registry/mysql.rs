@@ -58,7 +58,7 @@ use super::{
     is_hidden_key, new_uuid, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
     ExtensionFilter, ExtensionType, ExtensionUpdate, FullDetails, Include, Job, JobFilter,
     JobStatus, NewExtension, NewJob, Provider, ProviderFilter, ProviderRegistration, RegistryError,
-    Resource, ResourceType, Secret, State, Store, StoredOffering,
+    Resource, ResourceType, Secret, State, Store, StoredApiKey, StoredOffering,
 };
 use crate::dispatch::journal::{check_key, prefix_end, Change, Effect, JournalEntry};
 use crate::dispatch::{JournalHead, JournalState};
@@ -151,6 +151,17 @@ const MIGRATIONS: &[&[&str]] = &[
         created DATETIME NOT NULL,
         completed DATETIME NULL,
         INDEX i_netbridge_async_jobs__status (status)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ],
+    &[
+        // The HTTP API's admin keys, shared by every management server; the
+        // secret sealed like a hidden detail.
+        "CREATE TABLE IF NOT EXISTS netbridge_api_keys (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(64) NOT NULL UNIQUE,
+        apikey VARCHAR(128) NOT NULL UNIQUE,
+        secretkey VARCHAR(512) NOT NULL,
+        created DATETIME NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     ],
 ];
@@ -1019,6 +1030,11 @@ fn migrate(conn: &mut mysql::Conn) -> Result<()> {
         log::info!("netbridge schema migrated to version {reached}");
     }
     Ok(())
+}
+
+/// What a sealed API secret key is bound to (in place of a detail name).
+fn api_key_label(apikey: &str) -> String {
+    format!("api-key/{apikey}")
 }
 
 /// Sets `orchestratorrequirespreparevm` as CloudStack stores it.
@@ -2339,6 +2355,48 @@ impl Store for MysqlStore {
                 "SELECT {JOB_COLUMNS} FROM netbridge_async_jobs WHERE status = 0 ORDER BY id"
             ))?;
             rows.iter().map(job_from_row).collect()
+        })
+    }
+
+    fn api_keys(&self) -> Result<Vec<StoredApiKey>> {
+        let rows: Vec<(String, String, String)> = self.read(|conn| {
+            Ok(conn.query("SELECT name, apikey, secretkey FROM netbridge_api_keys ORDER BY id")?)
+        })?;
+        rows.into_iter()
+            .map(|(name, apikey, sealed)| {
+                let secretkey = open_sealed(&self.cipher, &api_key_label(&apikey), &sealed)?
+                    .ok_or_else(|| {
+                        RegistryError::Secret(format!(
+                            "the secret of API key '{name}' is not sealed"
+                        ))
+                    })?;
+                Ok(StoredApiKey {
+                    name,
+                    apikey,
+                    secretkey,
+                })
+            })
+            .collect()
+    }
+
+    fn add_api_key(&self, name: &str, apikey: &str, secretkey: &str) -> Result<()> {
+        let sealed = seal_value(&self.cipher, &api_key_label(apikey), secretkey)?;
+        self.write(|tx| {
+            Self::lock(tx, "api-keys")?;
+            let taken: Option<u64> = tx.exec_first(
+                "SELECT id FROM netbridge_api_keys WHERE name = ? OR apikey = ?",
+                (name, apikey),
+            )?;
+            if taken.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "a key named '{name}' already exists"
+                )));
+            }
+            tx.exec_drop(
+                "INSERT INTO netbridge_api_keys (name, apikey, secretkey, created) VALUES (?, ?, ?, ?)",
+                (name, apikey, &sealed, now_datetime()),
+            )?;
+            Ok(())
         })
     }
 

@@ -21,7 +21,7 @@ use super::{
     new_uuid, now_timestamp, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
     ExtensionFilter, ExtensionType, ExtensionUpdate, FullDetails, Include, Job, JobFilter,
     JobStatus, NewExtension, NewJob, Provider, ProviderFilter, ProviderRegistration, RegistryError,
-    Resource, ResourceType, State, StoredOffering,
+    Resource, ResourceType, State, StoredApiKey, StoredOffering,
 };
 use crate::dispatch::{JournalHead, JournalState};
 use crate::offerings::{self, GeneratedOffering, Service};
@@ -166,7 +166,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX async_jobs_status ON async_jobs(status);
     "#,
+    // 5: the HTTP API's admin keys, the secret sealed per key.
+    r#"
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        apikey TEXT NOT NULL UNIQUE,
+        sealed BLOB NOT NULL,
+        created TEXT NOT NULL
+    );
+    "#,
 ];
+
+/// What a sealed API secret key is bound to.
+fn api_key_aad(apikey: &str) -> String {
+    format!("netbridge/v1/api-key/{apikey}")
+}
 
 /// The SQLite store; `Send + Sync`.
 pub struct SqliteStore {
@@ -1393,6 +1408,47 @@ impl Store for SqliteStore {
                 out.extend(load_job(conn, &id)?);
             }
             Ok(out)
+        })
+    }
+
+    fn api_keys(&self) -> Result<Vec<StoredApiKey>> {
+        let rows: Vec<(String, String, Vec<u8>)> = self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT name, apikey, sealed FROM api_keys ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(name, apikey, sealed)| {
+                let secretkey = self.cipher.open(&api_key_aad(&apikey), &sealed)?;
+                Ok(StoredApiKey {
+                    name,
+                    apikey,
+                    secretkey,
+                })
+            })
+            .collect()
+    }
+
+    fn add_api_key(&self, name: &str, apikey: &str, secretkey: &str) -> Result<()> {
+        let sealed = self.cipher.seal(&api_key_aad(apikey), secretkey)?;
+        self.write(|tx| {
+            let taken: Option<i64> = tx
+                .prepare_cached("SELECT id FROM api_keys WHERE name = ?1 OR apikey = ?2")?
+                .query_row(params![name, apikey], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "a key named '{name}' already exists"
+                )));
+            }
+            tx.prepare_cached(
+                "INSERT INTO api_keys (name, apikey, sealed, created) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![name, apikey, sealed, now_timestamp()])?;
+            Ok(())
         })
     }
 

@@ -183,6 +183,46 @@ fn reboot_namespace(ns: &str, host_end: Option<&str>) {
     assert!(gone.is_some(), "{host_end} still present: {}", host_links());
 }
 
+/// What a reboot does to the tier daemons a dropped engine left running:
+/// each is killed by the PID the engine recorded and waited for (pidfd).
+fn kill_recorded_daemons(state: &Path, tiers: &[u32]) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    for tier in tiers {
+        let pid_file = state.join(format!("guest/{VPC_NS}-tier-{tier}/dnsmasq/dnsmasq.pid"));
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let pid: libc::pid_t = text.trim().parse().expect("recorded dnsmasq PID");
+        // SAFETY: pidfd_open(2) on a PID the engine recorded; the new
+        // descriptor is owned once, below.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            continue; // already gone
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        // SAFETY: pidfd_send_signal(2) through the descriptor held above.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        assert_eq!(sent, 0, "SIGKILL to dnsmasq {pid}");
+        let mut exited = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one valid pollfd; bounded so a stuck process fails.
+        let ready = unsafe { libc::poll(&mut exited, 1, 60_000) };
+        assert_eq!(ready, 1, "dnsmasq {pid} did not exit");
+    }
+}
+
 const VPC_NS: &str = "cs-vpc-5";
 
 fn vpc_payload() -> Value {
@@ -534,10 +574,11 @@ fn vpc_tier_records_go_to_a_per_tier_log_and_come_back_after_a_reboot() {
     assert_eq!(file_lines(&log_of(11)), lines11 + 6);
     assert!(std::fs::read(&doc_path).expect("VPC state") == doc);
 
-    // Host reboot: namespace gone (the old daemons are replaced on start),
-    // dnsmasq's record shards too; only the document and logs remain.
+    // Host reboot: processes and namespace gone, dnsmasq's record shards
+    // too; only the document and logs remain.
     std::mem::forget(down);
     drop(engine);
+    kill_recorded_daemons(dir.path(), &[11, 12]);
     reboot_namespace(VPC_NS, None);
     let shards = dir.path().join("guest/cs-vpc-5-tier-11/dnsmasq/hosts.d");
     std::fs::remove_dir_all(&shards).expect("remove record shards");

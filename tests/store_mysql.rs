@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mysql::prelude::Queryable;
 use netbridge_control::api::{Api, ApiConfig, Params};
@@ -814,13 +814,10 @@ fn concurrent_register_and_unregister_stay_consistent() {
     assert_eq!(resources as u64, active[0]);
 }
 
-/// Until `pred` holds or the deadline passes (bounded).
+/// Until `pred` holds (the testbed's bounded poll of a condition).
 fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let held = netbridge_testbed::eventually(timeout, || pred().then_some(()));
+    assert!(held.is_some(), "timed out waiting for {what}");
 }
 
 #[test]

@@ -259,6 +259,7 @@ pub(super) fn list_async_jobs(ctx: &Ctx<'_>, req: &Req<'_>) -> Result<Value, Api
     let jobs = ctx.registry.list_jobs(&JobFilter {
         created_since,
         keyword,
+        pending_only: false,
     })?;
     let count = jobs.len();
     let items: Vec<Value> = match commands::paging(req)? {

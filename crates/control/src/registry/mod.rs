@@ -438,6 +438,8 @@ pub struct JobFilter {
     pub created_since: Option<String>,
     /// Case-insensitive substring of the command name.
     pub keyword: Option<String>,
+    /// Only jobs still pending.
+    pub pending_only: bool,
 }
 
 /// `2026-11-27T21:09:09+0000`, CloudStack's date format.
@@ -620,8 +622,6 @@ pub trait Store: Send + Sync {
     fn get_job(&self, uuid: &str) -> Result<Option<Job>>;
     /// Jobs, oldest first.
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
-    /// Pending jobs (to find those whose process is gone), oldest first.
-    fn pending_jobs(&self) -> Result<Vec<Job>>;
     /// The HTTP API's admin keys, oldest first.
     fn api_keys(&self) -> Result<Vec<StoredApiKey>>;
     /// Adds an admin key; `Conflict` when the name or the api key exists.
@@ -723,7 +723,10 @@ impl Registry {
 
     /// Pending jobs (to find those whose process is gone).
     pub fn pending_jobs(&self) -> Result<Vec<Job>> {
-        self.store.pending_jobs()
+        self.store.list_jobs(&JobFilter {
+            pending_only: true,
+            ..JobFilter::default()
+        })
     }
 
     /// The HTTP API's admin keys (shared by every management server on

@@ -2341,19 +2341,17 @@ impl Store for MysqlStore {
                     "SELECT {JOB_COLUMNS} FROM netbridge_async_jobs
                       WHERE (? IS NULL OR created >= ?)
                         AND (? IS NULL OR INSTR(LOWER(command), LOWER(?)) > 0)
+                        AND (? = 0 OR status = 0)
                       ORDER BY id"
                 ),
-                (&since, &since, &filter.keyword, &filter.keyword),
+                (
+                    &since,
+                    &since,
+                    &filter.keyword,
+                    &filter.keyword,
+                    filter.pending_only,
+                ),
             )?;
-            rows.iter().map(job_from_row).collect()
-        })
-    }
-
-    fn pending_jobs(&self) -> Result<Vec<Job>> {
-        self.read(|conn| {
-            let rows: Vec<mysql::Row> = conn.query(format!(
-                "SELECT {JOB_COLUMNS} FROM netbridge_async_jobs WHERE status = 0 ORDER BY id"
-            ))?;
             rows.iter().map(job_from_row).collect()
         })
     }

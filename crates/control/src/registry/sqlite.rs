@@ -1382,26 +1382,14 @@ impl Store for SqliteStore {
                 "SELECT uuid FROM async_jobs
                  WHERE (?1 IS NULL OR created >= ?1)
                    AND (?2 IS NULL OR instr(lower(command), lower(?2)) > 0)
+                   AND (?3 = 0 OR status = 0)
                  ORDER BY id",
             )?;
             let ids: Vec<String> = stmt
-                .query_map(params![filter.created_since, filter.keyword], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(load_job(conn, &id)?);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Pending jobs (to find those whose process is gone).
-    fn pending_jobs(&self) -> Result<Vec<Job>> {
-        self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT uuid FROM async_jobs WHERE status = 0 ORDER BY id")?;
-            let ids: Vec<String> = stmt
-                .query_map([], |r| r.get(0))?
+                .query_map(
+                    params![filter.created_since, filter.keyword, filter.pending_only],
+                    |r| r.get(0),
+                )?
                 .collect::<Result<_, _>>()?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {

@@ -1500,6 +1500,167 @@ mod tests {
         assert_eq!(p.ruleset, before);
     }
 
+    /// An isolated network with every contributor: source NAT, static NAT,
+    /// port forwards (single, shifted range), firewall (per IP, any IP,
+    /// egress), UDP and TCP load balancing, IPv6.
+    fn golden_network() -> NetworkState {
+        let mut s = tier_state("42", "100", "10.1.1.1", "10.1.1.0/24");
+        run(
+            &mut s,
+            Command::ImplementNetwork,
+            json!({"network_id": "42", "vlan": "100", "cidr": "10.1.1.0/24",
+                "gateway": "10.1.1.1", "extension_ip": "10.1.1.1",
+                "network_ip6_gateway": "fd00:42::1", "network_ip6_cidr": "fd00:42::/64"}),
+        );
+        let ip = |ip: &str, snat: bool| {
+            json!({"network_id": "42", "public_ip": ip, "public_cidr": "203.0.113.0/24",
+                "public_gateway": "203.0.113.1", "public_vlan": "200", "source_nat": snat.to_string()})
+        };
+        run(&mut s, Command::AssignIp, ip("203.0.113.10", true));
+        run(&mut s, Command::AssignIp, ip("203.0.113.11", false));
+        run(
+            &mut s,
+            Command::AddStaticNat,
+            json!({"network_id": "42", "public_ip": "203.0.113.11", "private_ip": "10.1.1.10"}),
+        );
+        for (public, private) in [("9000-9002", "7000-7002"), ("80", "80"), ("2222", "22")] {
+            run(
+                &mut s,
+                Command::AddPortForward,
+                json!({"network_id": "42", "public_ip": "203.0.113.10", "public_port": public,
+                    "private_ip": "10.1.1.6", "private_port": private, "protocol": "tcp"}),
+            );
+        }
+        run(
+            &mut s,
+            Command::ApplyFwRules,
+            json!({"network_id": "42", "fw_rules": {"default_egress_allow": false, "rules": [
+            {"type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "90", "publicIp": "203.0.113.10", "sourceCidrs": ["192.0.2.0/24"]},
+            {"type": "ingress", "protocol": "tcp", "portStart": "85", "portEnd": "95", "publicIp": "203.0.113.10", "sourceCidrs": ["192.0.2.0/25", "0.0.0.0/0"]},
+            {"type": "ingress", "protocol": "udp", "portStart": "53", "publicIp": "203.0.113.10"},
+            {"type": "ingress", "protocol": "icmp", "icmpType": "8", "icmpCode": "-1", "publicIp": "203.0.113.11"},
+            {"type": "ingress", "protocol": "all", "sourceCidrs": ["198.51.100.0/24"]},
+            {"type": "ingress", "protocol": "udp", "portStart": "500", "sourceCidrs": ["198.51.100.7/32"]},
+            {"type": "egress", "protocol": "udp", "portStart": "53", "destCidrs": ["192.0.2.53/32"]},
+            {"type": "egress", "protocol": "tcp", "sourceCidrs": ["10.1.1.0/25"], "destCidrs": ["192.0.2.0/24", "198.51.100.0/24"]},
+            {"type": "egress", "protocol": "icmp", "icmpType": "-1"}]}}),
+        );
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.11", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.1.10", "port": "80"}]},
+            {"id": "9", "publicIp": "203.0.113.10", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.1.11", "port": "53"}, {"ip": "10.1.1.10", "port": "53"}]},
+            {"id": "10", "publicIp": "203.0.113.11", "publicPort": "123", "privatePort": "123",
+             "protocol": "udp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.1.12", "port": "123"}]}]});
+        crate::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut s.guest,
+            &mut Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        s
+    }
+
+    /// A VPC with three tiers: one without ACL, one with ingress and egress
+    /// rules (IPv4, IPv6, ICMP, port ranges), one with ingress rules only;
+    /// static NAT, port forwarding and UDP/TCP load balancing, IPv6.
+    fn golden_vpc() -> VpcDoc {
+        let mut d = doc();
+        let mut t = tier_state("13", "102", "10.1.3.1", "10.1.3.0/24");
+        run(
+            &mut t,
+            Command::ImplementNetwork,
+            json!({"network_id": "13", "vpc_id": "5", "vlan": "102", "cidr": "10.1.3.0/24",
+                "gateway": "10.1.3.1", "extension_ip": "10.1.3.1",
+                "network_ip6_gateway": "fd00:13::1", "network_ip6_cidr": "fd00:13::/64"}),
+        );
+        d.vpc
+            .add_tier(
+                "13",
+                &planner::guest_inner_name(13),
+                "10.1.3.1".parse().unwrap(),
+                "10.1.3.0/24".parse().unwrap(),
+            )
+            .unwrap();
+        d.tiers.insert("13".into(), t);
+        let t = d.tiers.get_mut("11").unwrap();
+        run(t, Command::AssignIp, assign("11", "203.0.113.20"));
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "11", "public_ip": "203.0.113.20", "private_ip": "10.1.1.10"}),
+        );
+        run(
+            t,
+            Command::AddPortForward,
+            json!({"network_id": "11", "public_ip": "203.0.113.10", "public_port": "8080",
+                "private_ip": "10.1.1.10", "private_port": "80", "protocol": "tcp"}),
+        );
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::AssignIp, assign("12", "203.0.113.22"));
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.22", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "80"}]},
+            {"id": "9", "publicIp": "203.0.113.22", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.2.11", "port": "53"}, {"ip": "10.1.2.10", "port": "53"}]}]});
+        crate::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut t.guest,
+            &mut Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        let acl = |v: Value| acl::TierAcl::Applied(acl::parse_acl_rules(&v).unwrap());
+        d.vpc.tiers.get_mut("12").unwrap().acl = acl(json!([
+            {"number": "10", "trafficType": "Ingress", "action": "Allow", "protocol": "tcp",
+             "portStart": "22", "portEnd": "23", "sourceCidrs": ["192.0.2.0/24", "2001:db8::/32"]},
+            {"number": "20", "trafficType": "Ingress", "action": "Deny", "protocol": "icmp",
+             "icmpType": "8", "icmpCode": "-1", "sourceCidrs": ["0.0.0.0/0"]},
+            {"number": "30", "trafficType": "Egress", "action": "Allow", "protocol": "udp",
+             "portStart": "53", "sourceCidrs": ["192.0.2.53/32"]},
+            {"number": "40", "trafficType": "Egress", "action": "Deny", "protocol": "all"}]));
+        d.vpc.tiers.get_mut("13").unwrap().acl = acl(json!([
+            {"number": "5", "trafficType": "Ingress", "action": "Allow", "protocol": "41"}]));
+        derive_addresses(&mut d).unwrap();
+        d
+    }
+
+    /// The rulesets of representative states, compared with the files in
+    /// `src/nft/golden/` (`NB_GOLDEN_WRITE=1` rewrites them).
+    #[test]
+    fn golden_rulesets() {
+        let net = golden_network();
+        let mut plan = planner::plan(&net).unwrap();
+        add_ipv6_rules(&mut plan, &net);
+        let d = golden_vpc();
+        let tiers: Vec<&NetworkState> = d.tiers.values().filter(|t| t.implemented).collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        let mut vplan = d.vpc.plan(&tiers, &d.public_device, &parts).unwrap();
+        let v6: Vec<(String, ipv6::Ipv6Network)> = tiers
+            .iter()
+            .filter_map(|t| ipv6_of(t).map(|n| (planner::guest_inner_name(t.network_id), n)))
+            .collect();
+        vplan.ruleset = ipv6_runtime::add_forward_rules(&vplan.ruleset, &v6);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/nft/golden");
+        for (name, text) in [("network.nft", plan.ruleset), ("vpc.nft", vplan.ruleset)] {
+            let path = dir.join(name);
+            if std::env::var_os("NB_GOLDEN_WRITE").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text, want, "{name}");
+        }
+    }
+
     #[test]
     fn vpc_id_comes_from_the_payload_or_the_namespace() {
         let env = |v: Value| Envelope::parse(v.to_string().as_bytes()).unwrap();

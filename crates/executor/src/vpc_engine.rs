@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 
 use super::applier::Applier;
 use super::engine::ExecError;
+use super::nft::{Rule, Verdict};
 use super::planner::{self, Plan};
 use super::record_log;
 use super::state::NetworkState;
@@ -556,14 +557,7 @@ impl VpcEngine {
     ) -> Result<Plan, ExecError> {
         let tiers: Vec<&NetworkState> = doc.tiers.values().filter(|t| t.implemented).collect();
         let parts = ruleset_parts(doc, &tiers)?;
-        let mut plan = doc.vpc.plan(&tiers, &doc.public_device, &parts)?;
-        let v6: Vec<(String, ipv6::Ipv6Network)> = tiers
-            .iter()
-            .filter_map(|t| ipv6_of(t).map(|n| (planner::guest_inner_name(t.network_id), n)))
-            .collect();
-        if !v6.is_empty() {
-            plan.ruleset = ipv6_runtime::add_forward_rules(&plan.ruleset, &v6);
-        }
+        let plan = doc.vpc.plan(&tiers, &doc.public_device, &parts)?;
         applier.apply(&plan, previous)?;
         let ns = doc.vpc.namespace();
         for t in &tiers {
@@ -579,7 +573,7 @@ impl VpcEngine {
         ns: &str,
         state: &NetworkState,
     ) -> Result<(), ExecError> {
-        let Some(net) = ipv6_of(state) else {
+        let Some(net) = ipv6::Ipv6Network::of(state) else {
             return Ok(());
         };
         let leg = planner::guest_inner_name(state.network_id);
@@ -958,14 +952,6 @@ impl VpcEngine {
     }
 }
 
-/// Adds the IPv6 forward rules of an isolated network to its plan.
-pub(crate) fn add_ipv6_rules(plan: &mut planner::Plan, state: &NetworkState) {
-    if let Some(net) = ipv6_of(state) {
-        let leg = planner::guest_inner_name(state.network_id);
-        plan.ruleset = ipv6_runtime::add_forward_rules(&plan.ruleset, &[(leg, net)]);
-    }
-}
-
 fn not_held(ns: &str) -> ExecError {
     ExecError::Invalid(ProtocolError::InvalidField {
         field: "network_id".into(),
@@ -988,15 +974,6 @@ fn check_namespace(env: &Envelope, ns: &str) -> Result<(), ExecError> {
         }
     }
     Ok(())
-}
-
-fn ipv6_of(state: &NetworkState) -> Option<ipv6::Ipv6Network> {
-    let (gw, cidr) = (state.ip6_gateway?, state.ip6_cidr?);
-    let payload =
-        json!({"network_ip6_gateway": gw.to_string(), "network_ip6_cidr": cidr.to_string()});
-    ipv6::Ipv6Network::from_payload(payload.as_object()?)
-        .ok()
-        .flatten()
 }
 
 /// The engine's public address → the VPC model's.
@@ -1040,20 +1017,18 @@ fn derive_addresses(doc: &mut VpcDoc) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Per-tier DNAT (port forwarding, static NAT) and static-NAT SNAT lines.
+/// Per-tier DNAT (port forwarding, static NAT, UDP LB), static-NAT SNAT,
+/// input and IPv6 rules.
 fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetParts, ExecError> {
     let mut parts = VpcRulesetParts::default();
     for t in tiers {
-        for pf in &t.port_forwards {
-            let mut line = String::new();
-            planner::render_port_forward(&mut line, pf);
-            parts.dnat.push(line.trim().to_string());
-        }
+        parts
+            .dnat
+            .extend(t.port_forwards.iter().map(planner::port_forward));
         for sn in &t.static_nats {
-            parts.dnat.push(format!(
-                "ip daddr {} dnat ip to {}",
-                sn.public_ip, sn.private_ip
-            ));
+            parts
+                .dnat
+                .push(planner::static_nat_dnat(sn.public_ip, sn.private_ip));
             let link = doc
                 .vpc
                 .addresses
@@ -1063,9 +1038,9 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
                     field: "public_ip".into(),
                     reason: format!("{} is not assigned to the VPC", sn.public_ip),
                 })?;
-            parts.snat.push(format!(
-                "oifname \"{link}\" ip saddr {} snat ip to {}",
-                sn.private_ip, sn.public_ip
+            parts.snat.push(Rule::new(
+                format!("oifname \"{link}\" ip saddr {}", sn.private_ip),
+                Verdict::Snat(sn.public_ip.to_string()),
             ));
         }
         // UDP LB rules are DNAT to the tier's backends, gated by
@@ -1082,10 +1057,14 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
             if !doc.vpc.addresses.contains_key(&r.public_ip) {
                 continue;
             }
-            parts.input.push(format!(
-                "ip daddr {} tcp dport {} accept",
-                r.public_ip, r.public_port
+            parts.input.push(Rule::new(
+                format!("ip daddr {} tcp dport {}", r.public_ip, r.public_port),
+                Verdict::Accept,
             ));
+        }
+        if let Some(net) = ipv6::Ipv6Network::of(t) {
+            let leg = planner::guest_inner_name(t.network_id);
+            parts.ipv6_forward.extend(ipv6::forward_rules(&leg, &net));
         }
     }
     Ok(parts)
@@ -1104,34 +1083,6 @@ pub(crate) mod ipv6_runtime {
     use super::super::services::supervisor::{Daemon, DaemonSpec};
     use super::super::vpc::ipv6;
     use super::ExecError;
-
-    /// Inserts the IPv6 forward rules of each leg before the first rule that
-    /// jumps to the leg's ingress (isolated) or after the fixed forward rules.
-    pub fn add_forward_rules(ruleset: &str, legs: &[(String, ipv6::Ipv6Network)]) -> String {
-        let mut extra = Vec::new();
-        for (leg, net) in legs {
-            extra.extend(ipv6::render_ipv6_forward_rules(leg, net));
-        }
-        let mut out = String::with_capacity(ruleset.len() + 256);
-        let mut in_forward = false;
-        let mut done = false;
-        for line in ruleset.lines() {
-            out.push_str(line);
-            out.push('\n');
-            if line.trim_start().starts_with("chain forward") {
-                in_forward = true;
-            }
-            if in_forward && !done && line.trim() == "ct state invalid drop" {
-                for e in &extra {
-                    out.push_str("    ");
-                    out.push_str(e);
-                    out.push('\n');
-                }
-                done = true;
-            }
-        }
-        out
-    }
 
     /// Gateway address, forwarding and RA sysctls of a guest leg.
     pub fn configure_leg(
@@ -1453,11 +1404,11 @@ mod tests {
                 "oifname \"{link}\" ip saddr 10.1.1.10 snat ip to 203.0.113.20"
             )]
         );
-        let plan = d.vpc.plan(&tiers, "eth1", &parts).unwrap();
+        let ruleset = d.vpc.plan(&tiers, "eth1", &parts).unwrap().ruleset.render();
         // Static NAT SNAT comes before the VPC-wide source NAT.
-        let a = plan.ruleset.find("snat ip to 203.0.113.20").unwrap();
-        let b = plan.ruleset.find("snat ip to 203.0.113.10").unwrap();
-        assert!(a < b, "{}", plan.ruleset);
+        let a = ruleset.find("snat ip to 203.0.113.20").unwrap();
+        let b = ruleset.find("snat ip to 203.0.113.10").unwrap();
+        assert!(a < b, "{ruleset}");
         // A static NAT of an address the VPC does not hold is refused.
         let t = d.tiers.get_mut("12").unwrap();
         run(
@@ -1482,22 +1433,18 @@ mod tests {
                 "gateway": "10.1.1.1", "network_ip6_gateway": "fd00:42::1",
                 "network_ip6_cidr": "fd00:42::/64"}),
         );
-        let mut plan = planner::plan(&s).unwrap();
-        add_ipv6_rules(&mut plan, &s);
-        let fwd = plan.ruleset.find("chain forward").unwrap();
-        let drop6 = plan
-            .ruleset
+        let ruleset = planner::plan(&s).unwrap().ruleset.render();
+        let fwd = ruleset.find("chain forward").unwrap();
+        let drop6 = ruleset
             .find("meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\"")
             .unwrap();
-        let invalid = plan.ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
-        assert!(invalid < drop6, "{}", plan.ruleset);
-        assert_eq!(plan.ruleset.matches("nfproto ipv6 drop").count(), 1);
+        let invalid = ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
+        assert!(invalid < drop6, "{ruleset}");
+        assert_eq!(ruleset.matches("nfproto ipv6 drop").count(), 1);
         // Without IPv6 nothing changes.
         let plain = tier_state("43", "100", "10.1.1.1", "10.1.1.0/24");
-        let mut p = planner::plan(&plain).unwrap();
-        let before = p.ruleset.clone();
-        add_ipv6_rules(&mut p, &plain);
-        assert_eq!(p.ruleset, before);
+        let ruleset = planner::plan(&plain).unwrap().ruleset.render();
+        assert!(!ruleset.contains("nfproto ipv6"), "{ruleset}");
     }
 
     /// An isolated network with every contributor: source NAT, static NAT,
@@ -1637,20 +1584,14 @@ mod tests {
     /// `src/nft/golden/` (`NB_GOLDEN_WRITE=1` rewrites them).
     #[test]
     fn golden_rulesets() {
-        let net = golden_network();
-        let mut plan = planner::plan(&net).unwrap();
-        add_ipv6_rules(&mut plan, &net);
+        let plan = planner::plan(&golden_network()).unwrap();
         let d = golden_vpc();
         let tiers: Vec<&NetworkState> = d.tiers.values().filter(|t| t.implemented).collect();
         let parts = ruleset_parts(&d, &tiers).unwrap();
-        let mut vplan = d.vpc.plan(&tiers, &d.public_device, &parts).unwrap();
-        let v6: Vec<(String, ipv6::Ipv6Network)> = tiers
-            .iter()
-            .filter_map(|t| ipv6_of(t).map(|n| (planner::guest_inner_name(t.network_id), n)))
-            .collect();
-        vplan.ruleset = ipv6_runtime::add_forward_rules(&vplan.ruleset, &v6);
+        let vplan = d.vpc.plan(&tiers, &d.public_device, &parts).unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/nft/golden");
-        for (name, text) in [("network.nft", plan.ruleset), ("vpc.nft", vplan.ruleset)] {
+        for (name, rs) in [("network.nft", plan.ruleset), ("vpc.nft", vplan.ruleset)] {
+            let text = rs.render();
             let path = dir.join(name);
             if std::env::var_os("NB_GOLDEN_WRITE").is_some() {
                 std::fs::create_dir_all(&dir).unwrap();

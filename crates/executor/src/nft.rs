@@ -281,7 +281,8 @@ impl Display for Rule {
 /// A rule equals its nft text.
 impl PartialEq<str> for Rule {
     fn eq(&self, other: &str) -> bool {
-        self.to_string() == other
+        let text = self.to_string();
+        text == other
     }
 }
 
@@ -293,7 +294,7 @@ impl PartialEq<&str> for Rule {
 
 impl PartialEq<String> for Rule {
     fn eq(&self, other: &String) -> bool {
-        self.to_string() == *other
+        self == other.as_str()
     }
 }
 
@@ -380,7 +381,8 @@ mod tests {
             "ip daddr 192.0.2.1 snat ip to 192.0.2.9"
         );
         assert!(Rule::always(Verdict::Accept) == "accept");
-        assert!(Rule::always(Verdict::Accept) == "accept".to_string());
+        let accept = String::from("accept");
+        assert!(Rule::always(Verdict::Accept) == accept);
     }
 
     #[test]

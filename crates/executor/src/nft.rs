@@ -21,50 +21,37 @@ use std::fmt::{self, Display, Write as _};
 /// The nftables table owned by the executor in each namespace.
 pub const TABLE: &str = "inet nb";
 
-/// A base chain's attachment: `type <kind> hook <hook> priority <priority>;
-/// policy <policy>;`.
+/// Where a base chain hooks in, with its type, priority and policy: NAT
+/// chains accept what they do not translate, filter chains drop what they
+/// do not accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hook {
-    pub kind: &'static str,
-    pub hook: &'static str,
-    pub priority: &'static str,
-    pub policy: Policy,
+pub enum Hook {
+    Prerouting,
+    Postrouting,
+    Input,
+    Forward,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Accept,
-    Drop,
-}
+impl Hook {
+    /// The chain's name: the hook's.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Postrouting => "postrouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+        }
+    }
 
-/// `nat` `prerouting` at `dstnat`, policy accept.
-pub const PREROUTING: Hook = Hook {
-    kind: "nat",
-    hook: "prerouting",
-    priority: "dstnat",
-    policy: Policy::Accept,
-};
-/// `nat` `postrouting` at `srcnat`, policy accept.
-pub const POSTROUTING: Hook = Hook {
-    kind: "nat",
-    hook: "postrouting",
-    priority: "srcnat",
-    policy: Policy::Accept,
-};
-/// `filter` `input`, policy drop.
-pub const INPUT: Hook = Hook {
-    kind: "filter",
-    hook: "input",
-    priority: "filter",
-    policy: Policy::Drop,
-};
-/// `filter` `forward`, policy drop.
-pub const FORWARD: Hook = Hook {
-    kind: "filter",
-    hook: "forward",
-    priority: "filter",
-    policy: Policy::Drop,
-};
+    fn declaration(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "type nat hook prerouting priority dstnat; policy accept;",
+            Hook::Postrouting => "type nat hook postrouting priority srcnat; policy accept;",
+            Hook::Input => "type filter hook input priority filter; policy drop;",
+            Hook::Forward => "type filter hook forward priority filter; policy drop;",
+        }
+    }
+}
 
 /// What a rule does when its matches hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,11 +118,20 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(name: impl Into<String>, hook: Option<Hook>) -> Chain {
+    /// A regular chain.
+    pub fn new(name: impl Into<String>) -> Chain {
         Chain {
             name: name.into(),
-            hook,
+            hook: None,
             rules: Vec::new(),
+        }
+    }
+
+    /// A base chain, named after its hook.
+    pub fn base(hook: Hook) -> Chain {
+        Chain {
+            hook: Some(hook),
+            ..Chain::new(hook.name())
         }
     }
 }
@@ -213,8 +209,8 @@ impl Ruleset {
                 }
                 Object::Chain(c) => {
                     let _ = writeln!(out, "  chain {} {{", c.name);
-                    if let Some(h) = &c.hook {
-                        let _ = writeln!(out, "    {h}");
+                    if let Some(h) = c.hook {
+                        let _ = writeln!(out, "    {}", h.declaration());
                     }
                     for r in &c.rules {
                         let _ = writeln!(out, "    {r}");
@@ -225,20 +221,6 @@ impl Ruleset {
         }
         out.push_str("}\n");
         out
-    }
-}
-
-impl Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let policy = match self.policy {
-            Policy::Accept => "accept",
-            Policy::Drop => "drop",
-        };
-        write!(
-            f,
-            "type {} hook {} priority {}; policy {policy};",
-            self.kind, self.hook, self.priority
-        )
     }
 }
 
@@ -338,13 +320,13 @@ mod tests {
             interval: true,
             elements: vec!["10.0.0.0/8 . 22".into(), "192.0.2.1 . 80-90".into()],
         });
-        let c = rs.chain(Chain::new("input", Some(INPUT)));
+        let c = rs.chain(Chain::base(Hook::Input));
         c.rules.push(Rule::new("iif \"lo\"", Verdict::Accept));
         c.rules.push(Rule::new(
             "ct original ip daddr",
             Verdict::JumpMap(vec![("203.0.113.10".into(), "in_a".into())]),
         ));
-        rs.chain(Chain::new("in_a", None))
+        rs.chain(Chain::new("in_a"))
             .rules
             .push(Rule::always(Verdict::Drop).comment("final"));
         rs
@@ -401,10 +383,7 @@ mod tests {
         assert_eq!(delta(&new, &old), None);
         let mut hooked = old.clone();
         if let Some(c) = hooked.chain_mut("input") {
-            c.hook = Some(Hook {
-                policy: Policy::Accept,
-                ..INPUT
-            });
+            c.hook = Some(Hook::Forward);
         }
         assert_eq!(delta(&old, &hooked), None);
         let mut grown = old.clone();
@@ -413,7 +392,7 @@ mod tests {
         }
         assert_eq!(delta(&old, &grown), None, "a set is compared whole");
         let mut more = old.clone();
-        more.chain(Chain::new("extra", None));
+        more.chain(Chain::new("extra"));
         assert_eq!(delta(&old, &more), None);
         let mut renamed = old.clone();
         if let Some(c) = renamed.chain_mut("in_a") {

@@ -315,7 +315,7 @@ pub(crate) fn static_nat_dnat(public: Ipv4Addr, private: Ipv4Addr) -> Rule {
 /// invalid packets; `forward` takes established flows and drops invalid
 /// ones. Both drop the rest; contributors append after these rules.
 pub(crate) fn filter_skeleton(rs: &mut Ruleset, guest_legs: &[&str]) {
-    let input = rs.chain(Chain::new("input", Some(nft::INPUT)));
+    let input = rs.chain(Chain::base(nft::Hook::Input));
     input.rules = vec![
         Rule::new("iif \"lo\"", Verdict::Accept),
         Rule::new("ct state established,related", Verdict::Accept),
@@ -331,7 +331,7 @@ pub(crate) fn filter_skeleton(rs: &mut Ruleset, guest_legs: &[&str]) {
         "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }",
         Verdict::Accept,
     ));
-    rs.chain(Chain::new("forward", Some(nft::FORWARD))).rules = vec![
+    rs.chain(Chain::base(nft::Hook::Forward)).rules = vec![
         Rule::new("ct state established,related", Verdict::Accept),
         Rule::new("ct state invalid", Verdict::Drop),
     ];
@@ -356,12 +356,10 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
 
     // NAT. Forwards and static NAT live in their own regular chains so that
     // adding one is an append (see `nft::delta`).
-    rs.chain(Chain::new("prerouting", Some(nft::PREROUTING)))
-        .rules = vec![jump("pf_dnat"), jump("sn_dnat")];
+    rs.chain(Chain::base(nft::Hook::Prerouting)).rules = vec![jump("pf_dnat"), jump("sn_dnat")];
     super::services::nftlb::contribute(&mut rs, &state.guest);
-    rs.chain(Chain::new("pf_dnat", None)).rules =
-        state.port_forwards.iter().map(port_forward).collect();
-    rs.chain(Chain::new("sn_dnat", None)).rules = state
+    rs.chain(Chain::new("pf_dnat")).rules = state.port_forwards.iter().map(port_forward).collect();
+    rs.chain(Chain::new("sn_dnat")).rules = state
         .static_nats
         .iter()
         .map(|sn| static_nat_dnat(sn.public_ip, sn.private_ip))
@@ -373,7 +371,7 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
             Verdict::Snat(to.to_string()),
         )
     };
-    let sn_snat = rs.chain(Chain::new("sn_snat", None));
+    let sn_snat = rs.chain(Chain::new("sn_snat"));
     if !publics.is_empty() {
         sn_snat.rules = state
             .static_nats
@@ -382,7 +380,7 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
             .collect();
     }
     // The 1:1 SNAT of static NAT wins over the network's source NAT.
-    let post = rs.chain(Chain::new("postrouting", Some(nft::POSTROUTING)));
+    let post = rs.chain(Chain::base(nft::Hook::Postrouting));
     post.rules.push(jump("sn_snat"));
     if !publics.is_empty() {
         if let (Some(ip), Some(cidr)) = (state.source_nat_ip(), state.cidr) {
@@ -442,7 +440,7 @@ fn firewall(rs: &mut Ruleset, state: &NetworkState) {
         true => (Verdict::Drop, Verdict::Accept),
         false => (Verdict::Accept, Verdict::Drop),
     };
-    let chain = rs.chain(Chain::new("fw_egress", None));
+    let chain = rs.chain(Chain::new("fw_egress"));
     for r in &egress {
         for src in cidr_options(&r.source_cidrs) {
             for dst in cidr_options(&r.dest_cidrs) {
@@ -468,7 +466,7 @@ type Ports = (u16, u16);
 /// a rule per (rule, source CIDR) pair, which made 1,000 rules take ~30 ms
 /// to load.
 fn ingress_chain(rs: &mut Ruleset, name: &str, rules: &[&FwRule], tail: Option<Rule>) {
-    let mut chain = Chain::new(name, None);
+    let mut chain = Chain::new(name);
     let mut boxes: [BTreeMap<(u32, u8), Vec<Ports>>; 2] = Default::default();
     for r in rules {
         let i = match r.protocol {
@@ -1066,10 +1064,7 @@ mod tests {
         );
         let mut policy = old.clone();
         if let Some(c) = policy.chain_mut("input") {
-            c.hook = Some(nft::Hook {
-                policy: nft::Policy::Accept,
-                ..nft::INPUT
-            });
+            c.hook = Some(nft::Hook::Forward);
         }
         assert_eq!(delta(&old, &policy), None);
     }

@@ -71,7 +71,7 @@ pub fn contribute(rs: &mut Ruleset, s: &GuestServices) {
     let rules = dnat_rules(s);
     if !rules.is_empty() {
         rs.extend("prerouting", [Rule::always(Verdict::Jump(CHAIN.into()))]);
-        rs.chain(Chain::new(CHAIN, None)).rules = rules;
+        rs.chain(Chain::new(CHAIN)).rules = rules;
     }
 }
 
@@ -159,7 +159,7 @@ mod tests {
         s.lb_rules.insert("c".into(), tcp);
         let chains = |s: &GuestServices| {
             let mut rs = Ruleset::default();
-            rs.chain(Chain::new("prerouting", Some(crate::nft::PREROUTING)));
+            rs.chain(Chain::base(crate::nft::Hook::Prerouting));
             contribute(&mut rs, s);
             rs.render()
         };

@@ -428,9 +428,8 @@ pub fn tier_chains(network_id: &str, acl: &TierAcl) -> Result<[Chain; 2], VpcErr
     validate_network_id(network_id)?;
     let (ingress, egress) = chain_rules(acl);
     let chain = |name: String, rules: Vec<Rule>| Chain {
-        name,
-        hook: None,
         rules,
+        ..Chain::new(name)
     };
     Ok([
         chain(ingress_chain(network_id), ingress),

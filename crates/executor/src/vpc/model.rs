@@ -534,9 +534,8 @@ impl VpcState {
     /// input rules, the ACL jumps and every tier's ACL chains.
     pub fn ruleset(&self, parts: &VpcRulesetParts) -> Result<Ruleset, VpcError> {
         let mut rs = Ruleset::default();
-        rs.chain(Chain::new("prerouting", Some(nft::PREROUTING)))
-            .rules = parts.dnat.clone();
-        let post = rs.chain(Chain::new("postrouting", Some(nft::POSTROUTING)));
+        rs.chain(Chain::base(nft::Hook::Prerouting)).rules = parts.dnat.clone();
+        let post = rs.chain(Chain::base(nft::Hook::Postrouting));
         post.rules = parts.snat.clone();
         post.rules.extend(self.snat_rules());
         let legs: Vec<&str> = self.tiers.values().map(|t| t.leg.as_str()).collect();

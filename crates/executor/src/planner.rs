@@ -310,6 +310,13 @@ pub(crate) fn static_nat_dnat(public: Ipv4Addr, private: Ipv4Addr) -> Rule {
     )
 }
 
+/// Source NAT: packets from `from` leaving through `oif` (quoted, see
+/// [`quoted_set`]) take the address `to`.
+pub(crate) fn snat(oif: &str, from: impl std::fmt::Display, to: Ipv4Addr) -> Rule {
+    let matches = format!("oifname {oif} ip saddr {from}");
+    Rule::new(matches, Verdict::Snat(to.to_string()))
+}
+
 /// The filter skeleton of every router: `input` takes loopback,
 /// established flows, the guest legs and IPv6 neighbour discovery, drops
 /// invalid packets; `forward` takes established flows and drops invalid
@@ -365,18 +372,12 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
         .map(|sn| static_nat_dnat(sn.public_ip, sn.private_ip))
         .collect();
     let oif = quoted_set(&publics);
-    let snat = |from: String, to: Ipv4Addr| {
-        Rule::new(
-            format!("oifname {oif} ip saddr {from}"),
-            Verdict::Snat(to.to_string()),
-        )
-    };
     let sn_snat = rs.chain(Chain::new("sn_snat"));
     if !publics.is_empty() {
         sn_snat.rules = state
             .static_nats
             .iter()
-            .map(|sn| snat(sn.private_ip.to_string(), sn.public_ip))
+            .map(|sn| snat(&oif, sn.private_ip, sn.public_ip))
             .collect();
     }
     // The 1:1 SNAT of static NAT wins over the network's source NAT.
@@ -384,7 +385,7 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
     post.rules.push(jump("sn_snat"));
     if !publics.is_empty() {
         if let (Some(ip), Some(cidr)) = (state.source_nat_ip(), state.cidr) {
-            post.rules.push(snat(cidr.network().to_string(), ip.ip));
+            post.rules.push(snat(&oif, cidr.network(), ip.ip));
         }
     }
 

@@ -1038,10 +1038,10 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
                     field: "public_ip".into(),
                     reason: format!("{} is not assigned to the VPC", sn.public_ip),
                 })?;
-            parts.snat.push(Rule::new(
-                format!("oifname \"{link}\" ip saddr {}", sn.private_ip),
-                Verdict::Snat(sn.public_ip.to_string()),
-            ));
+            let oif = planner::quoted_set(&[&link]);
+            parts
+                .snat
+                .push(planner::snat(&oif, sn.private_ip, sn.public_ip));
         }
         // UDP LB rules are DNAT to the tier's backends, gated by
         // the tier's ingress ACL in `forward` like port forwards.

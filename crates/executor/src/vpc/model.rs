@@ -489,8 +489,8 @@ impl VpcState {
         let Some(snat) = self.source_nat.and_then(|s| self.addresses.get(&s)) else {
             return Vec::new();
         };
-        let matches = format!("oifname \"{}\" ip saddr {}", snat.ip.link, self.cidr);
-        vec![Rule::new(matches, Verdict::Snat(snat.ip.ip.to_string()))
+        let oif = crate::planner::quoted_set(&[&snat.ip.link]);
+        vec![crate::planner::snat(&oif, self.cidr, snat.ip.ip)
             .comment(format!("vpc {} source nat", self.vpc_id))]
     }
 

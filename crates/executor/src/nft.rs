@@ -7,7 +7,8 @@
 //! ([`crate::vpc::model`]) lay out the skeleton (the hooked base chains);
 //! NAT, firewall, ACL ([`crate::vpc::acl`]), UDP load balancing
 //! ([`crate::services::nftlb`]) and IPv6 ([`crate::vpc::ipv6`]) add their
-//! rules and chains to it by name.
+//! rules and chains to it by name. `src/nft/golden/` holds the rendered
+//! tables of an isolated network and a VPC using every contributor.
 //!
 //! Loading: the script starts with `table inet nb {}` + `delete table inet
 //! nb` so the first load works and every load replaces the table in one

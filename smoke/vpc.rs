@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use netbridge_executor::applier::{in_netns, Applier, ApplierConfig};
+use netbridge_executor::nft::{Rule, Verdict};
 use netbridge_executor::planner::{guest_inner_name, public_inner_name};
 use netbridge_executor::state::NetworkState;
 use netbridge_executor::vpc::acl::{parse_acl_rules, TierAcl};
@@ -237,18 +238,26 @@ fn vpc_two_tiers_through_the_engine_applier() {
         .expect("pf ip");
     vpc.acquire(Owner::Tier("12".into()), public("203.0.113.10"))
         .expect("pf ip");
+    let dnat = |m: &str, to: &str| Rule::new(m, Verdict::Dnat(to.into()));
     let tier1_dnat = vec![
-        "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 8080 dnat ip to 10.1.1.5".to_string(),
-        "ip daddr 203.0.113.20 dnat ip to 10.1.1.5".to_string(),
+        dnat(
+            "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 8080",
+            "10.1.1.5",
+        ),
+        dnat("ip daddr 203.0.113.20", "10.1.1.5"),
     ];
-    let tier1_snat = vec!["oifname \"p300\" ip saddr 10.1.1.5 snat ip to 203.0.113.20".to_string()];
-    let tier2_dnat = vec![
-        "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 2200 dnat ip to 10.1.2.5:22".to_string(),
-    ];
+    let tier1_snat = vec![Rule::new(
+        "oifname \"p300\" ip saddr 10.1.1.5",
+        Verdict::Snat("203.0.113.20".into()),
+    )];
+    let tier2_dnat = vec![dnat(
+        "ip daddr 203.0.113.10 meta l4proto tcp tcp dport 2200",
+        "10.1.2.5:22",
+    )];
     let mut parts = VpcRulesetParts {
         dnat: [tier1_dnat.clone(), tier2_dnat.clone()].concat(),
         snat: tier1_snat.clone(),
-        input: vec![],
+        ..VpcRulesetParts::default()
     };
 
     let applier = Applier::new(ApplierConfig::default());
@@ -366,7 +375,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
     parts = VpcRulesetParts {
         dnat: tier2_dnat.clone(),
         snat: vec![],
-        input: vec![],
+        ..VpcRulesetParts::default()
     };
     let plan = vpc.plan(&[&t12], "nbvp", &parts).expect("plan");
     applier.apply(&plan, Some(&previous)).expect("apply");
@@ -405,7 +414,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
     parts = VpcRulesetParts {
         dnat: [tier1_dnat, tier2_dnat].concat(),
         snat: tier1_snat,
-        input: vec![],
+        ..VpcRulesetParts::default()
     };
     let plan = vpc.plan(&[&t11, &t12], "nbvp", &parts).expect("plan");
     applier.apply(&plan, None).expect("apply");

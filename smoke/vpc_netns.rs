@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use netbridge_executor::nft::{Rule, Verdict};
 use netbridge_executor::vpc::acl::{parse_acl_rules, TierAcl};
 use netbridge_executor::vpc::actions::{
     parse_custom_action, ActionRunner, BuiltinAction, ParsedAction,
 };
-use netbridge_executor::vpc::ipv6::{
-    render_ipv6_forward_rules, render_radvd_conf, Ipv6Network, RaIntervals,
-};
+use netbridge_executor::vpc::ipv6::{forward_rules, render_radvd_conf, Ipv6Network, RaIntervals};
 use netbridge_executor::vpc::model::{parse_public_ip, vpc_sysctls, VpcRulesetParts, VpcState};
 use netbridge_executor::vpc::pbr::PbrTables;
 use serde_json::{json, Value};
@@ -280,12 +279,18 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     // Port forwards from the outside into each tier (as the engine renders them).
     let parts = VpcRulesetParts {
         dnat: vec![
-            "ip daddr 203.0.113.10 tcp dport 2222 dnat ip to 10.1.1.10:22".into(),
-            "ip daddr 203.0.113.10 tcp dport 8000 dnat ip to 10.1.2.10:80".into(),
+            Rule::new(
+                "ip daddr 203.0.113.10 tcp dport 2222",
+                Verdict::Dnat("10.1.1.10:22".into()),
+            ),
+            Rule::new(
+                "ip daddr 203.0.113.10 tcp dport 8000",
+                Verdict::Dnat("10.1.2.10:80".into()),
+            ),
         ],
         ..VpcRulesetParts::default()
     };
-    nft_load(&r, &vpc.render_ruleset(&parts).unwrap());
+    nft_load(&r, &vpc.ruleset(&parts).unwrap().render());
 
     let _sa = Servers::start(&a, "vm1", &[22, 80]);
     let _sb = Servers::start(&b, "vm2", &[80]);
@@ -345,7 +350,7 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     ]))
     .unwrap();
     vpc.set_acl("11", TierAcl::Applied(allow_all)).unwrap();
-    nft_load(&r, &vpc.render_ruleset(&parts).unwrap());
+    nft_load(&r, &vpc.ruleset(&parts).unwrap().render());
     assert_eq!(
         tcp_from(&b, "10.1.1.10:22").as_deref(),
         Some("vm1 10.1.2.10")
@@ -610,7 +615,7 @@ fn radvd_gives_a_vm_a_slaac_address_and_inbound_v6_is_refused() {
     let mut fw = String::from(
         "table inet nbv6 {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"gl42\" accept\n",
     );
-    for rule in render_ipv6_forward_rules("gl42", &net) {
+    for rule in forward_rules("gl42", &net) {
         fw.push_str(&format!("    {rule}\n"));
     }
     fw.push_str("  }\n}\n");
@@ -690,7 +695,7 @@ fn apply(r: &Netns, vpc: &VpcState, parts: &VpcRulesetParts) {
     for a in have.iter().filter(|a| !want.contains(a)) {
         r.ip(&["addr", "del", &format!("{a}/24"), "dev", "p0"]);
     }
-    nft_load(r, &vpc.render_ruleset(parts).unwrap());
+    nft_load(r, &vpc.ruleset(parts).unwrap().render());
 }
 
 fn addrs_on(ns: &Netns, dev: &str) -> Vec<String> {
@@ -758,13 +763,19 @@ fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
         .unwrap();
     vpc.acquire(Owner::Tier("12".into()), public_ip("203.0.113.30"))
         .unwrap();
-    let tier1_dnat = "ip daddr 203.0.113.20 dnat ip to 10.1.1.10".to_string();
-    let tier1_snat = "oifname \"p0\" ip saddr 10.1.1.10 snat ip to 203.0.113.20".to_string();
-    let tier2_dnat = "ip daddr 203.0.113.30 tcp dport 8000 dnat ip to 10.1.2.10:80".to_string();
+    let tier1_dnat = Rule::new("ip daddr 203.0.113.20", Verdict::Dnat("10.1.1.10".into()));
+    let tier1_snat = Rule::new(
+        "oifname \"p0\" ip saddr 10.1.1.10",
+        Verdict::Snat("203.0.113.20".into()),
+    );
+    let tier2_dnat = Rule::new(
+        "ip daddr 203.0.113.30 tcp dport 8000",
+        Verdict::Dnat("10.1.2.10:80".into()),
+    );
     let mut parts = VpcRulesetParts {
         dnat: vec![tier1_dnat, tier2_dnat.clone()],
         snat: vec![tier1_snat],
-        input: vec![],
+        ..VpcRulesetParts::default()
     };
     apply(&r, &vpc, &parts);
     let _sa = Servers::start(&a, "vm1", &[80]);
@@ -823,7 +834,7 @@ fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
     parts = VpcRulesetParts {
         dnat: vec![tier2_dnat],
         snat: vec![],
-        input: vec![],
+        ..VpcRulesetParts::default()
     };
     r.ip(&["link", "del", &removal.tier.leg]);
     apply(&r, &vpc, &parts);
@@ -878,11 +889,18 @@ fn every_rendered_form_is_accepted_by_nft_and_radvd() {
     .unwrap();
     vpc.set_acl("31", TierAcl::Applied(rules)).unwrap();
     let parts = VpcRulesetParts {
-        dnat: vec!["ip daddr 203.0.113.60 dnat ip to 10.3.1.5".into()],
-        snat: vec!["oifname \"p0\" ip saddr 10.3.1.5 snat ip to 203.0.113.60".into()],
-        input: vec!["iifname \"p0\" tcp dport 80 accept".into()],
+        dnat: vec![Rule::new(
+            "ip daddr 203.0.113.60",
+            Verdict::Dnat("10.3.1.5".into()),
+        )],
+        snat: vec![Rule::new(
+            "oifname \"p0\" ip saddr 10.3.1.5",
+            Verdict::Snat("203.0.113.60".into()),
+        )],
+        input: vec![Rule::new("iifname \"p0\" tcp dport 80", Verdict::Accept)],
+        ..VpcRulesetParts::default()
     };
-    let mut text = vpc.render_ruleset(&parts).unwrap();
+    let mut text = vpc.ruleset(&parts).unwrap().render();
     let net = Ipv6Network::from_payload(
         json!({"network_ip6_gateway": "2001:db8:31::1", "network_ip6_cidr": "2001:db8:31::/64"})
             .as_object()
@@ -891,7 +909,7 @@ fn every_rendered_form_is_accepted_by_nft_and_radvd() {
     .unwrap()
     .unwrap();
     text.push_str("table inet nbv6check {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
-    for rule in render_ipv6_forward_rules("vt31", &net) {
+    for rule in forward_rules("vt31", &net) {
         text.push_str(&format!("    {rule}\n"));
     }
     text.push_str(

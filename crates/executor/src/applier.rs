@@ -299,7 +299,7 @@ impl Applier {
     /// Installs `plan`. `previous` is the plan installed before, if known:
     /// when its links are the same and the namespace exists only the ruleset
     /// is loaded, and when the new ruleset only appends rules to it just the
-    /// appended rules are (see [`super::planner::delta`]); otherwise the
+    /// appended rules are (see [`super::nft::delta`]); otherwise the
     /// complete ruleset replaces the table. Bridges the previous plan used
     /// and the new one does not are removed when empty.
     pub fn apply(&self, plan: &Plan, previous: Option<&Plan>) -> Result<(), ApplyError> {
@@ -312,7 +312,7 @@ impl Applier {
             log::debug!("{ns}: links applied in {:?}", started.elapsed());
         }
         if let (true, Some(prev)) = (links_same, previous) {
-            if let Some(script) = super::planner::delta(&prev.ruleset, &plan.ruleset) {
+            if let Some(script) = super::nft::delta(&prev.ruleset, &plan.ruleset) {
                 if script.is_empty() {
                     return Ok(());
                 }
@@ -326,7 +326,7 @@ impl Applier {
                 }
             }
         }
-        self.load_ruleset(ns, &plan.ruleset)
+        self.load_ruleset(ns, &plan.ruleset.render())
     }
 
     /// Brings links, addresses, routes and sysctls in line with `plan`.

@@ -376,11 +376,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The engine's plan of a network plus its IPv6 forward rules (VPC hook).
+    /// The engine's plan of a network.
     fn plan(&self, state: &NetworkState) -> Result<Plan, ExecError> {
-        let mut plan = planner::plan(state)?;
-        super::vpc_engine::add_ipv6_rules(&mut plan, state);
-        Ok(plan)
+        Ok(planner::plan(state)?)
     }
 
     /// Default guest device (VPC hook).

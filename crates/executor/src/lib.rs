@@ -6,6 +6,8 @@
 //! - [`planner`]: desired state → nftables ruleset (table `inet nb`, layout
 //!   documented there) and link/address plan, with the veth naming scheme
 //!   (pure, no I/O).
+//! - [`nft`]: the nftables table as data (chains, sets, rules), its one
+//!   renderer to an `nft -f` transaction and the delta between two rulesets.
 //! - [`applier`]: installs a plan: one ruleset transaction (libnftables in
 //!   process, or `nft -f -` entered with setns); namespace, links, addresses
 //!   and routes through rtnetlink in process (no `ip` process).
@@ -21,6 +23,7 @@
 pub mod applier;
 pub mod daemon;
 pub mod engine;
+pub mod nft;
 pub mod planner;
 mod reconcile;
 pub mod record_log;

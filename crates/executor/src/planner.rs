@@ -1,18 +1,18 @@
-//! Pure planner: desired state → the namespace's complete nftables ruleset
-//! (one `nft -f` script that replaces table `inet nb` atomically) and the
-//! link/address plan. No I/O.
+//! Pure planner: desired state → the namespace's nftables table (as data,
+//! see [`crate::nft`]) and the link/address plan. No I/O.
 //!
 //! Table layout (`table inet nb`):
 //! - `prerouting` (nat, dstnat): `jump pf_dnat` (port forwards), then
 //!   `jump sn_dnat` (static-NAT DNAT), then, only when the network has UDP
-//!   load-balancing rules, `jump lb_udp` (DNAT to the backends, rendered by
+//!   load-balancing rules, `jump lb_udp` (DNAT to the backends, added by
 //!   [`super::services::nftlb`]; gated by `fw_ingress` like port forwards).
 //! - `postrouting` (nat, srcnat): `jump sn_snat` (static-NAT SNAT), then
 //!   source NAT of the guest CIDR, only towards public legs.
 //! - `input` (filter, policy drop): lo, established/related, the guest leg,
 //!   IPv6 neighbour discovery, then `fw_ingress`.
 //! - `forward` (filter, policy drop): established/related accept, invalid
-//!   drop, guest → public via `fw_egress`, public → guest via `fw_ingress`.
+//!   drop, the IPv6 rules of the guest leg ([`super::vpc::ipv6`]), guest →
+//!   public via `fw_egress`, public → guest via `fw_ingress`.
 //! - `fw_ingress`: a verdict map on `ct original ip daddr` (the public IP
 //!   before DNAT) jumping to one chain `in_<a>_<b>_<c>_<d>` per public IP;
 //!   each holds that IP's allow rules, matched on the original destination
@@ -23,18 +23,11 @@
 //! - `fw_egress`: listed egress rules (drop when `default_egress_allow`,
 //!   accept otherwise) and the opposite final verdict.
 //!
-//! Loading: the script starts with `table inet nb {}` + `delete table inet
-//! nb` so the first load works and every load replaces the table in one
-//! transaction. When a command only appends rules (add-port-forward,
-//! add-static-nat) [`delta`] yields `add rule` lines instead, which avoids the
-//! kernel's grace-period wait on deletions; an unchanged ruleset loads nothing.
-//!
 //! Rules use single addresses and prefixes (`ip saddr 10.0.0.1` is an exact
 //! match), never anonymous sets per rule (they make the kernel transaction
 //! slow at 10,000 rules); ingress rules share one named set instead.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
@@ -43,10 +36,9 @@ use netbridge_protocol::payload::{GuestType, PortForwardFields};
 use netbridge_protocol::rules::{Direction, FwRule};
 use netbridge_protocol::validate::{Ipv4Cidr, Protocol, Vlan};
 
+use super::nft::{self, Chain, Rule, Ruleset, Set, Verdict};
 use super::state::NetworkState;
-
-/// The nftables table owned by the executor in each namespace.
-pub const TABLE: &str = "inet nb";
+use super::vpc::ipv6;
 
 /// Longest Linux interface name.
 pub const IFNAMSIZ_MAX: usize = 15;
@@ -92,8 +84,7 @@ pub struct LinkPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub links: LinkPlan,
-    /// `nft -f` script.
-    pub ruleset: String,
+    pub ruleset: Ruleset,
 }
 
 /// Planning errors (the state cannot be rendered).
@@ -229,7 +220,8 @@ fn chain_for(ip: Ipv4Addr) -> String {
     format!("in_{}_{}_{}_{}", o[0], o[1], o[2], o[3])
 }
 
-fn quoted_set(names: &[&str]) -> String {
+/// `"a"` for one name, `{ "a", "b" }` for several.
+pub(crate) fn quoted_set(names: &[&str]) -> String {
     match names {
         [one] => format!("\"{one}\""),
         many => format!(
@@ -243,32 +235,23 @@ fn quoted_set(names: &[&str]) -> String {
 }
 
 /// L4 match of a firewall rule. `original`: match the pre-DNAT port.
-fn l4_match(r: &FwRule, original: bool) -> String {
-    let mut m = String::new();
+fn l4_match(out: &mut Vec<String>, r: &FwRule, original: bool) {
     match r.protocol {
         Protocol::All => {}
         Protocol::Icmp => {
-            m.push_str(" meta l4proto icmp");
-            if let Some(t) = r.icmp_type {
-                let _ = write!(m, " icmp type {t}");
-            }
-            if let Some(c) = r.icmp_code {
-                let _ = write!(m, " icmp code {c}");
-            }
+            out.push("meta l4proto icmp".into());
+            out.extend(r.icmp_type.map(|t| format!("icmp type {t}")));
+            out.extend(r.icmp_code.map(|c| format!("icmp code {c}")));
         }
         Protocol::Tcp | Protocol::Udp => {
             let p = r.protocol.as_str();
-            let _ = write!(m, " meta l4proto {p}");
-            if let Some(ports) = r.ports {
-                if original {
-                    let _ = write!(m, " ct original proto-dst {ports}");
-                } else {
-                    let _ = write!(m, " {p} dport {ports}");
-                }
-            }
+            out.push(format!("meta l4proto {p}"));
+            out.extend(r.ports.map(|ports| match original {
+                true => format!("ct original proto-dst {ports}"),
+                false => format!("{p} dport {ports}"),
+            }));
         }
     }
-    m
 }
 
 /// `None` in the list means "any".
@@ -280,36 +263,27 @@ fn cidr_options(cidrs: &[Ipv4Cidr]) -> Vec<Option<Ipv4Cidr>> {
     }
 }
 
-fn addr_match(out: &mut String, dir: &str, c: Option<Ipv4Cidr>) {
-    if let Some(c) = c {
-        if c.prefix == 32 {
-            let _ = write!(out, " ip {dir} {}", c.addr);
-        } else {
-            let _ = write!(out, " ip {dir} {}", c.network());
-        }
-    }
+/// `ip <dir> <address or prefix>` (a single address without `/32`, so nft
+/// matches it exactly).
+fn addr_match(dir: &str, c: Option<Ipv4Cidr>) -> Option<String> {
+    c.map(|c| match c.prefix {
+        32 => format!("ip {dir} {}", c.addr),
+        _ => format!("ip {dir} {}", c.network()),
+    })
 }
 
-/// A port-forwarding DNAT line (VPC tiers render theirs with it).
-pub(crate) fn render_port_forward(out: &mut String, pf: &PortForwardFields) {
-    forward_rule(out, pf)
-}
-
-fn forward_rule(out: &mut String, pf: &PortForwardFields) {
+/// The DNAT rule of a port forward (VPC tiers place theirs with it).
+pub(crate) fn port_forward(pf: &PortForwardFields) -> Rule {
     let p = pf.protocol.as_str();
-    let head = format!(
-        "    ip daddr {} meta l4proto {p} {p} dport {}",
+    let matches = format!(
+        "ip daddr {} meta l4proto {p} {p} dport {}",
         pf.public_ip, pf.public_port
     );
-    if pf.private_port == pf.public_port {
+    let target = if pf.private_port == pf.public_port {
         // Same port(s) on both sides: keep the destination port.
-        let _ = writeln!(out, "{head} dnat ip to {}", pf.private_ip);
+        pf.private_ip.to_string()
     } else if pf.private_port.is_single() {
-        let _ = writeln!(
-            out,
-            "{head} dnat ip to {}:{}",
-            pf.private_ip, pf.private_port.start
-        );
+        format!("{}:{}", pf.private_ip, pf.private_port.start)
     } else {
         // Shifted range: one map element per port keeps the 1:1 mapping.
         let elems: Vec<String> = (0..pf.public_port.len())
@@ -323,18 +297,56 @@ fn forward_rule(out: &mut String, pf: &PortForwardFields) {
                 )
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{head} dnat ip to ip daddr . {p} dport map {{ {} }}",
-            elems.join(", ")
-        );
-    }
+        format!("ip daddr . {p} dport map {{ {} }}", elems.join(", "))
+    };
+    Rule::new(matches, Verdict::Dnat(target))
 }
 
-/// The `nft -f` script: creates the table if missing, deletes it and
-/// re-creates it complete, all in one transaction.
-pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
-    let mut out = String::with_capacity(4096);
+/// The DNAT rule of a static NAT.
+pub(crate) fn static_nat_dnat(public: Ipv4Addr, private: Ipv4Addr) -> Rule {
+    Rule::new(
+        format!("ip daddr {public}"),
+        Verdict::Dnat(private.to_string()),
+    )
+}
+
+/// Source NAT: packets from `from` leaving through `oif` (quoted, see
+/// [`quoted_set`]) take the address `to`.
+pub(crate) fn snat(oif: &str, from: impl std::fmt::Display, to: Ipv4Addr) -> Rule {
+    let matches = format!("oifname {oif} ip saddr {from}");
+    Rule::new(matches, Verdict::Snat(to.to_string()))
+}
+
+/// The filter skeleton of every router: `input` takes loopback,
+/// established flows, the guest legs and IPv6 neighbour discovery, drops
+/// invalid packets; `forward` takes established flows and drops invalid
+/// ones. Both drop the rest; contributors append after these rules.
+pub(crate) fn filter_skeleton(rs: &mut Ruleset, guest_legs: &[&str]) {
+    let input = rs.chain(Chain::base(nft::Hook::Input));
+    input.rules = vec![
+        Rule::new("iif \"lo\"", Verdict::Accept),
+        Rule::new("ct state established,related", Verdict::Accept),
+        Rule::new("ct state invalid", Verdict::Drop),
+    ];
+    if !guest_legs.is_empty() {
+        let legs = quoted_set(guest_legs);
+        input
+            .rules
+            .push(Rule::new(format!("iifname {legs}"), Verdict::Accept));
+    }
+    input.rules.push(Rule::new(
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }",
+        Verdict::Accept,
+    ));
+    rs.chain(Chain::base(nft::Hook::Forward)).rules = vec![
+        Rule::new("ct state established,related", Verdict::Accept),
+        Rule::new("ct state invalid", Verdict::Drop),
+    ];
+}
+
+/// The network's table: NAT, filter skeleton, IPv6, firewall.
+pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> Ruleset {
+    let mut rs = Ruleset::default();
     let guest = links
         .legs
         .iter()
@@ -347,226 +359,126 @@ pub fn ruleset(state: &NetworkState, links: &LinkPlan) -> String {
         .filter(|l| l.role == LegRole::Public)
         .map(|l| l.inner_name.as_str())
         .collect();
-
-    let _ = writeln!(
-        out,
-        "table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{"
-    );
+    let jump = |c: &str| Rule::always(Verdict::Jump(c.into()));
 
     // NAT. Forwards and static NAT live in their own regular chains so that
-    // adding one is an append (see `delta`).
-    // UDP load balancing: its own chain, only when there are rules.
-    let lb_udp = super::services::nftlb::dnat_rules(&state.guest);
-    out.push_str(
-        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump pf_dnat\n    jump sn_dnat\n",
-    );
-    out.push_str(&super::services::nftlb::prerouting_jump(&lb_udp));
-    out.push_str("  }\n");
-    super::services::nftlb::render_chain(&mut out, &lb_udp);
-    out.push_str("  chain pf_dnat {\n");
-    for pf in &state.port_forwards {
-        forward_rule(&mut out, pf);
-    }
-    out.push_str("  }\n  chain sn_dnat {\n");
-    for sn in &state.static_nats {
-        let _ = writeln!(
-            out,
-            "    ip daddr {} dnat ip to {}",
-            sn.public_ip, sn.private_ip
-        );
-    }
-    out.push_str("  }\n  chain sn_snat {\n");
+    // adding one is an append (see `nft::delta`).
+    rs.chain(Chain::base(nft::Hook::Prerouting)).rules = vec![jump("pf_dnat"), jump("sn_dnat")];
+    super::services::nftlb::contribute(&mut rs, &state.guest);
+    rs.chain(Chain::new("pf_dnat")).rules = state.port_forwards.iter().map(port_forward).collect();
+    rs.chain(Chain::new("sn_dnat")).rules = state
+        .static_nats
+        .iter()
+        .map(|sn| static_nat_dnat(sn.public_ip, sn.private_ip))
+        .collect();
     let oif = quoted_set(&publics);
+    let sn_snat = rs.chain(Chain::new("sn_snat"));
     if !publics.is_empty() {
-        for sn in &state.static_nats {
-            let _ = writeln!(
-                out,
-                "    oifname {oif} ip saddr {} snat ip to {}",
-                sn.private_ip, sn.public_ip
-            );
-        }
+        sn_snat.rules = state
+            .static_nats
+            .iter()
+            .map(|sn| snat(&oif, sn.private_ip, sn.public_ip))
+            .collect();
     }
-    out.push_str("  }\n");
     // The 1:1 SNAT of static NAT wins over the network's source NAT.
-    out.push_str(
-        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump sn_snat\n",
-    );
+    let post = rs.chain(Chain::base(nft::Hook::Postrouting));
+    post.rules.push(jump("sn_snat"));
     if !publics.is_empty() {
-        if let (Some(snat), Some(cidr)) = (state.source_nat_ip(), state.cidr) {
-            let _ = writeln!(
-                out,
-                "    oifname {oif} ip saddr {} snat ip to {}",
-                cidr.network(),
-                snat.ip
-            );
+        if let (Some(ip), Some(cidr)) = (state.source_nat_ip(), state.cidr) {
+            post.rules.push(snat(&oif, cidr.network(), ip.ip));
         }
     }
-    out.push_str("  }\n");
 
-    // Filter.
-    let _ = writeln!(
-        out,
-        "  chain input {{\n    type filter hook input priority filter; policy drop;\n    iif \"lo\" accept\n    ct state established,related accept\n    ct state invalid drop\n    iifname \"{guest}\" accept\n    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }} accept\n    jump fw_ingress\n  }}"
+    filter_skeleton(&mut rs, &[&guest]);
+    rs.extend("input", [jump("fw_ingress")]);
+    if let Some(net) = ipv6::Ipv6Network::of(state) {
+        rs.extend("forward", ipv6::forward_rules(&guest, &net));
+    }
+    rs.extend(
+        "forward",
+        [
+            Rule::new(
+                format!("iifname \"{guest}\" oifname != \"{guest}\""),
+                Verdict::Jump("fw_egress".into()),
+            ),
+            Rule::new(
+                format!("oifname \"{guest}\""),
+                Verdict::Jump("fw_ingress".into()),
+            ),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    ct state invalid drop\n    iifname \"{guest}\" oifname != \"{guest}\" jump fw_egress\n    oifname \"{guest}\" jump fw_ingress\n  }}"
-    );
+    firewall(&mut rs, state);
+    rs
+}
 
-    // Ingress: per public IP chains behind a verdict map.
+/// Ingress: per public IP chains behind a verdict map on the original
+/// destination; egress: the listed rules, then the opposite verdict.
+fn firewall(rs: &mut Ruleset, state: &NetworkState) {
     let mut per_ip: BTreeMap<Ipv4Addr, Vec<&FwRule>> = BTreeMap::new();
     let mut any_ip: Vec<&FwRule> = Vec::new();
     let mut egress: Vec<&FwRule> = Vec::new();
-    if let Some(fw) = &state.firewall {
-        for r in &fw.rules {
-            match (r.direction, r.public_ip) {
-                (Direction::Ingress, Some(ip)) => per_ip.entry(ip).or_default().push(r),
-                (Direction::Ingress, None) => any_ip.push(r),
-                (Direction::Egress, _) => egress.push(r),
-            }
+    for r in state.firewall.iter().flat_map(|f| &f.rules) {
+        match (r.direction, r.public_ip) {
+            (Direction::Ingress, Some(ip)) => per_ip.entry(ip).or_default().push(r),
+            (Direction::Ingress, None) => any_ip.push(r),
+            (Direction::Egress, _) => egress.push(r),
         }
     }
-    let vmap = if per_ip.is_empty() {
-        String::new()
-    } else {
-        let entries: Vec<String> = per_ip
-            .keys()
-            .map(|ip| format!("{ip} : jump {}", chain_for(*ip)))
-            .collect();
-        format!(
-            "    ct original ip daddr vmap {{ {} }}\n",
-            entries.join(", ")
-        )
-    };
-    ingress_chain(&mut out, "fw_ingress", &any_ip, &vmap);
+    let vmap = (!per_ip.is_empty()).then(|| {
+        let map = per_ip.keys().map(|ip| (ip.to_string(), chain_for(*ip)));
+        Rule::new("ct original ip daddr", Verdict::JumpMap(map.collect()))
+    });
+    ingress_chain(rs, "fw_ingress", &any_ip, vmap);
     for (ip, rules) in &per_ip {
-        ingress_chain(&mut out, &chain_for(*ip), rules, "");
+        ingress_chain(rs, &chain_for(*ip), rules, None);
     }
 
-    // Egress.
-    out.push_str("  chain fw_egress {\n");
     let allow_default = state
         .firewall
         .as_ref()
         .is_none_or(|f| f.default_egress_allow);
-    let (listed, fallback) = if allow_default {
-        ("drop", "accept")
-    } else {
-        ("accept", "drop")
+    let (listed, fallback) = match allow_default {
+        true => (Verdict::Drop, Verdict::Accept),
+        false => (Verdict::Accept, Verdict::Drop),
     };
+    let chain = rs.chain(Chain::new("fw_egress"));
     for r in &egress {
         for src in cidr_options(&r.source_cidrs) {
             for dst in cidr_options(&r.dest_cidrs) {
-                out.push_str("   ");
-                addr_match(&mut out, "saddr", src);
-                addr_match(&mut out, "daddr", dst);
-                out.push_str(&l4_match(r, false));
-                let _ = writeln!(out, " {listed}");
+                let mut m: Vec<String> = addr_match("saddr", src).into_iter().collect();
+                m.extend(addr_match("daddr", dst));
+                l4_match(&mut m, r, false);
+                chain.rules.push(Rule::new(m.join(" "), listed.clone()));
             }
         }
     }
-    let _ = writeln!(out, "    {fallback}\n  }}\n}}");
-    out
-}
-
-/// One chain (or named set, map…) of a rendered ruleset: name,
-/// declaration lines, rules (a set's other lines).
-#[derive(Debug, PartialEq, Eq)]
-struct Chain<'a> {
-    set: bool,
-    name: &'a str,
-    header: Vec<&'a str>,
-    rules: Vec<&'a str>,
-}
-
-/// Splits a script made by [`ruleset`] into its chains and other objects.
-fn chains(script: &str) -> Option<Vec<Chain<'_>>> {
-    let mut out: Vec<Chain<'_>> = Vec::new();
-    for line in script.lines() {
-        // `  chain <name> {`, or any other table object (`  set`, `  map`…),
-        // which `delta` compares whole.
-        let block = line
-            .strip_prefix("  ")
-            .filter(|l| !l.starts_with(' '))
-            .and_then(|l| l.strip_suffix(" {"))
-            .and_then(|l| l.split_once(' '))
-            .map(|(kind, name)| (kind != "chain", name));
-        if let Some((set, name)) = block {
-            out.push(Chain {
-                set,
-                name,
-                header: Vec::new(),
-                rules: Vec::new(),
-            });
-        } else if let Some(body) = line.strip_prefix("    ") {
-            let chain = out.last_mut()?;
-            if body.starts_with("type ") {
-                chain.header.push(body);
-            } else {
-                chain.rules.push(body);
-            }
-        }
-    }
-    Some(out)
-}
-
-/// When `new` only appends rules to chains of `old` (same chains, same
-/// declarations, every old chain a prefix of its new self), the `nft` script
-/// that turns `old` into `new` with `add rule` alone; `None` otherwise. A
-/// transaction without deletions avoids the kernel's grace-period wait, and
-/// the result is rule for rule what loading `new` whole would give. An empty
-/// script means nothing changed.
-pub fn delta(old: &str, new: &str) -> Option<String> {
-    let (a, b) = (chains(old)?, chains(new)?);
-    if a.len() != b.len() {
-        return None;
-    }
-    let mut script = String::new();
-    for (x, y) in a.iter().zip(&b) {
-        if x.set != y.set
-            || x.name != y.name
-            || x.header != y.header
-            || !y.rules.starts_with(&x.rules)
-            || (y.set && x.rules != y.rules)
-        {
-            // Sets are compared whole: a changed set means a full replace.
-            return None;
-        }
-        for rule in &y.rules[x.rules.len()..] {
-            let _ = writeln!(script, "add rule {TABLE} {} {rule}", y.name);
-        }
-    }
-    Some(script)
-}
-
-fn render_ingress(out: &mut String, r: &FwRule) {
-    for src in cidr_options(&r.source_cidrs) {
-        out.push_str("   ");
-        addr_match(out, "saddr", src);
-        out.push_str(&l4_match(r, true));
-        out.push_str(" accept\n");
-    }
+    chain.rules.push(Rule::always(fallback));
 }
 
 /// A port interval, both ends included.
 type Ports = (u16, u16);
 
 /// One ingress chain `name` with its accept rules, then `tail`. TCP and UDP
-/// rules become elements of one named set per protocol (`<name>_tcp`,
-/// `<name>_udp`: source prefix . original destination port interval),
-/// matched by a single rule; ICMP and all-protocol rules stay plain rules.
-/// Every ingress rule is an accept, so their order never mattered; one set
-/// lookup costs the kernel and libnftables far less than a rule per
-/// (rule, source CIDR) pair, which made 1,000 rules take ~30 ms to load.
-fn ingress_chain(out: &mut String, name: &str, rules: &[&FwRule], tail: &str) {
-    let mut plain = Vec::new();
+/// rules become elements of one named interval set per protocol
+/// (`<name>_tcp`, `<name>_udp`: source prefix . original destination port
+/// interval), matched by a single rule; ICMP and all-protocol rules stay
+/// plain rules. Every ingress rule is an accept, so their order never
+/// mattered; one set lookup costs the kernel and libnftables far less than
+/// a rule per (rule, source CIDR) pair, which made 1,000 rules take ~30 ms
+/// to load.
+fn ingress_chain(rs: &mut Ruleset, name: &str, rules: &[&FwRule], tail: Option<Rule>) {
+    let mut chain = Chain::new(name);
     let mut boxes: [BTreeMap<(u32, u8), Vec<Ports>>; 2] = Default::default();
     for r in rules {
         let i = match r.protocol {
             Protocol::Tcp => 0,
             Protocol::Udp => 1,
             Protocol::All | Protocol::Icmp => {
-                plain.push(*r);
+                for src in cidr_options(&r.source_cidrs) {
+                    let mut m: Vec<String> = addr_match("saddr", src).into_iter().collect();
+                    l4_match(&mut m, r, true);
+                    chain.rules.push(Rule::new(m.join(" "), Verdict::Accept));
+                }
                 continue;
             }
         };
@@ -576,51 +488,37 @@ fn ingress_chain(out: &mut String, name: &str, rules: &[&FwRule], tail: &str) {
             boxes[i].entry(c).or_default().push(ports);
         }
     }
-    let mut matches = Vec::new();
     for (i, proto) in [(0, "tcp"), (1, "udp")] {
         let elements = disjoint_boxes(std::mem::take(&mut boxes[i]));
         if elements.is_empty() {
             continue;
         }
         let set = format!("{name}_{proto}");
-        let _ = write!(
-            out,
-            "  set {set} {{\n    type ipv4_addr . inet_service\n    flags interval\n    elements = {{ "
-        );
-        let mut first = true;
+        let mut elems = Vec::new();
         for ((addr, prefix), ranges) in &elements {
-            for (lo, hi) in ranges {
-                if !first {
-                    out.push_str(", ");
-                }
-                first = false;
-                let addr = Ipv4Addr::from(*addr);
-                if *prefix == 32 {
-                    let _ = write!(out, "{addr}");
-                } else {
-                    let _ = write!(out, "{addr}/{prefix}");
-                }
-                if lo == hi {
-                    let _ = write!(out, " . {lo}");
-                } else {
-                    let _ = write!(out, " . {lo}-{hi}");
-                }
-            }
+            let addr = Ipv4Addr::from(*addr);
+            let src = match prefix {
+                32 => addr.to_string(),
+                _ => format!("{addr}/{prefix}"),
+            };
+            elems.extend(ranges.iter().map(|(lo, hi)| match lo == hi {
+                true => format!("{src} . {lo}"),
+                false => format!("{src} . {lo}-{hi}"),
+            }));
         }
-        out.push_str(" }\n  }\n");
-        matches.push(format!(
-            "    meta l4proto {proto} ip saddr . ct original proto-dst @{set} accept\n"
+        rs.set(Set {
+            name: set.clone(),
+            key: "ipv4_addr . inet_service",
+            interval: true,
+            elements: elems,
+        });
+        chain.rules.push(Rule::new(
+            format!("meta l4proto {proto} ip saddr . ct original proto-dst @{set}"),
+            Verdict::Accept,
         ));
     }
-    let _ = writeln!(out, "  chain {name} {{");
-    for r in plain {
-        render_ingress(out, r);
-    }
-    for m in matches {
-        out.push_str(&m);
-    }
-    out.push_str(tail);
-    out.push_str("  }\n");
+    chain.rules.extend(tail);
+    rs.chain(chain);
 }
 
 /// Sorted, merged (overlapping or adjacent intervals joined).
@@ -701,6 +599,7 @@ fn disjoint_boxes(boxes: BTreeMap<(u32, u8), Vec<Ports>>) -> Vec<((u32, u8), Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::delta;
     use crate::state::tests::{implemented, request};
     use netbridge_protocol::Command;
     use serde_json::json;
@@ -729,6 +628,10 @@ mod tests {
     }
 
     fn rules_of(s: &NetworkState) -> String {
+        plan(s).unwrap().ruleset.render()
+    }
+
+    fn set_of(s: &NetworkState) -> Ruleset {
         plan(s).unwrap().ruleset
     }
 
@@ -762,19 +665,27 @@ mod tests {
         let p = plan(&s).unwrap();
         assert!(p
             .ruleset
+            .render()
             .starts_with("table inet nb {}\ndelete table inet nb\ntable inet nb {\n"));
-        assert!(p.ruleset.contains("type filter hook forward priority filter; policy drop;\n    ct state established,related accept"));
+        assert!(p.ruleset.render().contains("type filter hook forward priority filter; policy drop;\n    ct state established,related accept"));
         assert!(p
             .ruleset
+            .render()
             .contains("iifname \"g42\" oifname != \"g42\" jump fw_egress"));
-        assert!(!p.ruleset.contains("snat ip to"), "no public IP, no SNAT");
+        assert!(
+            !p.ruleset.render().contains("snat ip to"),
+            "no public IP, no SNAT"
+        );
         assert_eq!(p.links.legs.len(), 1);
         assert_eq!(p.links.legs[0].bridge, "breth1-100");
         assert_eq!(p.links.legs[0].addrs[0].to_string(), "10.1.1.1/24");
         assert!(p.links.ipv4_forwarding);
         assert_eq!(p.links.default_route, None);
         // Without a firewall document egress is open.
-        assert!(p.ruleset.contains("  chain fw_egress {\n    accept\n  }"));
+        assert!(p
+            .ruleset
+            .render()
+            .contains("  chain fw_egress {\n    accept\n  }"));
     }
 
     #[test]
@@ -783,6 +694,7 @@ mod tests {
         let p = plan(&s).unwrap();
         assert!(p
             .ruleset
+            .render()
             .contains("    oifname \"p200\" ip saddr 10.1.1.0/24 snat ip to 203.0.113.10\n"));
         assert_eq!(p.links.legs.len(), 2);
         let pubs = &p.links.legs[1];
@@ -826,6 +738,7 @@ mod tests {
         assert_eq!(p.links.legs[1].addrs[0].to_string(), "198.51.100.5/32");
         assert!(p
             .ruleset
+            .render()
             .contains("oifname { \"pu\", \"p200\" } ip saddr 10.1.1.0/24 snat ip to 203.0.113.10"));
     }
 
@@ -1048,7 +961,7 @@ mod tests {
         );
         let p = plan(&s).unwrap();
         assert_eq!(p.links.legs.len(), 1, "no address left on the public leg");
-        assert!(!p.ruleset.contains("snat ip to"));
+        assert!(!p.ruleset.render().contains("snat ip to"));
         assert_eq!(p.links.default_route, None);
     }
 
@@ -1086,14 +999,14 @@ mod tests {
             &mut s,
             json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "22", "publicIp": "203.0.113.10"}]}),
         );
-        let old = rules_of(&s);
+        let old = set_of(&s);
         run(
             &mut s,
             Command::AddPortForward,
             json!({"public_ip": "203.0.113.10", "public_port": "2222",
             "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
         );
-        let mid = rules_of(&s);
+        let mid = set_of(&s);
         assert_eq!(
             delta(&old, &mid).unwrap(),
             "add rule inet nb pf_dnat ip daddr 203.0.113.10 meta l4proto tcp tcp dport 2222 dnat ip to 10.1.1.5:22\n"
@@ -1105,7 +1018,7 @@ mod tests {
             "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
         );
         assert_eq!(
-            delta(&mid, &rules_of(&s)).unwrap(),
+            delta(&mid, &set_of(&s)).unwrap(),
             "",
             "a repeat changes nothing"
         );
@@ -1115,7 +1028,7 @@ mod tests {
             json!({"public_ip": "203.0.113.10", "public_port": "80",
             "private_ip": "10.1.1.5", "protocol": "tcp"}),
         );
-        let two = rules_of(&s);
+        let two = set_of(&s);
         assert_eq!(
             delta(&mid, &two).unwrap().lines().count(),
             1,
@@ -1126,34 +1039,35 @@ mod tests {
             Command::AddStaticNat,
             json!({"public_ip": "203.0.113.11", "private_ip": "10.1.1.10"}),
         );
-        let d = delta(&two, &rules_of(&s)).unwrap();
+        let d = delta(&two, &set_of(&s)).unwrap();
         assert_eq!(
             d,
             "add rule inet nb sn_dnat ip daddr 203.0.113.11 dnat ip to 10.1.1.10\nadd rule inet nb sn_snat oifname \"p200\" ip saddr 10.1.1.10 snat ip to 203.0.113.11\n"
         );
         // Removals, rule changes and new chains need the full replace.
-        let with_sn = rules_of(&s);
+        let with_sn = set_of(&s);
         run(
             &mut s,
             Command::DeletePortForward,
             json!({"public_ip": "203.0.113.10", "public_port": "2222",
             "private_ip": "10.1.1.5", "private_port": "22", "protocol": "tcp"}),
         );
-        assert_eq!(delta(&with_sn, &rules_of(&s)), None);
-        let before_fw = rules_of(&s);
+        assert_eq!(delta(&with_sn, &set_of(&s)), None);
+        let before_fw = set_of(&s);
         fw(
             &mut s,
             json!({"rules": [{"type": "ingress", "protocol": "tcp", "portStart": "22", "publicIp": "203.0.113.11"}]}),
         );
         assert_eq!(
-            delta(&before_fw, &rules_of(&s)),
+            delta(&before_fw, &set_of(&s)),
             None,
             "a new per-IP chain and a changed vmap"
         );
-        assert_eq!(
-            delta(&old, &old.replace("policy drop", "policy accept")),
-            None
-        );
+        let mut policy = old.clone();
+        if let Some(c) = policy.chain_mut("input") {
+            c.hook = Some(nft::Hook::Forward);
+        }
+        assert_eq!(delta(&old, &policy), None);
     }
 
     /// Prints a full ruleset (`cargo test print_sample -- --ignored --nocapture`).
@@ -1221,7 +1135,7 @@ mod tests {
         assert!(r.contains("  set fw_ingress_udp {\n    type ipv4_addr . inet_service\n    flags interval\n    elements = { 192.0.2.0/24 . 53-60 }\n  }\n"));
         assert!(r.contains("  chain fw_ingress {\n    meta l4proto tcp ip saddr . ct original proto-dst @fw_ingress_tcp accept\n    meta l4proto udp ip saddr . ct original proto-dst @fw_ingress_udp accept\n  }\n"));
         // A new rule changes a set: never an incremental append.
-        let before = r;
+        let before = set_of(&s);
         fw(
             &mut s,
             json!({"rules": [
@@ -1231,19 +1145,7 @@ mod tests {
                 {"type": "ingress", "protocol": "udp", "portStart": "99", "sourceCidrs": ["192.0.2.0/24"]}
             ]}),
         );
-        assert_eq!(delta(&before, &rules_of(&s)), None);
-    }
-
-    #[test]
-    fn delta_compares_sets_and_maps_whole() {
-        let base = "table inet nb {\n  map m {\n    type ipv4_addr : verdict\n    elements = { 10.0.0.1 : accept }\n  }\n  chain c {\n    accept\n  }\n}\n";
-        let appended = base.replace("    accept\n  }\n}", "    accept\n    drop\n  }\n}");
-        assert_eq!(delta(base, &appended).unwrap(), "add rule inet nb c drop\n");
-        let grown = base.replace(
-            "10.0.0.1 : accept }",
-            "10.0.0.1 : accept, 10.0.0.2 : drop }",
-        );
-        assert_eq!(delta(base, &grown), None, "a map line is not a rule");
+        assert_eq!(delta(&before, &set_of(&s)), None);
     }
 
     #[test]

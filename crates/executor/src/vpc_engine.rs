@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 
 use super::applier::Applier;
 use super::engine::ExecError;
+use super::nft::{Rule, Verdict};
 use super::planner::{self, Plan};
 use super::record_log;
 use super::state::NetworkState;
@@ -556,14 +557,7 @@ impl VpcEngine {
     ) -> Result<Plan, ExecError> {
         let tiers: Vec<&NetworkState> = doc.tiers.values().filter(|t| t.implemented).collect();
         let parts = ruleset_parts(doc, &tiers)?;
-        let mut plan = doc.vpc.plan(&tiers, &doc.public_device, &parts)?;
-        let v6: Vec<(String, ipv6::Ipv6Network)> = tiers
-            .iter()
-            .filter_map(|t| ipv6_of(t).map(|n| (planner::guest_inner_name(t.network_id), n)))
-            .collect();
-        if !v6.is_empty() {
-            plan.ruleset = ipv6_runtime::add_forward_rules(&plan.ruleset, &v6);
-        }
+        let plan = doc.vpc.plan(&tiers, &doc.public_device, &parts)?;
         applier.apply(&plan, previous)?;
         let ns = doc.vpc.namespace();
         for t in &tiers {
@@ -579,7 +573,7 @@ impl VpcEngine {
         ns: &str,
         state: &NetworkState,
     ) -> Result<(), ExecError> {
-        let Some(net) = ipv6_of(state) else {
+        let Some(net) = ipv6::Ipv6Network::of(state) else {
             return Ok(());
         };
         let leg = planner::guest_inner_name(state.network_id);
@@ -958,14 +952,6 @@ impl VpcEngine {
     }
 }
 
-/// Adds the IPv6 forward rules of an isolated network to its plan.
-pub(crate) fn add_ipv6_rules(plan: &mut planner::Plan, state: &NetworkState) {
-    if let Some(net) = ipv6_of(state) {
-        let leg = planner::guest_inner_name(state.network_id);
-        plan.ruleset = ipv6_runtime::add_forward_rules(&plan.ruleset, &[(leg, net)]);
-    }
-}
-
 fn not_held(ns: &str) -> ExecError {
     ExecError::Invalid(ProtocolError::InvalidField {
         field: "network_id".into(),
@@ -988,15 +974,6 @@ fn check_namespace(env: &Envelope, ns: &str) -> Result<(), ExecError> {
         }
     }
     Ok(())
-}
-
-fn ipv6_of(state: &NetworkState) -> Option<ipv6::Ipv6Network> {
-    let (gw, cidr) = (state.ip6_gateway?, state.ip6_cidr?);
-    let payload =
-        json!({"network_ip6_gateway": gw.to_string(), "network_ip6_cidr": cidr.to_string()});
-    ipv6::Ipv6Network::from_payload(payload.as_object()?)
-        .ok()
-        .flatten()
 }
 
 /// The engine's public address → the VPC model's.
@@ -1040,20 +1017,18 @@ fn derive_addresses(doc: &mut VpcDoc) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Per-tier DNAT (port forwarding, static NAT) and static-NAT SNAT lines.
+/// Per-tier DNAT (port forwarding, static NAT, UDP LB), static-NAT SNAT,
+/// input and IPv6 rules.
 fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetParts, ExecError> {
     let mut parts = VpcRulesetParts::default();
     for t in tiers {
-        for pf in &t.port_forwards {
-            let mut line = String::new();
-            planner::render_port_forward(&mut line, pf);
-            parts.dnat.push(line.trim().to_string());
-        }
+        parts
+            .dnat
+            .extend(t.port_forwards.iter().map(planner::port_forward));
         for sn in &t.static_nats {
-            parts.dnat.push(format!(
-                "ip daddr {} dnat ip to {}",
-                sn.public_ip, sn.private_ip
-            ));
+            parts
+                .dnat
+                .push(planner::static_nat_dnat(sn.public_ip, sn.private_ip));
             let link = doc
                 .vpc
                 .addresses
@@ -1063,10 +1038,10 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
                     field: "public_ip".into(),
                     reason: format!("{} is not assigned to the VPC", sn.public_ip),
                 })?;
-            parts.snat.push(format!(
-                "oifname \"{link}\" ip saddr {} snat ip to {}",
-                sn.private_ip, sn.public_ip
-            ));
+            let oif = planner::quoted_set(&[&link]);
+            parts
+                .snat
+                .push(planner::snat(&oif, sn.private_ip, sn.public_ip));
         }
         // UDP LB rules are DNAT to the tier's backends, gated by
         // the tier's ingress ACL in `forward` like port forwards.
@@ -1082,10 +1057,14 @@ fn ruleset_parts(doc: &VpcDoc, tiers: &[&NetworkState]) -> Result<VpcRulesetPart
             if !doc.vpc.addresses.contains_key(&r.public_ip) {
                 continue;
             }
-            parts.input.push(format!(
-                "ip daddr {} tcp dport {} accept",
-                r.public_ip, r.public_port
+            parts.input.push(Rule::new(
+                format!("ip daddr {} tcp dport {}", r.public_ip, r.public_port),
+                Verdict::Accept,
             ));
+        }
+        if let Some(net) = ipv6::Ipv6Network::of(t) {
+            let leg = planner::guest_inner_name(t.network_id);
+            parts.ipv6_forward.extend(ipv6::forward_rules(&leg, &net));
         }
     }
     Ok(parts)
@@ -1104,34 +1083,6 @@ pub(crate) mod ipv6_runtime {
     use super::super::services::supervisor::{Daemon, DaemonSpec};
     use super::super::vpc::ipv6;
     use super::ExecError;
-
-    /// Inserts the IPv6 forward rules of each leg before the first rule that
-    /// jumps to the leg's ingress (isolated) or after the fixed forward rules.
-    pub fn add_forward_rules(ruleset: &str, legs: &[(String, ipv6::Ipv6Network)]) -> String {
-        let mut extra = Vec::new();
-        for (leg, net) in legs {
-            extra.extend(ipv6::render_ipv6_forward_rules(leg, net));
-        }
-        let mut out = String::with_capacity(ruleset.len() + 256);
-        let mut in_forward = false;
-        let mut done = false;
-        for line in ruleset.lines() {
-            out.push_str(line);
-            out.push('\n');
-            if line.trim_start().starts_with("chain forward") {
-                in_forward = true;
-            }
-            if in_forward && !done && line.trim() == "ct state invalid drop" {
-                for e in &extra {
-                    out.push_str("    ");
-                    out.push_str(e);
-                    out.push('\n');
-                }
-                done = true;
-            }
-        }
-        out
-    }
 
     /// Gateway address, forwarding and RA sysctls of a guest leg.
     pub fn configure_leg(
@@ -1453,11 +1404,11 @@ mod tests {
                 "oifname \"{link}\" ip saddr 10.1.1.10 snat ip to 203.0.113.20"
             )]
         );
-        let plan = d.vpc.plan(&tiers, "eth1", &parts).unwrap();
+        let ruleset = d.vpc.plan(&tiers, "eth1", &parts).unwrap().ruleset.render();
         // Static NAT SNAT comes before the VPC-wide source NAT.
-        let a = plan.ruleset.find("snat ip to 203.0.113.20").unwrap();
-        let b = plan.ruleset.find("snat ip to 203.0.113.10").unwrap();
-        assert!(a < b, "{}", plan.ruleset);
+        let a = ruleset.find("snat ip to 203.0.113.20").unwrap();
+        let b = ruleset.find("snat ip to 203.0.113.10").unwrap();
+        assert!(a < b, "{ruleset}");
         // A static NAT of an address the VPC does not hold is refused.
         let t = d.tiers.get_mut("12").unwrap();
         run(
@@ -1482,22 +1433,173 @@ mod tests {
                 "gateway": "10.1.1.1", "network_ip6_gateway": "fd00:42::1",
                 "network_ip6_cidr": "fd00:42::/64"}),
         );
-        let mut plan = planner::plan(&s).unwrap();
-        add_ipv6_rules(&mut plan, &s);
-        let fwd = plan.ruleset.find("chain forward").unwrap();
-        let drop6 = plan
-            .ruleset
+        let ruleset = planner::plan(&s).unwrap().ruleset.render();
+        let fwd = ruleset.find("chain forward").unwrap();
+        let drop6 = ruleset
             .find("meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\"")
             .unwrap();
-        let invalid = plan.ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
-        assert!(invalid < drop6, "{}", plan.ruleset);
-        assert_eq!(plan.ruleset.matches("nfproto ipv6 drop").count(), 1);
+        let invalid = ruleset[fwd..].find("ct state invalid drop").unwrap() + fwd;
+        assert!(invalid < drop6, "{ruleset}");
+        assert_eq!(ruleset.matches("nfproto ipv6 drop").count(), 1);
         // Without IPv6 nothing changes.
         let plain = tier_state("43", "100", "10.1.1.1", "10.1.1.0/24");
-        let mut p = planner::plan(&plain).unwrap();
-        let before = p.ruleset.clone();
-        add_ipv6_rules(&mut p, &plain);
-        assert_eq!(p.ruleset, before);
+        let ruleset = planner::plan(&plain).unwrap().ruleset.render();
+        assert!(!ruleset.contains("nfproto ipv6"), "{ruleset}");
+    }
+
+    /// An isolated network with every contributor: source NAT, static NAT,
+    /// port forwards (single, shifted range), firewall (per IP, any IP,
+    /// egress), UDP and TCP load balancing, IPv6.
+    fn golden_network() -> NetworkState {
+        let mut s = tier_state("42", "100", "10.1.1.1", "10.1.1.0/24");
+        run(
+            &mut s,
+            Command::ImplementNetwork,
+            json!({"network_id": "42", "vlan": "100", "cidr": "10.1.1.0/24",
+                "gateway": "10.1.1.1", "extension_ip": "10.1.1.1",
+                "network_ip6_gateway": "fd00:42::1", "network_ip6_cidr": "fd00:42::/64"}),
+        );
+        let ip = |ip: &str, snat: bool| {
+            json!({"network_id": "42", "public_ip": ip, "public_cidr": "203.0.113.0/24",
+                "public_gateway": "203.0.113.1", "public_vlan": "200", "source_nat": snat.to_string()})
+        };
+        run(&mut s, Command::AssignIp, ip("203.0.113.10", true));
+        run(&mut s, Command::AssignIp, ip("203.0.113.11", false));
+        run(
+            &mut s,
+            Command::AddStaticNat,
+            json!({"network_id": "42", "public_ip": "203.0.113.11", "private_ip": "10.1.1.10"}),
+        );
+        for (public, private) in [("9000-9002", "7000-7002"), ("80", "80"), ("2222", "22")] {
+            run(
+                &mut s,
+                Command::AddPortForward,
+                json!({"network_id": "42", "public_ip": "203.0.113.10", "public_port": public,
+                    "private_ip": "10.1.1.6", "private_port": private, "protocol": "tcp"}),
+            );
+        }
+        run(
+            &mut s,
+            Command::ApplyFwRules,
+            json!({"network_id": "42", "fw_rules": {"default_egress_allow": false, "rules": [
+            {"type": "ingress", "protocol": "tcp", "portStart": "80", "portEnd": "90", "publicIp": "203.0.113.10", "sourceCidrs": ["192.0.2.0/24"]},
+            {"type": "ingress", "protocol": "tcp", "portStart": "85", "portEnd": "95", "publicIp": "203.0.113.10", "sourceCidrs": ["192.0.2.0/25", "0.0.0.0/0"]},
+            {"type": "ingress", "protocol": "udp", "portStart": "53", "publicIp": "203.0.113.10"},
+            {"type": "ingress", "protocol": "icmp", "icmpType": "8", "icmpCode": "-1", "publicIp": "203.0.113.11"},
+            {"type": "ingress", "protocol": "all", "sourceCidrs": ["198.51.100.0/24"]},
+            {"type": "ingress", "protocol": "udp", "portStart": "500", "sourceCidrs": ["198.51.100.7/32"]},
+            {"type": "egress", "protocol": "udp", "portStart": "53", "destCidrs": ["192.0.2.53/32"]},
+            {"type": "egress", "protocol": "tcp", "sourceCidrs": ["10.1.1.0/25"], "destCidrs": ["192.0.2.0/24", "198.51.100.0/24"]},
+            {"type": "egress", "protocol": "icmp", "icmpType": "-1"}]}}),
+        );
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.11", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.1.10", "port": "80"}]},
+            {"id": "9", "publicIp": "203.0.113.10", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.1.11", "port": "53"}, {"ip": "10.1.1.10", "port": "53"}]},
+            {"id": "10", "publicIp": "203.0.113.11", "publicPort": "123", "privatePort": "123",
+             "protocol": "udp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.1.12", "port": "123"}]}]});
+        crate::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut s.guest,
+            &mut Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        s
+    }
+
+    /// A VPC with three tiers: one without ACL, one with ingress and egress
+    /// rules (IPv4, IPv6, ICMP, port ranges), one with ingress rules only;
+    /// static NAT, port forwarding and UDP/TCP load balancing, IPv6.
+    fn golden_vpc() -> VpcDoc {
+        let mut d = doc();
+        let mut t = tier_state("13", "102", "10.1.3.1", "10.1.3.0/24");
+        run(
+            &mut t,
+            Command::ImplementNetwork,
+            json!({"network_id": "13", "vpc_id": "5", "vlan": "102", "cidr": "10.1.3.0/24",
+                "gateway": "10.1.3.1", "extension_ip": "10.1.3.1",
+                "network_ip6_gateway": "fd00:13::1", "network_ip6_cidr": "fd00:13::/64"}),
+        );
+        d.vpc
+            .add_tier(
+                "13",
+                &planner::guest_inner_name(13),
+                "10.1.3.1".parse().unwrap(),
+                "10.1.3.0/24".parse().unwrap(),
+            )
+            .unwrap();
+        d.tiers.insert("13".into(), t);
+        let t = d.tiers.get_mut("11").unwrap();
+        run(t, Command::AssignIp, assign("11", "203.0.113.20"));
+        run(
+            t,
+            Command::AddStaticNat,
+            json!({"network_id": "11", "public_ip": "203.0.113.20", "private_ip": "10.1.1.10"}),
+        );
+        run(
+            t,
+            Command::AddPortForward,
+            json!({"network_id": "11", "public_ip": "203.0.113.10", "public_port": "8080",
+                "private_ip": "10.1.1.10", "private_port": "80", "protocol": "tcp"}),
+        );
+        let t = d.tiers.get_mut("12").unwrap();
+        run(t, Command::AssignIp, assign("12", "203.0.113.22"));
+        let lb = json!({"lb_rules": [
+            {"id": "7", "publicIp": "203.0.113.22", "publicPort": "80", "privatePort": "80",
+             "protocol": "tcp", "algorithm": "roundrobin",
+             "backends": [{"ip": "10.1.2.10", "port": "80"}]},
+            {"id": "9", "publicIp": "203.0.113.22", "publicPort": "53", "privatePort": "53",
+             "protocol": "udp", "algorithm": "source",
+             "backends": [{"ip": "10.1.2.11", "port": "53"}, {"ip": "10.1.2.10", "port": "53"}]}]});
+        crate::services::apply(
+            Command::ApplyLbRules,
+            lb.as_object().unwrap(),
+            &mut t.guest,
+            &mut Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        let acl = |v: Value| acl::TierAcl::Applied(acl::parse_acl_rules(&v).unwrap());
+        d.vpc.tiers.get_mut("12").unwrap().acl = acl(json!([
+            {"number": "10", "trafficType": "Ingress", "action": "Allow", "protocol": "tcp",
+             "portStart": "22", "portEnd": "23", "sourceCidrs": ["192.0.2.0/24", "2001:db8::/32"]},
+            {"number": "20", "trafficType": "Ingress", "action": "Deny", "protocol": "icmp",
+             "icmpType": "8", "icmpCode": "-1", "sourceCidrs": ["0.0.0.0/0"]},
+            {"number": "30", "trafficType": "Egress", "action": "Allow", "protocol": "udp",
+             "portStart": "53", "sourceCidrs": ["192.0.2.53/32"]},
+            {"number": "40", "trafficType": "Egress", "action": "Deny", "protocol": "all"}]));
+        d.vpc.tiers.get_mut("13").unwrap().acl = acl(json!([
+            {"number": "5", "trafficType": "Ingress", "action": "Allow", "protocol": "41"}]));
+        derive_addresses(&mut d).unwrap();
+        d
+    }
+
+    /// The rulesets of representative states, compared with the files in
+    /// `src/nft/golden/` (`NB_GOLDEN_WRITE=1` rewrites them).
+    #[test]
+    fn golden_rulesets() {
+        let plan = planner::plan(&golden_network()).unwrap();
+        let d = golden_vpc();
+        let tiers: Vec<&NetworkState> = d.tiers.values().filter(|t| t.implemented).collect();
+        let parts = ruleset_parts(&d, &tiers).unwrap();
+        let vplan = d.vpc.plan(&tiers, &d.public_device, &parts).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/nft/golden");
+        for (name, rs) in [("network.nft", plan.ruleset), ("vpc.nft", vplan.ruleset)] {
+            let text = rs.render();
+            let path = dir.join(name);
+            if std::env::var_os("NB_GOLDEN_WRITE").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text, want, "{name}");
+        }
     }
 
     #[test]

@@ -18,9 +18,8 @@
 //! Backends are rendered sorted by address and port, so the same pool
 //! always gives the same map whatever order CloudStack sent it in.
 
-use std::fmt::Write as _;
-
 use super::model::{Backend, GuestServices, LbAlgorithm, LbRule};
+use crate::nft::{Chain, Rule, Ruleset, Verdict};
 
 /// The regular chain holding the UDP load-balancing DNAT rules.
 pub const CHAIN: &str = "lb_udp";
@@ -28,18 +27,21 @@ pub const CHAIN: &str = "lb_udp";
 /// `jhash` seed: constant so client affinity is stable across reloads.
 pub const JHASH_SEED: u32 = 0x6e62_7564;
 
-/// The DNAT rule of one UDP LB rule (one line, no indentation); `None` for
-/// a TCP rule or a rule without backends.
-pub fn dnat_rule(r: &LbRule) -> Option<String> {
+/// The DNAT rule of one UDP LB rule; `None` for a TCP rule or a rule
+/// without backends.
+pub fn dnat_rule(r: &LbRule) -> Option<Rule> {
     if !r.protocol.is_udp() || r.backends.is_empty() {
         return None;
     }
     let mut pool: Vec<Backend> = r.backends.clone();
     pool.sort();
     pool.dedup();
-    let head = format!("ip daddr {} udp dport {}", r.public_ip, r.public_port);
+    let matches = format!("ip daddr {} udp dport {}", r.public_ip, r.public_port);
     if let [one] = pool.as_slice() {
-        return Some(format!("{head} dnat ip to {}:{}", one.ip, one.port));
+        return Some(Rule::new(
+            matches,
+            Verdict::Dnat(format!("{}:{}", one.ip, one.port)),
+        ));
     }
     let elems: Vec<String> = pool
         .iter()
@@ -53,37 +55,24 @@ pub fn dnat_rule(r: &LbRule) -> Option<String> {
         // safe reading should a stored state ever carry it.
         LbAlgorithm::Roundrobin | LbAlgorithm::Leastconn => format!("numgen inc mod {n}"),
     };
-    Some(format!(
-        "{head} dnat ip to {selector} map {{ {} }}",
-        elems.join(", ")
-    ))
+    let target = format!("{selector} map {{ {} }}", elems.join(", "));
+    Some(Rule::new(matches, Verdict::Dnat(target)))
 }
 
 /// Every UDP DNAT rule of the network, in rule-id order.
-pub fn dnat_rules(s: &GuestServices) -> Vec<String> {
+pub fn dnat_rules(s: &GuestServices) -> Vec<Rule> {
     s.udp_lb_rules().filter_map(dnat_rule).collect()
 }
 
-/// The `prerouting` line for the planner: `jump lb_udp` when the network has
-/// UDP rules, nothing otherwise (the ruleset stays as it was without them).
-pub fn prerouting_jump(rules: &[String]) -> String {
-    if rules.is_empty() {
-        String::new()
-    } else {
-        format!("    jump {CHAIN}\n")
+/// An isolated network's UDP load balancing: when it has UDP rules,
+/// `prerouting` jumps to chain [`CHAIN`], declared here with them; nothing
+/// otherwise (the ruleset stays as it was without them).
+pub fn contribute(rs: &mut Ruleset, s: &GuestServices) {
+    let rules = dnat_rules(s);
+    if !rules.is_empty() {
+        rs.extend("prerouting", [Rule::always(Verdict::Jump(CHAIN.into()))]);
+        rs.chain(Chain::new(CHAIN)).rules = rules;
     }
-}
-
-/// Appends chain [`CHAIN`] with `rules` (nothing when there is none).
-pub fn render_chain(out: &mut String, rules: &[String]) {
-    if rules.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "  chain {CHAIN} {{");
-    for r in rules {
-        let _ = writeln!(out, "    {r}");
-    }
-    out.push_str("  }\n");
 }
 
 #[cfg(test)]
@@ -168,21 +157,18 @@ mod tests {
         let mut tcp = rule("c", 80, LbAlgorithm::Leastconn, &[("10.1.1.12", 8080)]);
         tcp.protocol = LbProtocol::Tcp;
         s.lb_rules.insert("c".into(), tcp);
-        let rules = dnat_rules(&s);
-        assert_eq!(prerouting_jump(&rules), "    jump lb_udp\n");
-        let mut out = String::new();
-        render_chain(&mut out, &rules);
-        assert_eq!(
-            out,
-            "  chain lb_udp {\n    ip daddr 203.0.113.10 udp dport 53 dnat ip to 10.1.1.11:53\n    ip daddr 203.0.113.10 udp dport 54 dnat ip to 10.1.1.10:54\n  }\n"
-        );
+        let chains = |s: &GuestServices| {
+            let mut rs = Ruleset::default();
+            rs.chain(Chain::base(crate::nft::Hook::Prerouting));
+            contribute(&mut rs, s);
+            rs.render()
+        };
+        assert!(chains(&s).ends_with(
+            "    jump lb_udp\n  }\n  chain lb_udp {\n    ip daddr 203.0.113.10 udp dport 53 dnat ip to 10.1.1.11:53\n    ip daddr 203.0.113.10 udp dport 54 dnat ip to 10.1.1.10:54\n  }\n}\n"
+        ));
         s.lb_rules.retain(|_, r| !r.protocol.is_udp());
-        let none = dnat_rules(&s);
-        assert!(none.is_empty());
-        assert_eq!(prerouting_jump(&none), "");
-        let mut out = String::new();
-        render_chain(&mut out, &none);
-        assert_eq!(out, "");
+        assert!(dnat_rules(&s).is_empty());
+        assert!(!chains(&s).contains("lb_udp"));
     }
 
     /// The network's whole ruleset: `prerouting` jumps to `lb_udp` after the
@@ -202,7 +188,7 @@ mod tests {
             "public_cidr": "203.0.113.0/24", "source_nat": "true"});
         s.transition(&request(Command::AssignIp, p.clone()), "eth1")
             .unwrap();
-        let without = planner::plan(&s).unwrap().ruleset;
+        let without = planner::plan(&s).unwrap().ruleset.render();
         assert!(!without.contains("lb_udp"), "{without}");
         p["lb_rules"] = json!([
             {"id": "1", "publicIp": "203.0.113.10", "publicPort": "53", "protocol": "udp",
@@ -222,7 +208,7 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        let with = planner::plan(&s).unwrap().ruleset;
+        let with = planner::plan(&s).unwrap().ruleset.render();
         assert!(with.contains(
             "    jump pf_dnat\n    jump sn_dnat\n    jump lb_udp\n  }\n  chain lb_udp {\n    ip daddr 203.0.113.10 udp dport 53 dnat ip to numgen inc mod 2 map { 0 : 10.1.1.10 . 53, 1 : 10.1.1.11 . 53 }\n    ip daddr 203.0.113.10 udp dport 123 dnat ip to jhash ip saddr mod 2 seed 0x6e627564 map { 0 : 10.1.1.10 . 1123, 1 : 10.1.1.12 . 1123 }\n  }\n  chain pf_dnat {\n"
         ), "{with}");
@@ -247,6 +233,6 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        assert_eq!(planner::plan(&s).unwrap().ruleset, without);
+        assert_eq!(planner::plan(&s).unwrap().ruleset.render(), without);
     }
 }

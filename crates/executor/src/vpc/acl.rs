@@ -27,7 +27,7 @@
 //! `acl_out_<network_id>`. A matching *allow* rule `return`s to the calling
 //! forward chain (which then applies the other side's ACL and accepts), a
 //! *deny* rule drops. The chains are only jumped to for the tier's own guest
-//! leg (see [`super::model::VpcState::render_forward_rules`]), so one tier's ACL never
+//! leg (see [`super::model::VpcState::forward_rules`]), so one tier's ACL never
 //! touches another tier's traffic. One nft rule per CIDR keeps first-match
 //! order exact and avoids interval-set overlap errors.
 
@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{scalar_str, VpcError};
+use crate::nft::{Chain, Rule, Verdict};
 
 /// Upper bound on rules × CIDRs rendered for one tier.
 const MAX_RENDERED_RULES: usize = 10_000;
@@ -422,33 +423,26 @@ pub fn validate_network_id(id: &str) -> Result<(), VpcError> {
     Ok(())
 }
 
-/// Renders the two chain definitions of a tier, to be placed inside the
-/// engine's `table inet … { }`.
-pub fn render_tier_acl_chains(network_id: &str, acl: &TierAcl) -> Result<String, VpcError> {
+/// The ingress and egress chains of a tier.
+pub fn tier_chains(network_id: &str, acl: &TierAcl) -> Result<[Chain; 2], VpcError> {
     validate_network_id(network_id)?;
-    let (ingress, egress) = render_rule_lines(acl);
-    let mut out = String::new();
-    for (name, lines) in [
-        (ingress_chain(network_id), ingress),
-        (egress_chain(network_id), egress),
-    ] {
-        out.push_str(&format!("  chain {name} {{\n"));
-        for line in lines {
-            out.push_str("    ");
-            out.push_str(&line);
-            out.push('\n');
-        }
-        out.push_str("  }\n");
-    }
-    Ok(out)
+    let (ingress, egress) = chain_rules(acl);
+    let chain = |name: String, rules: Vec<Rule>| Chain {
+        rules,
+        ..Chain::new(name)
+    };
+    Ok([
+        chain(ingress_chain(network_id), ingress),
+        chain(egress_chain(network_id), egress),
+    ])
 }
 
-/// The rule lines of the ingress and egress chains, final verdict included.
-pub fn render_rule_lines(acl: &TierAcl) -> (Vec<String>, Vec<String>) {
+/// The rules of the ingress and egress chains, final verdict included.
+pub fn chain_rules(acl: &TierAcl) -> (Vec<Rule>, Vec<Rule>) {
     match acl {
         TierAcl::NotApplied => (
-            vec!["drop comment \"no acl: ingress denied\"".to_string()],
-            vec!["return comment \"no acl: egress allowed\"".to_string()],
+            vec![Rule::always(Verdict::Drop).comment("no acl: ingress denied")],
+            vec![Rule::always(Verdict::Return).comment("no acl: egress allowed")],
         ),
         TierAcl::Applied(rules) => {
             let mut ingress = Vec::new();
@@ -458,30 +452,28 @@ pub fn render_rule_lines(acl: &TierAcl) -> (Vec<String>, Vec<String>) {
                     TrafficType::Ingress => &mut ingress,
                     TrafficType::Egress => &mut egress,
                 };
-                target.extend(rule_lines(rule));
+                target.extend(nft_rules(rule));
             }
             let has_egress = !egress.is_empty();
-            ingress.push("drop comment \"acl final deny\"".to_string());
-            if has_egress {
-                egress.push("drop comment \"acl final deny\"".to_string());
-            } else {
-                egress.push(
-                    "return comment \"acl without egress rules: egress allowed\"".to_string(),
-                );
-            }
+            ingress.push(Rule::always(Verdict::Drop).comment("acl final deny"));
+            egress.push(match has_egress {
+                true => Rule::always(Verdict::Drop).comment("acl final deny"),
+                false => Rule::always(Verdict::Return)
+                    .comment("acl without egress rules: egress allowed"),
+            });
             (ingress, egress)
         }
     }
 }
 
-/// One nft rule line per CIDR (or one for "any address").
-pub fn rule_lines(rule: &AclRule) -> Vec<String> {
+/// One nft rule per CIDR (or one for "any address").
+pub fn nft_rules(rule: &AclRule) -> Vec<Rule> {
     let verdict = match rule.action {
-        AclAction::Allow => "return",
-        AclAction::Deny => "drop",
+        AclAction::Allow => Verdict::Return,
+        AclAction::Deny => Verdict::Drop,
     };
     let comment = format!(
-        "comment \"acl {} {}\"",
+        "acl {} {}",
         rule.number,
         match rule.action {
             AclAction::Allow => "allow",
@@ -511,9 +503,7 @@ pub fn rule_lines(rule: &AclRule) -> Vec<String> {
                 None => {}
             }
             parts.extend(protocol_match(rule, v6));
-            parts.push(verdict.to_string());
-            parts.push(comment.clone());
-            parts.join(" ")
+            Rule::new(parts.join(" "), verdict.clone()).comment(comment.clone())
         })
         .collect()
 }
@@ -574,7 +564,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(rules[0].number, 10);
-        let (ingress, egress) = render_rule_lines(&TierAcl::Applied(rules));
+        let (ingress, egress) = chain_rules(&TierAcl::Applied(rules));
         assert_eq!(
             ingress,
             vec![
@@ -596,7 +586,7 @@ mod tests {
              "portStart": 53, "portEnd": 53, "sourceCidrs": ["192.0.2.53/32"]},
         ]))
         .unwrap();
-        let (_, egress) = render_rule_lines(&TierAcl::Applied(rules));
+        let (_, egress) = chain_rules(&TierAcl::Applied(rules));
         assert_eq!(
             egress,
             vec![
@@ -615,7 +605,7 @@ mod tests {
              "portStart": "53"},
         ]))
         .unwrap();
-        let lines: Vec<String> = rules.iter().flat_map(rule_lines).collect();
+        let lines: Vec<Rule> = rules.iter().flat_map(nft_rules).collect();
         assert_eq!(
             lines,
             vec![
@@ -636,7 +626,7 @@ mod tests {
              "icmpType": "3"},
         ]))
         .unwrap();
-        let lines: Vec<String> = rules.iter().flat_map(rule_lines).collect();
+        let lines: Vec<Rule> = rules.iter().flat_map(nft_rules).collect();
         assert_eq!(lines[0], "meta l4proto icmp return comment \"acl 1 allow\"");
         assert_eq!(
             lines[1],
@@ -653,7 +643,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(rules[0].cidrs.len(), 3);
-        let lines = rule_lines(&rules[0]);
+        let lines = nft_rules(&rules[0]);
         assert_eq!(
             lines,
             vec![
@@ -672,7 +662,7 @@ mod tests {
         .unwrap();
         assert_eq!(rules[0].protocol, AclProtocol::Number(41));
         assert_eq!(
-            rule_lines(&rules[0]),
+            nft_rules(&rules[0]),
             vec!["meta l4proto 41 return comment \"acl 1 allow\""]
         );
     }
@@ -854,12 +844,18 @@ mod tests {
 
     #[test]
     fn tier_without_acl_denies_ingress_and_allows_egress() {
-        let text = render_tier_acl_chains("12", &TierAcl::NotApplied).unwrap();
+        let mut rs = crate::nft::Ruleset::default();
+        for c in tier_chains("12", &TierAcl::NotApplied).unwrap() {
+            rs.chain(c);
+        }
         assert_eq!(
-            text,
+            rs.render()
+                .strip_prefix("table inet nb {}\ndelete table inet nb\ntable inet nb {\n")
+                .and_then(|t| t.strip_suffix("}\n"))
+                .unwrap(),
             "  chain acl_in_12 {\n    drop comment \"no acl: ingress denied\"\n  }\n\
              \x20 chain acl_out_12 {\n    return comment \"no acl: egress allowed\"\n  }\n"
         );
-        assert!(render_tier_acl_chains("1;2", &TierAcl::NotApplied).is_err());
+        assert!(tier_chains("1;2", &TierAcl::NotApplied).is_err());
     }
 }

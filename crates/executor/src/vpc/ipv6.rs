@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{scalar_str, valid_ifname, VpcError};
+use crate::nft::{Rule, Verdict};
 
 /// The IPv6 settings of one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +33,16 @@ pub struct Ipv6Network {
 }
 
 impl Ipv6Network {
+    /// The IPv6 settings a network's state carries, if any.
+    pub fn of(state: &crate::state::NetworkState) -> Option<Ipv6Network> {
+        let (gw, cidr) = (state.ip6_gateway?, state.ip6_cidr?);
+        let payload = serde_json::json!({"network_ip6_gateway": gw.to_string(),
+            "network_ip6_cidr": cidr.to_string()});
+        Ipv6Network::from_payload(payload.as_object()?)
+            .ok()
+            .flatten()
+    }
+
     /// Reads `network_ip6_gateway` / `network_ip6_cidr`; `Ok(None)` when the
     /// network has no IPv6. Both must be present together.
     pub fn from_payload(payload: &Map<String, Value>) -> Result<Option<Ipv6Network>, VpcError> {
@@ -180,13 +191,19 @@ pub fn render_ipv6_input_rules(leg: &str) -> Vec<String> {
 /// guest network's own egress (subject to the engine's egress policy, which
 /// it places before these), and a final drop of everything else going
 /// *into* the guest network over IPv6.
-pub fn render_ipv6_forward_rules(leg: &str, net: &Ipv6Network) -> Vec<String> {
+pub fn forward_rules(leg: &str, net: &Ipv6Network) -> Vec<Rule> {
+    let errors =
+        "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }";
     vec![
-        format!(
-            "oifname \"{leg}\" ip6 daddr {} icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} accept",
-            net.cidr
+        Rule::new(
+            format!("oifname \"{leg}\" ip6 daddr {} {errors}", net.cidr),
+            Verdict::Accept,
         ),
-        format!("oifname \"{leg}\" meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\""),
+        Rule::new(
+            format!("oifname \"{leg}\" meta nfproto ipv6"),
+            Verdict::Drop,
+        )
+        .comment("ipv6 ingress denied unless allowed"),
     ]
 }
 
@@ -295,7 +312,7 @@ mod tests {
         let n = net();
         let input = render_ipv6_input_rules("gl42");
         assert!(input[0].contains("nd-neighbor-solicit") && input[0].contains("nd-router-solicit"));
-        let fwd = render_ipv6_forward_rules("gl42", &n);
+        let fwd = forward_rules("gl42", &n);
         assert_eq!(
             fwd.last().unwrap(),
             "oifname \"gl42\" meta nfproto ipv6 drop comment \"ipv6 ingress denied unless allowed\""

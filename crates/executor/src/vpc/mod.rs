@@ -12,9 +12,8 @@
 //!   hooks runner.
 //! - [`ipv6`]: radvd configuration and the IPv6 firewall rules of a network.
 //!
-//! nft text is written for the engine's table ([`crate::planner::TABLE`],
-//! `inet nb`): chain definitions go inside the table, rule lines into the
-//! engine's base chains, same indentation.
+//! Rules and chains are contributed to the engine's table as data
+//! ([`crate::nft`], table `inet nb`).
 //!
 //! # Wiring into the engine
 //!
@@ -26,8 +25,8 @@
 //!   and plans the namespace with [`model::VpcState::plan`] (the engine's
 //!   `planner::Plan`: one guest leg per tier from the tiers' `NetworkState`s,
 //!   shared public legs `nbx<vpc_id>-<vlan>`, default route, and
-//!   [`model::VpcState::render_ruleset`]), passing each tier's
-//!   DNAT/static-NAT lines in [`model::VpcRulesetParts`]; the engine's
+//!   [`model::VpcState::ruleset`]), passing each tier's
+//!   DNAT/static-NAT rules in [`model::VpcRulesetParts`]; the engine's
 //!   applier installs it unchanged (see `smoke/vpc.rs`). Planning one
 //!   tier's `NetworkState` alone would replace the table and drop the other
 //!   tiers' rules.
@@ -70,8 +69,8 @@
 //!   [`ipv6::Ipv6Network::gateway_with_prefix`] on the guest leg,
 //!   [`ipv6::ipv6_sysctls`], radvd with [`ipv6::render_radvd_conf`] (one
 //!   process per network, `radvd -n -C <conf> -p <pid>` in the namespace,
-//!   tracked by PID), and [`ipv6::render_ipv6_forward_rules`] placed before
-//!   `oifname <guest> jump fw_ingress` in `forward`.
+//!   tracked by PID), and [`ipv6::forward_rules`] placed in `forward` right
+//!   after its fixed rules, before the firewall or ACL jumps.
 
 pub mod acl;
 pub mod actions;

@@ -3,17 +3,17 @@
 //! share, reference-counted by owner so that removing one tier never removes
 //! an address, link or route another owner still uses.
 //!
-//! Rendering (nft text for the engine's `inet` table):
-//! - [`VpcState::render_snat_rules`]: `postrouting` NAT rule(s) — SNAT of the
+//! The namespace's table ([`VpcState::ruleset`], as data, see [`crate::nft`]):
+//! - [`VpcState::snat_rules`]: `postrouting` NAT rule(s) — SNAT of the
 //!   VPC CIDR to the source-NAT address, leaving through that address's
-//!   public link. The engine places them *after* its static-NAT SNAT rules, so
-//!   a VM with static NAT keeps its own address.
-//! - [`VpcState::render_forward_rules`]: the `forward` rules of the VPC: the
+//!   public link, placed *after* the tiers' static-NAT SNAT rules, so a VM
+//!   with static NAT keeps its own address.
+//! - [`VpcState::forward_rules`]: the `forward` rules of the VPC: the
 //!   egress ACL of the tier a packet comes from, then the ingress ACL of the
 //!   tier it goes to, then accept. Tiers route to each other through these
-//!   rules; the engine keeps `ct state established,related accept` before
-//!   them and its default-drop policy after them.
-//! - [`VpcState::render_acl_chains`]: every tier's ACL chains.
+//!   rules; `ct state established,related accept` and the tiers' IPv6 rules
+//!   come before them, the default-drop policy after them.
+//! - every tier's ACL chains ([`acl::tier_chains`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::acl::{self, TierAcl};
 use super::{scalar_str, valid_ifname, VpcError};
+use crate::nft::{self, Chain, Rule, Ruleset, Verdict};
 
 /// A public address as the payload describes it, plus the namespace link
 /// (engine-named veth) it lives on.
@@ -484,31 +485,30 @@ impl VpcState {
     }
 
     /// The VPC source-NAT rule (nat `postrouting`).
-    pub fn render_snat_rules(&self) -> Vec<String> {
+    pub fn snat_rules(&self) -> Vec<Rule> {
         let Some(snat) = self.source_nat.and_then(|s| self.addresses.get(&s)) else {
             return Vec::new();
         };
-        vec![format!(
-            "oifname \"{}\" ip saddr {} snat ip to {} comment \"vpc {} source nat\"",
-            snat.ip.link, self.cidr, snat.ip.ip, self.vpc_id
-        )]
+        let oif = crate::planner::quoted_set(&[&snat.ip.link]);
+        vec![crate::planner::snat(&oif, self.cidr, snat.ip.ip)
+            .comment(format!("vpc {} source nat", self.vpc_id))]
     }
 
     /// The VPC's `forward` rules (see the module documentation).
-    pub fn render_forward_rules(&self) -> Vec<String> {
+    pub fn forward_rules(&self) -> Vec<Rule> {
         let mut out = Vec::new();
         for t in self.tiers.values() {
-            out.push(format!(
-                "iifname \"{}\" jump {}",
-                t.leg,
-                acl::egress_chain(&t.network_id)
+            let chain = acl::egress_chain(&t.network_id);
+            out.push(Rule::new(
+                format!("iifname \"{}\"", t.leg),
+                Verdict::Jump(chain),
             ));
         }
         for t in self.tiers.values() {
-            out.push(format!(
-                "oifname \"{}\" jump {}",
-                t.leg,
-                acl::ingress_chain(&t.network_id)
+            let chain = acl::ingress_chain(&t.network_id);
+            out.push(Rule::new(
+                format!("oifname \"{}\"", t.leg),
+                Verdict::Jump(chain),
             ));
         }
         if !self.tiers.is_empty() {
@@ -518,87 +518,37 @@ impl VpcState {
                 .map(|t| format!("\"{}\"", t.leg))
                 .collect();
             let set = legs.join(", ");
-            out.push(format!(
-                "iifname {{ {set} }} accept comment \"vpc {} tiers\"",
-                self.vpc_id
-            ));
-            out.push(format!(
-                "oifname {{ {set} }} accept comment \"vpc {} tiers\"",
-                self.vpc_id
-            ));
+            for dir in ["iifname", "oifname"] {
+                out.push(
+                    Rule::new(format!("{dir} {{ {set} }}"), Verdict::Accept)
+                        .comment(format!("vpc {} tiers", self.vpc_id)),
+                );
+            }
         }
         out
     }
 
-    /// All tiers' ACL chain definitions.
-    pub fn render_acl_chains(&self) -> Result<String, VpcError> {
-        let mut s = String::new();
+    /// The namespace's table in the engine's layout (same chain names and
+    /// hooks, see [`crate::planner`]): NAT with the tiers' DNAT and SNAT
+    /// before the VPC source NAT, the filter skeleton, the tiers' IPv6 and
+    /// input rules, the ACL jumps and every tier's ACL chains.
+    pub fn ruleset(&self, parts: &VpcRulesetParts) -> Result<Ruleset, VpcError> {
+        let mut rs = Ruleset::default();
+        rs.chain(Chain::base(nft::Hook::Prerouting)).rules = parts.dnat.clone();
+        let post = rs.chain(Chain::base(nft::Hook::Postrouting));
+        post.rules = parts.snat.clone();
+        post.rules.extend(self.snat_rules());
+        let legs: Vec<&str> = self.tiers.values().map(|t| t.leg.as_str()).collect();
+        crate::planner::filter_skeleton(&mut rs, &legs);
+        rs.extend("input", parts.input.iter().cloned());
+        rs.extend("forward", parts.ipv6_forward.iter().cloned());
+        rs.extend("forward", self.forward_rules());
         for t in self.tiers.values() {
-            s.push_str(&acl::render_tier_acl_chains(&t.network_id, &t.acl)?);
-        }
-        Ok(s)
-    }
-
-    /// The namespace's complete `nft -f` script in the engine's layout
-    /// (table [`crate::planner::TABLE`], same chain names and
-    /// hooks): created if missing, deleted and re-created whole in one
-    /// transaction. `parts` carries what the engine renders per tier (port
-    /// forwarding / static NAT DNAT, static NAT SNAT, extra input rules).
-    pub fn render_ruleset(&self, parts: &VpcRulesetParts) -> Result<String, VpcError> {
-        let table = crate::planner::TABLE;
-        let mut s = format!("table {table} {{}}\ndelete table {table}\ntable {table} {{\n");
-        let chain = |s: &mut String, head: &str, rules: &[String]| {
-            s.push_str(&format!("  chain {head}"));
-            for r in rules {
-                s.push_str(&format!("    {r}\n"));
+            for chain in acl::tier_chains(&t.network_id, &t.acl)? {
+                rs.chain(chain);
             }
-            s.push_str("  }\n");
-        };
-        chain(
-            &mut s,
-            "prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
-            &parts.dnat,
-        );
-        let mut post = parts.snat.clone();
-        post.extend(self.render_snat_rules());
-        chain(
-            &mut s,
-            "postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
-            &post,
-        );
-        let mut input = vec![
-            "iif \"lo\" accept".to_string(),
-            "ct state established,related accept".to_string(),
-            "ct state invalid drop".to_string(),
-        ];
-        if !self.tiers.is_empty() {
-            let legs: Vec<String> = self
-                .tiers
-                .values()
-                .map(|t| format!("\"{}\"", t.leg))
-                .collect();
-            input.push(format!("iifname {{ {} }} accept", legs.join(", ")));
         }
-        input.push("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept".to_string());
-        input.extend(parts.input.iter().cloned());
-        chain(
-            &mut s,
-            "input {\n    type filter hook input priority filter; policy drop;\n",
-            &input,
-        );
-        let mut forward = vec![
-            "ct state established,related accept".to_string(),
-            "ct state invalid drop".to_string(),
-        ];
-        forward.extend(self.render_forward_rules());
-        chain(
-            &mut s,
-            "forward {\n    type filter hook forward priority filter; policy drop;\n",
-            &forward,
-        );
-        s.push_str(&self.render_acl_chains()?);
-        s.push_str("}\n");
-        Ok(s)
+        Ok(rs)
     }
 }
 
@@ -614,7 +564,7 @@ impl VpcState {
     /// The whole namespace as the engine's [`crate::planner::Plan`],
     /// ready for its applier: one guest leg per tier (bridge, names and
     /// address from the tier's `NetworkState`), one public leg per VLAN in
-    /// use, the default route, forwarding, and [`VpcState::render_ruleset`].
+    /// use, the default route, forwarding, and [`VpcState::ruleset`].
     /// `tiers` are the tiers' network states (extra ones are ignored).
     pub fn plan(
         &self,
@@ -696,7 +646,7 @@ impl VpcState {
                 ipv4_forwarding: true,
                 announce,
             },
-            ruleset: self.render_ruleset(parts)?,
+            ruleset: self.ruleset(parts)?,
         })
     }
 }
@@ -729,15 +679,18 @@ pub fn vpc_sysctls() -> Vec<(String, String)> {
     ]
 }
 
-/// Per-tier rules the engine renders into the VPC namespace's ruleset.
+/// Per-tier rules the engine contributes to the VPC namespace's ruleset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VpcRulesetParts {
-    /// `prerouting` (nat): port-forwarding and static-NAT DNAT of all tiers.
-    pub dnat: Vec<String>,
+    /// `prerouting` (nat): port-forwarding, static-NAT and UDP LB DNAT of
+    /// all tiers.
+    pub dnat: Vec<Rule>,
     /// `postrouting` (nat), before the VPC source NAT: static-NAT SNAT.
-    pub snat: Vec<String>,
+    pub snat: Vec<Rule>,
     /// `input`, after the fixed rules (e.g. public service ports).
-    pub input: Vec<String>,
+    pub input: Vec<Rule>,
+    /// `forward`, right after the fixed rules: the tiers' IPv6 rules.
+    pub ipv6_forward: Vec<Rule>,
 }
 
 #[cfg(test)]
@@ -806,20 +759,20 @@ mod tests {
         v.acquire(Owner::Tier("11".into()), pip("203.0.113.20", "100"))
             .unwrap();
         assert_eq!(
-            v.render_snat_rules(),
+            v.snat_rules(),
             vec!["oifname \"pub-100\" ip saddr 10.1.0.0/16 snat ip to 203.0.113.10 comment \"vpc 5 source nat\""]
         );
-        let forward_before = v.render_forward_rules();
+        let forward_before = v.forward_rules();
         let mv = v.update_source_nat(pip("203.0.113.30", "100")).unwrap();
         assert_eq!(mv.old, Some("203.0.113.10".parse().unwrap()));
         // Old SNAT address was used only by the SNAT: it goes, the link stays.
         assert_eq!(mv.released.addresses.len(), 1);
         assert!(mv.released.links.is_empty());
         assert_eq!(
-            v.render_snat_rules(),
+            v.snat_rules(),
             vec!["oifname \"pub-100\" ip saddr 10.1.0.0/16 snat ip to 203.0.113.30 comment \"vpc 5 source nat\""]
         );
-        assert_eq!(v.render_forward_rules(), forward_before);
+        assert_eq!(v.forward_rules(), forward_before);
         assert!(v.addresses.contains_key(&"203.0.113.20".parse().unwrap()));
         // Moving SNAT onto an address a tier uses and back keeps the tier's.
         v.update_source_nat(pip("203.0.113.20", "100")).unwrap();
@@ -860,7 +813,7 @@ mod tests {
             Some(("203.0.113.1".parse().unwrap(), "pub-100".into()))
         );
         assert_eq!(
-            v.render_forward_rules(),
+            v.forward_rules(),
             vec![
                 "iifname \"vt12\" jump acl_out_12",
                 "oifname \"vt12\" jump acl_in_12",
@@ -876,7 +829,7 @@ mod tests {
             .addresses
             .iter()
             .all(|a| a.ip.to_string() != "203.0.113.10"));
-        assert_eq!(v.render_snat_rules().len(), 1);
+        assert_eq!(v.snat_rules().len(), 1);
     }
 
     #[test]
@@ -935,11 +888,17 @@ mod tests {
     fn ruleset_puts_static_nat_before_vpc_snat_and_acls_in_forward() {
         let v = vpc();
         let parts = VpcRulesetParts {
-            dnat: vec!["ip daddr 203.0.113.20 dnat ip to 10.1.1.5".into()],
-            snat: vec!["oifname \"pub-100\" ip saddr 10.1.1.5 snat ip to 203.0.113.20".into()],
-            input: vec![],
+            dnat: vec![Rule::new(
+                "ip daddr 203.0.113.20",
+                Verdict::Dnat("10.1.1.5".into()),
+            )],
+            snat: vec![Rule::new(
+                "oifname \"pub-100\" ip saddr 10.1.1.5",
+                Verdict::Snat("203.0.113.20".into()),
+            )],
+            ..VpcRulesetParts::default()
         };
-        let r = v.render_ruleset(&parts).unwrap();
+        let r = v.ruleset(&parts).unwrap().render();
         assert!(r.starts_with("table inet nb {}\ndelete table inet nb\ntable inet nb {\n"));
         let static_snat = r.find("snat ip to 203.0.113.20").unwrap();
         let vpc_snat = r.find("snat ip to 203.0.113.10").unwrap();
@@ -1094,7 +1053,7 @@ mod tests {
             Some(("203.0.113.1".parse().unwrap(), "p300".into()))
         );
         assert!(plan.links.ipv4_forwarding);
-        assert!(plan.ruleset.contains("snat ip to 203.0.113.10"));
+        assert!(plan.ruleset.render().contains("snat ip to 203.0.113.10"));
         assert_eq!(
             vpc_public_host_name("123456789012", Vlan(Some(4094))).len(),
             15
@@ -1119,7 +1078,7 @@ mod tests {
         );
         let r = v.release_address("203.0.113.10".parse().unwrap());
         assert_eq!(r.links, ["pub-100"]);
-        assert!(v.render_snat_rules().is_empty());
+        assert!(v.snat_rules().is_empty());
         assert_eq!(v.default_route(), None);
     }
 }

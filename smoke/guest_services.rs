@@ -1214,3 +1214,79 @@ fn state_directory_is_private_after_guest_services_and_pbr() {
     assert!(!guest_dir(host, ID).exists());
     assert!(!state.join("pbr/cs-net-4404.json").exists());
 }
+
+/// Open descriptors of process `pid`: (all, those below 1024).
+fn descriptor_counts(pid: u32) -> (usize, usize) {
+    let numbers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let low = numbers.iter().filter(|n| **n < 1024).count();
+    (numbers.len(), low)
+}
+
+/// libnftables watches its netlink socket with `select(2)`, and glibc aborts
+/// the process on a descriptor of 1024 or more: the descriptors each network
+/// holds for its life (metadata and password listeners) must not use up the
+/// low numbers, or an executor aborts on a ruleset change after about 500
+/// networks.
+#[test]
+fn network_listeners_leave_the_low_descriptors_free() {
+    if skip_unless_root("network_listeners_leave_the_low_descriptors_free") {
+        return;
+    }
+    let mut tb = Testbed::new("nbfd", TopologyOptions::default());
+    let host = tb.host(0);
+    host.start_executor().unwrap();
+    let host = &*host;
+    let implement = |id: u32| {
+        let (a, b) = (id / 250, id % 250);
+        let payload = merged(
+            network_payload(
+                id,
+                1000 + id,
+                &format!("10.{a}.{b}.1"),
+                &format!("10.{a}.{b}.0/24"),
+            ),
+            json!({"extension_ip": format!("10.{a}.{b}.1")}),
+        );
+        let r = host
+            .client()
+            .command("implement-network", &envelope(host, details(id), payload));
+        assert_eq!(r.status, 200, "implement-network {id}: {}", r.body);
+    };
+    for id in 1..=2 {
+        implement(id);
+    }
+    let pid = host.executor_pid().unwrap();
+    let (total_before, low_before) = descriptor_counts(pid);
+    for id in 3..=22 {
+        implement(id);
+    }
+    let (total_after, low_after) = descriptor_counts(pid);
+    assert!(
+        total_after >= total_before + 40,
+        "each network holds its two listeners: {total_before} → {total_after} descriptors"
+    );
+    // Without the move they would take 40 (two per network); a few low
+    // numbers come and go with connections and runtime threads.
+    assert!(
+        low_after < low_before + 20,
+        "20 more networks took {} descriptors below 1024 ({low_before} → {low_after})",
+        low_after.saturating_sub(low_before)
+    );
+    // A ruleset change still goes through with the listeners held.
+    let r = host.client().command(
+        "apply-fw-rules",
+        &envelope(
+            host,
+            details(22),
+            merged(
+                network_payload(22, 1022, "10.0.22.1", "10.0.22.0/24"),
+                json!({"fw_rules": {"default_egress_allow": true, "cidr": "10.0.22.0/24", "rules": []}}),
+            ),
+        ),
+    );
+    assert_eq!(r.status, 200, "apply-fw-rules: {}", r.body);
+}

@@ -13,6 +13,8 @@
 //! links and addresses go, the ruleset is replaced).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use super::engine::{Engine, ExecError};
 use super::planner::{self, Leg, LegRole};
@@ -20,25 +22,50 @@ use super::state::NetworkState;
 
 /// Loads every persisted network and installs it. Failures of single
 /// networks are logged and do not stop the others (or the daemon).
+///
+/// Networks are independent (each has its own namespace, slot and files),
+/// so a few workers install them side by side: most of a network's time is
+/// spent waiting on the kernel (netlink, the ruleset transaction, binding
+/// its listeners from a thread inside the namespace), and a host with a
+/// thousand networks must be serving again within seconds.
 pub(crate) fn reconcile(engine: &Engine) -> Result<(), ExecError> {
     let (states, errors) = engine.store().load_all()?;
     for e in errors {
         log::error!("reconcile: skipping unreadable state: {e}");
     }
-    let (mut ok, mut failed) = (0usize, 0usize);
-    for state in states {
-        let ns = state.namespace.clone();
-        match engine.adopt(state) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                log::error!("reconcile: {ns}: {e}");
-            }
+    let total = states.len();
+    let queue = Mutex::new(states.into_iter());
+    let failed = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() * 2)
+        .clamp(1, MAX_RECONCILE_WORKERS)
+        .min(total.max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let next = match queue.lock() {
+                    Ok(mut q) => q.next(),
+                    Err(poisoned) => poisoned.into_inner().next(),
+                };
+                let Some(state) = next else { break };
+                let ns = state.namespace.clone();
+                if let Err(e) = engine.adopt(state) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    log::error!("reconcile: {ns}: {e}");
+                }
+            });
         }
-    }
-    log::info!("reconcile: {ok} network(s) installed, {failed} failed");
+    });
+    let failed = failed.into_inner();
+    log::info!(
+        "reconcile: {} network(s) installed, {failed} failed ({workers} workers)",
+        total - failed
+    );
     Ok(())
 }
+
+/// Upper bound of networks installed at once at start-up.
+const MAX_RECONCILE_WORKERS: usize = 8;
 
 /// Reports, once per start, the router namespaces nothing held owns (see
 /// the module docs for why they are kept).

@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use super::descriptors::above_select_limit;
 use super::store::MetadataStore;
 use super::vmdata::VmData;
 use super::{validate, ServicesError};
@@ -73,7 +74,8 @@ pub fn bind_in_netns(netns: Option<&str>, addr: SocketAddr) -> Result<StdListene
 fn listen_freebind(addr: SocketAddr) -> std::io::Result<StdListener> {
     use std::os::fd::FromRawFd;
     let SocketAddr::V4(v4) = addr else {
-        return StdListener::bind(addr);
+        return StdListener::bind(addr)
+            .map(|l| StdListener::from(above_select_limit(std::os::fd::OwnedFd::from(l))));
     };
     // SAFETY: plain socket syscalls on a descriptor owned here; on error it
     // is closed by the OwnedFd drop.
@@ -118,7 +120,7 @@ fn listen_freebind(addr: SocketAddr) -> std::io::Result<StdListener> {
         if libc::listen(fd, 1024) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(StdListener::from(owned))
+        Ok(StdListener::from(above_select_limit(owned)))
     }
 }
 

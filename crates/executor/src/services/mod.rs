@@ -70,6 +70,7 @@
 //! [`ServicesError::Unsupported`] naming `lb_rules[i].algorithm`, and the
 //! call changes nothing.
 
+pub mod descriptors;
 pub mod dnsmasq;
 pub mod haproxy;
 pub mod metadata;

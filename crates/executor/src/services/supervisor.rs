@@ -131,7 +131,8 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     let fd = libc::c_int::try_from(fd)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(super::descriptors::above_select_limit(fd))
 }
 
 /// Waits up to `timeout` for the process behind `pidfd` to exit (a pidfd

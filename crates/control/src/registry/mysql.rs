@@ -586,6 +586,12 @@ impl MysqlStore {
         // One plain connection first: the checks, the migration, and whether
         // the server is a Galera node.
         let mut conn = mysql::Conn::new(builder.clone()).map_err(unreachable)?;
+        let galera: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
+        let galera = galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON"));
+        if galera {
+            // The checks too must see the tables created through another node.
+            conn.query_drop("SET SESSION wsrep_sync_wait = 1")?;
+        }
         check_cloudstack_schema(&mut conn, &location.database)?;
         migrate(&mut conn)?;
         let mut init = vec![
@@ -596,8 +602,7 @@ impl MysqlStore {
                 lock_wait.max(1)
             ),
         ];
-        let galera: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
-        if galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+        if galera {
             // Management servers talk to different nodes: a read must see
             // what another server committed before it (causal reads).
             init.push("SET SESSION wsrep_sync_wait = 1".to_string());

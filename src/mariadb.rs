@@ -506,12 +506,18 @@ impl Galera {
                     .arg("--auth-root-authentication-method=normal")
                     .arg("--skip-test-db")
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
                 if is_root() {
                     cmd.arg(format!("--user={GALERA_USER}"));
                 }
-                assert!(cmd.status().expect("mariadb-install-db").success());
+                let out = cmd.output().expect("run mariadb-install-db");
+                assert!(
+                    out.status.success(),
+                    "mariadb-install-db for Galera node {i} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 if is_root() {
                     chown_tree(&node_dir, GALERA_USER);
                 }

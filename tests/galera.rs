@@ -100,8 +100,10 @@ fn three_servers_on_three_galera_nodes() {
     let db = g.cloud_database("galera");
     db.conn(0)
         .exec_drop(
+            // The zone's id is not 1 on every node: Galera spreads
+            // AUTO_INCREMENT values over the nodes (wsrep_auto_increment_control).
             "INSERT INTO physical_network (uuid, name, data_center_id, state, created)
-             VALUES (?, 'pn', 1, 'Enabled', UTC_TIMESTAMP())",
+             SELECT ?, 'pn', id, 'Enabled', UTC_TIMESTAMP() FROM data_center WHERE name = 'zone1'",
             (PN,),
         )
         .unwrap();

@@ -6,7 +6,7 @@ MVN ?= mvn -B -ntp
 VENV ?= $(CURDIR)/.venv
 export NETBRIDGE_PYTHON := $(VENV)/bin/python3
 
-.PHONY: deps demo test rust-test java-test lint bench deb test-galera
+.PHONY: deps demo test rust-test java-test lint bench deb
 
 # Host tools the data plane and its tests use; installed (Debian) only when missing.
 HOST_TOOLS = ip nft iptables dnsmasq haproxy radvd ping curl dig dhclient conntrack \
@@ -42,11 +42,6 @@ lint:
 rust-test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast --lib --bins --tests
-
-# The three-node Galera suite, not yet deterministic under load (see
-# tests/galera.rs), runs on its own.
-test-galera: deps
-	$(CARGO) test -p netbridge-testbed --test galera -- --ignored
 
 # The end-to-end suites (e2e/, root only) need the binaries and the testbed program.
 java-test:

@@ -12,6 +12,7 @@
 //! When the binaries are missing the tests fail with a message naming the
 //! package (they are not skipped: CI installs it).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -451,6 +452,17 @@ const GALERA_PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
 /// switch to `nobody` and fail on root's private directories).
 const GALERA_USER: &str = "nobody";
 
+/// User and group ids of a local account (panics when it does not exist).
+fn account_ids(user: &str) -> (u32, u32) {
+    let name = std::ffi::CString::new(user).expect("account name");
+    // SAFETY: getpwnam reads the account database; the record it returns
+    // is read at once, before any other call could reuse it.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!entry.is_null(), "no account {user}");
+    // SAFETY: checked non-null above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+}
+
 /// `chown -R user` through the argument vector (no shell).
 fn chown_tree(path: &Path, user: &str) {
     let ok = Command::new("chown")
@@ -494,12 +506,18 @@ impl Galera {
                     .arg("--auth-root-authentication-method=normal")
                     .arg("--skip-test-db")
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
                 if is_root() {
                     cmd.arg(format!("--user={GALERA_USER}"));
                 }
-                assert!(cmd.status().expect("mariadb-install-db").success());
+                let out = cmd.output().expect("run mariadb-install-db");
+                assert!(
+                    out.status.success(),
+                    "mariadb-install-db for Galera node {i} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 if is_root() {
                     chown_tree(&node_dir, GALERA_USER);
                 }
@@ -584,7 +602,12 @@ impl Galera {
             cmd.arg("--wsrep-new-cluster");
         }
         if is_root() {
-            cmd.arg(format!("--user={GALERA_USER}"));
+            // Started as the account rather than switching to it itself
+            // (`--user`): a process that changes its credentials loses its
+            // parent-death signal, and a node must not outlive a test
+            // process that was killed.
+            let (uid, gid) = account_ids(GALERA_USER);
+            cmd.uid(uid).gid(gid);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

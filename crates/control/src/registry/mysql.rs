@@ -374,6 +374,35 @@ fn datetime_of(api_date: &str) -> String {
 
 const CREATED: &str = "DATE_FORMAT(created, '%Y-%m-%dT%H:%i:%s+0000')";
 
+/// The first row of a statement's result, the result read to its end.
+///
+/// `Queryable::exec_first` keeps the first row and discards the rest of
+/// the result, and with it an error the server sends after the rows. On a
+/// Galera node a transaction that a conflicting replicated write aborts
+/// while one of its statements runs (a brute-force abort) gets the
+/// deadlock error at the end of that statement's result: discarded, the
+/// transaction is silently rolled back, the statements after it run on
+/// their own (autocommit) and its COMMIT answers OK for nothing.
+trait FirstRow: Queryable {
+    fn exec_row<T, S, P>(&mut self, stmt: S, params: P) -> mysql::Result<Option<T>>
+    where
+        T: mysql::prelude::FromRow,
+        S: mysql::prelude::AsStatement,
+        P: Into<mysql::Params>,
+    {
+        self.exec_fold(stmt, params, None, |first, row| first.or(Some(row)))
+    }
+
+    fn query_row<T: mysql::prelude::FromRow, Q: AsRef<str>>(
+        &mut self,
+        query: Q,
+    ) -> mysql::Result<Option<T>> {
+        self.query_fold(query, None, |first, row| first.or(Some(row)))
+    }
+}
+
+impl<Q: Queryable + ?Sized> FirstRow for Q {}
+
 /// Whether a driver error is a transient conflict with another transaction
 /// (deadlock, lock wait timeout, Galera certification failure).
 fn is_conflict(e: &mysql::Error) -> bool {
@@ -557,6 +586,12 @@ impl MysqlStore {
         // One plain connection first: the checks, the migration, and whether
         // the server is a Galera node.
         let mut conn = mysql::Conn::new(builder.clone()).map_err(unreachable)?;
+        let galera: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
+        let galera = galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON"));
+        if galera {
+            // The checks too must see the tables created through another node.
+            conn.query_drop("SET SESSION wsrep_sync_wait = 1")?;
+        }
         check_cloudstack_schema(&mut conn, &location.database)?;
         migrate(&mut conn)?;
         let mut init = vec![
@@ -567,9 +602,7 @@ impl MysqlStore {
                 lock_wait.max(1)
             ),
         ];
-        let galera: Option<(String, String)> =
-            conn.query_first("SHOW VARIABLES LIKE 'wsrep_on'")?;
-        if galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+        if galera {
             // Management servers talk to different nodes: a read must see
             // what another server committed before it (causal reads).
             init.push("SET SESSION wsrep_sync_wait = 1".to_string());
@@ -594,7 +627,7 @@ impl MysqlStore {
         if !key_file.exists() {
             // A fresh key could never decrypt what is stored.
             let (details, entries): (u64, u64) = conn
-                .exec_first(
+                .exec_row(
                     "SELECT (SELECT COUNT(*) FROM extension_details WHERE value LIKE ?)
                           + (SELECT COUNT(*) FROM extension_resource_map_details WHERE value LIKE ?),
                             (SELECT COUNT(*) FROM netbridge_journal_entries)",
@@ -805,7 +838,7 @@ impl MysqlStore {
         let new = parse(new);
         for removed in old.iter().filter(|s| !new.contains(s)) {
             let used: u64 = tx
-                .exec_first(
+                .exec_row(
                     "SELECT COUNT(*) FROM netbridge_offering_services s
                        JOIN netbridge_offerings o ON o.id = s.offering_id
                       WHERE o.extension_id = ? AND s.service = ?",
@@ -854,7 +887,7 @@ impl MysqlStore {
             }
             ResourceType::Cluster => "SELECT id FROM cluster WHERE uuid = ? AND removed IS NULL",
         };
-        Ok(conn.exec_first(sql, (uuid,))?)
+        Ok(conn.exec_row(sql, (uuid,))?)
     }
 
     fn resource_id_or_error<Q: Queryable>(
@@ -891,7 +924,7 @@ impl MysqlStore {
                     AND m.removed IS NULL ORDER BY m.id LIMIT 1"
             }
         };
-        Ok(conn.exec_first(sql, (ext_id, resource_uuid))?)
+        Ok(conn.exec_row(sql, (ext_id, resource_uuid))?)
     }
 
     fn binding_rows<Q: Queryable>(
@@ -1004,7 +1037,7 @@ fn migrate(conn: &mut mysql::Conn) -> Result<()> {
     )?;
     let target = MIGRATIONS.len() as u32;
     let version: u32 = conn
-        .query_first("SELECT version FROM netbridge_schema WHERE id = 1")?
+        .query_row("SELECT version FROM netbridge_schema WHERE id = 1")?
         .unwrap_or(0);
     if version > target {
         return Err(RegistryError::Config(format!(
@@ -1072,7 +1105,7 @@ fn job_from_row(row: &mysql::Row) -> Result<Job> {
 }
 
 fn load_job<Q: Queryable>(conn: &mut Q, uuid: &str) -> Result<Option<Job>> {
-    let row: Option<mysql::Row> = conn.exec_first(
+    let row: Option<mysql::Row> = conn.exec_row(
         format!("SELECT {JOB_COLUMNS} FROM netbridge_async_jobs WHERE uuid = ?"),
         (uuid,),
     )?;
@@ -1089,7 +1122,7 @@ fn ext_id<Q: Queryable>(conn: &mut Q, by_name: bool, value: &str) -> Result<Opti
     } else {
         "SELECT id FROM extension WHERE uuid = ? AND removed IS NULL"
     };
-    Ok(conn.exec_first(sql, (value,))?)
+    Ok(conn.exec_row(sql, (value,))?)
 }
 
 fn ext_by_uuid<Q: Queryable>(conn: &mut Q, uuid: &str) -> Result<Option<ExtRow>> {
@@ -1106,7 +1139,7 @@ fn extension_row<Q: Queryable>(
     condition: &str,
     param: mysql::Value,
 ) -> Result<Option<(u64, Extension)>> {
-    let row: Option<mysql::Row> = conn.exec_first(
+    let row: Option<mysql::Row> = conn.exec_row(
         format!(
             "SELECT id, uuid, name, description, type, state, relative_path, {CREATED},
                     (SELECT d.value FROM extension_details d
@@ -1147,7 +1180,7 @@ fn visible_detail<Q: Queryable>(
     id: u64,
     name: &str,
 ) -> Result<Option<String>> {
-    Ok(conn.exec_first(
+    Ok(conn.exec_row(
         format!(
             "SELECT value FROM {} WHERE {} = ? AND name = ? AND display = 1 ORDER BY id DESC LIMIT 1",
             owner.table(),
@@ -1215,7 +1248,7 @@ fn load_offering<Q: Queryable>(
     id: u64,
     ext_uuid: &str,
 ) -> Result<Option<StoredOffering>> {
-    let row: Option<(String, String, String, String, String, String)> = conn.exec_first(
+    let row: Option<(String, String, String, String, String, String)> = conn.exec_row(
         format!("SELECT uuid, kind, name, command, params, {CREATED} FROM netbridge_offerings WHERE id = ?"),
         (id,),
     )?;
@@ -1245,7 +1278,7 @@ fn load_offering<Q: Queryable>(
 
 impl MysqlStore {
     fn head_in<Q: Queryable>(conn: &mut Q, key: &str) -> Result<Option<JournalHead>> {
-        let row: Option<(Option<String>, String)> = conn.exec_first(
+        let row: Option<(Option<String>, String)> = conn.exec_row(
             "SELECT host, pending_drops FROM netbridge_journal_heads WHERE `key` = ?",
             (key,),
         )?;
@@ -1277,7 +1310,7 @@ impl MysqlStore {
     /// Writes the head; removes the row when it is empty and no entry is left.
     fn put_head(tx: &mut Transaction<'_>, key: &str, head: &JournalHead) -> Result<()> {
         if head.is_empty() {
-            let has_entries: Option<u8> = tx.exec_first(
+            let has_entries: Option<u8> = tx.exec_row(
                 "SELECT 1 FROM netbridge_journal_entries WHERE `key` = ? LIMIT 1",
                 (key,),
             )?;
@@ -1338,7 +1371,7 @@ impl MysqlStore {
 
     fn push(&self, tx: &mut Transaction<'_>, key: &str, entry: &JournalEntry) -> Result<()> {
         let seq: i64 = tx
-            .exec_first(
+            .exec_row(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM netbridge_journal_entries WHERE `key` = ?",
                 (key,),
             )?
@@ -1408,7 +1441,7 @@ impl MysqlStore {
                     Self::delete_prefix(tx, key, p)?;
                 }
                 let entry = change.entry(Some(slot.clone()));
-                let existing: Option<(u64, i64)> = tx.exec_first(
+                let existing: Option<(u64, i64)> = tx.exec_row(
                     "SELECT id, seq FROM netbridge_journal_entries WHERE `key` = ? AND slot = ?",
                     (key, slot.as_bytes()),
                 )?;
@@ -1511,7 +1544,7 @@ impl Store for MysqlStore {
             Self::lock(tx, &format!("extension:{uuid}"))?;
             let row = ext_by_uuid(tx, uuid)?.ok_or_else(|| not_found_extension(uuid))?;
             let regs: u64 = tx
-                .exec_first(
+                .exec_row(
                     "SELECT COUNT(*) FROM extension_resource_map WHERE extension_id = ? AND removed IS NULL",
                     (row.id,),
                 )?
@@ -1523,7 +1556,7 @@ impl Store for MysqlStore {
                 ));
             }
             let bound: u64 = tx
-                .exec_first(
+                .exec_row(
                     "SELECT COUNT(*) FROM netbridge_bindings WHERE extension_id = ?",
                     (row.id,),
                 )?
@@ -1711,7 +1744,7 @@ impl Store for MysqlStore {
                 }
                 ResourceType::Cluster => {
                     Self::lock(tx, &format!("cluster:{numeric}"))?;
-                    let existing: Option<String> = tx.exec_first(
+                    let existing: Option<String> = tx.exec_row(
                         "SELECT e.name FROM extension_resource_map m JOIN extension e ON e.id = m.extension_id
                           WHERE m.resource_type = 'Cluster' AND m.resource_id = ? AND m.removed IS NULL
                             AND e.removed IS NULL LIMIT 1",
@@ -1737,7 +1770,7 @@ impl Store for MysqlStore {
                 let services = visible_detail(tx, Owner::Extension, row.id, offerings::SERVICES_KEY)?
                     .and_then(|v| offerings::parse_services(&v).ok())
                     .unwrap_or_default();
-                let existing: Option<(u64, Option<String>)> = tx.exec_first(
+                let existing: Option<(u64, Option<String>)> = tx.exec_row(
                     "SELECT id, DATE_FORMAT(removed, '%Y-%m-%d') FROM physical_network_service_providers
                       WHERE physical_network_id = ? AND provider_name = ?",
                     (numeric, &row.ext.name),
@@ -1811,7 +1844,7 @@ impl Store for MysqlStore {
             };
             if resource_type == ResourceType::PhysicalNetwork {
                 let used: u64 = tx
-                    .exec_first(
+                    .exec_row(
                         "SELECT COUNT(*) FROM netbridge_bindings WHERE provider = ? AND physical_network_id = ?",
                         (&row.ext.name, resource_id),
                     )?
@@ -1906,7 +1939,7 @@ impl Store for MysqlStore {
                 return Ok(None);
             };
             let extension = load_extension(conn, id, Include::ALL)?;
-            let provider = match conn.exec_first::<mysql::Row, _, _>(
+            let provider = match conn.exec_row::<mysql::Row, _, _>(
                 format!(
                     "{} WHERE p.provider_name = ? AND pn.uuid = ? AND p.removed IS NULL",
                     self.provider_sql
@@ -1981,7 +2014,7 @@ impl Store for MysqlStore {
                     "Unable to find network service provider with id {uuid}"
                 ))
             };
-            tx.exec_first::<mysql::Row, _, _>(&select, (uuid,))?
+            tx.exec_row::<mysql::Row, _, _>(&select, (uuid,))?
                 .ok_or_else(not_found)?;
             if let Some(state) = state {
                 tx.exec_drop(
@@ -2009,7 +2042,7 @@ impl Store for MysqlStore {
                 )?;
             }
             let row = tx
-                .exec_first::<mysql::Row, _, _>(&select, (uuid,))?
+                .exec_row::<mysql::Row, _, _>(&select, (uuid,))?
                 .ok_or_else(not_found)?;
             provider_from_row(row)
         })
@@ -2081,7 +2114,7 @@ impl Store for MysqlStore {
     fn count_bindings(&self, provider: &str, physical_network_id: &str) -> Result<usize> {
         self.read(|conn| {
             let n: u64 = conn
-                .exec_first(
+                .exec_row(
                     "SELECT COUNT(*) FROM netbridge_bindings WHERE provider = ? AND physical_network_id = ?",
                     (provider, physical_network_id),
                 )?
@@ -2238,7 +2271,7 @@ impl Store for MysqlStore {
     fn journal_count(&self) -> Result<usize> {
         self.read(|conn| {
             let n: u64 = conn
-                .query_first("SELECT COUNT(*) FROM netbridge_journal_heads")?
+                .query_row("SELECT COUNT(*) FROM netbridge_journal_heads")?
                 .unwrap_or(0);
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
@@ -2381,7 +2414,7 @@ impl Store for MysqlStore {
         let sealed = seal_value(&self.cipher, &api_key_label(apikey), secretkey)?;
         self.write(|tx| {
             Self::lock(tx, "api-keys")?;
-            let taken: Option<u64> = tx.exec_first(
+            let taken: Option<u64> = tx.exec_row(
                 "SELECT id FROM netbridge_api_keys WHERE name = ? OR apikey = ?",
                 (name, apikey),
             )?;
@@ -2402,7 +2435,7 @@ impl Store for MysqlStore {
         let created = datetime_of(&ext.created);
         self.write(|tx| {
             Self::lock(tx, "extension-names")?;
-            let taken: Option<u64> = tx.exec_first(
+            let taken: Option<u64> = tx.exec_row(
                 "SELECT id FROM extension WHERE uuid = ? OR (name = ? AND removed IS NULL) LIMIT 1",
                 (&ext.id, &ext.name),
             )?;

@@ -237,22 +237,7 @@ impl Engine {
             return Err(ExecError::Unsupported(command.to_string()));
         };
         let namespace = NetworkState::namespace_for(req.network.network_id);
-        if let Some(given) = envelope
-            .network_details
-            .get("namespace")
-            .and_then(|v| v.as_str())
-        {
-            if !given.is_empty() && given != namespace {
-                return Err(ProtocolError::InvalidField {
-                    field: "network-extension-details.namespace".into(),
-                    reason: format!(
-                        "'{}' is not {namespace} (VPC namespaces are not handled here yet)",
-                        netbridge_protocol::sanitize_for_message(given)
-                    ),
-                }
-                .into());
-            }
-        }
+        // The namespace of the device details was checked with the target.
         let slot = self.slot(&namespace);
         let mut slot = lock(&slot);
         // The held state stays untouched until the command has succeeded.

@@ -14,6 +14,7 @@ use netbridge_protocol::payload::{
     GuestType, NetworkCommand, NetworkRequest, PortForwardFields, PublicIpFields,
 };
 use netbridge_protocol::rules::{Direction, FwRules};
+use netbridge_protocol::target::{Namespace, NetworkId};
 use netbridge_protocol::validate::{Ipv4Cidr, Ipv6Cidr, Vlan};
 use netbridge_protocol::ProtocolError;
 
@@ -83,7 +84,7 @@ pub enum Transition {
 
 impl NetworkState {
     pub fn namespace_for(network_id: u64) -> String {
-        netbridge_protocol::namespace::network(network_id)
+        Namespace::Network(NetworkId::new(network_id)).to_string()
     }
 
     /// An empty, not yet implemented network.

@@ -40,7 +40,7 @@ impl Envelope {
                 "the envelope is not a JSON object".into(),
             ));
         };
-        let physical = match root.remove("physical-network-extension-details") {
+        let physical = match root.remove(PHYSICAL_DETAILS) {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(Value::Object(m)) => {
                 let mut out = BTreeMap::new();
@@ -59,27 +59,7 @@ impl Envelope {
                 ))
             }
         };
-        let network_details = match root.remove("network-extension-details") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m,
-            // Some callers pass the stored details as a JSON string.
-            Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
-            Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                Ok(Value::Object(m)) => m,
-                _ => {
-                    return Err(validate::invalid(
-                        "network-extension-details",
-                        "not a JSON object",
-                    ))
-                }
-            },
-            Some(_) => {
-                return Err(validate::invalid(
-                    "network-extension-details",
-                    "not an object",
-                ))
-            }
-        };
+        let network_details = network_details(root.get(NETWORK_DETAILS))?;
         let payload = match root.remove("payload") {
             Some(Value::Object(m)) => m,
             None | Some(Value::Null) => return Err(ProtocolError::MissingField("payload".into())),
@@ -102,6 +82,27 @@ impl Envelope {
             .get(name)
             .map(String::as_str)
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// Envelope key of the registration details (hidden ones included).
+pub const PHYSICAL_DETAILS: &str = "physical-network-extension-details";
+/// Envelope key of what `ensure-network-device` returned for the network.
+pub const NETWORK_DETAILS: &str = "network-extension-details";
+
+/// The device details of a network as an envelope carries them: an object,
+/// or the JSON text of one (some callers pass the stored details as a
+/// string); absent, `null` or blank is `{}`.
+pub fn network_details(value: Option<&Value>) -> Result<Map<String, Value>, ProtocolError> {
+    match value {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Map::new()),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(validate::invalid(NETWORK_DETAILS, "not a JSON object")),
+        },
+        Some(_) => Err(validate::invalid(NETWORK_DETAILS, "not an object")),
     }
 }
 

@@ -124,6 +124,15 @@ impl StaticNatFields {
     }
 }
 
+/// What names a port forward: one per public address, protocol and public
+/// port range (the journal's compaction and the executor's state alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForwardKey {
+    pub public_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub public_port: PortRange,
+}
+
 /// `add-port-forward` / `delete-port-forward`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortForwardFields {
@@ -135,6 +144,15 @@ pub struct PortForwardFields {
 }
 
 impl PortForwardFields {
+    /// The forward's identity.
+    pub fn key(&self) -> ForwardKey {
+        ForwardKey {
+            public_ip: self.public_ip,
+            protocol: self.protocol,
+            public_port: self.public_port,
+        }
+    }
+
     pub fn parse(f: &Fields<'_>) -> Result<PortForwardFields, ProtocolError> {
         let protocol = f
             .opt("protocol", validate::protocol)?

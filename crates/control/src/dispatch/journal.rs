@@ -43,10 +43,9 @@ use serde_json::Value;
 
 use netbridge_protocol::Command;
 
-/// Envelope key of the registration details (never journaled).
-pub const PHYSICAL_DETAILS: &str = "physical-network-extension-details";
-/// Envelope key of the device details from `ensure-network-device`.
-pub const NETWORK_DETAILS: &str = "network-extension-details";
+/// Envelope keys: the registration details (never journaled) and the device
+/// details from `ensure-network-device`.
+pub use netbridge_protocol::envelope::{NETWORK_DETAILS, PHYSICAL_DETAILS};
 
 /// A journal storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -63,9 +63,11 @@ pub use journal::{
     CommandJournal, FileJournal, JournalError, JournalHead, JournalState, MemoryJournal,
 };
 pub use netns::Netns;
-pub use placement::{cksum, placement_order, Scope};
+pub use placement::{cksum, device_details, placement_order};
 
 use journal::{NETWORK_DETAILS, PHYSICAL_DETAILS};
+use netbridge_protocol::envelope;
+use netbridge_protocol::target::Target;
 use netbridge_protocol::{sanitize_for_message, Command};
 
 /// Largest envelope accepted.
@@ -170,7 +172,8 @@ impl Default for Settings {
 struct Envelope {
     root: Map<String, Value>,
     details: BTreeMap<String, String>,
-    scope: Scope,
+    /// The router the command is about (the journal key is its namespace).
+    target: Target,
 }
 
 impl Envelope {
@@ -215,16 +218,13 @@ impl Envelope {
                 }
             }
         };
-        let id = |k: &str| match payload.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let scope = Scope::new(id("vpc_id").as_deref(), id("network_id").as_deref())?;
+        let target = envelope::network_details(root.get(NETWORK_DETAILS))
+            .and_then(|device| Target::resolve(payload, &device))
+            .map_err(|e| DispatchError::Configuration(e.to_string()))?;
         Ok(Envelope {
             root,
             details,
-            scope,
+            target,
         })
     }
 
@@ -637,7 +637,7 @@ impl Dispatcher {
         env: &Envelope,
         config: &ExecutorConfig,
     ) -> Result<String, DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         // Only the head: the entries are read when the network moves.
         let head = self.journal.head(&key)?;
         let current = env.current_host();
@@ -651,7 +651,7 @@ impl Dispatcher {
         if !head.pending_drops.is_empty() {
             self.retry_pending_drops(call, env, config, &target).await?;
         }
-        Ok(env.scope.device_details(&target.name))
+        Ok(device_details(env.target, &target.name))
     }
 
     async fn run(
@@ -661,7 +661,7 @@ impl Dispatcher {
         config: &ExecutorConfig,
         body: Bytes,
     ) -> Result<String, DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let head = self.journal.head(&key)?;
         let named = env.network_details_host();
         let target = match named.as_deref().and_then(|h| config.host(h)) {
@@ -746,11 +746,11 @@ impl Dispatcher {
                 }
             }
         }
-        for i in placement_order(env.scope.placement_key(), config.hosts.len()) {
+        for i in placement_order(&env.target.placement_key(), config.hosts.len()) {
             if healthy[i] {
                 log::info!(
                     "placing {} on {} (previous: {})",
-                    env.scope.namespace(),
+                    env.target.namespace().to_string(),
                     config.hosts[i].name,
                     current.unwrap_or("none")
                 );
@@ -772,7 +772,7 @@ impl Dispatcher {
                 None => format!("{}: not probed", h.name),
             })
             .collect();
-        let ns = env.scope.namespace();
+        let ns = env.target.namespace().to_string();
         if refused {
             return Err(DispatchError::Configuration(format!(
                 "no usable executor for {ns}: {}",
@@ -826,11 +826,11 @@ impl Dispatcher {
         from: Option<&str>,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let state = self.journal.load(&key)?;
         let old = from.filter(|h| *h != target.name).map(str::to_string);
         let tiers = state.network_ids();
-        let device = serde_json::from_str::<Value>(&env.scope.device_details(&target.name))
+        let device = serde_json::from_str::<Value>(&device_details(env.target, &target.name))
             .unwrap_or(Value::Null);
         let total = state.entries.len();
         let fail = |step: String, e: DispatchError| {
@@ -849,7 +849,7 @@ impl Dispatcher {
                 target.name
             );
             // The target may still hold a stale copy from an earlier stay.
-            for (command, payload) in teardown_commands(&env.scope, &tiers) {
+            for (command, payload) in teardown_commands(env.target, &tiers) {
                 call.note(format!("clearing stale {key} on executor {}", target.name));
                 let envelope = json!({
                     PHYSICAL_DETAILS: env.details_value(),
@@ -928,7 +928,7 @@ impl Dispatcher {
         config: &ExecutorConfig,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let head = self.journal.head(&key)?;
         let now = unix_now();
         for p in head.pending_drops {
@@ -992,11 +992,11 @@ impl Dispatcher {
         else {
             return true;
         };
-        let ns = env.scope.namespace();
+        let ns = env.target.namespace().to_string();
         let bound = self.settings.drop_timeout.min(call.remaining());
         let deadline = Instant::now() + bound;
         call.note(format!("asking former executor {} to drop {ns}", host.name));
-        for (command, payload) in teardown_commands(&env.scope, tiers) {
+        for (command, payload) in teardown_commands(env.target, tiers) {
             let envelope = json!({
                 PHYSICAL_DETAILS: env.details_value(),
                 NETWORK_DETAILS: {"host": host.name, "namespace": ns},
@@ -1113,8 +1113,8 @@ fn unix_now() -> u64 {
 }
 
 /// Commands that remove a network (or a VPC with its `tiers`) from a host.
-fn teardown_commands(scope: &Scope, tiers: &[String]) -> Vec<(Command, Value)> {
-    match &scope.vpc_id {
+fn teardown_commands(target: Target, tiers: &[String]) -> Vec<(Command, Value)> {
+    match target.vpc_id() {
         Some(vpc) => {
             let mut out: Vec<(Command, Value)> = tiers
                 .iter()
@@ -1130,7 +1130,7 @@ fn teardown_commands(scope: &Scope, tiers: &[String]) -> Vec<(Command, Value)> {
         }
         None => vec![(
             Command::DestroyNetwork,
-            json!({"network_id": scope.network_id.clone().unwrap_or_default()}),
+            json!({ "network_id": target.network_id() }),
         )],
     }
 }

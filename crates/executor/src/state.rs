@@ -62,7 +62,8 @@ pub struct NetworkState {
     pub public_ips: Vec<PublicIp>,
     /// In insertion order, at most one per public address.
     pub static_nats: Vec<StaticNat>,
-    /// In insertion order; identity is (public_ip, protocol, public_port).
+    /// In insertion order; identity is the protocol's `ForwardKey`
+    /// (public_ip, protocol, public_port).
     pub port_forwards: Vec<PortForwardFields>,
     /// The last `apply-fw-rules` document (`None`: never applied).
     pub firewall: Option<FwRules>,
@@ -277,8 +278,10 @@ impl NetworkState {
     }
 }
 
+/// One forward per identity (the protocol's, which the bridge's journal
+/// compacts by too).
 fn same_forward(a: &PortForwardFields, b: &PortForwardFields) -> bool {
-    a.public_ip == b.public_ip && a.protocol == b.protocol && a.public_port == b.public_port
+    a.key() == b.key()
 }
 
 /// Errors of the state store.

@@ -1,6 +1,6 @@
 //! Which object of a router's desired state each command touches: its
 //! identity. Defined here once, from the same typed payloads and keys the
-//! executor's state uses ([`PortForwardFields::key`], a public address, a
+//! executor's state uses ([`ForwardKey`] of a port forward, a public address, a
 //! NIC's address, a VM's address), and read by the bridge's failover journal
 //! to compact what it replays: the latest command per object is enough to
 //! rebuild the executor's state (checked by a property test that replays a
@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::envelope::{decode_document, Fields};
-use super::payload::{ForwardKey, PortForwardFields};
+use super::payload::ForwardKey;
 use super::target::{NetworkId, Target};
 use super::{validate, Command};
 
@@ -232,14 +232,24 @@ pub fn touch(command: Command, target: Option<Target>, fields: &Map<String, Valu
     use Command::*;
     let f = Fields::new("", fields);
     let net = Net(target.and_then(Target::network_id));
+    // String keys in their canonical form when valid; otherwise as given
+    // (such a command is refused by the executor and never recorded, but
+    // its identity must still be exact, never a pattern).
+    let raw = |k: &str| f.opt_str(k).ok().flatten().map(|v| v.trim().to_string());
     let ip = || {
         f.opt("ip", validate::ip)
             .ok()
             .flatten()
             .map(|a| a.to_string())
+            .or_else(|| raw("ip"))
     };
-    let mac = || f.opt("mac", validate::mac).ok().flatten();
-    let token = |k: &str| f.opt(k, validate::token).ok().flatten();
+    let mac = || {
+        f.opt("mac", validate::mac)
+            .ok()
+            .flatten()
+            .or_else(|| raw("mac"))
+    };
+    let token = |k: &str| raw(k).filter(|v| !v.is_empty());
     let public_ip = || f.opt("public_ip", validate::ipv4).ok().flatten();
     // A NIC by its address, else its MAC, else its id.
     let nic = || {
@@ -268,9 +278,9 @@ pub fn touch(command: Command, target: Option<Target>, fields: &Map<String, Valu
         AddStaticNat => Touch::set(public_ip().map(|ip| Object::StaticNat(net, ip))),
         DeleteStaticNat => Touch::unset([public_ip().map(|ip| Object::StaticNat(net, ip))]),
         AddPortForward | DeletePortForward => {
-            let key = PortForwardFields::parse(&f)
+            let key = ForwardKey::parse(&f)
                 .ok()
-                .map(|pf| Object::PortForward(net, pf.key()));
+                .map(|k| Object::PortForward(net, k));
             if command == AddPortForward {
                 Touch::set(key)
             } else {

@@ -133,6 +133,32 @@ pub struct ForwardKey {
     pub public_port: PortRange,
 }
 
+/// A forward's `protocol`: tcp when absent; tcp or udp.
+fn forward_protocol(f: &Fields<'_>) -> Result<Protocol, ProtocolError> {
+    let protocol = f
+        .opt("protocol", validate::protocol)?
+        .unwrap_or(Protocol::Tcp);
+    if !protocol.has_ports() {
+        return Err(invalid(
+            &f.name("protocol"),
+            "port forwarding needs tcp or udp",
+        ));
+    }
+    Ok(protocol)
+}
+
+impl ForwardKey {
+    /// The identity fields of a forward (`protocol` defaults to tcp).
+    pub fn parse(f: &Fields<'_>) -> Result<ForwardKey, ProtocolError> {
+        let protocol = forward_protocol(f)?;
+        Ok(ForwardKey {
+            public_ip: f.req("public_ip", validate::ipv4)?,
+            protocol,
+            public_port: f.req("public_port", validate::port_range)?,
+        })
+    }
+}
+
 /// `add-port-forward` / `delete-port-forward`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortForwardFields {
@@ -154,15 +180,7 @@ impl PortForwardFields {
     }
 
     pub fn parse(f: &Fields<'_>) -> Result<PortForwardFields, ProtocolError> {
-        let protocol = f
-            .opt("protocol", validate::protocol)?
-            .unwrap_or(Protocol::Tcp);
-        if !protocol.has_ports() {
-            return Err(invalid(
-                &f.name("protocol"),
-                "port forwarding needs tcp or udp",
-            ));
-        }
+        let protocol = forward_protocol(f)?;
         let public_port = f.req("public_port", validate::port_range)?;
         let private_port = f
             .opt("private_port", validate::port_range)?

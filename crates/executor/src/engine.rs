@@ -25,7 +25,7 @@ pub(crate) fn seed_tier(
     tier: &mut super::state::NetworkState,
     envelope: &netbridge_protocol::envelope::Envelope,
 ) -> Result<(), ExecError> {
-    guest::seed(tier, envelope)
+    crate::transition::seed(tier, envelope)
 }
 
 /// Name of a network's guest directory and runtime slot (VPC hook).
@@ -241,12 +241,15 @@ impl Engine {
         let slot = self.slot(&namespace);
         let mut slot = lock(&slot);
         // The held state stays untouched until the command has succeeded.
-        let mut next = slot
-            .state
-            .clone()
-            .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
-        let transition = next.transition(&req, &self.config.public_device)?;
-        guest::seed(&mut next, &envelope)?; // guest-service hook
+        let (next, transition) = crate::transition::network_command(
+            slot.state.as_ref(),
+            &req,
+            &envelope,
+            crate::transition::Defaults {
+                guest_device: &self.config.guest_device,
+                public_device: &self.config.public_device,
+            },
+        )?;
         match transition {
             Transition::Apply => {
                 let plan = if next.implemented {

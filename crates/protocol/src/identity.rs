@@ -305,7 +305,15 @@ pub fn touch(command: Command, target: Option<Target>, fields: &Map<String, Valu
             None => Touch::Accumulate,
         },
         AddDhcpEntry => Touch::set(nic().map(|n| Object::DhcpEntry(net, n))),
-        RemoveDhcpEntry => Touch::unset([nic().map(|n| Object::DhcpEntry(net, n))]),
+        // The executor keeps one record per NIC, which both `prepare-nic`
+        // and `add-dhcp-entry` set: removing the DHCP entry removes it.
+        RemoveDhcpEntry => match nic() {
+            Some(n) => Touch::unset([
+                Some(Object::DhcpEntry(net, n.clone())),
+                Some(Object::Nic(net, n)),
+            ]),
+            None => Touch::unset([]),
+        },
         ConfigDhcpSubnet => Touch::set(Some(Object::DhcpSubnet(net))),
         RemoveDhcpSubnet => Touch::unset([Some(Object::DhcpSubnet(net))]),
         SetDhcpOptions => Touch::set(

@@ -750,7 +750,7 @@ impl Dispatcher {
             if healthy[i] {
                 log::info!(
                     "placing {} on {} (previous: {})",
-                    env.target.namespace().to_string(),
+                    env.target.namespace(),
                     config.hosts[i].name,
                     current.unwrap_or("none")
                 );

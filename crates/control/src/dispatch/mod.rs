@@ -62,16 +62,16 @@ pub use config::{ExecutorConfig, HostEntry, SecretKey, Transport};
 pub use journal::{
     CommandJournal, FileJournal, JournalError, JournalHead, JournalState, MemoryJournal,
 };
+pub use netbridge_protocol::envelope::RawEnvelope;
 pub use netns::Netns;
 pub use placement::{cksum, device_details, placement_order};
 
 use journal::{NETWORK_DETAILS, PHYSICAL_DETAILS};
-use netbridge_protocol::envelope;
 use netbridge_protocol::target::Target;
 use netbridge_protocol::{sanitize_for_message, Command};
 
 /// Largest envelope accepted.
-pub const MAX_ENVELOPE_BYTES: usize = 16 << 20;
+pub const MAX_ENVELOPE_BYTES: usize = netbridge_protocol::envelope::MAX_BODY_BYTES;
 
 /// Which class of failure a [`DispatchError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,8 @@ impl Default for Settings {
     }
 }
 
-/// A parsed envelope.
+/// A command's envelope, parsed once (the protocol's [`RawEnvelope`]):
+/// the root is kept whole to forward and to journal.
 struct Envelope {
     root: Map<String, Value>,
     details: BTreeMap<String, String>,
@@ -177,52 +178,20 @@ struct Envelope {
 }
 
 impl Envelope {
-    fn parse(
+    fn new(
         command: Command,
-        bytes: &[u8],
+        raw: RawEnvelope,
         details_override: Option<&BTreeMap<String, String>>,
     ) -> Result<Envelope, DispatchError> {
-        if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(DispatchError::Configuration(format!(
-                "payload too large: {} bytes (limit {MAX_ENVELOPE_BYTES})",
-                bytes.len()
-            )));
-        }
-        let root = match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return Err(DispatchError::Configuration(
-                    "malformed JSON: the payload must be a JSON object".into(),
-                ))
-            }
-            Err(e) => return Err(DispatchError::Configuration(format!("malformed JSON: {e}"))),
-        };
+        let invalid =
+            |e: netbridge_protocol::ProtocolError| DispatchError::Configuration(e.to_string());
         let details = match details_override {
             Some(d) => d.clone(),
-            None => string_map(root.get(PHYSICAL_DETAILS), PHYSICAL_DETAILS)?,
+            None => raw.physical().map_err(invalid)?,
         };
-        let payload = if command == Command::CustomAction {
-            &root
-        } else {
-            match root.get("payload") {
-                Some(Value::Object(p)) => p,
-                Some(_) => {
-                    return Err(DispatchError::Configuration(
-                        "invalid value for 'payload': expected a JSON object".into(),
-                    ))
-                }
-                None => {
-                    return Err(DispatchError::Configuration(
-                        "missing required field 'payload'".into(),
-                    ))
-                }
-            }
-        };
-        let target = envelope::network_details(root.get(NETWORK_DETAILS))
-            .and_then(|device| Target::resolve(payload, &device))
-            .map_err(|e| DispatchError::Configuration(e.to_string()))?;
+        let target = raw.target(command).map_err(invalid)?;
         Ok(Envelope {
-            root,
+            root: raw.root,
             details,
             target,
         })
@@ -268,39 +237,6 @@ impl Envelope {
                 .collect(),
         )
     }
-}
-
-fn string_map(
-    value: Option<&Value>,
-    field: &str,
-) -> Result<BTreeMap<String, String>, DispatchError> {
-    let mut out = BTreeMap::new();
-    match value {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Null => continue,
-                    _ => {
-                        return Err(DispatchError::Configuration(format!(
-                            "invalid value for '{field}': '{}' must be a string",
-                            sanitize_for_message(k)
-                        )))
-                    }
-                };
-                out.insert(k.clone(), s);
-            }
-        }
-        Some(_) => {
-            return Err(DispatchError::Configuration(format!(
-                "invalid value for '{field}': expected a JSON object"
-            )))
-        }
-    }
-    Ok(out)
 }
 
 /// Receives each stage of a command as it begins ("replaying cs-net-42 to
@@ -582,6 +518,41 @@ impl Dispatcher {
         details: Option<&BTreeMap<String, String>>,
         timeout: Duration,
     ) -> Result<String, DispatchError> {
+        self.execute_inner(command, None, envelope, details, timeout)
+            .await
+    }
+
+    /// As [`Dispatcher::execute`] for an envelope the caller has parsed
+    /// already (the entry point reads its settings from it): `parsed` is
+    /// `envelope` parsed, which is forwarded as it is.
+    pub fn execute_parsed(
+        &self,
+        command: &str,
+        parsed: RawEnvelope,
+        envelope: &[u8],
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers; use execute_async".into(),
+            ));
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DispatchError::Configuration(
+                "Dispatcher::execute called from async code; use execute_async".into(),
+            ));
+        }
+        runtime.block_on(self.execute_inner(command, Some(parsed), envelope, None, timeout))
+    }
+
+    async fn execute_inner(
+        &self,
+        command: &str,
+        parsed: Option<RawEnvelope>,
+        envelope: &[u8],
+        details: Option<&BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
         let command: Command =
             command
                 .parse()
@@ -593,7 +564,12 @@ impl Dispatcher {
                 "invalid value for 'timeout': must be positive".into(),
             ));
         }
-        let env = Envelope::parse(command, envelope, details)?;
+        let parsed = match parsed {
+            Some(p) => p,
+            None => RawEnvelope::parse(envelope)
+                .map_err(|e| DispatchError::Configuration(e.to_string()))?,
+        };
+        let env = Envelope::new(command, parsed, details)?;
         let config = ExecutorConfig::from_details(&env.details)?;
         let call = Call {
             command,

@@ -48,11 +48,8 @@ pub struct CustomAction {
 
 /// Parses the flat envelope.
 pub fn parse_custom_action(body: &[u8]) -> Result<CustomAction, VpcError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| VpcError::invalid("body", format!("malformed JSON: {e}")))?;
-    let Value::Object(raw) = v else {
-        return Err(VpcError::invalid("body", "expected a JSON object"));
-    };
+    // The protocol's one envelope parser (size limit, JSON object).
+    let raw = envelope::RawEnvelope::parse(body)?.root;
     // A VPC action names only the VPC; a tier action carries both, and then
     // the tier (network) is the target, in the VPC's namespace.
     let details = envelope::network_details(raw.get(envelope::NETWORK_DETAILS))?;

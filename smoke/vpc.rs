@@ -191,7 +191,7 @@ fn vpc_two_tiers_through_the_engine_applier() {
         "public_cidr": "203.0.113.0/24", "public_gateway": "203.0.113.1",
         "public_vlan": "vlan://300", "source_nat": "true"});
     let p = parse_vpc_payload(payload.as_object().expect("object"), link_for).expect("payload");
-    let mut vpc = VpcState::new(&p.vpc_id, p.cidr.expect("cidr")).expect("vpc");
+    let mut vpc = VpcState::new(p.vpc_id, p.cidr.expect("cidr")).expect("vpc");
     vpc.implement(p.source_nat).expect("implement");
     let t11 = tier_state("11", "vlan://101", "10.1.1.0/24", "10.1.1.1");
     let t12 = tier_state("12", "vlan://102", "10.1.2.0/24", "10.1.2.1");

@@ -223,7 +223,11 @@ fn acl_first_match_and_tier_isolation_with_real_packets() {
     b.ip(&["route", "add", "default", "via", "10.1.2.1"]);
     o.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
 
-    let mut vpc = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+    let mut vpc = VpcState::new(
+        netbridge_protocol::target::VpcId::new(5),
+        "10.1.0.0/16".parse().unwrap(),
+    )
+    .unwrap();
     let snat = parse_public_ip(
         json!({"public_ip": "203.0.113.10", "public_cidr": "203.0.113.0/24",
                "public_gateway": "203.0.113.1", "public_vlan": "untagged"})
@@ -734,7 +738,11 @@ fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
     b.ip(&["route", "add", "default", "via", "10.1.2.1"]);
     o.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
 
-    let mut vpc = VpcState::new("9", "10.1.0.0/16".parse().unwrap()).unwrap();
+    let mut vpc = VpcState::new(
+        netbridge_protocol::target::VpcId::new(9),
+        "10.1.0.0/16".parse().unwrap(),
+    )
+    .unwrap();
     vpc.implement(Some(public_ip("203.0.113.10"))).unwrap();
     vpc.add_tier(
         "11",
@@ -859,7 +867,11 @@ fn snat_move_and_tier_removal_keep_other_paths_with_real_packets() {
 fn every_rendered_form_is_accepted_by_nft_and_radvd() {
     require_root!("every_rendered_form_is_accepted_by_nft_and_radvd");
     let r = Netns::new("c");
-    let mut vpc = VpcState::new("3", "10.3.0.0/16".parse().unwrap()).unwrap();
+    let mut vpc = VpcState::new(
+        netbridge_protocol::target::VpcId::new(3),
+        "10.3.0.0/16".parse().unwrap(),
+    )
+    .unwrap();
     vpc.implement(Some(public_ip("203.0.113.50"))).unwrap();
     vpc.add_tier(
         "31",

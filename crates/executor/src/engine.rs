@@ -25,7 +25,7 @@ pub(crate) fn seed_tier(
     tier: &mut super::state::NetworkState,
     envelope: &netbridge_protocol::envelope::Envelope,
 ) -> Result<(), ExecError> {
-    guest::seed(tier, envelope)
+    crate::transition::seed(tier, envelope)
 }
 
 /// Name of a network's guest directory and runtime slot (VPC hook).
@@ -237,31 +237,19 @@ impl Engine {
             return Err(ExecError::Unsupported(command.to_string()));
         };
         let namespace = NetworkState::namespace_for(req.network.network_id);
-        if let Some(given) = envelope
-            .network_details
-            .get("namespace")
-            .and_then(|v| v.as_str())
-        {
-            if !given.is_empty() && given != namespace {
-                return Err(ProtocolError::InvalidField {
-                    field: "network-extension-details.namespace".into(),
-                    reason: format!(
-                        "'{}' is not {namespace} (VPC namespaces are not handled here yet)",
-                        netbridge_protocol::sanitize_for_message(given)
-                    ),
-                }
-                .into());
-            }
-        }
+        // The namespace of the device details was checked with the target.
         let slot = self.slot(&namespace);
         let mut slot = lock(&slot);
         // The held state stays untouched until the command has succeeded.
-        let mut next = slot
-            .state
-            .clone()
-            .unwrap_or_else(|| NetworkState::new(&req, &self.config.guest_device));
-        let transition = next.transition(&req, &self.config.public_device)?;
-        guest::seed(&mut next, &envelope)?; // guest-service hook
+        let (next, transition) = crate::transition::network_command(
+            slot.state.as_ref(),
+            &req,
+            &envelope,
+            crate::transition::Defaults {
+                guest_device: &self.config.guest_device,
+                public_device: &self.config.public_device,
+            },
+        )?;
         match transition {
             Transition::Apply => {
                 let plan = if next.implemented {

@@ -29,6 +29,7 @@ mod reconcile;
 pub mod record_log;
 pub mod services;
 pub mod state;
+pub mod transition;
 pub mod vpc;
 pub(crate) mod vpc_engine;
 

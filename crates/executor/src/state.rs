@@ -14,6 +14,7 @@ use netbridge_protocol::payload::{
     GuestType, NetworkCommand, NetworkRequest, PortForwardFields, PublicIpFields,
 };
 use netbridge_protocol::rules::{Direction, FwRules};
+use netbridge_protocol::target::{Namespace, NetworkId};
 use netbridge_protocol::validate::{Ipv4Cidr, Ipv6Cidr, Vlan};
 use netbridge_protocol::ProtocolError;
 
@@ -61,7 +62,8 @@ pub struct NetworkState {
     pub public_ips: Vec<PublicIp>,
     /// In insertion order, at most one per public address.
     pub static_nats: Vec<StaticNat>,
-    /// In insertion order; identity is (public_ip, protocol, public_port).
+    /// In insertion order; identity is the protocol's `ForwardKey`
+    /// (public_ip, protocol, public_port).
     pub port_forwards: Vec<PortForwardFields>,
     /// The last `apply-fw-rules` document (`None`: never applied).
     pub firewall: Option<FwRules>,
@@ -83,7 +85,7 @@ pub enum Transition {
 
 impl NetworkState {
     pub fn namespace_for(network_id: u64) -> String {
-        netbridge_protocol::namespace::network(network_id)
+        Namespace::Network(NetworkId::new(network_id)).to_string()
     }
 
     /// An empty, not yet implemented network.
@@ -276,8 +278,10 @@ impl NetworkState {
     }
 }
 
+/// One forward per identity (the protocol's, which the bridge's journal
+/// compacts by too).
 fn same_forward(a: &PortForwardFields, b: &PortForwardFields) -> bool {
-    a.public_ip == b.public_ip && a.protocol == b.protocol && a.public_port == b.public_port
+    a.key() == b.key()
 }
 
 /// Errors of the state store.

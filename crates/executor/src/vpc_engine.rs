@@ -51,7 +51,8 @@ use super::vpc::model::{self, Owner, PublicIp, VpcRulesetParts, VpcState};
 use super::vpc::{acl, ipv6, VpcError};
 use netbridge_protocol::envelope::Envelope;
 use netbridge_protocol::payload::{NetworkCommand, NetworkRequest};
-use netbridge_protocol::{sanitize_for_message, validate, Command, ProtocolError};
+use netbridge_protocol::target::{Namespace, NetworkId, Target, VpcId};
+use netbridge_protocol::{validate, Command, ProtocolError};
 
 /// Default directory of operator hooks.
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/netbridge/hooks";
@@ -101,32 +102,23 @@ fn vpc_link_for(vlan: &str) -> String {
     planner::public_inner_name(v)
 }
 
-/// The VPC id a command targets: `vpc_id` in the payload, else a
-/// `cs-vpc-<id>` namespace in the network details.
-fn vpc_id_of(env: &Envelope) -> Result<Option<u64>, ExecError> {
-    if let Some(v) = env.payload.get("vpc_id") {
-        let s = match v {
-            Value::String(s) => s.trim().to_string(),
-            Value::Number(n) => n.to_string(),
-            _ => String::new(),
-        };
-        if !s.is_empty() {
-            return Ok(Some(validate::id("vpc_id", &s)?));
-        }
+/// The router a command names (one decision, in the protocol's
+/// [`Target`], which also checks the namespace of the device details);
+/// `None` when it names neither a network nor a VPC, so that the command's
+/// own parser names the field it misses.
+fn target_of(env: &Envelope) -> Result<Option<Target>, ExecError> {
+    match Target::resolve(&env.payload, &env.network_details) {
+        Ok(t) => Ok(Some(t)),
+        Err(ProtocolError::MissingTarget) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    if let Some(ns) = env
-        .network_details
-        .get("namespace")
-        .and_then(|v| v.as_str())
-    {
-        if let Some(id) = ns.strip_prefix(netbridge_protocol::namespace::VPC_PREFIX) {
-            return Ok(Some(validate::id(
-                "network-extension-details.namespace",
-                id,
-            )?));
-        }
-    }
-    Ok(None)
+}
+
+/// The VPC of a tier or VPC command.
+fn vpc_of(env: &Envelope) -> Result<VpcId, ExecError> {
+    target_of(env)?
+        .and_then(Target::vpc_id)
+        .ok_or_else(|| ProtocolError::MissingField(VpcId::FIELD.into()).into())
 }
 
 impl VpcEngine {
@@ -411,16 +403,18 @@ impl VpcEngine {
                 Some(self.vpc_command(engine, command, envelope))
             }
             Command::ApplyNetworkAcl => Some(self.tier_command(engine, command, envelope)),
-            _ => match vpc_id_of(envelope) {
+            _ => match target_of(envelope) {
                 Err(e) => Some(Err(e)),
-                Ok(Some(_)) => match NetworkRequest::parse(command, envelope) {
-                    Ok(Some(_)) => Some(self.tier_command(engine, command, envelope)),
-                    // Guest services (DHCP, DNS, metadata, LB) of a tier run
-                    // inside the VPC namespace, one set per tier.
-                    Ok(None) => Some(self.tier_guest(engine, command, envelope)),
-                    Err(e) => Some(Err(e.into())),
-                },
-                Ok(None) => None,
+                Ok(Some(Target::Tier { .. } | Target::Vpc(_))) => {
+                    match NetworkRequest::parse(command, envelope) {
+                        Ok(Some(_)) => Some(self.tier_command(engine, command, envelope)),
+                        // Guest services (DHCP, DNS, metadata, LB) of a tier run
+                        // inside the VPC namespace, one set per tier.
+                        Ok(None) => Some(self.tier_guest(engine, command, envelope)),
+                        Err(e) => Some(Err(e.into())),
+                    }
+                }
+                Ok(Some(Target::Network(_)) | None) => None,
             },
         }
     }
@@ -433,8 +427,9 @@ impl VpcEngine {
     ) -> Result<Value, ExecError> {
         let applier = engine.applier();
         let p = model::parse_vpc_payload(&env.payload, vpc_link_for)?;
-        let ns = netbridge_protocol::namespace::vpc(&p.vpc_id);
-        check_namespace(env, &ns)?;
+        // The device details must name this VPC's namespace.
+        target_of(env)?;
+        let ns = Namespace::Vpc(p.vpc_id).to_string();
         // The executor's configured device when the envelope names none,
         // as for isolated networks.
         let public_device = netbridge_protocol::payload::Devices::parse(env)?
@@ -455,7 +450,7 @@ impl VpcEngine {
                     .ok_or_else(|| ProtocolError::MissingField("vpc_cidr".into()))?;
                 VpcDoc {
                     version: DOC_VERSION,
-                    vpc: VpcState::new(&p.vpc_id, cidr)?,
+                    vpc: VpcState::new(p.vpc_id, cidr)?,
                     implemented: false,
                     public_device: public_device.clone(),
                     tiers: BTreeMap::new(),
@@ -618,9 +613,8 @@ impl VpcEngine {
         env: &Envelope,
     ) -> Result<Value, ExecError> {
         let applier = engine.applier();
-        let vpc_id = vpc_id_of(env)?.ok_or_else(|| ProtocolError::MissingField("vpc_id".into()))?;
-        let ns = netbridge_protocol::namespace::vpc(vpc_id);
-        check_namespace(env, &ns)?;
+        let vpc_id = vpc_of(env)?;
+        let ns = Namespace::Vpc(vpc_id).to_string();
         let slot = self.slot(&ns);
         let mut slot = lock(&slot);
         let Some(current) = slot.doc.clone() else {
@@ -634,11 +628,10 @@ impl VpcEngine {
             .into());
         };
         let mut next = current.clone();
-        let network_id = match env.payload.get("network_id") {
-            Some(Value::String(s)) => validate::id("network_id", s)?,
-            Some(Value::Number(n)) => validate::id("network_id", &n.to_string())?,
-            _ => return Err(ProtocolError::MissingField("network_id".into()).into()),
-        };
+        let network_id = target_of(env)?
+            .and_then(Target::network_id)
+            .ok_or_else(|| ProtocolError::MissingField(NetworkId::FIELD.into()))?
+            .get();
         let key = network_id.to_string();
         if command == Command::ApplyNetworkAcl {
             let raw = env
@@ -710,9 +703,8 @@ impl VpcEngine {
         command: Command,
         env: &Envelope,
     ) -> Result<Value, ExecError> {
-        let vpc_id = vpc_id_of(env)?.ok_or_else(|| ProtocolError::MissingField("vpc_id".into()))?;
-        let ns = netbridge_protocol::namespace::vpc(vpc_id);
-        check_namespace(env, &ns)?;
+        let vpc_id = vpc_of(env)?;
+        let ns = Namespace::Vpc(vpc_id).to_string();
         let network = netbridge_protocol::payload::NetworkFields::parse(&env.fields())?;
         let slot = self.slot(&ns);
         let mut guard = lock(&slot);
@@ -860,7 +852,7 @@ impl VpcEngine {
     ) -> Result<Value, ExecError> {
         let parsed = actions::parse_custom_action(body)?;
         let ns = parsed.namespace();
-        let answer = if ns.starts_with(netbridge_protocol::namespace::VPC_PREFIX) {
+        let answer = if parsed.target.namespace().is_vpc() {
             let slot = self.slot(&ns);
             let mut slot = lock(&slot);
             self.vpc_action(engine, &ns, body, &mut slot)?
@@ -957,23 +949,6 @@ fn not_held(ns: &str) -> ExecError {
         field: "network_id".into(),
         reason: format!("{ns} is not held by this host"),
     })
-}
-
-fn check_namespace(env: &Envelope, ns: &str) -> Result<(), ExecError> {
-    if let Some(given) = env
-        .network_details
-        .get("namespace")
-        .and_then(|v| v.as_str())
-    {
-        if !given.is_empty() && given != ns {
-            return Err(ProtocolError::InvalidField {
-                field: "network-extension-details.namespace".into(),
-                reason: format!("'{}' is not {ns}", sanitize_for_message(given)),
-            }
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// The engine's public address → the VPC model's.
@@ -1261,7 +1236,7 @@ mod tests {
             vpc_link_for,
         )
         .unwrap();
-        let mut vpc = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        let mut vpc = VpcState::new(VpcId::new(5), "10.1.0.0/16".parse().unwrap()).unwrap();
         vpc.implement(snat.source_nat).unwrap();
         let mut tiers = BTreeMap::new();
         for (id, vlan, gw, cidr) in [
@@ -1605,17 +1580,18 @@ mod tests {
     #[test]
     fn vpc_id_comes_from_the_payload_or_the_namespace() {
         let env = |v: Value| Envelope::parse(v.to_string().as_bytes()).unwrap();
+        let vpc_id = |e: &Envelope| target_of(e).map(|t| t.and_then(Target::vpc_id));
         let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5"}}));
-        assert_eq!(vpc_id_of(&e).unwrap(), Some(5));
+        assert_eq!(vpc_id(&e).unwrap(), Some(VpcId::new(5)));
         let e = env(
             json!({"network-extension-details": {"namespace": "cs-vpc-7"},
             "payload": {"network_id": "11"}}),
         );
-        assert_eq!(vpc_id_of(&e).unwrap(), Some(7));
+        assert_eq!(vpc_id(&e).unwrap(), Some(VpcId::new(7)));
         let e = env(json!({"payload": {"network_id": "11"}}));
-        assert_eq!(vpc_id_of(&e).unwrap(), None);
+        assert_eq!(vpc_id(&e).unwrap(), None);
         let e = env(json!({"payload": {"network_id": "11", "vpc_id": "5;reboot"}}));
-        assert!(vpc_id_of(&e)
+        assert!(vpc_id(&e)
             .unwrap_err()
             .to_string()
             .starts_with("invalid value for 'vpc_id'"));
@@ -1623,7 +1599,7 @@ mod tests {
             json!({"network-extension-details": {"namespace": "cs-net-7"},
             "payload": {"network_id": "11", "vpc_id": "5"}}),
         );
-        assert!(check_namespace(&e, "cs-vpc-5").is_err());
+        assert!(target_of(&e).is_err());
     }
 
     fn engine(dir: &Path) -> crate::Engine {

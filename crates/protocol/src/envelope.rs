@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::{sanitize_for_message, validate, ProtocolError};
+use super::target::Target;
+use super::{sanitize_for_message, validate, Command, ProtocolError};
 
 /// Largest request body accepted (a 10,000-rule firewall document is ~3 MB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -24,9 +25,18 @@ pub struct Envelope {
     pub payload: Map<String, Value>,
 }
 
-impl Envelope {
+/// The document as received, parsed once: the root object, kept whole for
+/// forwarding and journaling, with typed accessors. The bridge (JNI, CLI)
+/// and the entry point read commands through it; [`Envelope`] is its split
+/// form for the executor.
+#[derive(Debug, Clone, Default)]
+pub struct RawEnvelope {
+    pub root: Map<String, Value>,
+}
+
+impl RawEnvelope {
     /// Parses a body; bodies over [`MAX_BODY_BYTES`] are refused unread.
-    pub fn parse(body: &[u8]) -> Result<Envelope, ProtocolError> {
+    pub fn parse(body: &[u8]) -> Result<RawEnvelope, ProtocolError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(ProtocolError::TooLarge {
                 size: body.len(),
@@ -35,51 +45,69 @@ impl Envelope {
         }
         let root: Value = serde_json::from_slice(body)
             .map_err(|e| ProtocolError::MalformedJson(sanitize_for_message(&e.to_string())))?;
-        let Value::Object(mut root) = root else {
-            return Err(ProtocolError::MalformedJson(
+        match root {
+            Value::Object(root) => Ok(RawEnvelope { root }),
+            _ => Err(ProtocolError::MalformedJson(
                 "the envelope is not a JSON object".into(),
-            ));
-        };
-        let physical = match root.remove("physical-network-extension-details") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(m)) => {
-                let mut out = BTreeMap::new();
-                for (k, v) in m {
-                    let field = format!("physical-network-extension-details.{k}");
-                    if let Some(s) = scalar_string(&field, &v)? {
-                        out.insert(k, s);
-                    }
+            )),
+        }
+    }
+
+    /// The registration details as strings (hidden ones included: never
+    /// log them); `null` values are left out.
+    pub fn physical(&self) -> Result<BTreeMap<String, String>, ProtocolError> {
+        physical_details(self.root.get(PHYSICAL_DETAILS))
+    }
+
+    /// What `ensure-network-device` returned for the network (`{}` if none).
+    pub fn network_details(&self) -> Result<Map<String, Value>, ProtocolError> {
+        network_details(self.root.get(NETWORK_DETAILS))
+    }
+
+    /// The command's fields: `payload`, or the root itself for the flat
+    /// `custom-action`.
+    pub fn fields_of(&self, command: Command) -> Result<&Map<String, Value>, ProtocolError> {
+        if command == Command::CustomAction {
+            return Ok(&self.root);
+        }
+        match self.root.get("payload") {
+            Some(Value::Object(m)) => Ok(m),
+            None | Some(Value::Null) => Err(ProtocolError::MissingField("payload".into())),
+            Some(_) => Err(validate::invalid("payload", "not an object")),
+        }
+    }
+
+    /// The router the command is about.
+    pub fn target(&self, command: Command) -> Result<Target, ProtocolError> {
+        Target::resolve(self.fields_of(command)?, &self.network_details()?)
+    }
+}
+
+/// Registration details as strings; `null` values are left out.
+fn physical_details(value: Option<&Value>) -> Result<BTreeMap<String, String>, ProtocolError> {
+    match value {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let field = format!("{PHYSICAL_DETAILS}.{k}");
+                if let Some(s) = scalar_string(&field, v)? {
+                    out.insert(k.clone(), s);
                 }
-                out
             }
-            Some(_) => {
-                return Err(validate::invalid(
-                    "physical-network-extension-details",
-                    "not an object",
-                ))
-            }
-        };
-        let network_details = match root.remove("network-extension-details") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m,
-            // Some callers pass the stored details as a JSON string.
-            Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
-            Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                Ok(Value::Object(m)) => m,
-                _ => {
-                    return Err(validate::invalid(
-                        "network-extension-details",
-                        "not a JSON object",
-                    ))
-                }
-            },
-            Some(_) => {
-                return Err(validate::invalid(
-                    "network-extension-details",
-                    "not an object",
-                ))
-            }
-        };
+            Ok(out)
+        }
+        Some(_) => Err(validate::invalid(PHYSICAL_DETAILS, "not an object")),
+    }
+}
+
+impl Envelope {
+    /// Parses a body; bodies over [`MAX_BODY_BYTES`] are refused unread.
+    pub fn parse(body: &[u8]) -> Result<Envelope, ProtocolError> {
+        let raw = RawEnvelope::parse(body)?;
+        let physical = raw.physical()?;
+        let network_details = raw.network_details()?;
+        let mut root = raw.root;
         let payload = match root.remove("payload") {
             Some(Value::Object(m)) => m,
             None | Some(Value::Null) => return Err(ProtocolError::MissingField("payload".into())),
@@ -102,6 +130,27 @@ impl Envelope {
             .get(name)
             .map(String::as_str)
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// Envelope key of the registration details (hidden ones included).
+pub const PHYSICAL_DETAILS: &str = "physical-network-extension-details";
+/// Envelope key of what `ensure-network-device` returned for the network.
+pub const NETWORK_DETAILS: &str = "network-extension-details";
+
+/// The device details of a network as an envelope carries them: an object,
+/// or the JSON text of one (some callers pass the stored details as a
+/// string); absent, `null` or blank is `{}`.
+pub fn network_details(value: Option<&Value>) -> Result<Map<String, Value>, ProtocolError> {
+    match value {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Map::new()),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(validate::invalid(NETWORK_DETAILS, "not a JSON object")),
+        },
+        Some(_) => Err(validate::invalid(NETWORK_DETAILS, "not an object")),
     }
 }
 

@@ -5,11 +5,12 @@
 
 pub mod capabilities;
 pub mod envelope;
-pub mod namespace;
+pub mod identity;
 pub mod payload;
 pub mod rules;
 pub mod secrets;
 pub mod signing;
+pub mod target;
 pub mod validate;
 
 use std::fmt;
@@ -34,6 +35,9 @@ pub enum ProtocolError {
     InvalidField { field: String, reason: String },
     #[error("missing required field '{0}'")]
     MissingField(String),
+    /// Neither `network_id` nor `vpc_id`: the command names no router.
+    #[error("missing required field 'network_id' (or 'vpc_id')")]
+    MissingTarget,
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
     #[error("payload too large: {size} bytes (limit {limit})")]

@@ -124,6 +124,41 @@ impl StaticNatFields {
     }
 }
 
+/// What names a port forward: one per public address, protocol and public
+/// port range (the journal's compaction and the executor's state alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForwardKey {
+    pub public_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub public_port: PortRange,
+}
+
+/// A forward's `protocol`: tcp when absent; tcp or udp.
+fn forward_protocol(f: &Fields<'_>) -> Result<Protocol, ProtocolError> {
+    let protocol = f
+        .opt("protocol", validate::protocol)?
+        .unwrap_or(Protocol::Tcp);
+    if !protocol.has_ports() {
+        return Err(invalid(
+            &f.name("protocol"),
+            "port forwarding needs tcp or udp",
+        ));
+    }
+    Ok(protocol)
+}
+
+impl ForwardKey {
+    /// The identity fields of a forward (`protocol` defaults to tcp).
+    pub fn parse(f: &Fields<'_>) -> Result<ForwardKey, ProtocolError> {
+        let protocol = forward_protocol(f)?;
+        Ok(ForwardKey {
+            public_ip: f.req("public_ip", validate::ipv4)?,
+            protocol,
+            public_port: f.req("public_port", validate::port_range)?,
+        })
+    }
+}
+
 /// `add-port-forward` / `delete-port-forward`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortForwardFields {
@@ -135,16 +170,17 @@ pub struct PortForwardFields {
 }
 
 impl PortForwardFields {
-    pub fn parse(f: &Fields<'_>) -> Result<PortForwardFields, ProtocolError> {
-        let protocol = f
-            .opt("protocol", validate::protocol)?
-            .unwrap_or(Protocol::Tcp);
-        if !protocol.has_ports() {
-            return Err(invalid(
-                &f.name("protocol"),
-                "port forwarding needs tcp or udp",
-            ));
+    /// The forward's identity.
+    pub fn key(&self) -> ForwardKey {
+        ForwardKey {
+            public_ip: self.public_ip,
+            protocol: self.protocol,
+            public_port: self.public_port,
         }
+    }
+
+    pub fn parse(f: &Fields<'_>) -> Result<PortForwardFields, ProtocolError> {
+        let protocol = forward_protocol(f)?;
         let public_port = f.req("public_port", validate::port_range)?;
         let private_port = f
             .opt("private_port", validate::port_range)?

@@ -354,21 +354,31 @@ pub fn mac(field: &str, value: &str) -> Result<String, ProtocolError> {
     Ok(value.to_ascii_lowercase())
 }
 
-/// RFC 1123 hostname (labels of letters, digits, `-`; dots between labels).
+/// The one DNS-name rule (RFC 1123): labels of 1-63 letters, digits and
+/// `-`, not starting or ending with `-`, at most 253 characters in all;
+/// dots between labels only when `dotted` (a domain or FQDN), else one
+/// label (a host name). A trailing dot is not part of the name: callers
+/// that accept the absolute form strip it first. Used for guest host names
+/// and domains (dnsmasq, radvd), hypervisor host names and the bridge's
+/// executor host names.
+pub fn is_dns_name(value: &str, dotted: bool) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    !value.is_empty()
+        && value.len() <= 253
+        && (dotted || !value.contains('.'))
+        && value.split('.').all(label_ok)
+}
+
+/// A host name or FQDN ([`is_dns_name`], dotted).
 pub fn hostname(field: &str, value: &str) -> Result<String, ProtocolError> {
     basic(field, value)?;
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if !ok {
+    if !is_dns_name(value, true) {
         return Err(bad_value(field, value, "a hostname"));
     }
     Ok(value.to_string())

@@ -26,6 +26,7 @@
 //! Hidden registration details that CloudStack passes as netbridge sealed
 //! them in its database are decrypted with the key file before use.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netbridge_control::dispatch::{
-    CommandJournal, DispatchError, Dispatcher, FileJournal, MemoryJournal,
+    CommandJournal, DispatchError, Dispatcher, FileJournal, MemoryJournal, RawEnvelope,
 };
 use netbridge_control::registry::{
     mysql::contains_sealed, mysql::reveal_sealed_envelope, secrets::Cipher, Registry,
@@ -82,45 +83,37 @@ fn read_payload(path: &str) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
+/// Registration details of the envelope.
+type Details = BTreeMap<String, String>;
+
 /// A setting from the environment, else from the registration details.
-fn setting(details: Option<&serde_json::Value>, env: &str, detail: &str) -> Option<String> {
+fn setting(details: Option<&Details>, env: &str, detail: &str) -> Option<String> {
     if let Some(v) = std::env::var(env).ok().filter(|v| !v.trim().is_empty()) {
         return Some(v.trim().to_string());
     }
     details?
-        .get(detail)?
-        .as_str()
-        .map(str::trim)
+        .get(detail)
+        .map(|d| d.trim())
         .filter(|d| !d.is_empty())
         .map(str::to_string)
 }
 
-/// The registration details of the envelope, when it parses.
-fn registration_details(payload: &[u8]) -> Option<serde_json::Value> {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()?
-        .get("physical-network-extension-details")
-        .cloned()
-}
-
 /// The state directory, and whether it was chosen explicitly.
-fn state_dir(details: Option<&serde_json::Value>) -> (PathBuf, bool) {
+fn state_dir(details: Option<&Details>) -> (PathBuf, bool) {
     match setting(details, STATE_DIR_ENV, STATE_DIR_DETAIL) {
         Some(d) => (PathBuf::from(d), true),
         None => (PathBuf::from(DEFAULT_STATE_DIR), false),
     }
 }
 
-fn key_file(details: Option<&serde_json::Value>) -> PathBuf {
+fn key_file(details: Option<&Details>) -> PathBuf {
     PathBuf::from(
         setting(details, KEY_FILE_ENV, KEY_FILE_DETAIL).unwrap_or_else(|| DEFAULT_KEY_FILE.into()),
     )
 }
 
 /// The shared store, when one is configured.
-fn store_location(
-    details: Option<&serde_json::Value>,
-) -> Result<Option<StoreLocation>, DispatchError> {
+fn store_location(details: Option<&Details>) -> Result<Option<StoreLocation>, DispatchError> {
     let config =
         |e: netbridge_control::registry::LocationError| DispatchError::Configuration(e.to_string());
     if let Some(file) = setting(details, DB_PROPERTIES_ENV, DB_PROPERTIES_DETAIL) {
@@ -139,7 +132,7 @@ fn store_location(
 type Opened = (Arc<dyn CommandJournal>, Option<Arc<Registry>>);
 
 /// The journal: the shared store's when configured, else local files.
-fn open_journal(details: Option<&serde_json::Value>) -> Result<Opened, DispatchError> {
+fn open_journal(details: Option<&Details>) -> Result<Opened, DispatchError> {
     if let Some(location) = store_location(details)? {
         let registry = Registry::open_at(&location, &key_file(details)).map_err(|e| {
             DispatchError::Configuration(format!("cannot open the registry {location}: {e}"))
@@ -166,7 +159,7 @@ fn open_journal(details: Option<&serde_json::Value>) -> Result<Opened, DispatchE
 fn reveal(
     payload: Vec<u8>,
     registry: Option<&Registry>,
-    details: Option<&serde_json::Value>,
+    details: Option<&Details>,
 ) -> Result<Vec<u8>, DispatchError> {
     if !contains_sealed(&payload) {
         return Ok(payload);
@@ -216,11 +209,15 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(&e),
     };
-    let details = registration_details(&payload);
+    // Parsed once: the settings come from its details, and the dispatcher
+    // runs it unless sealed details have to be revealed first.
+    let parsed = RawEnvelope::parse(&payload).ok();
+    let details = parsed.as_ref().and_then(|p| p.physical().ok());
     let (journal, registry) = match open_journal(details.as_ref()) {
         Ok(opened) => opened,
         Err(e) => return fail(&command_name, &e),
     };
+    let sealed = contains_sealed(&payload);
     let payload = match reveal(payload, registry.as_deref(), details.as_ref()) {
         Ok(p) => p,
         Err(e) => return fail(&command_name, &e),
@@ -229,7 +226,11 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(&command_name, &e),
     };
-    match dispatcher.execute(command, &payload, timeout) {
+    let result = match parsed.filter(|_| !sealed) {
+        Some(parsed) => dispatcher.execute_parsed(command, parsed, &payload, timeout),
+        None => dispatcher.execute(command, &payload, timeout),
+    };
+    match result {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

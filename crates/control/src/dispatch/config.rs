@@ -70,7 +70,9 @@ impl HostEntry {
         } else {
             (name.to_string(), default_port)
         };
-        if addr.parse::<IpAddr>().is_err() && !is_dns_name(&addr) {
+        if addr.parse::<IpAddr>().is_err()
+            && !netbridge_protocol::validate::is_dns_name(&addr, true)
+        {
             return Err(bad("is neither an IP address nor a host name"));
         }
         Ok(HostEntry {
@@ -94,20 +96,6 @@ fn parse_port(s: &str) -> Option<u16> {
         return None;
     }
     s.parse::<u16>().ok().filter(|p| *p > 0)
-}
-
-fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 /// How connections to executors are secured.

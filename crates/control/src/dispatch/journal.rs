@@ -39,14 +39,16 @@ use std::sync::Mutex;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use netbridge_protocol::envelope;
+use netbridge_protocol::identity::{self, Family, Object, Touch};
+use netbridge_protocol::target::Target;
 use netbridge_protocol::Command;
 
-/// Envelope key of the registration details (never journaled).
-pub const PHYSICAL_DETAILS: &str = "physical-network-extension-details";
-/// Envelope key of the device details from `ensure-network-device`.
-pub const NETWORK_DETAILS: &str = "network-extension-details";
+/// Envelope keys: the registration details (never journaled) and the device
+/// details from `ensure-network-device`.
+pub use netbridge_protocol::envelope::{NETWORK_DETAILS, PHYSICAL_DETAILS};
 
 /// A journal storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +101,12 @@ pub(crate) enum Effect {
     ClearAll,
     ClearNetwork(String),
     /// Keep only the latest of `slot`; `append` moves it to the end. Entries
-    /// whose slot starts with one of `supersedes` are dropped.
+    /// whose slot is one of `replaces` or starts with one of `supersedes`
+    /// are dropped.
     Upsert {
         slot: String,
         append: bool,
+        replaces: Vec<String>,
         supersedes: Vec<String>,
     },
     Remove {
@@ -112,198 +116,35 @@ pub(crate) enum Effect {
     Append,
 }
 
-fn field(payload: &Value, name: &str) -> Option<String> {
-    match payload.get(name)? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// The compaction effect of a command: what it touches (the protocol's
+/// object identities, shared with the executor's state keys) as slot
+/// strings.
+fn effect(touch: Touch) -> Effect {
+    let strings = |v: Vec<Object>| v.iter().map(Object::to_string).collect();
+    let prefixes = |v: Vec<Family>| v.iter().map(Family::to_string).collect();
+    match touch {
+        Touch::Nothing => Effect::Ignore,
+        Touch::Router => Effect::ClearAll,
+        Touch::Tier(net) => Effect::ClearNetwork(net.to_string()),
+        Touch::Set {
+            object,
+            append,
+            replaces,
+            supersedes,
+        } => Effect::Upsert {
+            slot: object.to_string(),
+            append,
+            replaces: strings(replaces),
+            supersedes: prefixes(supersedes),
+        },
+        Touch::Unset { objects, families } => Effect::Remove {
+            exact: strings(objects),
+            prefixes: prefixes(families),
+        },
+        Touch::Accumulate => Effect::Append,
     }
 }
 
-fn effect(command: Command, payload: &Value) -> Effect {
-    use Command::*;
-    let net = field(payload, "network_id").unwrap_or_default();
-    let f = |name: &str| field(payload, name);
-    let nic = || {
-        f("ip")
-            .or_else(|| f("mac"))
-            .or_else(|| f("nic_id"))
-            .or_else(|| f("nic_uuid"))
-    };
-    let up = |slot: Option<String>| match slot {
-        Some(slot) => Effect::Upsert {
-            slot,
-            append: false,
-            supersedes: Vec::new(),
-        },
-        None => Effect::Append,
-    };
-    let rm = |slots: Vec<Option<String>>| Effect::Remove {
-        exact: slots.into_iter().flatten().collect(),
-        prefixes: Vec::new(),
-    };
-    match command {
-        EnsureNetworkDevice | CustomAction => Effect::Ignore,
-        DestroyNetwork | ShutdownNetwork => {
-            if f("vpc_id").is_some() && !net.is_empty() {
-                Effect::ClearNetwork(net)
-            } else {
-                Effect::ClearAll
-            }
-        }
-        ShutdownVpc => Effect::ClearAll,
-        ImplementNetwork => up(Some(format!("implement:{net}"))),
-        ImplementVpc => up(Some("vpc".into())),
-        UpdateVpcSourceNatIp => up(Some("vpc-snat".into())),
-        AssignIp => up(f("public_ip").map(|ip| format!("ip:{net}:{ip}"))),
-        ReleaseIp => match f("public_ip") {
-            Some(ip) => Effect::Remove {
-                exact: vec![format!("ip:{net}:{ip}"), format!("staticnat:{net}:{ip}")],
-                prefixes: vec![format!("pf:{net}:{ip}:")],
-            },
-            None => Effect::Append,
-        },
-        AddStaticNat => up(f("public_ip").map(|ip| format!("staticnat:{net}:{ip}"))),
-        DeleteStaticNat => rm(vec![
-            f("public_ip").map(|ip| format!("staticnat:{net}:{ip}"))
-        ]),
-        AddPortForward | DeletePortForward => {
-            let slot = match (f("public_ip"), f("public_port")) {
-                (Some(ip), Some(port)) => Some(format!(
-                    "pf:{net}:{ip}:{}:{port}",
-                    f("protocol").unwrap_or_default().to_ascii_lowercase()
-                )),
-                _ => None,
-            };
-            if command == AddPortForward {
-                up(slot)
-            } else {
-                rm(vec![slot])
-            }
-        }
-        ApplyFwRules => up(Some(format!("fw:{net}"))),
-        ApplyNetworkAcl => up(Some(format!("acl:{net}"))),
-        PrepareNic => up(nic().map(|n| format!("nic:{net}:{n}"))),
-        ReleaseNic => match nic() {
-            Some(n) => Effect::Remove {
-                exact: vec![
-                    format!("nic:{net}:{n}"),
-                    format!("dhcp:{net}:{n}"),
-                    format!("dns:{net}:{n}"),
-                    format!("vmdata:{net}:{n}"),
-                    format!("pw:{net}:{n}"),
-                    format!("dhcpopt:{net}:{}", f("nic_id").unwrap_or_else(|| n.clone())),
-                ],
-                prefixes: vec![format!("vmitem:{net}:{n}:")],
-            },
-            None => Effect::Append,
-        },
-        AddDhcpEntry => up(nic().map(|n| format!("dhcp:{net}:{n}"))),
-        RemoveDhcpEntry => rm(vec![nic().map(|n| format!("dhcp:{net}:{n}"))]),
-        ConfigDhcpSubnet => up(Some(format!("dhcpsub:{net}"))),
-        RemoveDhcpSubnet => rm(vec![Some(format!("dhcpsub:{net}"))]),
-        SetDhcpOptions => up(f("nic_id")
-            .or_else(nic)
-            .map(|n| format!("dhcpopt:{net}:{n}"))),
-        AddDnsEntry => up(f("ip")
-            .or_else(|| f("hostname"))
-            .map(|n| format!("dns:{net}:{n}"))),
-        RemoveDnsEntry => rm(vec![f("ip")
-            .or_else(|| f("hostname"))
-            .map(|n| format!("dns:{net}:{n}"))]),
-        ConfigDnsSubnet => up(Some(format!("dnssub:{net}"))),
-        RemoveDnsSubnet => rm(vec![Some(format!("dnssub:{net}"))]),
-        SaveVmData => match f("ip") {
-            Some(ip) => Effect::Upsert {
-                slot: format!("vmdata:{net}:{ip}"),
-                append: true,
-                supersedes: vec![format!("vmitem:{net}:{ip}:"), format!("pw:{net}:{ip}")],
-            },
-            None => Effect::Append,
-        },
-        SavePassword => up(f("ip").map(|ip| format!("pw:{net}:{ip}"))),
-        SaveUserdata | SaveSshkey | SaveHypervisorHostname => {
-            up(f("ip").map(|ip| format!("vmitem:{net}:{ip}:{command}")))
-        }
-        ApplyLbRules => Effect::Append,
-        RestoreNetwork => {
-            let of = |kinds: &[&str]| kinds.iter().map(|k| format!("{k}:{net}:")).collect();
-            // Every NIC, DHCP and DNS entry is replaced; VM data only for the
-            // VMs the restore carries data for.
-            match restore_scope(payload) {
-                RestoreScope::EveryVm => Effect::Upsert {
-                    slot: format!("restore:{net}"),
-                    append: true,
-                    supersedes: of(&["nic", "dhcp", "dns", "vmdata", "vmitem", "restore"]),
-                },
-                RestoreScope::NoVm => Effect::Upsert {
-                    slot: format!("restore:{net}:keep"),
-                    append: true,
-                    supersedes: of(&["nic", "dhcp", "dns"]),
-                },
-                RestoreScope::SomeVms(digest) => Effect::Upsert {
-                    slot: format!("restore:{net}:data:{digest}"),
-                    append: true,
-                    supersedes: of(&["nic", "dhcp", "dns"]),
-                },
-            }
-        }
-    }
-}
-
-/// Whose VM data a `restore-network` sets. The executor keeps a listed
-/// VM's stored data when its `vm_data` is empty or absent, or when
-/// `userdata_enabled` is false, and forgets unlisted VMs.
-enum RestoreScope {
-    /// Every listed VM's: it supersedes every earlier VM data entry.
-    EveryVm,
-    /// None: the earlier entries rebuild the kept data on a replay; an
-    /// earlier restore of this kind carried no VM data and is replaced.
-    NoVm,
-    /// Some VMs' (CloudStack could not generate the others'): kept beside
-    /// the earlier entries, one per distinct document (hex digest), until a
-    /// restore of every VM's data.
-    SomeVms(String),
-}
-
-fn restore_scope(payload: &Value) -> RestoreScope {
-    use crate::protocol::envelope::decode_document;
-    use sha2::{Digest, Sha256};
-    let Ok(Some((doc, _))) = decode_document("restore_data", payload.get("restore_data")) else {
-        // The executor refuses such a restore; it is never recorded.
-        return RestoreScope::EveryVm;
-    };
-    let userdata = doc
-        .get("userdata_enabled")
-        .and_then(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .or_else(|| v.as_bool().map(|b| b.to_string()))
-        })
-        .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
-    let vms = doc
-        .get("vms")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    let carries = |vm: &Value| {
-        userdata
-            && decode_document("vm_data", vm.get("vm_data"))
-                .ok()
-                .flatten()
-                .is_some_and(|(d, _)| d.as_array().is_some_and(|a| !a.is_empty()))
-    };
-    let with_data = vms.iter().filter(|vm| carries(vm)).count();
-    if with_data == vms.len() {
-        RestoreScope::EveryVm
-    } else if with_data == 0 {
-        RestoreScope::NoVm
-    } else {
-        let digest = Sha256::digest(doc.to_string().as_bytes());
-        RestoreScope::SomeVms(hex::encode(&digest[..8]))
-    }
-}
 /// One command to record, prepared once: its compaction effect, the entry
 /// it would store and whether it tears the whole network/VPC down. Every
 /// storage applies the same [`Effect`] (in memory, rows, a log).
@@ -320,11 +161,20 @@ pub(crate) struct Change {
 
 impl Change {
     pub(crate) fn new(command: Command, envelope: &Value) -> Change {
-        let null = Value::Null;
-        let payload = envelope.get("payload").unwrap_or(&null);
-        let network_id = field(payload, "network_id");
-        let in_vpc = field(payload, "vpc_id").is_some();
-        let effect = effect(command, payload);
+        let empty = Map::new();
+        let payload = envelope
+            .get("payload")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        // Recorded commands were accepted by the executor, so their target
+        // resolves (a tier may name its VPC by the device details only).
+        let device = envelope::network_details(envelope.get(NETWORK_DETAILS)).unwrap_or_default();
+        let target = Target::resolve(payload, &device)
+            .or_else(|_| Target::resolve(payload, &empty))
+            .ok();
+        let network_id = target.and_then(Target::network_id).map(|n| n.to_string());
+        let in_vpc = target.and_then(Target::vpc_id).is_some();
+        let effect = effect(identity::touch(command, target, payload));
         let mut stored = envelope.clone();
         if let Some(obj) = stored.as_object_mut() {
             obj.remove(PHYSICAL_DETAILS);
@@ -396,10 +246,13 @@ impl JournalState {
             Effect::Upsert {
                 slot,
                 append,
+                replaces,
                 supersedes,
             } => {
                 self.entries.retain(|e| match &e.slot {
-                    Some(s) => !supersedes.iter().any(|p| s.starts_with(p)),
+                    Some(s) => {
+                        !replaces.contains(s) && !supersedes.iter().any(|p| s.starts_with(p))
+                    }
                     None => true,
                 });
                 let existing = self

@@ -62,14 +62,16 @@ pub use config::{ExecutorConfig, HostEntry, SecretKey, Transport};
 pub use journal::{
     CommandJournal, FileJournal, JournalError, JournalHead, JournalState, MemoryJournal,
 };
+pub use netbridge_protocol::envelope::RawEnvelope;
 pub use netns::Netns;
-pub use placement::{cksum, placement_order, Scope};
+pub use placement::{cksum, device_details, placement_order};
 
 use journal::{NETWORK_DETAILS, PHYSICAL_DETAILS};
+use netbridge_protocol::target::Target;
 use netbridge_protocol::{sanitize_for_message, Command};
 
 /// Largest envelope accepted.
-pub const MAX_ENVELOPE_BYTES: usize = 16 << 20;
+pub const MAX_ENVELOPE_BYTES: usize = netbridge_protocol::envelope::MAX_BODY_BYTES;
 
 /// Which class of failure a [`DispatchError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,65 +168,32 @@ impl Default for Settings {
     }
 }
 
-/// A parsed envelope.
+/// A command's envelope, parsed once (the protocol's [`RawEnvelope`]):
+/// the root is kept whole to forward and to journal.
 struct Envelope {
     root: Map<String, Value>,
     details: BTreeMap<String, String>,
-    scope: Scope,
+    /// The router the command is about (the journal key is its namespace).
+    target: Target,
 }
 
 impl Envelope {
-    fn parse(
+    fn new(
         command: Command,
-        bytes: &[u8],
+        raw: RawEnvelope,
         details_override: Option<&BTreeMap<String, String>>,
     ) -> Result<Envelope, DispatchError> {
-        if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(DispatchError::Configuration(format!(
-                "payload too large: {} bytes (limit {MAX_ENVELOPE_BYTES})",
-                bytes.len()
-            )));
-        }
-        let root = match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return Err(DispatchError::Configuration(
-                    "malformed JSON: the payload must be a JSON object".into(),
-                ))
-            }
-            Err(e) => return Err(DispatchError::Configuration(format!("malformed JSON: {e}"))),
-        };
+        let invalid =
+            |e: netbridge_protocol::ProtocolError| DispatchError::Configuration(e.to_string());
         let details = match details_override {
             Some(d) => d.clone(),
-            None => string_map(root.get(PHYSICAL_DETAILS), PHYSICAL_DETAILS)?,
+            None => raw.physical().map_err(invalid)?,
         };
-        let payload = if command == Command::CustomAction {
-            &root
-        } else {
-            match root.get("payload") {
-                Some(Value::Object(p)) => p,
-                Some(_) => {
-                    return Err(DispatchError::Configuration(
-                        "invalid value for 'payload': expected a JSON object".into(),
-                    ))
-                }
-                None => {
-                    return Err(DispatchError::Configuration(
-                        "missing required field 'payload'".into(),
-                    ))
-                }
-            }
-        };
-        let id = |k: &str| match payload.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let scope = Scope::new(id("vpc_id").as_deref(), id("network_id").as_deref())?;
+        let target = raw.target(command).map_err(invalid)?;
         Ok(Envelope {
-            root,
+            root: raw.root,
             details,
-            scope,
+            target,
         })
     }
 
@@ -268,39 +237,6 @@ impl Envelope {
                 .collect(),
         )
     }
-}
-
-fn string_map(
-    value: Option<&Value>,
-    field: &str,
-) -> Result<BTreeMap<String, String>, DispatchError> {
-    let mut out = BTreeMap::new();
-    match value {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Null => continue,
-                    _ => {
-                        return Err(DispatchError::Configuration(format!(
-                            "invalid value for '{field}': '{}' must be a string",
-                            sanitize_for_message(k)
-                        )))
-                    }
-                };
-                out.insert(k.clone(), s);
-            }
-        }
-        Some(_) => {
-            return Err(DispatchError::Configuration(format!(
-                "invalid value for '{field}': expected a JSON object"
-            )))
-        }
-    }
-    Ok(out)
 }
 
 /// Receives each stage of a command as it begins ("replaying cs-net-42 to
@@ -582,6 +518,41 @@ impl Dispatcher {
         details: Option<&BTreeMap<String, String>>,
         timeout: Duration,
     ) -> Result<String, DispatchError> {
+        self.execute_inner(command, None, envelope, details, timeout)
+            .await
+    }
+
+    /// As [`Dispatcher::execute`] for an envelope the caller has parsed
+    /// already (the entry point reads its settings from it): `parsed` is
+    /// `envelope` parsed, which is forwarded as it is.
+    pub fn execute_parsed(
+        &self,
+        command: &str,
+        parsed: RawEnvelope,
+        envelope: &[u8],
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(DispatchError::Configuration(
+                "this Dispatcher was made for async callers; use execute_async".into(),
+            ));
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(DispatchError::Configuration(
+                "Dispatcher::execute called from async code; use execute_async".into(),
+            ));
+        }
+        runtime.block_on(self.execute_inner(command, Some(parsed), envelope, None, timeout))
+    }
+
+    async fn execute_inner(
+        &self,
+        command: &str,
+        parsed: Option<RawEnvelope>,
+        envelope: &[u8],
+        details: Option<&BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
         let command: Command =
             command
                 .parse()
@@ -593,7 +564,12 @@ impl Dispatcher {
                 "invalid value for 'timeout': must be positive".into(),
             ));
         }
-        let env = Envelope::parse(command, envelope, details)?;
+        let parsed = match parsed {
+            Some(p) => p,
+            None => RawEnvelope::parse(envelope)
+                .map_err(|e| DispatchError::Configuration(e.to_string()))?,
+        };
+        let env = Envelope::new(command, parsed, details)?;
         let config = ExecutorConfig::from_details(&env.details)?;
         let call = Call {
             command,
@@ -637,7 +613,7 @@ impl Dispatcher {
         env: &Envelope,
         config: &ExecutorConfig,
     ) -> Result<String, DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         // Only the head: the entries are read when the network moves.
         let head = self.journal.head(&key)?;
         let current = env.current_host();
@@ -651,7 +627,7 @@ impl Dispatcher {
         if !head.pending_drops.is_empty() {
             self.retry_pending_drops(call, env, config, &target).await?;
         }
-        Ok(env.scope.device_details(&target.name))
+        Ok(device_details(env.target, &target.name))
     }
 
     async fn run(
@@ -661,7 +637,7 @@ impl Dispatcher {
         config: &ExecutorConfig,
         body: Bytes,
     ) -> Result<String, DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let head = self.journal.head(&key)?;
         let named = env.network_details_host();
         let target = match named.as_deref().and_then(|h| config.host(h)) {
@@ -746,11 +722,11 @@ impl Dispatcher {
                 }
             }
         }
-        for i in placement_order(env.scope.placement_key(), config.hosts.len()) {
+        for i in placement_order(&env.target.placement_key(), config.hosts.len()) {
             if healthy[i] {
                 log::info!(
                     "placing {} on {} (previous: {})",
-                    env.scope.namespace(),
+                    env.target.namespace(),
                     config.hosts[i].name,
                     current.unwrap_or("none")
                 );
@@ -772,7 +748,7 @@ impl Dispatcher {
                 None => format!("{}: not probed", h.name),
             })
             .collect();
-        let ns = env.scope.namespace();
+        let ns = env.target.namespace().to_string();
         if refused {
             return Err(DispatchError::Configuration(format!(
                 "no usable executor for {ns}: {}",
@@ -826,11 +802,11 @@ impl Dispatcher {
         from: Option<&str>,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let state = self.journal.load(&key)?;
         let old = from.filter(|h| *h != target.name).map(str::to_string);
         let tiers = state.network_ids();
-        let device = serde_json::from_str::<Value>(&env.scope.device_details(&target.name))
+        let device = serde_json::from_str::<Value>(&device_details(env.target, &target.name))
             .unwrap_or(Value::Null);
         let total = state.entries.len();
         let fail = |step: String, e: DispatchError| {
@@ -849,7 +825,7 @@ impl Dispatcher {
                 target.name
             );
             // The target may still hold a stale copy from an earlier stay.
-            for (command, payload) in teardown_commands(&env.scope, &tiers) {
+            for (command, payload) in teardown_commands(env.target, &tiers) {
                 call.note(format!("clearing stale {key} on executor {}", target.name));
                 let envelope = json!({
                     PHYSICAL_DETAILS: env.details_value(),
@@ -928,7 +904,7 @@ impl Dispatcher {
         config: &ExecutorConfig,
         target: &HostEntry,
     ) -> Result<(), DispatchError> {
-        let key = env.scope.namespace();
+        let key = env.target.namespace().to_string();
         let head = self.journal.head(&key)?;
         let now = unix_now();
         for p in head.pending_drops {
@@ -992,11 +968,11 @@ impl Dispatcher {
         else {
             return true;
         };
-        let ns = env.scope.namespace();
+        let ns = env.target.namespace().to_string();
         let bound = self.settings.drop_timeout.min(call.remaining());
         let deadline = Instant::now() + bound;
         call.note(format!("asking former executor {} to drop {ns}", host.name));
-        for (command, payload) in teardown_commands(&env.scope, tiers) {
+        for (command, payload) in teardown_commands(env.target, tiers) {
             let envelope = json!({
                 PHYSICAL_DETAILS: env.details_value(),
                 NETWORK_DETAILS: {"host": host.name, "namespace": ns},
@@ -1113,8 +1089,8 @@ fn unix_now() -> u64 {
 }
 
 /// Commands that remove a network (or a VPC with its `tiers`) from a host.
-fn teardown_commands(scope: &Scope, tiers: &[String]) -> Vec<(Command, Value)> {
-    match &scope.vpc_id {
+fn teardown_commands(target: Target, tiers: &[String]) -> Vec<(Command, Value)> {
+    match target.vpc_id() {
         Some(vpc) => {
             let mut out: Vec<(Command, Value)> = tiers
                 .iter()
@@ -1130,7 +1106,7 @@ fn teardown_commands(scope: &Scope, tiers: &[String]) -> Vec<(Command, Value)> {
         }
         None => vec![(
             Command::DestroyNetwork,
-            json!({"network_id": scope.network_id.clone().unwrap_or_default()}),
+            json!({ "network_id": target.network_id() }),
         )],
     }
 }

@@ -3,8 +3,7 @@
 
 use crc::{Crc, CRC_32_CKSUM};
 
-use super::DispatchError;
-use netbridge_protocol::sanitize_for_message;
+use netbridge_protocol::target::{Target, VpcId};
 
 const CKSUM: Crc<u32> = Crc::<u32>::new(&CRC_32_CKSUM);
 
@@ -30,79 +29,22 @@ pub fn placement_order(key: &str, host_count: usize) -> Vec<usize> {
     (0..host_count).map(|i| (start + i) % host_count).collect()
 }
 
-/// What a command is about: a VPC (and its tiers) or a standalone network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub vpc_id: Option<String>,
-    pub network_id: Option<String>,
-}
-
-impl Scope {
-    /// Validates the ids (they end up in namespace and file names).
-    pub fn new(vpc_id: Option<&str>, network_id: Option<&str>) -> Result<Scope, DispatchError> {
-        let check = |field: &str, v: Option<&str>| -> Result<Option<String>, DispatchError> {
-            match v.map(str::trim).filter(|v| !v.is_empty()) {
-                None => Ok(None),
-                Some(v)
-                    if v.len() <= 64
-                        && v.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                {
-                    Ok(Some(v.to_string()))
-                }
-                Some(v) => Err(DispatchError::Configuration(format!(
-                    "invalid value for '{field}': '{}' is not an id",
-                    sanitize_for_message(v)
-                ))),
-            }
-        };
-        let scope = Scope {
-            vpc_id: check("vpc_id", vpc_id)?,
-            network_id: check("network_id", network_id)?,
-        };
-        if scope.vpc_id.is_none() && scope.network_id.is_none() {
-            return Err(DispatchError::Configuration(
-                "missing required field 'network_id' (or 'vpc_id')".to_string(),
-            ));
-        }
-        Ok(scope)
+/// The one-line JSON that `ensure-network-device` prints for `host`: the
+/// host, the router namespace and, for a VPC or tier, the VPC id.
+pub fn device_details(target: Target, host: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Details<'a> {
+        host: &'a str,
+        namespace: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vpc_id: Option<VpcId>,
     }
-
-    /// The placement key: the decimal `vpc_id` when present, else `network_id`.
-    pub fn placement_key(&self) -> &str {
-        self.vpc_id
-            .as_deref()
-            .or(self.network_id.as_deref())
-            .unwrap_or_default()
-    }
-
-    /// `cs-vpc-<vpc_id>` for VPCs and their tiers, else `cs-net-<network_id>`.
-    /// Also the journal key.
-    pub fn namespace(&self) -> String {
-        match &self.vpc_id {
-            Some(v) => netbridge_protocol::namespace::vpc(v),
-            None => netbridge_protocol::namespace::network(
-                self.network_id.as_deref().unwrap_or_default(),
-            ),
-        }
-    }
-
-    /// The one-line JSON that `ensure-network-device` prints for `host`.
-    pub fn device_details(&self, host: &str) -> String {
-        #[derive(serde::Serialize)]
-        struct Details<'a> {
-            host: &'a str,
-            namespace: String,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            vpc_id: Option<&'a str>,
-        }
-        let d = Details {
-            host,
-            namespace: self.namespace(),
-            vpc_id: self.vpc_id.as_deref(),
-        };
-        serde_json::to_string(&d).unwrap_or_default()
-    }
+    let d = Details {
+        host,
+        namespace: target.namespace().to_string(),
+        vpc_id: target.vpc_id(),
+    };
+    serde_json::to_string(&d).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -132,22 +74,22 @@ mod tests {
     }
 
     #[test]
-    fn scope_namespace_and_details() {
-        let net = Scope::new(None, Some("42")).unwrap();
+    fn device_details_name_the_router() {
+        use netbridge_protocol::target::NetworkId;
+        let net = Target::Network(NetworkId::new(42));
         assert_eq!(net.placement_key(), "42");
         assert_eq!(
-            net.device_details("10.0.0.1"),
+            device_details(net, "10.0.0.1"),
             r#"{"host":"10.0.0.1","namespace":"cs-net-42"}"#
         );
-        let tier = Scope::new(Some("7"), Some("42")).unwrap();
+        let tier = Target::Tier {
+            vpc: VpcId::new(7),
+            network: NetworkId::new(42),
+        };
         assert_eq!(tier.placement_key(), "7");
         assert_eq!(
-            tier.device_details("h2"),
+            device_details(tier, "h2"),
             r#"{"host":"h2","namespace":"cs-vpc-7","vpc_id":"7"}"#
         );
-        let e = Scope::new(None, None).unwrap_err().to_string();
-        assert!(e.contains("'network_id'"), "{e}");
-        let e = Scope::new(None, Some("../x")).unwrap_err().to_string();
-        assert!(e.contains("'network_id'"), "{e}");
     }
 }

@@ -271,8 +271,12 @@ impl SqliteStore {
             Effect::Upsert {
                 slot,
                 append,
+                replaces,
                 supersedes,
             } => {
+                for r in replaces {
+                    self.journal_delete_slot(tx, key, r)?;
+                }
                 for p in supersedes {
                     self.journal_delete_prefix(tx, key, p)?;
                 }

@@ -1435,8 +1435,15 @@ impl MysqlStore {
             Effect::Upsert {
                 slot,
                 append,
+                replaces,
                 supersedes,
             } => {
+                for r in replaces {
+                    tx.exec_drop(
+                        "DELETE FROM netbridge_journal_entries WHERE `key` = ? AND slot = ?",
+                        (key, r.as_bytes()),
+                    )?;
+                }
                 for p in supersedes {
                     Self::delete_prefix(tx, key, p)?;
                 }

@@ -58,8 +58,9 @@ use crate::services::store::MetadataStore;
 use crate::services::supervisor::{Daemon, DaemonSpec};
 use crate::services::{self, dnsmasq, haproxy, run, GuestServices, ServicesError};
 use crate::state::{NetworkState, StateError};
+use crate::transition;
 use netbridge_protocol::envelope::Envelope;
-use netbridge_protocol::payload::{Devices, NetworkCommand, NetworkFields, NetworkRequest};
+use netbridge_protocol::payload::NetworkFields;
 use netbridge_protocol::Command;
 
 /// How long a stopping daemon or metadata server gets before it is killed.
@@ -131,25 +132,6 @@ fn metadata_runtime() -> Result<&'static tokio::runtime::Runtime, ExecError> {
         .map_err(|e| ExecError::Apply(format!("metadata runtime: {e}")))?;
     // A concurrent initialiser may win; its runtime is as good as ours.
     Ok(RT.get_or_init(|| rt))
-}
-
-/// Network-level facts the guest services take from the network state: it
-/// is authoritative for the addresses once the network is implemented. Also
-/// absorbs `dns`/`domain` when an `implement-network` payload carries them.
-pub(super) fn seed(next: &mut NetworkState, envelope: &Envelope) -> Result<(), ExecError> {
-    seed_addresses(next);
-    let g = &mut next.guest;
-    if let Some(c) = next.cidr {
-        g.cidr = c.to_string().parse().ok().or(g.cidr);
-    }
-    let p = &envelope.payload;
-    if let Some(d) = services::validate::opt_str(p, "dns").map_err(ExecError::from)? {
-        g.dns = services::validate::dns_list("dns", &d)?;
-    }
-    if let Some(d) = services::validate::opt_str(p, "domain").map_err(ExecError::from)? {
-        g.domain = Some(services::validate::hostname("domain", &d, true)?);
-    }
-    Ok(())
 }
 
 fn io_state(context: &str, path: &Path, e: std::io::Error) -> ExecError {
@@ -300,12 +282,7 @@ impl Engine {
             Some(s) => s,
             None => {
                 // Guest data may arrive before implement-network.
-                let req = NetworkRequest {
-                    network,
-                    devices: Devices::parse(envelope)?,
-                    command: NetworkCommand::Shutdown,
-                };
-                fresh = NetworkState::new(&req, &self.config.guest_device);
+                fresh = transition::unheld(envelope, &self.config.guest_device)?;
                 &fresh
             }
         };
@@ -430,7 +407,7 @@ impl Engine {
     ) -> Result<NetworkState, ExecError> {
         let namespace = current.namespace.as_str();
         let mut next = current.clone();
-        seed_addresses(&mut next);
+        transition::seed_addresses(&mut next);
         let opts = services::Options::default();
         let mut guest = std::mem::take(&mut next.guest);
         // `guest` is a copy dropped on error, and so is the store's set.
@@ -502,7 +479,7 @@ impl Engine {
     pub(crate) fn tier_guest_up(&self, tier: &NetworkState) -> Result<(), ExecError> {
         let key = tier_key(tier);
         let mut state = tier.clone();
-        seed_addresses(&mut state);
+        transition::seed_addresses(&mut state);
         let slot = self.slot(&key);
         let mut slot = super::lock(&slot);
         self.guest_up_keyed(&mut slot.guest, &state, &key)
@@ -897,16 +874,6 @@ fn strip_leases(text: &str, gone: &[(String, Ipv4Addr)]) -> String {
         }
     }
     out
-}
-
-/// Addresses from the network state (without payload absorption).
-fn seed_addresses(next: &mut NetworkState) {
-    if next.extension_ip.is_some() {
-        next.guest.extension_ip = next.extension_ip;
-    }
-    if next.gateway.is_some() {
-        next.guest.gateway = next.gateway;
-    }
 }
 
 /// Stops accepting and waits (bounded) until both listeners are closed.

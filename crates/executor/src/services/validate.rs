@@ -102,18 +102,7 @@ pub fn mac(field: &str, s: &str) -> Result<String, ServicesError> {
 pub fn hostname(field: &str, s: &str, dotted: bool) -> Result<String, ServicesError> {
     let s = s.trim();
     let s = s.strip_suffix('.').unwrap_or(s);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && (dotted || !s.contains('.'))
-        && s.split('.').all(label_ok);
-    if !ok {
+    if !netbridge_protocol::validate::is_dns_name(s, dotted) {
         let what = if dotted {
             "a domain name"
         } else {

@@ -26,24 +26,19 @@ use serde_json::{json, Map, Value};
 
 use super::pbr::{check_param, resolve_table, PbrTables, RouteSpec, RuleSpec};
 use super::{scalar_str, VpcError};
-use netbridge_protocol::sanitize_for_message;
+use netbridge_protocol::envelope;
+use netbridge_protocol::target::Target;
+use netbridge_protocol::{sanitize_for_message, ProtocolError};
 
 /// Largest stdout/stderr kept from a child.
 const MAX_OUTPUT: usize = 1 << 20;
 /// Bound on `ip rule del` repetitions when a table is deleted.
 const MAX_RULE_DELETES: usize = 1024;
 
-/// What a custom action targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionTarget {
-    Network(String),
-    Vpc(String),
-}
-
 /// A parsed flat `custom-action` envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomAction {
-    pub target: ActionTarget,
+    pub target: Target,
     pub action: String,
     /// `action-params` (or `action_params`), values as strings.
     pub params: BTreeMap<String, String>,
@@ -51,35 +46,17 @@ pub struct CustomAction {
     pub raw: Map<String, Value>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 /// Parses the flat envelope.
 pub fn parse_custom_action(body: &[u8]) -> Result<CustomAction, VpcError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| VpcError::invalid("body", format!("malformed JSON: {e}")))?;
-    let Value::Object(raw) = v else {
-        return Err(VpcError::invalid("body", "expected a JSON object"));
-    };
-    let vpc = scalar_str(raw.get("vpc_id"));
-    let net = scalar_str(raw.get("network_id"));
+    // The protocol's one envelope parser (size limit, JSON object).
+    let raw = envelope::RawEnvelope::parse(body)?.root;
     // A VPC action names only the VPC; a tier action carries both, and then
     // the tier (network) is the target, in the VPC's namespace.
-    let target = match (net, vpc) {
-        (Some(n), _) => {
-            if !valid_id(&n) {
-                return Err(VpcError::invalid("network_id", "expected an id"));
-            }
-            ActionTarget::Network(n)
-        }
-        (None, Some(v)) => {
-            if !valid_id(&v) {
-                return Err(VpcError::invalid("vpc_id", "expected an id"));
-            }
-            ActionTarget::Vpc(v)
-        }
-        (None, None) => return Err(VpcError::Missing("network_id".into())),
+    let details = envelope::network_details(raw.get(envelope::NETWORK_DETAILS))?;
+    let target = match Target::resolve(&raw, &details) {
+        Ok(t) => t,
+        Err(ProtocolError::MissingTarget) => return Err(VpcError::Missing("network_id".into())),
+        Err(e) => return Err(e.into()),
     };
     let action = scalar_str(raw.get("action")).ok_or_else(|| VpcError::Missing("action".into()))?;
     if !valid_action_name(&action) {
@@ -149,13 +126,7 @@ impl CustomAction {
     /// The router namespace: `cs-vpc-<vpc_id>` when a VPC id is present
     /// (VPCs and their tiers), else `cs-net-<network_id>`.
     pub fn namespace(&self) -> String {
-        if let Some(v) = scalar_str(self.raw.get("vpc_id")).filter(|v| valid_id(v)) {
-            return netbridge_protocol::namespace::vpc(v);
-        }
-        match &self.target {
-            ActionTarget::Network(n) => netbridge_protocol::namespace::network(n),
-            ActionTarget::Vpc(v) => netbridge_protocol::namespace::vpc(v),
-        }
+        self.target.namespace().to_string()
     }
 
     fn param(&self, name: &str) -> Option<&str> {
@@ -239,15 +210,10 @@ impl CustomAction {
         let mut o = Map::new();
         o.insert("action".into(), json!(self.action));
         o.insert("namespace".into(), json!(self.namespace()));
-        match &self.target {
-            ActionTarget::Network(n) => {
-                o.insert("network_id".into(), json!(n));
-            }
-            ActionTarget::Vpc(v) => {
-                o.insert("vpc_id".into(), json!(v));
-            }
+        if let Some(n) = self.target.network_id() {
+            o.insert("network_id".into(), json!(n));
         }
-        if let Some(v) = scalar_str(self.raw.get("vpc_id")) {
+        if let Some(v) = self.target.vpc_id() {
             o.insert("vpc_id".into(), json!(v));
         }
         o.insert("params".into(), json!(self.params));
@@ -1032,6 +998,7 @@ fn hook_answer(name: &str, out: &str) -> Result<Value, VpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netbridge_protocol::target::{NetworkId, VpcId};
 
     fn envelope(v: Value) -> CustomAction {
         parse_custom_action(v.to_string().as_bytes()).unwrap()
@@ -1042,12 +1009,12 @@ mod tests {
         let a = envelope(json!({"network_id": "42", "action": "pbr-create-table",
             "action-params": {"table-id": "100", "table-name": "isp2"},
             "physical-network-extension-details": {"executor.key": "s3cret"}}));
-        assert_eq!(a.target, ActionTarget::Network("42".into()));
+        assert_eq!(a.target, Target::Network(NetworkId::new(42)));
         assert_eq!(a.namespace(), "cs-net-42");
         assert_eq!(a.params["table-id"], "100");
         let b = envelope(json!({"vpc_id": 7, "action": "pbr-list-tables",
             "action_params": {"x": 1}}));
-        assert_eq!(b.target, ActionTarget::Vpc("7".into()));
+        assert_eq!(b.target, Target::Vpc(VpcId::new(7)));
         assert_eq!(b.namespace(), "cs-vpc-7");
         assert_eq!(b.params["x"], "1");
         let tier = envelope(json!({"network_id": "12", "vpc_id": "7", "action": "dump-config"}));
@@ -1062,7 +1029,7 @@ mod tests {
     fn envelope_errors_name_the_field() {
         let cases = [
             (json!({"action": "x"}), "missing required field 'network_id'"),
-            (json!({"network_id": "4 2", "action": "x"}), "invalid value for 'network_id': expected an id"),
+            (json!({"network_id": "4 2", "action": "x"}), "invalid value for 'network_id': '4 2' is not a decimal id"),
             (json!({"network_id": "42"}), "missing required field 'action'"),
             (
                 json!({"network_id": "42", "action": "../../bin/sh"}),

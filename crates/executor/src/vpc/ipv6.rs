@@ -114,18 +114,6 @@ impl Default for RaIntervals {
     }
 }
 
-/// A DNS search domain safe to write into radvd.conf.
-fn valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-        })
-}
-
 /// radvd.conf for one network's guest leg.
 pub fn render_radvd_conf(
     leg: &str,
@@ -165,7 +153,7 @@ pub fn render_radvd_conf(
         ));
     }
     if let Some(d) = domain.map(str::trim).filter(|d| !d.is_empty()) {
-        if !valid_domain(d) {
+        if !netbridge_protocol::validate::is_dns_name(d, true) {
             return Err(VpcError::invalid("domain", "not a DNS domain name"));
         }
         s.push_str(&format!(

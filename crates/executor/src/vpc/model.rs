@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use super::acl::{self, TierAcl};
 use super::{scalar_str, valid_ifname, VpcError};
 use crate::nft::{self, Chain, Rule, Ruleset, Verdict};
+use netbridge_protocol::target::{Namespace, VpcId};
 
 /// A public address as the payload describes it, plus the namespace link
 /// (engine-named veth) it lives on.
@@ -165,7 +166,7 @@ pub struct SnatMove {
 /// The desired state of one VPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpcState {
-    pub vpc_id: String,
+    pub vpc_id: VpcId,
     #[serde(with = "super::as_string")]
     pub cidr: Ipv4Net,
     pub source_nat: Option<Ipv4Addr>,
@@ -196,7 +197,7 @@ pub fn parse_vpc_cidr(payload: &Map<String, Value>) -> Result<Ipv4Net, VpcError>
 /// source-NAT address when `public_ip` is present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpcPayload {
-    pub vpc_id: String,
+    pub vpc_id: VpcId,
     pub cidr: Option<Ipv4Net>,
     pub source_nat: Option<PublicIp>,
 }
@@ -207,13 +208,7 @@ pub fn parse_vpc_payload(
 ) -> Result<VpcPayload, VpcError> {
     let vpc_id =
         scalar_str(payload.get("vpc_id")).ok_or_else(|| VpcError::Missing("vpc_id".into()))?;
-    if vpc_id.len() > 64
-        || !vpc_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(VpcError::invalid("vpc_id", "expected an id"));
-    }
+    let vpc_id = VpcId::parse(VpcId::FIELD, &vpc_id)?;
     let cidr = if payload.contains_key("vpc_cidr") || payload.contains_key("cidr") {
         Some(parse_vpc_cidr(payload)?)
     } else {
@@ -232,17 +227,9 @@ pub fn parse_vpc_payload(
 }
 
 impl VpcState {
-    pub fn new(vpc_id: &str, cidr: Ipv4Net) -> Result<VpcState, VpcError> {
-        if vpc_id.is_empty()
-            || vpc_id.len() > 64
-            || !vpc_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(VpcError::invalid("vpc_id", "expected an id"));
-        }
+    pub fn new(vpc_id: VpcId, cidr: Ipv4Net) -> Result<VpcState, VpcError> {
         Ok(VpcState {
-            vpc_id: vpc_id.to_string(),
+            vpc_id,
             cidr,
             source_nat: None,
             addresses: BTreeMap::new(),
@@ -252,7 +239,7 @@ impl VpcState {
 
     /// The namespace of the VPC and all its tiers.
     pub fn namespace(&self) -> String {
-        netbridge_protocol::namespace::vpc(&self.vpc_id)
+        Namespace::Vpc(self.vpc_id).to_string()
     }
 
     /// Adds `owner` to a public address (creating it). The same address
@@ -629,7 +616,7 @@ impl VpcState {
             announce.extend(addrs.iter().map(|a| (link.clone(), a.addr)));
             legs.push(Leg {
                 role: LegRole::Public,
-                host_name: vpc_public_host_name(&self.vpc_id, vlan),
+                host_name: vpc_public_host_name(&self.vpc_id.to_string(), vlan),
                 inner_name: link.clone(),
                 bridge: planner::bridge_name(public_device, vlan)
                     .map_err(|e| VpcError::invalid("public.network.device", e.to_string()))?,
@@ -705,7 +692,7 @@ mod tests {
     }
 
     fn vpc() -> VpcState {
-        let mut v = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        let mut v = VpcState::new(VpcId::new(5), "10.1.0.0/16".parse().unwrap()).unwrap();
         v.implement(Some(pip("203.0.113.10", "vlan://100")))
             .unwrap();
         v.add_tier(
@@ -917,7 +904,7 @@ mod tests {
             "public_cidr": "203.0.113.0/24", "public_gateway": "203.0.113.1", "public_vlan": "vlan://100",
             "source_nat": "true"});
         let v = parse_vpc_payload(p.as_object().unwrap(), |v| format!("p{v}")).unwrap();
-        assert_eq!(v.vpc_id, "5");
+        assert_eq!(v.vpc_id, VpcId::new(5));
         assert_eq!(v.cidr, Some("10.1.0.0/16".parse().unwrap()));
         assert_eq!(v.source_nat.unwrap().link, "p100");
         let bare = parse_vpc_payload(
@@ -967,7 +954,7 @@ mod tests {
     fn plan_has_one_guest_leg_per_tier_and_shared_public_legs() {
         use crate::planner::{guest_inner_name, public_inner_name, LegRole};
         use netbridge_protocol::validate::Vlan;
-        let mut v = VpcState::new("5", "10.1.0.0/16".parse().unwrap()).unwrap();
+        let mut v = VpcState::new(VpcId::new(5), "10.1.0.0/16".parse().unwrap()).unwrap();
         let link =
             |vlan: &str| public_inner_name(netbridge_protocol::validate::vlan("v", vlan).unwrap());
         let p = |ip: &str, vlan: &str| {

@@ -585,8 +585,7 @@ impl MysqlStore {
             // socket (the driver's `prefer_socket`, on unless set to false;
             // `socket=` skips the TCP connection that finds the path).
             let mut settings = format!(
-                "SET SESSION time_zone = '+00:00', innodb_lock_wait_timeout = {},
-                             group_concat_max_len = {MAX_PACKET}",
+                "SET SESSION time_zone = '+00:00', innodb_lock_wait_timeout = {}",
                 lock_wait.max(1)
             );
             if galera {
@@ -1289,10 +1288,10 @@ fn extension_row<Q: Queryable>(
 }
 
 /// The extension matching `condition` on `e` (one parameter) with its
-/// visible details and registrations as `include` asks, in one query: the
-/// details and the registrations (with their details) come as JSON arrays
-/// aggregated by two subqueries of the row. (A `UNION` of the three would
-/// need an on-disk temporary table for CloudStack's long `value` columns.)
+/// visible details and registrations as `include` asks: the row, then one
+/// query for each part asked. (One `UNION` of the three, or JSON aggregates
+/// of the row, measured slower: CloudStack's long `value` columns make the
+/// server build temporary tables.)
 fn extension_full<Q: Queryable>(
     conn: &mut Q,
     condition: &str,
@@ -1302,15 +1301,10 @@ fn extension_full<Q: Queryable>(
     Ok(extension_with_map_ids(conn, condition, param, include)?.map(|(id, ext, _)| (id, ext)))
 }
 
-/// `id, name, value` of a visible extension detail.
-type DetailJson = (u64, String, String);
-
-/// `map id, detail id, resource type, resource uuid, created, detail name,
-/// detail value, resource name` of a registration with one of its visible
-/// details (the detail's fields null when it has none).
-type RegistrationJson = (
+/// A registration with one of its visible details: map id, resource type,
+/// resource uuid, created, detail name, detail value, resource name.
+type ResourceDetailRow = (
     u64,
-    Option<u64>,
     String,
     Option<String>,
     String,
@@ -1327,69 +1321,44 @@ fn extension_with_map_ids<Q: Queryable>(
     param: mysql::Value,
     include: Include,
 ) -> Result<Option<(u64, Extension, Vec<u64>)>> {
-    let details = if include.details {
-        "(SELECT JSON_ARRAYAGG(JSON_ARRAY(d.id, d.name, d.value)) FROM extension_details d
-           WHERE d.extension_id = e.id AND d.display = 1)"
-    } else {
-        "NULL"
-    };
-    let resources = if include.resources {
-        "(SELECT JSON_ARRAYAGG(JSON_ARRAY(m.id, d.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
-                 DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value,
-                 COALESCE(pn.name, c.name)))
-            FROM extension_resource_map m
-            LEFT JOIN physical_network pn ON m.resource_type = 'PhysicalNetwork' AND pn.id = m.resource_id
-            LEFT JOIN cluster c ON m.resource_type = 'Cluster' AND c.id = m.resource_id
-            LEFT JOIN extension_resource_map_details d
-                   ON d.extension_resource_map_id = m.id AND d.display = 1
-           WHERE m.extension_id = e.id AND m.removed IS NULL)"
-    } else {
-        "NULL"
-    };
-    let row: Option<mysql::Row> = conn.exec_first(
-        format!(
-            "SELECT {}, {details}, {resources} FROM extension e WHERE {condition}",
-            ext_columns()
-        ),
-        mysql::Params::Positional(vec![param]),
-    )?;
-    let Some(row) = row else {
+    let Some((id, mut ext)) = extension_row(conn, condition, param)? else {
         return Ok(None);
     };
-    let (id, mut ext) = ext_of_row(&row, 0)?;
-    let parse = |text: Option<String>, what: &str| -> Result<Option<serde_json::Value>> {
-        text.map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| RegistryError::Io(format!("the {what} of extension {id} read back: {e}")))
-    };
-    let corrupt = |e: serde_json::Error| {
-        RegistryError::Io(format!("the rows of extension {id} read back: {e}"))
-    };
-    let mut details: Vec<DetailJson> = match parse(take(&row, 9)?, "details")? {
-        Some(v) => serde_json::from_value(v).map_err(corrupt)?,
-        None => Vec::new(),
-    };
-    details.sort_by_key(|d| d.0);
-    ext.details = details.into_iter().map(|(_, n, v)| (n, v)).collect();
-    let mut registrations: Vec<RegistrationJson> = match parse(take(&row, 10)?, "registrations")? {
-        Some(v) => serde_json::from_value(v).map_err(corrupt)?,
-        None => Vec::new(),
-    };
-    registrations.sort_by_key(|r| (r.0, r.1));
     let mut map_ids: Vec<u64> = Vec::new();
-    for (map_id, _, rt, rid, created, name, value, resource_name) in registrations {
-        if map_ids.last() != Some(&map_id) {
-            map_ids.push(map_id);
-            ext.resources.push(Resource {
-                id: rid.unwrap_or_default(),
-                name: resource_name,
-                resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
-                created,
-                details: BTreeMap::new(),
-            });
-        }
-        if let (Some(name), Some(resource)) = (name, ext.resources.last_mut()) {
-            resource.details.insert(name, value.unwrap_or_default());
+    if include.details {
+        let rows: Vec<(String, String)> = conn.exec(
+            "SELECT name, value FROM extension_details WHERE extension_id = ? AND display = 1 ORDER BY id",
+            (id,),
+        )?;
+        ext.details = rows.into_iter().collect();
+    }
+    if include.resources {
+        let rows: Vec<ResourceDetailRow> = conn.exec(
+            "SELECT m.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
+                    DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value,
+                    COALESCE(pn.name, c.name)
+               FROM extension_resource_map m
+               LEFT JOIN physical_network pn ON m.resource_type = 'PhysicalNetwork' AND pn.id = m.resource_id
+               LEFT JOIN cluster c ON m.resource_type = 'Cluster' AND c.id = m.resource_id
+               LEFT JOIN extension_resource_map_details d
+                      ON d.extension_resource_map_id = m.id AND d.display = 1
+              WHERE m.extension_id = ? AND m.removed IS NULL ORDER BY m.id, d.id",
+            (id,),
+        )?;
+        for (map_id, rt, rid, created, name, value, resource_name) in rows {
+            if map_ids.last() != Some(&map_id) {
+                map_ids.push(map_id);
+                ext.resources.push(Resource {
+                    id: rid.unwrap_or_default(),
+                    name: resource_name,
+                    resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
+                    created,
+                    details: BTreeMap::new(),
+                });
+            }
+            if let (Some(name), Some(resource)) = (name, ext.resources.last_mut()) {
+                resource.details.insert(name, value.unwrap_or_default());
+            }
         }
     }
     Ok(Some((id, ext, map_ids)))

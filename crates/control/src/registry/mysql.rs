@@ -1301,10 +1301,12 @@ fn extension_full<Q: Queryable>(
     Ok(extension_with_map_ids(conn, condition, param, include)?.map(|(id, ext, _)| (id, ext)))
 }
 
-/// A registration with one of its visible details: map id, resource type,
-/// resource uuid, created, detail name, detail value, resource name.
+/// A registration with one of its visible details: map id, detail id,
+/// resource type, resource uuid, created, detail name, detail value,
+/// resource name.
 type ResourceDetailRow = (
     u64,
+    Option<u64>,
     String,
     Option<String>,
     String,
@@ -1333,8 +1335,10 @@ fn extension_with_map_ids<Q: Queryable>(
         ext.details = rows.into_iter().collect();
     }
     if include.resources {
-        let rows: Vec<ResourceDetailRow> = conn.exec(
-            "SELECT m.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
+        // Sorted here rather than by the server (a temporary table for
+        // the joined rows).
+        let mut rows: Vec<ResourceDetailRow> = conn.exec(
+            "SELECT m.id, d.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
                     DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value,
                     COALESCE(pn.name, c.name)
                FROM extension_resource_map m
@@ -1342,10 +1346,11 @@ fn extension_with_map_ids<Q: Queryable>(
                LEFT JOIN cluster c ON m.resource_type = 'Cluster' AND c.id = m.resource_id
                LEFT JOIN extension_resource_map_details d
                       ON d.extension_resource_map_id = m.id AND d.display = 1
-              WHERE m.extension_id = ? AND m.removed IS NULL ORDER BY m.id, d.id",
+              WHERE m.extension_id = ? AND m.removed IS NULL",
             (id,),
         )?;
-        for (map_id, rt, rid, created, name, value, resource_name) in rows {
+        rows.sort_by_key(|r| (r.0, r.1));
+        for (map_id, _, rt, rid, created, name, value, resource_name) in rows {
             if map_ids.last() != Some(&map_id) {
                 map_ids.push(map_id);
                 ext.resources.push(Resource {

@@ -176,6 +176,10 @@ const PREPARE_VM_DETAIL: &str = "orchestratorrequirespreparevm";
 /// Column names, each with the smallest `varchar` width needed (if any).
 type ColumnNeeds = &'static [(&'static str, Option<u64>)];
 
+/// `map id, name, value, display` of a registration's detail (the
+/// detail's fields null when it has none).
+type RegistrationDetailRow = (u64, Option<String>, Option<String>, Option<i64>);
+
 /// `seq, slot, network_id, sealed` of a journal entry.
 type EntryRow = (i64, Option<Vec<u8>>, Option<String>, Vec<u8>);
 
@@ -607,7 +611,7 @@ impl MysqlStore {
                     // or rollback).
                     .pool_opts(
                         PoolOpts::default()
-                            .with_constraints(constraints.clone())
+                            .with_constraints(constraints)
                             .with_reset_connection(false)
                             .with_check_health(check_health),
                     )
@@ -2122,8 +2126,7 @@ impl Store for MysqlStore {
               ORDER BY m.id, d.id"
         );
         self.read(|conn| {
-            let rows: Vec<(u64, Option<String>, Option<String>, Option<i64>)> =
-                conn.exec(&sql, (resource_id, ext_uuid))?;
+            let rows: Vec<RegistrationDetailRow> = conn.exec(&sql, (resource_id, ext_uuid))?;
             let Some(first) = rows.first().map(|r| r.0) else {
                 ext_id(conn, false, ext_uuid)?.ok_or_else(|| not_found_extension(ext_uuid))?;
                 return Err(RegistryError::NotFound(format!(

@@ -544,6 +544,83 @@ fn rows_held_by_another_server_end_in_a_retryable_error() {
     assert_eq!(full.get("hosts"), Some("192.0.2.2"));
 }
 
+/// Ends every connection the database's server holds for `db` other than
+/// `own`'s and waits until the server has closed them.
+fn kill_connections(db: &CloudDb, own: &mut mysql::Conn) -> usize {
+    let ids: Vec<u64> = own
+        .exec(
+            "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+            (&db.name,),
+        )
+        .unwrap();
+    for id in &ids {
+        match own.query_drop(format!("KILL CONNECTION {id}")) {
+            // Already gone by itself: as good.
+            Err(mysql::Error::MySqlError(e)) if e.code == 1094 => {}
+            other => other.unwrap(),
+        }
+    }
+    wait_until(
+        "the killed connections to close",
+        Duration::from_secs(30),
+        || {
+            let left: Vec<u64> = own
+            .exec(
+                "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                (&db.name,),
+            )
+            .unwrap();
+            left.iter().all(|id| !ids.contains(id))
+        },
+    );
+    ids.len()
+}
+
+#[test]
+fn connections_the_server_closed_are_replaced_without_failing_a_call() {
+    let fx = Fx::new();
+    let ext = fx.create("reconnect", "Dhcp", &[]);
+    let register = [
+        ("extensionid", ext.as_str()),
+        ("resourceid", PN1),
+        ("resourcetype", "PhysicalNetwork"),
+        ("details[0].hosts", "192.0.2.1"),
+    ];
+    fx.ok("registerExtension", &register);
+    let mut own = fx.db.conn();
+    // As after the server's idle timeout or a restart: every pooled
+    // connection is dead. A read, then a write, each find a dead one first.
+    assert!(kill_connections(&fx.db, &mut own) > 0);
+    let listed = fx.ok("listExtensions", &[("id", &ext)]);
+    assert_eq!(
+        listed["listextensionsresponse"]["extension"][0]["resources"][0]["details"]["hosts"],
+        "192.0.2.1"
+    );
+    assert!(kill_connections(&fx.db, &mut own) > 0);
+    let update = [
+        ("extensionid", ext.as_str()),
+        ("resourceid", PN1),
+        ("resourcetype", "PhysicalNetwork"),
+        ("details[0].hosts", "192.0.2.2"),
+    ];
+    let answer = fx.ok("updateRegisteredExtension", &update);
+    assert_eq!(
+        answer["updateregisteredextensionresponse"]["extension"]["resources"][0]["details"]
+            ["hosts"],
+        "192.0.2.2",
+        "{answer}"
+    );
+    // Applied exactly once, and the pool keeps serving.
+    let hosts: Vec<String> = fx.sql(&format!(
+        "SELECT d.value FROM extension_resource_map_details d
+           JOIN extension_resource_map m ON m.id = d.extension_resource_map_id
+           JOIN extension e ON e.id = m.extension_id
+          WHERE e.uuid = '{ext}' AND d.name = 'hosts'"
+    ));
+    assert_eq!(hosts, vec!["192.0.2.2".to_string()]);
+    fx.ok("listExtensions", &[("id", &ext)]);
+}
+
 #[test]
 fn sealed_details_reach_the_executor_path_decrypted() {
     let fx = Fx::new();

@@ -9,9 +9,13 @@
 //!   from the environment variable `NETBRIDGE_DB_PASSWORD` (preferred: a URL
 //!   ends up in process listings). Parameters are the driver's: TLS with
 //!   `root_cert_path=/path/ca.pem` (the server is verified against that CA),
-//!   `socket=/run/mysqld/mysqld.sock`, `pool_min`, `pool_max`,
-//!   `tcp_connect_timeout_ms`, `check_health=false` (no ping before each use
-//!   of a pooled connection), …; and netbridge's own `lock_wait_timeout`
+//!   `socket=/run/mysqld/mysqld.sock` (a server named `localhost` or
+//!   127.0.0.1 is reached through the Unix socket it reports anyway, unless
+//!   `prefer_socket=false`; naming it saves the TCP connection that asks),
+//!   `pool_min`, `pool_max`, `tcp_connect_timeout_ms`, `check_health=true`
+//!   (a ping before each use of a pooled connection; by default a
+//!   connection found dead is replaced and the call retried instead), …;
+//!   and netbridge's own `lock_wait_timeout`
 //!   (seconds a statement waits for rows another server holds, default 10,
 //!   before the transaction is retried);
 //! - CloudStack's `db.properties` ([`StoreLocation::from_cloudstack_db_properties`]):

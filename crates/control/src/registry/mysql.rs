@@ -73,6 +73,9 @@ pub const SEALED_PREFIX: &str = "netbridge:aes256gcm:v1:";
 /// Attempts of one transaction before [`RegistryError::Busy`].
 pub const MAX_ATTEMPTS: u32 = 8;
 
+/// The largest packet the driver accepts (the protocol's maximum).
+const MAX_PACKET: usize = 1 << 30;
+
 /// CloudStack's `value` width for extension details (4.23).
 const DETAIL_VALUE_MAX: usize = 4096;
 
@@ -173,17 +176,9 @@ const PREPARE_VM_DETAIL: &str = "orchestratorrequirespreparevm";
 /// Column names, each with the smallest `varchar` width needed (if any).
 type ColumnNeeds = &'static [(&'static str, Option<u64>)];
 
-/// A registration with one of its visible details: map id, resource type,
-/// resource uuid, created, detail name, detail value, resource name.
-type ResourceDetailRow = (
-    u64,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// `map id, name, value, display` of a registration's detail (the
+/// detail's fields null when it has none).
+type RegistrationDetailRow = (u64, Option<String>, Option<String>, Option<i64>);
 
 /// `seq, slot, network_id, sealed` of a journal entry.
 type EntryRow = (i64, Option<Vec<u8>>, Option<String>, Vec<u8>);
@@ -415,6 +410,29 @@ fn is_conflict(e: &mysql::Error) -> bool {
     }
 }
 
+/// Whether the connection itself failed (closed by the server after its
+/// idle timeout, server restarted, network cut), not the statement.
+fn is_connection_lost(e: &mysql::Error) -> bool {
+    match e {
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
+        mysql::Error::DriverError(d) => matches!(
+            d,
+            mysql::DriverError::PacketOutOfSync | mysql::DriverError::UnexpectedPacket
+        ),
+        // 1053 server shutdown, 1927 connection killed, 4031 closed by the
+        // server for inactivity (MySQL 8).
+        mysql::Error::MySqlError(m) => matches!(m.code, 1053 | 1927 | 4031),
+        _ => false,
+    }
+}
+
+/// Drops a connection without returning it to the pool: the reset the
+/// pool runs on it fails on a dead connection, which the pool then forgets
+/// (a live one is reset and keeps serving).
+fn discard(mut conn: mysql::PooledConn) {
+    conn.reset_connection(true);
+}
+
 impl From<mysql::Error> for RegistryError {
     fn from(e: mysql::Error) -> Self {
         RegistryError::Mysql(e)
@@ -430,6 +448,9 @@ impl From<mysql::UrlError> for RegistryError {
 /// The MySQL/MariaDB store; `Send + Sync`, pooled connections.
 pub struct MysqlStore {
     pool: Pool,
+    /// Dead pooled connections a call throws away before it gives up (a
+    /// restarted server leaves every pooled connection dead).
+    lost_retries: usize,
     cipher: secrets::Cipher,
     provider_sql: String,
 }
@@ -555,11 +576,14 @@ impl MysqlStore {
         // Seconds a statement waits for a row another server holds before
         // the transaction is retried.
         let lock_wait = parse(params.remove("lock_wait_timeout"), 10, "lock_wait_timeout")?;
-        // A ping before each use of a pooled connection (one round trip)
-        // finds connections the server closed; `check_health=false` saves it.
+        // A ping before each use of a pooled connection costs a round trip
+        // per call; without it a connection the server closed (idle
+        // timeout, restart) is found by the call's first statement, thrown
+        // away, and the call retried on another one (see `write`/`read`).
+        // `check_health=true` brings the ping back.
         let check_health = match params.remove("check_health").as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
+            None | Some("false") => false,
+            Some("true") => true,
             Some(other) => {
                 return Err(RegistryError::Config(format!(
                     "database: check_health '{other}' is not true or false"
@@ -571,7 +595,7 @@ impl MysqlStore {
                 "database: pool_min {min} must not exceed pool_max {max}"
             ))
         })?;
-        let builder = OptsBuilder::new()
+        let mut builder = OptsBuilder::new()
             .from_hash_map(&params)?
             .ip_or_hostname(Some(location.host.clone()))
             .tcp_port(location.port)
@@ -580,50 +604,69 @@ impl MysqlStore {
             .db_name(Some(location.database.clone()))
             .stmt_cache_size(Some(256))
             .tcp_connect_timeout(Some(Duration::from_secs(10)));
+        if !params.contains_key("max_allowed_packet") {
+            // Known up front, the driver does not ask the server for it on
+            // every new connection (a round trip).
+            builder = builder.max_allowed_packet(Some(MAX_PACKET));
+        }
         let unreachable = |e: mysql::Error| {
             RegistryError::Config(format!("cannot connect to the database {location}: {e}"))
         };
-        // One plain connection first: the checks, the migration, and whether
-        // the server is a Galera node.
-        let mut conn = mysql::Conn::new(builder.clone()).map_err(unreachable)?;
-        let galera: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
-        let galera = galera.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON"));
-        if galera {
-            // The checks too must see the tables created through another node.
+        let session = |galera: bool| {
+            // One round trip on each new connection. A server on this host
+            // named as `localhost`/127.0.0.1 is reached through its Unix
+            // socket (the driver's `prefer_socket`, on unless set to false;
+            // `socket=` skips the TCP connection that finds the path).
+            let mut settings = format!(
+                "SET SESSION time_zone = '+00:00', innodb_lock_wait_timeout = {}",
+                lock_wait.max(1)
+            );
+            if galera {
+                // Management servers talk to different nodes: a read must
+                // see what another server committed before it (causal reads).
+                settings.push_str(", wsrep_sync_wait = 1");
+            }
+            vec![format!(
+                "{settings}; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+            )]
+        };
+        let pool_of = |galera: bool| {
+            Pool::new(Opts::from(
+                builder
+                    .clone()
+                    // No reset when a connection goes back to the pool: it
+                    // would drop the session settings above and every
+                    // prepared statement (transactions always end in commit
+                    // or rollback).
+                    .pool_opts(
+                        PoolOpts::default()
+                            .with_constraints(constraints)
+                            .with_reset_connection(false)
+                            .with_check_health(check_health),
+                    )
+                    .init(session(galera)),
+            ))
+            .map_err(unreachable)
+        };
+        // The pool's first connection does the checks and the migration.
+        let mut pool = pool_of(false)?;
+        let mut conn = pool.get_conn().map_err(unreachable)?;
+        // On a Galera node the checks too must read causally: the tables may
+        // just have been created through another node.
+        let wsrep: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
+        if wsrep.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
             conn.query_drop("SET SESSION wsrep_sync_wait = 1")?;
         }
-        check_cloudstack_schema(&mut conn, &location.database)?;
-        migrate(&mut conn)?;
-        let mut init = vec![
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
-            "SET SESSION time_zone = '+00:00'".to_string(),
-            format!(
-                "SET SESSION innodb_lock_wait_timeout = {}",
-                lock_wait.max(1)
-            ),
-        ];
+        let (galera, version) = check_cloudstack_schema(&mut conn, &location.database)?;
+        migrate(&mut conn, version)?;
         if galera {
-            // Management servers talk to different nodes: a read must see
-            // what another server committed before it (causal reads).
-            init.push("SET SESSION wsrep_sync_wait = 1".to_string());
             log::info!(
                 "{location} is a Galera node: reads wait for the cluster (wsrep_sync_wait=1)"
             );
+            drop(conn);
+            pool = pool_of(true)?;
+            conn = pool.get_conn().map_err(unreachable)?;
         }
-        let pool = Pool::new(Opts::from(
-            builder
-                // No reset when a connection goes back to the pool: it would
-                // drop the session settings above and every prepared
-                // statement (transactions always end in commit or rollback).
-                .pool_opts(
-                    PoolOpts::default()
-                        .with_constraints(constraints)
-                        .with_reset_connection(false)
-                        .with_check_health(check_health),
-                )
-                .init(init),
-        ))
-        .map_err(unreachable)?;
         if !key_file.exists() {
             // A fresh key could never decrypt what is stored.
             let (details, entries): (u64, u64) = conn
@@ -651,6 +694,7 @@ impl MysqlStore {
         log::info!("registry in {location}");
         Ok(MysqlStore {
             pool,
+            lost_retries: max.max(1) + 1,
             cipher,
             provider_sql: provider_select(),
         })
@@ -658,31 +702,55 @@ impl MysqlStore {
 
     /// Runs `f` in one transaction, retrying conflicts with other
     /// transactions (`f` runs again from the start on a fresh transaction).
+    /// A pooled connection found dead when the transaction starts (nothing
+    /// sent yet had any effect) is thrown away and another one taken.
     fn write<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut last = String::new();
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
-                backoff(attempt);
-            }
+        let mut attempt = 0;
+        let mut lost = 0;
+        while attempt < MAX_ATTEMPTS {
             let mut conn = self.pool.get_conn()?;
-            let mut tx = conn.start_transaction(TxOpts::default())?;
-            let outcome = match f(&mut tx) {
-                Ok(value) => tx.commit().map(|()| value).map_err(RegistryError::from),
-                Err(e) => {
-                    // A failed statement may leave the transaction open.
-                    let _ = tx.rollback();
-                    Err(e)
-                }
+            let outcome = match conn.start_transaction(TxOpts::default()) {
+                Err(e) => Err(e),
+                Ok(mut tx) => Ok(match f(&mut tx) {
+                    Ok(value) => tx.commit().map(|()| value).map_err(RegistryError::from),
+                    Err(e) => {
+                        // A failed statement may leave the transaction open.
+                        let _ = tx.rollback();
+                        Err(e)
+                    }
+                }),
             };
             match outcome {
-                Err(RegistryError::Mysql(e)) if is_conflict(&e) => {
+                Err(e) if is_connection_lost(&e) && lost < self.lost_retries => {
+                    log::debug!("pooled database connection lost, taking another: {e}");
+                    discard(conn);
+                    lost += 1;
+                }
+                Err(e) => {
+                    if is_connection_lost(&e) {
+                        discard(conn);
+                    }
+                    return Err(e.into());
+                }
+                Ok(Err(RegistryError::Mysql(e))) if is_conflict(&e) => {
                     log::debug!(
                         "registry transaction conflicted (attempt {}): {e}",
                         attempt + 1
                     );
                     last = e.to_string();
+                    attempt += 1;
+                    drop(conn);
+                    if attempt < MAX_ATTEMPTS {
+                        backoff(attempt);
+                    }
                 }
-                other => return other,
+                Ok(other) => {
+                    if matches!(&other, Err(RegistryError::Mysql(e)) if is_connection_lost(e)) {
+                        discard(conn);
+                    }
+                    return other;
+                }
             }
         }
         log::warn!("registry transaction still conflicting after {MAX_ATTEMPTS} attempts: {last}");
@@ -692,9 +760,24 @@ impl MysqlStore {
         )))
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut mysql::PooledConn) -> Result<T>) -> Result<T> {
-        let mut conn = self.pool.get_conn()?;
-        f(&mut conn)
+    /// Runs the reads of `f` on a pooled connection, again on another one
+    /// when the connection turns out dead.
+    fn read<T>(&self, mut f: impl FnMut(&mut mysql::PooledConn) -> Result<T>) -> Result<T> {
+        let mut lost = 0;
+        loop {
+            let mut conn = self.pool.get_conn()?;
+            match f(&mut conn) {
+                Err(RegistryError::Mysql(e)) if is_connection_lost(&e) => {
+                    discard(conn);
+                    if lost >= self.lost_retries {
+                        return Err(RegistryError::Mysql(e));
+                    }
+                    log::debug!("pooled database connection lost, taking another: {e}");
+                    lost += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     // ---- details ------------------------------------------------------------
@@ -708,9 +791,21 @@ impl MysqlStore {
         owner_id: u64,
         details: &[(K, V)],
     ) -> Result<()> {
-        if details.is_empty() {
-            return Ok(());
-        }
+        self.replace_details(tx, owner, owner_id, details, false)
+    }
+
+    /// Deletes the rows of `details`' names (and every visible row with
+    /// `visible_too`) in one DELETE, then inserts `details` in one
+    /// multi-row INSERT, hidden values sealed. Every value is checked
+    /// before anything is written.
+    fn replace_details<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        tx: &mut Transaction<'_>,
+        owner: Owner,
+        owner_id: u64,
+        details: &[(K, V)],
+        visible_too: bool,
+    ) -> Result<()> {
         let mut rows: Vec<mysql::Value> = Vec::with_capacity(details.len() * 4);
         let mut names: Vec<mysql::Value> = Vec::with_capacity(details.len() + 1);
         names.push(owner_id.into());
@@ -731,15 +826,26 @@ impl MysqlStore {
             names.push(name.into());
             rows.extend([owner_id.into(), name.into(), stored.into(), display.into()]);
         }
-        let marks = vec!["?"; details.len()].join(", ");
+        let which = match (details.is_empty(), visible_too) {
+            (true, false) => return Ok(()),
+            (true, true) => "display = 1".to_string(),
+            (false, false) => format!("name IN ({})", vec!["?"; details.len()].join(", ")),
+            (false, true) => format!(
+                "(display = 1 OR name IN ({}))",
+                vec!["?"; details.len()].join(", ")
+            ),
+        };
         tx.exec_drop(
             format!(
-                "DELETE FROM {} WHERE {} = ? AND name IN ({marks})",
+                "DELETE FROM {} WHERE {} = ? AND {which}",
                 owner.table(),
                 owner.column()
             ),
             mysql::Params::Positional(names),
         )?;
+        if details.is_empty() {
+            return Ok(());
+        }
         let tuples = vec!["(?, ?, ?, ?)"; details.len()].join(", ");
         tx.exec_drop(
             format!(
@@ -760,21 +866,23 @@ impl MysqlStore {
         update: &DetailsUpdate,
         cleanup_hidden: bool,
     ) -> Result<()> {
-        let del_visible = format!(
-            "DELETE FROM {} WHERE {} = ? AND display = 1",
-            owner.table(),
-            owner.column()
-        );
-        let del_all = format!("DELETE FROM {} WHERE {} = ?", owner.table(), owner.column());
         match update {
             DetailsUpdate::Keep => {}
             DetailsUpdate::Cleanup => {
-                let sql = if cleanup_hidden { del_all } else { del_visible };
+                let sql = if cleanup_hidden {
+                    format!("DELETE FROM {} WHERE {} = ?", owner.table(), owner.column())
+                } else {
+                    format!(
+                        "DELETE FROM {} WHERE {} = ? AND display = 1",
+                        owner.table(),
+                        owner.column()
+                    )
+                };
                 tx.exec_drop(sql, (owner_id,))?;
             }
+            // Visible rows all go, hidden ones only when named again.
             DetailsUpdate::Replace(details) => {
-                tx.exec_drop(del_visible, (owner_id,))?;
-                self.put_details(tx, owner, owner_id, details)?;
+                self.replace_details(tx, owner, owner_id, details, true)?
             }
         }
         Ok(())
@@ -788,12 +896,22 @@ impl MysqlStore {
     ) -> Result<FullDetails> {
         let rows: Vec<(String, String, i64)> = conn.exec(
             format!(
-                "SELECT name, value, display FROM {} WHERE {} = ?",
+                "SELECT name, value, display FROM {} WHERE {} = ? ORDER BY id",
                 owner.table(),
                 owner.column()
             ),
             (owner_id,),
         )?;
+        self.details_of_rows(owner, rows)
+    }
+
+    /// Visible and hidden details (secrets decrypted) of `name, value,
+    /// display` rows.
+    fn details_of_rows(
+        &self,
+        owner: Owner,
+        rows: impl IntoIterator<Item = (String, String, i64)>,
+    ) -> Result<FullDetails> {
         let mut out = FullDetails::default();
         for (name, value, display) in rows {
             if owner == Owner::Extension && name == PREPARE_VM_DETAIL {
@@ -972,21 +1090,46 @@ fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_micros(base + jitter * u64::from(attempt)));
 }
 
-fn check_cloudstack_schema(conn: &mut mysql::Conn, database: &str) -> Result<()> {
+/// Checks CloudStack's tables and answers whether the server is a Galera
+/// node and the version of netbridge's schema (0: none yet), all in one
+/// round trip.
+fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result<(bool, u32)> {
     // Naming the tables lets the server open only those (a CloudStack
     // database has hundreds).
     let names: Vec<String> = CLOUDSTACK_COLUMNS
         .iter()
         .map(|(t, _)| format!("'{t}'"))
         .collect();
-    let rows: Vec<(String, String, String, Option<u64>)> = conn.exec(
-        format!(
-            "SELECT table_name, column_name, data_type, character_maximum_length
-               FROM information_schema.columns WHERE table_schema = ? AND table_name IN ({})",
-            names.join(", ")
-        ),
-        (database,),
-    )?;
+    let mut result = conn.query_iter(format!(
+        "SELECT table_name, column_name, data_type, character_maximum_length
+           FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name IN ({});
+         SHOW VARIABLES LIKE 'wsrep_on';
+         SELECT version FROM netbridge_schema WHERE id = 1",
+        names.join(", ")
+    ))?;
+    let mut rows: Vec<(String, String, String, Option<u64>)> = Vec::new();
+    let mut galera = false;
+    let mut version = 0u32;
+    let mut index = 0;
+    while let Some(set) = result.iter() {
+        for row in set {
+            let row = match row {
+                Ok(row) => row,
+                // No netbridge schema yet.
+                Err(mysql::Error::MySqlError(e)) if index == 2 && e.code == 1146 => break,
+                Err(e) => return Err(e.into()),
+            };
+            match index {
+                0 => rows.push(mysql::from_row_opt(row).map_err(|e| {
+                    RegistryError::Io(format!("unexpected information_schema row: {e}"))
+                })?),
+                1 => galera = take::<String>(&row, 1)?.eq_ignore_ascii_case("ON"),
+                _ => version = take(&row, 0)?,
+            }
+        }
+        index += 1;
+    }
+    drop(result);
     let mut columns: BTreeMap<(String, String), (String, Option<u64>)> = BTreeMap::new();
     for (t, c, ty, len) in rows {
         columns.insert((t.to_ascii_lowercase(), c.to_ascii_lowercase()), (ty, len));
@@ -1025,20 +1168,13 @@ fn check_cloudstack_schema(conn: &mut mysql::Conn, database: &str) -> Result<()>
             }
         }
     }
-    Ok(())
+    Ok((galera, version))
 }
 
-fn migrate(conn: &mut mysql::Conn) -> Result<()> {
-    conn.query_drop(
-        "CREATE TABLE IF NOT EXISTS netbridge_schema (
-            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
-            version INT UNSIGNED NOT NULL
-        ) ENGINE=InnoDB",
-    )?;
+/// Brings netbridge's own tables from `version` (read by
+/// [`check_cloudstack_schema`]) to this build's.
+fn migrate<Q: Queryable>(conn: &mut Q, version: u32) -> Result<()> {
     let target = MIGRATIONS.len() as u32;
-    let version: u32 = conn
-        .query_row("SELECT version FROM netbridge_schema WHERE id = 1")?
-        .unwrap_or(0);
     if version > target {
         return Err(RegistryError::Config(format!(
             "netbridge schema version {version} in the database is newer than this build supports ({target}); \
@@ -1048,6 +1184,12 @@ fn migrate(conn: &mut mysql::Conn) -> Result<()> {
     if version == target {
         return Ok(());
     }
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS netbridge_schema (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            version INT UNSIGNED NOT NULL
+        ) ENGINE=InnoDB",
+    )?;
     // DDL commits by itself: every step is idempotent (IF NOT EXISTS), so
     // two servers migrating at once end in the same schema.
     for (index, statements) in MIGRATIONS.iter().enumerate().skip(version as usize) {
@@ -1127,12 +1269,47 @@ fn ext_id<Q: Queryable>(conn: &mut Q, by_name: bool, value: &str) -> Result<Opti
 
 fn ext_by_uuid<Q: Queryable>(conn: &mut Q, uuid: &str) -> Result<Option<ExtRow>> {
     Ok(
-        extension_row(conn, "uuid = ? AND removed IS NULL", uuid.into())?
+        extension_row(conn, "e.uuid = ? AND e.removed IS NULL", uuid.into())?
             .map(|(id, ext)| ExtRow { id, ext }),
     )
 }
 
-/// The extension row matching `condition` (one parameter), without
+/// The columns of an extension row `e` as [`ext_of_row`] reads them.
+fn ext_columns() -> String {
+    format!(
+        "e.id, e.uuid, e.name, e.description, e.type, e.state, e.relative_path,
+         DATE_FORMAT(e.created, '%Y-%m-%dT%H:%i:%s+0000'),
+         (SELECT d.value FROM extension_details d
+           WHERE d.extension_id = e.id AND d.name = '{PREPARE_VM_DETAIL}'
+           ORDER BY d.id DESC LIMIT 1)"
+    )
+}
+
+/// The extension of a row whose columns start at `at` ([`ext_columns`]).
+fn ext_of_row(row: &mysql::Row, at: usize) -> Result<(u64, Extension)> {
+    let id: u64 = take(row, at)?;
+    let description: Option<String> = take(row, at + 3)?;
+    let ty: String = take(row, at + 4)?;
+    let state: String = take(row, at + 5)?;
+    let prepare_vm: Option<String> = take(row, at + 8)?;
+    Ok((
+        id,
+        Extension {
+            id: take(row, at + 1)?,
+            name: take(row, at + 2)?,
+            description: description.unwrap_or_default(),
+            ext_type: ExtensionType::parse(&ty).unwrap_or(ExtensionType::Orchestrator),
+            state: State::parse(&state).unwrap_or(State::Disabled),
+            path: take(row, at + 6)?,
+            created: take(row, at + 7)?,
+            orchestrator_requires_prepare_vm: prepare_vm.map(|v| v.eq_ignore_ascii_case("true")),
+            details: BTreeMap::new(),
+            resources: Vec::new(),
+        },
+    ))
+}
+
+/// The extension row matching `condition` on `e` (one parameter), without
 /// details or registrations: one query.
 fn extension_row<Q: Queryable>(
     conn: &mut Q,
@@ -1141,37 +1318,94 @@ fn extension_row<Q: Queryable>(
 ) -> Result<Option<(u64, Extension)>> {
     let row: Option<mysql::Row> = conn.exec_row(
         format!(
-            "SELECT id, uuid, name, description, type, state, relative_path, {CREATED},
-                    (SELECT d.value FROM extension_details d
-                      WHERE d.extension_id = extension.id AND d.name = '{PREPARE_VM_DETAIL}'
-                      ORDER BY d.id DESC LIMIT 1)
-               FROM extension WHERE {condition}"
+            "SELECT {} FROM extension e WHERE {condition}",
+            ext_columns()
         ),
         mysql::Params::Positional(vec![param]),
     )?;
-    let Some(row) = row else {
+    row.map(|row| ext_of_row(&row, 0)).transpose()
+}
+
+/// The extension matching `condition` on `e` (one parameter) with its
+/// visible details and registrations as `include` asks: the row, then one
+/// query for each part asked. (One `UNION` of the three, or JSON aggregates
+/// of the row, measured slower: CloudStack's long `value` columns make the
+/// server build temporary tables.)
+fn extension_full<Q: Queryable>(
+    conn: &mut Q,
+    condition: &str,
+    param: mysql::Value,
+    include: Include,
+) -> Result<Option<(u64, Extension)>> {
+    Ok(extension_with_map_ids(conn, condition, param, include)?.map(|(id, ext, _)| (id, ext)))
+}
+
+/// A registration with one of its visible details: map id, detail id,
+/// resource type, resource uuid, created, detail name, detail value,
+/// resource name.
+type ResourceDetailRow = (
+    u64,
+    Option<u64>,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// [`extension_full`] with the `extension_resource_map` id of each of
+/// `resources`.
+fn extension_with_map_ids<Q: Queryable>(
+    conn: &mut Q,
+    condition: &str,
+    param: mysql::Value,
+    include: Include,
+) -> Result<Option<(u64, Extension, Vec<u64>)>> {
+    let Some((id, mut ext)) = extension_row(conn, condition, param)? else {
         return Ok(None);
     };
-    let id: u64 = take(&row, 0)?;
-    let description: Option<String> = take(&row, 3)?;
-    let ty: String = take(&row, 4)?;
-    let state: String = take(&row, 5)?;
-    let prepare_vm: Option<String> = take(&row, 8)?;
-    Ok(Some((
-        id,
-        Extension {
-            id: take(&row, 1)?,
-            name: take(&row, 2)?,
-            description: description.unwrap_or_default(),
-            ext_type: ExtensionType::parse(&ty).unwrap_or(ExtensionType::Orchestrator),
-            state: State::parse(&state).unwrap_or(State::Disabled),
-            path: take(&row, 6)?,
-            created: take(&row, 7)?,
-            orchestrator_requires_prepare_vm: prepare_vm.map(|v| v.eq_ignore_ascii_case("true")),
-            details: BTreeMap::new(),
-            resources: Vec::new(),
-        },
-    )))
+    let mut map_ids: Vec<u64> = Vec::new();
+    if include.details {
+        let rows: Vec<(String, String)> = conn.exec(
+            "SELECT name, value FROM extension_details WHERE extension_id = ? AND display = 1 ORDER BY id",
+            (id,),
+        )?;
+        ext.details = rows.into_iter().collect();
+    }
+    if include.resources {
+        // Sorted here rather than by the server (a temporary table for
+        // the joined rows).
+        let mut rows: Vec<ResourceDetailRow> = conn.exec(
+            "SELECT m.id, d.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
+                    DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value,
+                    COALESCE(pn.name, c.name)
+               FROM extension_resource_map m
+               LEFT JOIN physical_network pn ON m.resource_type = 'PhysicalNetwork' AND pn.id = m.resource_id
+               LEFT JOIN cluster c ON m.resource_type = 'Cluster' AND c.id = m.resource_id
+               LEFT JOIN extension_resource_map_details d
+                      ON d.extension_resource_map_id = m.id AND d.display = 1
+              WHERE m.extension_id = ? AND m.removed IS NULL",
+            (id,),
+        )?;
+        rows.sort_by_key(|r| (r.0, r.1));
+        for (map_id, _, rt, rid, created, name, value, resource_name) in rows {
+            if map_ids.last() != Some(&map_id) {
+                map_ids.push(map_id);
+                ext.resources.push(Resource {
+                    id: rid.unwrap_or_default(),
+                    name: resource_name,
+                    resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
+                    created,
+                    details: BTreeMap::new(),
+                });
+            }
+            if let (Some(name), Some(resource)) = (name, ext.resources.last_mut()) {
+                resource.details.insert(name, value.unwrap_or_default());
+            }
+        }
+    }
+    Ok(Some((id, ext, map_ids)))
 }
 
 fn visible_detail<Q: Queryable>(
@@ -1191,56 +1425,9 @@ fn visible_detail<Q: Queryable>(
 }
 
 fn load_extension<Q: Queryable>(conn: &mut Q, id: u64, include: Include) -> Result<Extension> {
-    let (_, ext) = extension_row(conn, "id = ?", id.into())?
-        .ok_or_else(|| RegistryError::Io(format!("extension row {id} vanished")))?;
-    with_parts(conn, id, ext, include)
-}
-
-/// `ext` (row `id`) with its visible details and registrations as asked.
-fn with_parts<Q: Queryable>(
-    conn: &mut Q,
-    id: u64,
-    mut ext: Extension,
-    include: Include,
-) -> Result<Extension> {
-    if include.details {
-        let rows: Vec<(String, String)> = conn.exec(
-            "SELECT name, value FROM extension_details WHERE extension_id = ? AND display = 1 ORDER BY id",
-            (id,),
-        )?;
-        ext.details = rows.into_iter().collect();
-    }
-    if include.resources {
-        let rows: Vec<ResourceDetailRow> = conn.exec(
-            "SELECT m.id, m.resource_type, COALESCE(pn.uuid, c.uuid),
-                    DATE_FORMAT(m.created, '%Y-%m-%dT%H:%i:%s+0000'), d.name, d.value,
-                    COALESCE(pn.name, c.name)
-               FROM extension_resource_map m
-               LEFT JOIN physical_network pn ON m.resource_type = 'PhysicalNetwork' AND pn.id = m.resource_id
-               LEFT JOIN cluster c ON m.resource_type = 'Cluster' AND c.id = m.resource_id
-               LEFT JOIN extension_resource_map_details d
-                      ON d.extension_resource_map_id = m.id AND d.display = 1
-              WHERE m.extension_id = ? AND m.removed IS NULL ORDER BY m.id, d.id",
-            (id,),
-        )?;
-        let mut last: Option<u64> = None;
-        for (map_id, rt, rid, created, name, value, resource_name) in rows {
-            if last != Some(map_id) {
-                last = Some(map_id);
-                ext.resources.push(Resource {
-                    id: rid.unwrap_or_default(),
-                    name: resource_name,
-                    resource_type: ResourceType::parse(&rt).unwrap_or(ResourceType::Cluster),
-                    created,
-                    details: BTreeMap::new(),
-                });
-            }
-            if let (Some(name), Some(resource)) = (name, ext.resources.last_mut()) {
-                resource.details.insert(name, value.unwrap_or_default());
-            }
-        }
-    }
-    Ok(ext)
+    Ok(extension_full(conn, "e.id = ?", id.into(), include)?
+        .ok_or_else(|| RegistryError::Io(format!("extension row {id} vanished")))?
+        .1)
 }
 
 fn load_offering<Q: Queryable>(
@@ -1369,13 +1556,24 @@ impl MysqlStore {
             .seal(&entry_aad(key, seq, entry.slot.as_deref()), &text)
     }
 
-    fn push(&self, tx: &mut Transaction<'_>, key: &str, entry: &JournalEntry) -> Result<()> {
-        let seq: i64 = tx
-            .exec_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM netbridge_journal_entries WHERE `key` = ?",
-                (key,),
-            )?
-            .unwrap_or(1);
+    /// Appends `entry` at position `seq`, or after the last one when `None`
+    /// (one more read).
+    fn push(
+        &self,
+        tx: &mut Transaction<'_>,
+        key: &str,
+        entry: &JournalEntry,
+        seq: Option<i64>,
+    ) -> Result<()> {
+        let seq: i64 = match seq {
+            Some(seq) => seq,
+            None => tx
+                .exec_row(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM netbridge_journal_entries WHERE `key` = ?",
+                    (key,),
+                )?
+                .unwrap_or(1),
+        };
         let sealed = self.seal_entry(key, seq, entry)?;
         tx.exec_drop(
             "INSERT INTO netbridge_journal_entries (`key`, seq, slot, network_id, sealed)
@@ -1420,7 +1618,7 @@ impl MysqlStore {
                     (key, net),
                 )?;
             }
-            Effect::Append => self.push(tx, key, &change.entry(None))?,
+            Effect::Append => self.push(tx, key, &change.entry(None), None)?,
             Effect::Remove { exact, prefixes } => {
                 for slot in exact {
                     tx.exec_drop(
@@ -1448,23 +1646,29 @@ impl MysqlStore {
                     Self::delete_prefix(tx, key, p)?;
                 }
                 let entry = change.entry(Some(slot.clone()));
-                let existing: Option<(u64, i64)> = tx.exec_row(
-                    "SELECT id, seq FROM netbridge_journal_entries WHERE `key` = ? AND slot = ?",
-                    (key, slot.as_bytes()),
-                )?;
-                match existing {
-                    Some((id, seq)) if !*append => {
+                // The slot's entry and the next position in one read.
+                let (next, id, seq): (i64, Option<u64>, Option<i64>) = tx
+                    .exec_row(
+                        "SELECT (SELECT COALESCE(MAX(seq), 0) + 1 FROM netbridge_journal_entries
+                                  WHERE `key` = ?), e.id, e.seq
+                           FROM (SELECT 1 AS one) o
+                           LEFT JOIN netbridge_journal_entries e ON e.`key` = ? AND e.slot = ?",
+                        (key, key, slot.as_bytes()),
+                    )?
+                    .unwrap_or((1, None, None));
+                match (id, seq) {
+                    (Some(id), Some(seq)) if !*append => {
                         let sealed = self.seal_entry(key, seq, &entry)?;
                         tx.exec_drop(
                             "UPDATE netbridge_journal_entries SET network_id = ?, sealed = ? WHERE id = ?",
                             (entry.network_id.as_deref(), sealed, id),
                         )?;
                     }
-                    Some((id, _)) => {
+                    (Some(id), _) => {
                         tx.exec_drop("DELETE FROM netbridge_journal_entries WHERE id = ?", (id,))?;
-                        self.push(tx, key, &entry)?;
+                        self.push(tx, key, &entry, Some(next))?;
                     }
-                    None => self.push(tx, key, &entry)?,
+                    (None, _) => self.push(tx, key, &entry, Some(next))?,
                 }
             }
         }
@@ -1598,12 +1802,15 @@ impl Store for MysqlStore {
     }
 
     fn get_extension(&self, uuid: &str, include: Include) -> Result<Option<Extension>> {
-        self.read(
-            |conn| match extension_row(conn, "uuid = ? AND removed IS NULL", uuid.into())? {
-                Some((id, ext)) => with_parts(conn, id, ext, include).map(Some),
-                None => Ok(None),
-            },
-        )
+        self.read(|conn| {
+            Ok(extension_full(
+                conn,
+                "e.uuid = ? AND e.removed IS NULL",
+                uuid.into(),
+                include,
+            )?
+            .map(|(_, ext)| ext))
+        })
     }
 
     fn find_extension_by_name(&self, name: &str, include: Include) -> Result<Option<Extension>> {
@@ -1629,10 +1836,11 @@ impl Store for MysqlStore {
                 by_resource,
             ) {
                 // Hot path (`listExtensions id=…`): the row and its parts.
-                let found = match extension_row(conn, "uuid = ? AND removed IS NULL", id.into())? {
-                    Some((rowid, ext)) => vec![with_parts(conn, rowid, ext, include)?],
-                    None => Vec::new(),
-                };
+                let found: Vec<Extension> =
+                    extension_full(conn, "e.uuid = ? AND e.removed IS NULL", id.into(), include)?
+                        .map(|(_, ext)| ext)
+                        .into_iter()
+                        .collect();
                 let count = found.len();
                 let skip = page
                     .map(|(p, s)| p.saturating_sub(1).saturating_mul(s))
@@ -1897,18 +2105,43 @@ impl Store for MysqlStore {
     ) -> Result<Extension> {
         self.write(|tx| {
             Self::lock(tx, &format!("extension:{ext_uuid}"))?;
-            let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
-            let map_id =
-                Self::registration(tx, row.id, resource_type, resource_id)?.ok_or_else(|| {
+            // Everything the answer shows, read once under the lock; the
+            // answer is that with the registration's new visible details.
+            let (_, mut ext, map_ids) = extension_with_map_ids(
+                tx,
+                "e.uuid = ? AND e.removed IS NULL",
+                ext_uuid.into(),
+                Include::ALL,
+            )?
+            .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+            // The first registration with the resource, as `registration`.
+            let at = ext
+                .resources
+                .iter()
+                .position(|r| {
+                    r.resource_type == resource_type && r.id.eq_ignore_ascii_case(resource_id)
+                })
+                .ok_or_else(|| {
                     RegistryError::Invalid(format!(
                         "Extension '{}' is not registered with resource {resource_id} ({})",
-                        row.ext.name,
+                        ext.name,
                         resource_type.as_str()
                     ))
                 })?;
-            self.apply_details(tx, Owner::Registration, map_id, update, true)?;
-            load_extension(tx, row.id, Include::ALL)
+            self.apply_details(tx, Owner::Registration, map_ids[at], update, true)?;
+            let shown = &mut ext.resources[at].details;
+            match update {
+                DetailsUpdate::Keep => {}
+                DetailsUpdate::Cleanup => shown.clear(),
+                DetailsUpdate::Replace(details) => {
+                    *shown = details
+                        .iter()
+                        .filter(|(name, _)| !is_hidden_key(name))
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect();
+                }
+            }
+            Ok(ext)
         })
     }
 
@@ -1918,16 +2151,37 @@ impl Store for MysqlStore {
         resource_type: ResourceType,
         resource_id: &str,
     ) -> Result<FullDetails> {
+        let (table, kind) = match resource_type {
+            ResourceType::PhysicalNetwork => ("physical_network", "PhysicalNetwork"),
+            ResourceType::Cluster => ("cluster", "Cluster"),
+        };
+        // What every command of a registered extension reads: one query
+        // (the registration as `registration` picks it, and its details).
+        let sql = format!(
+            "SELECT m.id, d.name, d.value, d.display
+               FROM extension e
+               JOIN extension_resource_map m ON m.extension_id = e.id
+                AND m.resource_type = '{kind}' AND m.removed IS NULL
+               JOIN {table} r ON r.id = m.resource_id AND r.uuid = ?
+               LEFT JOIN extension_resource_map_details d ON d.extension_resource_map_id = m.id
+              WHERE e.uuid = ? AND e.removed IS NULL
+              ORDER BY m.id, d.id"
+        );
         self.read(|conn| {
-            let id = ext_id(conn, false, ext_uuid)?.ok_or_else(|| not_found_extension(ext_uuid))?;
-            let map_id =
-                Self::registration(conn, id, resource_type, resource_id)?.ok_or_else(|| {
-                    RegistryError::NotFound(format!(
-                        "Extension {ext_uuid} is not registered with resource {resource_id} ({})",
-                        resource_type.as_str()
-                    ))
-                })?;
-            self.full_details(conn, Owner::Registration, map_id)
+            let rows: Vec<RegistrationDetailRow> = conn.exec(&sql, (resource_id, ext_uuid))?;
+            let Some(first) = rows.first().map(|r| r.0) else {
+                ext_id(conn, false, ext_uuid)?.ok_or_else(|| not_found_extension(ext_uuid))?;
+                return Err(RegistryError::NotFound(format!(
+                    "Extension {ext_uuid} is not registered with resource {resource_id} ({})",
+                    resource_type.as_str()
+                )));
+            };
+            let details = rows.into_iter().take_while(|r| r.0 == first).filter_map(
+                |(_, name, value, display)| {
+                    Some((name?, value.unwrap_or_default(), display.unwrap_or(1)))
+                },
+            );
+            self.details_of_rows(Owner::Registration, details)
         })
     }
 
@@ -2485,8 +2739,9 @@ impl Store for MysqlStore {
                 "DELETE FROM netbridge_journal_entries WHERE `key` = ?",
                 (key,),
             )?;
-            for e in &state.entries {
-                self.push(tx, key, e)?;
+            // Positions 1, 2, … once every entry is gone.
+            for (seq, e) in (1..).zip(&state.entries) {
+                self.push(tx, key, e, Some(seq))?;
             }
             Self::put_head(tx, key, &state.head())
         })

@@ -12,7 +12,9 @@
 //! - restart: `kill -9` of the executor, router namespaces stay (a crash or
 //!   an upgrade);
 //! - reboot: the executor and every namespace it made disappear, the state
-//!   directory stays (a host reboot): everything is rebuilt.
+//!   directory stays (a host reboot): everything is rebuilt. The clock starts
+//!   once the kernel has finished tearing the old namespaces down (their
+//!   veth legs are gone from the host), as after a real reboot.
 //!
 //! After each start it checks that every network is back (the executor's
 //! network list, and one namespace's ruleset) and prints the executor's RSS.
@@ -103,18 +105,37 @@ fn check_restored(host: &Host, networks: usize) {
     );
 }
 
-fn start(host: &mut Host, reboot: bool) -> Duration {
-    let begin = Instant::now();
-    let started = if reboot {
-        host.reboot()
+/// veth links in the host's own namespace: the host ends of the routers'
+/// legs are among them until the kernel has torn their namespaces down
+/// (the bridges and VLAN devices the executor made there stay).
+fn host_links(host: &Host) -> usize {
+    host.netns
+        .ip(&["-o", "link", "show", "type", "veth"])
+        .map(|out| out.lines().count())
+        .unwrap_or(0)
+}
+
+fn start(host: &mut Host, reboot: bool, links_without_routers: usize) -> Duration {
+    if reboot {
+        host.power_off().expect("power off");
+        // A real reboot starts from an empty kernel; here the old namespaces
+        // are still being destroyed in the background, which would compete
+        // with the rebuild. Wait until their legs are gone.
+        let gone = eventually(Duration::from_secs(600), || {
+            (host_links(host) <= links_without_routers).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "the old router namespaces were not torn down"
+        );
     } else {
-        host.restart()
-    };
-    let elapsed = begin.elapsed();
-    if let Err(e) = started {
+        host.kill9();
+    }
+    let begin = Instant::now();
+    if let Err(e) = host.start_executor() {
         panic!("executor start: {e}");
     }
-    elapsed
+    begin.elapsed()
 }
 
 fn main() {
@@ -126,6 +147,7 @@ fn main() {
     let mut tb = Testbed::new("nbst", TopologyOptions::default());
     let host = tb.host(0);
     host.options.log_level = "info".to_string();
+    let links_without_routers = host_links(host);
     host.start_executor().expect("executor start");
 
     let filled = Instant::now();
@@ -162,7 +184,7 @@ fn main() {
         ("reboot (rebuilt)", true),
     ] {
         for round in 1..=rounds {
-            let took = start(host, reboot);
+            let took = start(host, reboot, links_without_routers);
             let pid = host.executor_pid().unwrap_or(0);
             let rss = rss_mb(pid);
             check_restored(host, networks);

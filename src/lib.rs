@@ -954,10 +954,18 @@ impl Host {
     /// namespace it created disappear; the state directory stays. The
     /// executor is started again.
     pub fn reboot(&mut self) -> Result<(), String> {
+        self.power_off()?;
+        self.start_executor()
+    }
+
+    /// The first half of [`Host::reboot`]: the executor, everything it
+    /// started and every namespace it created disappear (the kernel tears
+    /// the namespaces down in the background); nothing is started again.
+    pub fn power_off(&mut self) -> Result<(), String> {
         self.kill9();
         drop(self.holder.take());
         self.holder = Some(MountHolder::start()?);
-        self.start_executor()
+        Ok(())
     }
 
     /// Replaces the key file atomically (rename), as an operator rotating

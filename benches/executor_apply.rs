@@ -67,17 +67,6 @@ fn ingress_rules(n: usize, public: &str) -> Vec<Value> {
         .collect()
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// One `ip netns exec <ns> iptables -A …` process per rule.
 fn baseline(ns: &str, n: usize) -> Duration {
     let start = Instant::now();
@@ -189,7 +178,7 @@ fn run_bench() {
     println!(
         "RSS with {} networks implemented: {:.1} MB",
         engine.network_count(),
-        rss_kb() as f64 / 1024.0
+        netbridge_testbed::rss_kb(std::process::id()) as f64 / 1024.0
     );
 
     let pf: Vec<Duration> = (0..200u64)

@@ -57,18 +57,6 @@ fn send(host: &Host, id: usize, command: &str, extra: Value) {
     assert_eq!(r.status, 200, "{command} on network {id}: {}", r.body);
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// Open descriptors of process `pid`: all of them, and those `select(2)`
 /// could watch (below 1024).
 fn descriptors(pid: u32) -> (usize, usize) {
@@ -175,7 +163,7 @@ fn main() {
     println!(
         "{networks} networks (implement + source-NAT address + 1 firewall rule) in {:.1} s; executor RSS {:.1} MB, {fds} descriptors ({low} below 1024)",
         filled.elapsed().as_secs_f64(),
-        rss_mb(pid)
+        rss_kb(pid) as f64 / 1024.0
     );
     check_restored(host, networks);
 
@@ -186,7 +174,7 @@ fn main() {
         for round in 1..=rounds {
             let took = start(host, reboot, links_without_routers);
             let pid = host.executor_pid().unwrap_or(0);
-            let rss = rss_mb(pid);
+            let rss = rss_kb(pid) as f64 / 1024.0;
             check_restored(host, networks);
             let (fds, low) = descriptors(pid);
             println!(

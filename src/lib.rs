@@ -1032,6 +1032,19 @@ impl Drop for Host {
     }
 }
 
+/// Resident set size of process `pid` in KiB (`VmRSS` of its status), 0
+/// when it cannot be read.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A binary of the workspace (`netbridge`, `netbridge-executor`,
 /// `netbridge-entrypoint`): `NETBRIDGE_BIN_DIR/<name>` when set, else the one
 /// Cargo built beside this test, example or bench (`target/<profile>/`).

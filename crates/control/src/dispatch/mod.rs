@@ -415,15 +415,10 @@ impl Dispatcher {
         self.execute_with_details(command, envelope, None, timeout)
     }
 
-    /// As [`Dispatcher::execute`], with the registration details supplied by
-    /// the caller (the registry) instead of the envelope's.
-    pub fn execute_with_details(
-        &self,
-        command: &str,
-        envelope: &[u8],
-        details: Option<&BTreeMap<String, String>>,
-        timeout: Duration,
-    ) -> Result<String, DispatchError> {
+    /// The runtime a synchronous caller blocks on: only a dispatcher made for
+    /// synchronous callers has one, and blocking from async code would stall
+    /// the caller's own runtime.
+    fn blocking_runtime(&self) -> Result<&tokio::runtime::Runtime, DispatchError> {
         let Some(runtime) = &self.runtime else {
             return Err(DispatchError::Configuration(
                 "this Dispatcher was made for async callers; use execute_async".into(),
@@ -434,6 +429,19 @@ impl Dispatcher {
                 "Dispatcher::execute called from async code; use execute_async".into(),
             ));
         }
+        Ok(runtime)
+    }
+
+    /// As [`Dispatcher::execute`], with the registration details supplied by
+    /// the caller (the registry) instead of the envelope's.
+    pub fn execute_with_details(
+        &self,
+        command: &str,
+        envelope: &[u8],
+        details: Option<&BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
+        let runtime = self.blocking_runtime()?;
         runtime.block_on(self.execute_async(command, envelope, details, timeout))
     }
 
@@ -451,16 +459,7 @@ impl Dispatcher {
         if self.netns.is_none() {
             return self.execute_with_details(command, envelope, details, timeout);
         }
-        let Some(runtime) = &self.runtime else {
-            return Err(DispatchError::Configuration(
-                "this Dispatcher was made for async callers; use execute_async".into(),
-            ));
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(DispatchError::Configuration(
-                "Dispatcher::execute called from async code; use execute_async".into(),
-            ));
-        }
+        let runtime = self.blocking_runtime()?;
         if self.netns_failed.load(Ordering::SeqCst) {
             return Err(DispatchError::Configuration(format!(
                 "a dispatch thread could not enter network namespace {}",
@@ -532,16 +531,7 @@ impl Dispatcher {
         envelope: &[u8],
         timeout: Duration,
     ) -> Result<String, DispatchError> {
-        let Some(runtime) = &self.runtime else {
-            return Err(DispatchError::Configuration(
-                "this Dispatcher was made for async callers; use execute_async".into(),
-            ));
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(DispatchError::Configuration(
-                "Dispatcher::execute called from async code; use execute_async".into(),
-            ));
-        }
+        let runtime = self.blocking_runtime()?;
         runtime.block_on(self.execute_inner(command, Some(parsed), envelope, None, timeout))
     }
 

@@ -57,20 +57,6 @@ fn send(host: &Host, id: usize, command: &str, extra: Value) {
     assert_eq!(r.status, 200, "{command} on network {id}: {}", r.body);
 }
 
-/// Open descriptors of process `pid`: all of them, and those `select(2)`
-/// could watch (below 1024).
-fn descriptors(pid: u32) -> (usize, usize) {
-    let numbers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let low = numbers.iter().filter(|n| **n < 1024).count();
-    (numbers.len(), low)
-}
-
 fn network_count(host: &Host) -> usize {
     let listed = host.client().networks();
     listed
@@ -159,7 +145,7 @@ fn main() {
         );
     }
     let pid = host.executor_pid().unwrap_or(0);
-    let (fds, low) = descriptors(pid);
+    let (fds, low) = descriptor_counts(pid);
     println!(
         "{networks} networks (implement + source-NAT address + 1 firewall rule) in {:.1} s; executor RSS {:.1} MB, {fds} descriptors ({low} below 1024)",
         filled.elapsed().as_secs_f64(),
@@ -176,7 +162,7 @@ fn main() {
             let pid = host.executor_pid().unwrap_or(0);
             let rss = rss_kb(pid) as f64 / 1024.0;
             check_restored(host, networks);
-            let (fds, low) = descriptors(pid);
+            let (fds, low) = descriptor_counts(pid);
             println!(
                 "{case:<28} round {round}: serving after {:>6.2} s, RSS {rss:.1} MB, {fds} descriptors ({low} below 1024)",
                 took.as_secs_f64()

@@ -1215,17 +1215,6 @@ fn state_directory_is_private_after_guest_services_and_pbr() {
     assert!(!state.join("pbr/cs-net-4404.json").exists());
 }
 
-/// Open descriptors of process `pid`: (all, those below 1024).
-fn descriptor_counts(pid: u32) -> (usize, usize) {
-    let numbers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let low = numbers.iter().filter(|n| **n < 1024).count();
-    (numbers.len(), low)
-}
-
 /// libnftables watches its netlink socket with `select(2)`, and glibc aborts
 /// the process on a descriptor of 1024 or more: the descriptors each network
 /// holds for its life (metadata and password listeners) must not use up the

@@ -1032,6 +1032,20 @@ impl Drop for Host {
     }
 }
 
+/// Open descriptors of process `pid`: all of them, and those below 1024
+/// (the ones `select(2)` can watch).
+pub fn descriptor_counts(pid: u32) -> (usize, usize) {
+    let numbers: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let low = numbers.iter().filter(|n| **n < 1024).count();
+    (numbers.len(), low)
+}
+
 /// Resident set size of process `pid` in KiB (`VmRSS` of its status), 0
 /// when it cannot be read.
 pub fn rss_kb(pid: u32) -> u64 {

@@ -12,6 +12,7 @@ pub mod secrets;
 pub mod signing;
 pub mod target;
 pub mod validate;
+pub mod vpc;
 
 use std::fmt;
 use std::str::FromStr;

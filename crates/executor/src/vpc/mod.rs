@@ -123,16 +123,7 @@ impl From<VpcError> for crate::ExecError {
 }
 
 /// Reads a scalar that CloudStack may send as a JSON string or number.
-/// Empty strings and null count as absent.
-pub(crate) fn scalar_str(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) if s.trim().is_empty() => None,
-        serde_json::Value::String(s) => Some(s.trim().to_string()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
+pub(crate) use netbridge_protocol::vpc::scalar_str;
 
 /// A Linux interface name: 1–15 characters of `[A-Za-z0-9._-]`, not `.`/`..`.
 pub fn valid_ifname(name: &str) -> bool {

@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::acl::{self, TierAcl};
-use super::{scalar_str, valid_ifname, VpcError};
+use super::{valid_ifname, VpcError};
 use crate::nft::{self, Chain, Rule, Ruleset, Verdict};
 use netbridge_protocol::target::{Namespace, VpcId};
+use netbridge_protocol::vpc::{self as vpc_wire, VpcFields, VpcPublicIp};
 
 /// A public address as the payload describes it, plus the namespace link
 /// (engine-named veth) it lives on.
@@ -40,74 +41,37 @@ pub struct PublicIp {
     pub link: String,
 }
 
-/// Normalizes `public_vlan` (`vlan://100`, `100`, empty, `untagged`).
-pub fn normalize_vlan(field: &str, raw: Option<&str>) -> Result<String, VpcError> {
-    let v = raw.unwrap_or("").trim();
-    let v = v.strip_prefix("vlan://").unwrap_or(v);
-    if v.is_empty() || v.eq_ignore_ascii_case("untagged") {
-        return Ok("untagged".into());
-    }
-    match v.parse::<u16>() {
-        Ok(n) if (1..=4094).contains(&n) => Ok(n.to_string()),
-        _ => Err(VpcError::invalid(
-            field,
-            "expected a VLAN id 1-4094 or untagged",
-        )),
+impl PublicIp {
+    /// The typed wire fields plus the public link `link_for_vlan` names for
+    /// the normalized VLAN.
+    pub fn from_wire(
+        p: VpcPublicIp,
+        link_for_vlan: impl Fn(&str) -> String,
+    ) -> Result<PublicIp, VpcError> {
+        let link = link_for_vlan(&p.vlan);
+        if !valid_ifname(&link) {
+            return Err(VpcError::invalid(
+                "public_vlan",
+                "link name is not an interface name",
+            ));
+        }
+        Ok(PublicIp {
+            ip: p.ip,
+            prefix_len: p.prefix_len,
+            gateway: p.gateway,
+            vlan: p.vlan,
+            link,
+        })
     }
 }
 
-/// Reads the public-IP fields of a payload (`public_ip`, `public_cidr`,
-/// `public_gateway`, `public_vlan`); `link_for_vlan` maps the normalized
-/// VLAN to the engine's public link name.
+/// Reads the public-IP fields of a payload ([`VpcPublicIp`]);
+/// `link_for_vlan` maps the normalized VLAN to the engine's public link name.
 pub fn parse_public_ip(
     payload: &Map<String, Value>,
     link_for_vlan: impl Fn(&str) -> String,
 ) -> Result<PublicIp, VpcError> {
-    let ip_s = scalar_str(payload.get("public_ip"))
-        .ok_or_else(|| VpcError::Missing("public_ip".into()))?;
-    let ip: Ipv4Addr = ip_s
-        .parse()
-        .map_err(|_| VpcError::invalid("public_ip", "expected an IPv4 address"))?;
-    let prefix_len = match scalar_str(payload.get("public_cidr")) {
-        None => 32,
-        Some(c) => {
-            let net: Ipv4Net = c
-                .parse()
-                .map_err(|_| VpcError::invalid("public_cidr", "expected an IPv4 CIDR"))?;
-            if !net.contains(&ip) {
-                return Err(VpcError::invalid(
-                    "public_cidr",
-                    format!("does not contain {ip}"),
-                ));
-            }
-            net.prefix_len()
-        }
-    };
-    let gateway = match scalar_str(payload.get("public_gateway")) {
-        None => None,
-        Some(g) => Some(
-            g.parse::<Ipv4Addr>()
-                .map_err(|_| VpcError::invalid("public_gateway", "expected an IPv4 address"))?,
-        ),
-    };
-    let vlan = normalize_vlan(
-        "public_vlan",
-        scalar_str(payload.get("public_vlan")).as_deref(),
-    )?;
-    let link = link_for_vlan(&vlan);
-    if !valid_ifname(&link) {
-        return Err(VpcError::invalid(
-            "public_vlan",
-            "link name is not an interface name",
-        ));
-    }
-    Ok(PublicIp {
-        ip,
-        prefix_len,
-        gateway,
-        vlan,
-        link,
-    })
+    PublicIp::from_wire(VpcPublicIp::parse(payload)?, link_for_vlan)
 }
 
 /// Who uses a public address.
@@ -176,25 +140,11 @@ pub struct VpcState {
 
 /// Reads `vpc_cidr` (or the older `cidr`) of a VPC payload.
 pub fn parse_vpc_cidr(payload: &Map<String, Value>) -> Result<Ipv4Net, VpcError> {
-    let (field, raw) = match scalar_str(payload.get("vpc_cidr")) {
-        Some(c) => ("vpc_cidr", c),
-        None => (
-            "vpc_cidr",
-            scalar_str(payload.get("cidr")).ok_or_else(|| VpcError::Missing("vpc_cidr".into()))?,
-        ),
-    };
-    let net: Ipv4Net = raw
-        .parse()
-        .map_err(|_| VpcError::invalid(field, "expected an IPv4 CIDR"))?;
-    if net.trunc() != net {
-        return Err(VpcError::invalid(field, "host bits are set"));
-    }
-    Ok(net)
+    Ok(vpc_wire::parse_vpc_cidr(payload)?)
 }
 
-/// `implement-vpc` / `update-vpc-source-nat-ip` payload: the VPC id, its
-/// CIDR (`vpc_cidr`, older `cidr`; optional for the update) and the
-/// source-NAT address when `public_ip` is present.
+/// `implement-vpc` / `update-vpc-source-nat-ip` payload ([`VpcFields`]) with
+/// the source-NAT address placed on its public link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpcPayload {
     pub vpc_id: VpcId,
@@ -206,23 +156,14 @@ pub fn parse_vpc_payload(
     payload: &Map<String, Value>,
     link_for_vlan: impl Fn(&str) -> String,
 ) -> Result<VpcPayload, VpcError> {
-    let vpc_id =
-        scalar_str(payload.get("vpc_id")).ok_or_else(|| VpcError::Missing("vpc_id".into()))?;
-    let vpc_id = VpcId::parse(VpcId::FIELD, &vpc_id)?;
-    let cidr = if payload.contains_key("vpc_cidr") || payload.contains_key("cidr") {
-        Some(parse_vpc_cidr(payload)?)
-    } else {
-        None
-    };
-    let source_nat = if scalar_str(payload.get("public_ip")).is_some() {
-        Some(parse_public_ip(payload, link_for_vlan)?)
-    } else {
-        None
-    };
+    let f = VpcFields::parse(payload)?;
     Ok(VpcPayload {
-        vpc_id,
-        cidr,
-        source_nat,
+        vpc_id: f.vpc_id,
+        cidr: f.cidr,
+        source_nat: f
+            .source_nat
+            .map(|p| PublicIp::from_wire(p, link_for_vlan))
+            .transpose()?,
     })
 }
 

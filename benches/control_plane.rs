@@ -4,27 +4,12 @@
 
 use std::time::Instant;
 
-use netbridge_control::api::{Api, ApiConfig, Params};
+use netbridge_control::api::{Api, ApiConfig};
+use netbridge_testbed::registry_fill::{fill, params, percentile, physical_network};
 
 const EXTENSIONS: usize = 1_000;
 const REGISTRATIONS: usize = 10;
 const SAMPLES: usize = 5_000;
-
-fn params(pairs: &[(&str, &str)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn pn(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
 
 fn report(label: &str, mut micros: Vec<f64>) {
     micros.sort_by(|a, b| a.total_cmp(b));
@@ -40,37 +25,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::open(ApiConfig::in_dir(dir.path())).expect("open");
     let setup = Instant::now();
-    let mut ids = Vec::with_capacity(EXTENSIONS);
-    for e in 0..EXTENSIONS {
-        let r = api
-            .call(
-                "createExtension",
-                &params(&[
-                    ("name", &format!("ext-{e}")),
-                    ("type", "NetworkOrchestrator"),
-                    ("details[0].network.services", "Dhcp,Dns,UserData,SourceNat"),
-                ]),
-            )
-            .expect("create");
-        let id = r["createextensionresponse"]["extension"]["id"]
-            .as_str()
-            .expect("id")
-            .to_string();
-        for r in 0..REGISTRATIONS {
-            api.call(
-                "registerExtension",
-                &params(&[
-                    ("extensionid", &id),
-                    ("resourceid", &pn(r)),
-                    ("resourcetype", "PhysicalNetwork"),
-                    ("details[0].hosts", "10.0.0.1"),
-                    ("details[1].executor.key", "bench-secret"),
-                ]),
-            )
-            .expect("register");
-        }
-        ids.push(id);
-    }
+    let ids = fill(&api, EXTENSIONS, REGISTRATIONS);
     println!(
         "setup: {EXTENSIONS} extensions x {REGISTRATIONS} registrations in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -80,7 +35,7 @@ fn main() {
         let id = &ids[(i * 7919) % EXTENSIONS];
         let p = params(&[
             ("extensionid", id),
-            ("resourceid", &pn(i % REGISTRATIONS)),
+            ("resourceid", &physical_network(i % REGISTRATIONS)),
             ("resourcetype", "PhysicalNetwork"),
             ("details[0].hosts", &format!("10.0.{}.{}", i % 250, i % 200)),
             ("details[1].executor.port", "8443"),

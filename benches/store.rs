@@ -20,11 +20,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use netbridge_control::api::{Api, ApiConfig, Params};
+use netbridge_control::api::{Api, ApiConfig};
 use netbridge_control::dispatch::CommandJournal;
 use netbridge_control::protocol::Command as NetCommand;
 use netbridge_control::registry::{Registry, RegistryJournal, StoreLocation};
 use netbridge_testbed::mariadb::MariaDb;
+use netbridge_testbed::registry_fill::{fill, params, percentile, physical_network};
 use netbridge_testbed::stand_in::{details, device, envelope, FakeExecutor, TestCert};
 use serde_json::json;
 
@@ -33,22 +34,6 @@ const REGISTRATIONS: usize = 10;
 
 fn quick() -> bool {
     std::env::var_os("NBS_BENCH_QUICK").is_some()
-}
-
-fn params(pairs: &[(&str, &str)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn pn(i: usize) -> String {
-    format!("5e1f0000-0000-4000-8000-{i:012}")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 fn report(label: &str, mut micros: Vec<f64>) {
@@ -70,37 +55,7 @@ fn timed(f: impl FnOnce()) -> f64 {
 fn control_plane(label: &str, config: ApiConfig) {
     let api = Api::open(config).expect("open");
     let setup = Instant::now();
-    let mut ids = Vec::with_capacity(EXTENSIONS);
-    for e in 0..EXTENSIONS {
-        let r = api
-            .call(
-                "createExtension",
-                &params(&[
-                    ("name", &format!("ext-{e}")),
-                    ("type", "NetworkOrchestrator"),
-                    ("details[0].network.services", "Dhcp,Dns,UserData,SourceNat"),
-                ]),
-            )
-            .expect("create");
-        let id = r["createextensionresponse"]["extension"]["id"]
-            .as_str()
-            .expect("id")
-            .to_string();
-        for r in 0..REGISTRATIONS {
-            api.call(
-                "registerExtension",
-                &params(&[
-                    ("extensionid", &id),
-                    ("resourceid", &pn(r)),
-                    ("resourcetype", "PhysicalNetwork"),
-                    ("details[0].hosts", "10.0.0.1"),
-                    ("details[1].executor.key", "bench-secret"),
-                ]),
-            )
-            .expect("register");
-        }
-        ids.push(id);
-    }
+    let ids = fill(&api, EXTENSIONS, REGISTRATIONS);
     println!(
         "[{label}] setup: {EXTENSIONS} extensions x {REGISTRATIONS} registrations in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -116,7 +71,7 @@ fn control_plane(label: &str, config: ApiConfig) {
                 "updateRegisteredExtension",
                 &params(&[
                     ("extensionid", id),
-                    ("resourceid", &pn(i % REGISTRATIONS)),
+                    ("resourceid", &physical_network(i % REGISTRATIONS)),
                     ("resourcetype", "PhysicalNetwork"),
                     ("details[0].hosts", &host),
                     ("details[1].executor.port", "8443"),
@@ -287,7 +242,7 @@ fn main() {
     let server = MariaDb::start_with(&[&format!("--innodb-flush-log-at-trx-commit={flush}")]);
     let cp = server.cloud_database("bench");
     for r in 0..REGISTRATIONS {
-        cp.add_physical_network(&pn(r));
+        cp.add_physical_network(&physical_network(r));
     }
     control_plane(
         "mariadb",

@@ -54,6 +54,7 @@
 //! crashed run.
 
 pub mod mariadb;
+pub mod registry_fill;
 pub mod stand_in;
 
 use std::fs::File;

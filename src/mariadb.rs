@@ -264,23 +264,7 @@ impl MariaDb {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}_{n}");
-        let mut c = self.root_conn();
-        c.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8"))
-            .expect("create database");
-        c.query_drop(format!("USE `{name}`")).expect("use");
-        for statement in CLOUDSTACK_SCHEMA
-            .split(";\n")
-            .map(|s| {
-                s.lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .filter(|s| !s.trim().is_empty())
-        {
-            c.query_drop(&statement)
-                .unwrap_or_else(|e| panic!("CloudStack schema: {e}\n{statement}"));
-        }
+        create_cloud_database(&mut self.root_conn(), &name);
         CloudDb {
             url: format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{name}", self.port),
             socket_url: format!(
@@ -676,23 +660,7 @@ impl Galera {
     pub fn cloud_database(&self, prefix: &str) -> GaleraDb {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let name = format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut c = self.root_conn(0);
-        c.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8"))
-            .expect("create database");
-        c.query_drop(format!("USE `{name}`")).expect("use");
-        for statement in CLOUDSTACK_SCHEMA
-            .split(";\n")
-            .map(|s| {
-                s.lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .filter(|s| !s.trim().is_empty())
-        {
-            c.query_drop(&statement)
-                .unwrap_or_else(|e| panic!("CloudStack schema: {e}\n{statement}"));
-        }
+        create_cloud_database(&mut self.root_conn(0), &name);
         GaleraDb {
             name,
             ports: self.nodes.iter().map(|n| n.port).collect(),
@@ -779,5 +747,25 @@ impl GaleraDb {
             .pass(Some(PASSWORD))
             .db_name(Some(self.name.clone()));
         mysql::Conn::new(opts).expect("connection to a Galera node")
+    }
+}
+
+/// Creates database `name` with CloudStack's tables through `c`.
+fn create_cloud_database(c: &mut mysql::Conn, name: &str) {
+    c.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8"))
+        .expect("create database");
+    c.query_drop(format!("USE `{name}`")).expect("use");
+    for statement in CLOUDSTACK_SCHEMA
+        .split(";\n")
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|s| !s.trim().is_empty())
+    {
+        c.query_drop(&statement)
+            .unwrap_or_else(|e| panic!("CloudStack schema: {e}\n{statement}"));
     }
 }

@@ -26,6 +26,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::secrets::Cipher;
 use super::sqlite::SqliteStore;
 use super::{now_timestamp, Registry, RegistryError};
 use crate::dispatch::journal::{check_key, prefix_end, Change, Effect, JournalEntry, PendingDrop};
@@ -56,15 +57,54 @@ pub(super) fn corrupt(key: &str, what: impl std::fmt::Display) -> RegistryError 
 
 /// What is sealed per entry (the same form in every backend).
 #[derive(Serialize)]
-pub(super) struct SealedRef<'a> {
-    pub(super) command: &'a str,
-    pub(super) envelope: &'a Value,
+struct SealedRef<'a> {
+    command: &'a str,
+    envelope: &'a Value,
 }
 
 #[derive(Deserialize)]
-pub(super) struct Sealed {
-    pub(super) command: String,
-    pub(super) envelope: Value,
+struct Sealed {
+    command: String,
+    envelope: Value,
+}
+
+/// Seals `entry` for position `seq` of `key` (every backend stores this).
+pub(super) fn seal_entry(
+    cipher: &Cipher,
+    key: &str,
+    seq: i64,
+    entry: &JournalEntry,
+) -> Result<Vec<u8>, RegistryError> {
+    let text = serde_json::to_string(&SealedRef {
+        command: &entry.command,
+        envelope: &entry.envelope,
+    })
+    .map_err(|e| RegistryError::Io(format!("cannot encode journal: {e}")))?;
+    cipher.seal(&entry_aad(key, seq, entry.slot.as_deref()), &text)
+}
+
+/// The entry a backend's row holds: its position, slot, network and sealed
+/// command.
+pub(super) fn open_entry(
+    cipher: &Cipher,
+    key: &str,
+    seq: i64,
+    slot: Option<Vec<u8>>,
+    network_id: Option<String>,
+    sealed: &[u8],
+) -> Result<JournalEntry, RegistryError> {
+    let slot = slot
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|e| corrupt(key, e))?;
+    let text = cipher.open(&entry_aad(key, seq, slot.as_deref()), sealed)?;
+    let s: Sealed = serde_json::from_str(text.expose()).map_err(|e| corrupt(key, e))?;
+    Ok(JournalEntry {
+        command: s.command,
+        slot,
+        network_id,
+        envelope: s.envelope,
+    })
 }
 
 pub(super) fn encode_drops(drops: &[PendingDrop]) -> Result<String, RegistryError> {
@@ -149,20 +189,14 @@ impl SqliteStore {
         let mut entries = Vec::new();
         for row in rows {
             let (seq, slot, network_id, sealed) = row?;
-            let slot = slot
-                .map(String::from_utf8)
-                .transpose()
-                .map_err(|e| corrupt(key, e))?;
-            let text = self
-                .cipher
-                .open(&entry_aad(key, seq, slot.as_deref()), &sealed)?;
-            let s: Sealed = serde_json::from_str(text.expose()).map_err(|e| corrupt(key, e))?;
-            entries.push(JournalEntry {
-                command: s.command,
+            entries.push(open_entry(
+                &self.cipher,
+                key,
+                seq,
                 slot,
                 network_id,
-                envelope: s.envelope,
-            });
+                &sealed,
+            )?);
         }
         Ok(entries)
     }
@@ -198,13 +232,7 @@ impl SqliteStore {
         seq: i64,
         entry: &JournalEntry,
     ) -> Result<Vec<u8>, RegistryError> {
-        let text = serde_json::to_string(&SealedRef {
-            command: &entry.command,
-            envelope: &entry.envelope,
-        })
-        .map_err(|e| RegistryError::Io(format!("cannot encode journal: {e}")))?;
-        self.cipher
-            .seal(&entry_aad(key, seq, entry.slot.as_deref()), &text)
+        seal_entry(&self.cipher, key, seq, entry)
     }
 
     /// Deletes the entries of `key` whose slot starts with `prefix` (a range

@@ -52,7 +52,7 @@ use mysql::prelude::Queryable;
 use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Transaction, TxOpts};
 use serde_json::Value;
 
-use super::journal::{corrupt, encode_drops, entry_aad, Sealed, SealedRef};
+use super::journal::{corrupt, encode_drops, open_entry, seal_entry};
 use super::location::MysqlLocation;
 use super::{
     is_hidden_key, new_uuid, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
@@ -1528,32 +1528,20 @@ impl MysqlStore {
         )?;
         let mut entries = Vec::with_capacity(rows.len());
         for (seq, slot, network_id, sealed) in rows {
-            let slot = slot
-                .map(String::from_utf8)
-                .transpose()
-                .map_err(|e| corrupt(key, e))?;
-            let text = self
-                .cipher
-                .open(&entry_aad(key, seq, slot.as_deref()), &sealed)?;
-            let s: Sealed = serde_json::from_str(text.expose()).map_err(|e| corrupt(key, e))?;
-            entries.push(JournalEntry {
-                command: s.command,
+            entries.push(open_entry(
+                &self.cipher,
+                key,
+                seq,
                 slot,
                 network_id,
-                envelope: s.envelope,
-            });
+                &sealed,
+            )?);
         }
         Ok(entries)
     }
 
     fn seal_entry(&self, key: &str, seq: i64, entry: &JournalEntry) -> Result<Vec<u8>> {
-        let text = serde_json::to_string(&SealedRef {
-            command: &entry.command,
-            envelope: &entry.envelope,
-        })
-        .map_err(|e| RegistryError::Io(format!("cannot encode journal: {e}")))?;
-        self.cipher
-            .seal(&entry_aad(key, seq, entry.slot.as_deref()), &text)
+        seal_entry(&self.cipher, key, seq, entry)
     }
 
     /// Appends `entry` at position `seq`, or after the last one when `None`

@@ -442,6 +442,48 @@ pub struct JobFilter {
     pub pending_only: bool,
 }
 
+/// The registration rules every store enforces, worded as CloudStack words
+/// them (the API conformance suite compares the texts).
+pub(crate) mod rules {
+    use super::{Extension, ExtensionType, RegistryError, ResourceType};
+
+    pub(crate) fn unknown_extension() -> RegistryError {
+        RegistryError::Invalid("Invalid extension specified".into())
+    }
+
+    /// Only a NetworkOrchestrator extension goes on a physical network.
+    pub(crate) fn check_registrable(
+        ext: &Extension,
+        resource_type: ResourceType,
+    ) -> Result<(), RegistryError> {
+        if resource_type == ResourceType::PhysicalNetwork
+            && ext.ext_type != ExtensionType::NetworkOrchestrator
+        {
+            return Err(RegistryError::Invalid(format!(
+                "Only extensions of type NetworkOrchestrator can be registered with a physical network. Extension '{}' is of type {}.",
+                ext.name,
+                ext.ext_type.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Extension `name` already holds `resource_id`.
+    pub(crate) fn already_registered(
+        name: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
+    ) -> RegistryError {
+        let what = match resource_type {
+            ResourceType::PhysicalNetwork => "physical network",
+            ResourceType::Cluster => "cluster",
+        };
+        RegistryError::Conflict(format!(
+            "Extension '{name}' is already registered with {what} {resource_id}"
+        ))
+    }
+}
+
 /// `2026-11-27T21:09:09+0000`, CloudStack's date format.
 pub fn now_timestamp() -> String {
     let secs = SystemTime::now()

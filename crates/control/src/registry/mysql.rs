@@ -55,7 +55,7 @@ use serde_json::Value;
 use super::journal::{corrupt, encode_drops, open_entry, seal_entry};
 use super::location::MysqlLocation;
 use super::{
-    is_hidden_key, new_uuid, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
+    is_hidden_key, new_uuid, rules, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
     ExtensionFilter, ExtensionType, ExtensionUpdate, FullDetails, Include, Job, JobFilter,
     JobStatus, NewExtension, NewJob, Provider, ProviderFilter, ProviderRegistration, RegistryError,
     Resource, ResourceType, Secret, State, Store, StoredApiKey, StoredOffering,
@@ -1925,24 +1925,13 @@ impl Store for MysqlStore {
         self.write(|tx| {
             Self::lock(tx, &format!("extension:{ext_uuid}"))?;
             let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
-            if resource_type == ResourceType::PhysicalNetwork
-                && row.ext.ext_type != ExtensionType::NetworkOrchestrator
-            {
-                return Err(RegistryError::Invalid(format!(
-                    "Only extensions of type NetworkOrchestrator can be registered with a physical network. Extension '{}' is of type {}.",
-                    row.ext.name,
-                    row.ext.ext_type.as_str()
-                )));
-            }
+                .ok_or_else(rules::unknown_extension)?;
+            rules::check_registrable(&row.ext, resource_type)?;
             let numeric = Self::resource_id_or_error(tx, resource_type, resource_id)?;
             match resource_type {
                 ResourceType::PhysicalNetwork => {
                     if Self::registration(tx, row.id, resource_type, resource_id)?.is_some() {
-                        return Err(RegistryError::Conflict(format!(
-                            "Extension '{}' is already registered with physical network {resource_id}",
-                            row.ext.name
-                        )));
+                        return Err(rules::already_registered(&row.ext.name, resource_type, resource_id));
                     }
                 }
                 ResourceType::Cluster => {
@@ -1954,9 +1943,7 @@ impl Store for MysqlStore {
                         (numeric,),
                     )?;
                     if let Some(name) = existing {
-                        return Err(RegistryError::Conflict(format!(
-                            "Extension '{name}' is already registered with cluster {resource_id}"
-                        )));
+                        return Err(rules::already_registered(&name, resource_type, resource_id));
                     }
                 }
             }
@@ -2041,7 +2028,7 @@ impl Store for MysqlStore {
         self.write(|tx| {
             Self::lock(tx, &format!("extension:{ext_uuid}"))?;
             let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+                .ok_or_else(rules::unknown_extension)?;
             let Some(map_id) = Self::registration(tx, row.id, resource_type, resource_id)? else {
                 return load_extension(tx, row.id, Include::ALL);
             };
@@ -2101,7 +2088,7 @@ impl Store for MysqlStore {
                 ext_uuid.into(),
                 Include::ALL,
             )?
-            .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+            .ok_or_else(rules::unknown_extension)?;
             // The first registration with the resource, as `registration`.
             let at = ext
                 .resources

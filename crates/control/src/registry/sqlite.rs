@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{is_hidden_key, Store};
+use super::{is_hidden_key, rules, Store};
 use super::{
     new_uuid, now_timestamp, secrets, Binding, BindingTarget, DetailsUpdate, Extension,
     ExtensionFilter, ExtensionType, ExtensionUpdate, FullDetails, Include, Job, JobFilter,
@@ -793,21 +793,12 @@ impl Store for SqliteStore {
     ) -> Result<Extension> {
         self.write(|tx| {
             let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+                .ok_or_else(rules::unknown_extension)?;
             match resource_type {
                 ResourceType::PhysicalNetwork => {
-                    if row.ext.ext_type != ExtensionType::NetworkOrchestrator {
-                        return Err(RegistryError::Invalid(format!(
-                            "Only extensions of type NetworkOrchestrator can be registered with a physical network. Extension '{}' is of type {}.",
-                            row.ext.name,
-                            row.ext.ext_type.as_str()
-                        )));
-                    }
+                    rules::check_registrable(&row.ext, resource_type)?;
                     if registration_rowid(tx, row.rowid, resource_type, resource_id)?.is_some() {
-                        return Err(RegistryError::Conflict(format!(
-                            "Extension '{}' is already registered with physical network {resource_id}",
-                            row.ext.name
-                        )));
+                        return Err(rules::already_registered(&row.ext.name, resource_type, resource_id));
                     }
                 }
                 ResourceType::Cluster => {
@@ -819,9 +810,7 @@ impl Store for SqliteStore {
                         .query_row([resource_id], |r| r.get(0))
                         .optional()?;
                     if let Some(name) = existing {
-                        return Err(RegistryError::Conflict(format!(
-                            "Extension '{name}' is already registered with cluster {resource_id}"
-                        )));
+                        return Err(rules::already_registered(&name, resource_type, resource_id));
                     }
                 }
             }
@@ -885,7 +874,7 @@ impl Store for SqliteStore {
     ) -> Result<Extension> {
         self.write(|tx| {
             let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+                .ok_or_else(rules::unknown_extension)?;
             let Some((reg_rowid, _)) = registration_rowid(tx, row.rowid, resource_type, resource_id)?
             else {
                 return load_extension(tx, row.rowid, Include::ALL);
@@ -929,8 +918,7 @@ impl Store for SqliteStore {
         update: &DetailsUpdate,
     ) -> Result<Extension> {
         self.write(|tx| {
-            let row = ext_by_uuid(tx, ext_uuid)?
-                .ok_or_else(|| RegistryError::Invalid("Invalid extension specified".into()))?;
+            let row = ext_by_uuid(tx, ext_uuid)?.ok_or_else(rules::unknown_extension)?;
             let (reg_rowid, reg_uuid) =
                 registration_rowid(tx, row.rowid, resource_type, resource_id)?.ok_or_else(
                     || {

@@ -654,10 +654,11 @@ impl MysqlStore {
         // On a Galera node the checks too must read causally: the tables may
         // just have been created through another node.
         let wsrep: Option<(String, String)> = conn.query_row("SHOW VARIABLES LIKE 'wsrep_on'")?;
-        if wsrep.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+        let galera = wsrep.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON"));
+        if galera {
             conn.query_drop("SET SESSION wsrep_sync_wait = 1")?;
         }
-        let (galera, version) = check_cloudstack_schema(&mut conn, &location.database)?;
+        let version = check_cloudstack_schema(&mut conn, &location.database)?;
         migrate(&mut conn, version)?;
         if galera {
             log::info!(
@@ -1090,10 +1091,9 @@ fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_micros(base + jitter * u64::from(attempt)));
 }
 
-/// Checks CloudStack's tables and answers whether the server is a Galera
-/// node and the version of netbridge's schema (0: none yet), all in one
-/// round trip.
-fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result<(bool, u32)> {
+/// Checks CloudStack's tables and answers the version of netbridge's schema
+/// (0: none yet), in one round trip.
+fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result<u32> {
     // Naming the tables lets the server open only those (a CloudStack
     // database has hundreds).
     let names: Vec<String> = CLOUDSTACK_COLUMNS
@@ -1103,12 +1103,10 @@ fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result
     let mut result = conn.query_iter(format!(
         "SELECT table_name, column_name, data_type, character_maximum_length
            FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name IN ({});
-         SHOW VARIABLES LIKE 'wsrep_on';
          SELECT version FROM netbridge_schema WHERE id = 1",
         names.join(", ")
     ))?;
     let mut rows: Vec<(String, String, String, Option<u64>)> = Vec::new();
-    let mut galera = false;
     let mut version = 0u32;
     let mut index = 0;
     while let Some(set) = result.iter() {
@@ -1116,14 +1114,13 @@ fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result
             let row = match row {
                 Ok(row) => row,
                 // No netbridge schema yet.
-                Err(mysql::Error::MySqlError(e)) if index == 2 && e.code == 1146 => break,
+                Err(mysql::Error::MySqlError(e)) if index == 1 && e.code == 1146 => break,
                 Err(e) => return Err(e.into()),
             };
             match index {
                 0 => rows.push(mysql::from_row_opt(row).map_err(|e| {
                     RegistryError::Io(format!("unexpected information_schema row: {e}"))
                 })?),
-                1 => galera = take::<String>(&row, 1)?.eq_ignore_ascii_case("ON"),
                 _ => version = take(&row, 0)?,
             }
         }
@@ -1168,7 +1165,7 @@ fn check_cloudstack_schema<Q: Queryable>(conn: &mut Q, database: &str) -> Result
             }
         }
     }
-    Ok((galera, version))
+    Ok(version)
 }
 
 /// Brings netbridge's own tables from `version` (read by
